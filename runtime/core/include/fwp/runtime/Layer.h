@@ -1,0 +1,76 @@
+//===- Layer.h - The fast-weight layer interface of the runtime -*- C++ -*-===//
+//
+// Every implementation of a paper layer (the eager reference, a compiled
+// .fwpk on CPU or CUDA) is a FastWeightLayer: one per-head recurrence over
+// time with the tensor contract of shared/MODELS.md:
+//   seq inputs  [B, H, T, n]   (n = 1 for scalars such as beta)
+//   params      [H, ...]       (one per head)
+//   states      [B, H, ...]    (optional initial values "init.<state>", else 0)
+//   outputs     "y" [B, H, T, d_out] and "final.<state>" for every state.
+// forward() is differentiable through torch autograd.
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace fwp {
+
+/// Every user-facing runtime failure (bad file, bad tensor, bad config) is an
+/// fwp::Error whose message names the file/tensor/field at fault.
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+using TensorMap = std::map<std::string, torch::Tensor>;
+
+/// Named sizes of a layer, e.g. {"d": 16} or {"d": 16, "d_ff": 64}.
+using Dims = std::map<std::string, int64_t>;
+
+/// One named tensor of a layer; `shape` is the per-(batch, head, step) shape
+/// written with dim names or decimal literals: {"d"}, {"d", "d_ff"}, {"1"}.
+struct TensorSpec {
+  std::string name;
+  std::vector<std::string> shape;
+};
+
+struct LayerSignature {
+  std::string layer;               ///< "delta_net", "rdn", ...
+  std::vector<TensorSpec> seq;     ///< per-step inputs, [B, H, T, shape...]
+  std::vector<TensorSpec> params;  ///< per-head params,  [H, shape...]
+  std::vector<TensorSpec> states;  ///< recurrent states, [B, H, shape...]
+  TensorSpec output;               ///< "y", [B, H, T, shape...]
+};
+
+/// Resolves a TensorSpec's shape against concrete dims; throws fwp::Error
+/// naming the spec if a dim name is unknown.
+std::vector<int64_t> resolveShape(const TensorSpec &spec, const Dims &dims);
+
+class FastWeightLayer {
+public:
+  virtual ~FastWeightLayer() = default;
+  virtual const LayerSignature &signature() const = 0;
+  virtual const Dims &dims() const = 0;
+  /// `inputs` holds every seq input and param by name and optionally
+  /// "init.<state>"; returns "y" and "final.<state>" for every state.
+  /// Validates names, shapes, dtypes and devices (fwp::Error otherwise).
+  virtual TensorMap forward(const TensorMap &inputs) const = 0;
+};
+
+/// The six layers of shared/MODELS.md.
+const std::vector<std::string> &referenceLayerNames();
+
+/// The eager LibTorch reference of layer `name` at `dims` (missing dims take
+/// the defaults of MODELS.md's models: d = 16, d_ff = 64). Throws fwp::Error
+/// for an unknown name or dim.
+std::unique_ptr<FastWeightLayer> makeReferenceLayer(const std::string &name,
+                                                    const Dims &dims = {});
+
+} // namespace fwp
