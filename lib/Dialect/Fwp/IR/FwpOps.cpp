@@ -1,0 +1,518 @@
+//===- FwpOps.cpp - Operations of the fwp dialect -------------------------===//
+
+#include "fwp/Dialect/Fwp/IR/FwpOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/OpImplementation.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/ADT/StringSet.h"
+
+using namespace mlir;
+using namespace mlir::fwp;
+
+#define GET_OP_CLASSES
+#include "fwp/Dialect/Fwp/IR/FwpOps.cpp.inc"
+
+//===----------------------------------------------------------------------===//
+// Helpers
+//===----------------------------------------------------------------------===//
+
+static Type elementTypeOf(Type type) {
+  if (auto vector = dyn_cast<VectorType>(type))
+    return vector.getElementType();
+  if (auto weight = dyn_cast<FastWeightType>(type))
+    return weight.getElementType();
+  return type;
+}
+
+static int64_t vectorSize(Value value) {
+  return cast<VectorType>(value.getType()).getDimSize(0);
+}
+
+static bool isValidName(StringRef name) {
+  if (name.empty() || !(llvm::isAlpha(name[0]) || name[0] == '_'))
+    return false;
+  return llvm::all_of(name, [](char c) {
+    return llvm::isAlnum(c) || c == '_' || c == '.';
+  });
+}
+
+//===----------------------------------------------------------------------===//
+// ScanOp
+//===----------------------------------------------------------------------===//
+
+void ScanOp::build(OpBuilder &builder, OperationState &state, StringRef name,
+                   DictionaryAttr dims, ArrayRef<StringRef> seqNames,
+                   TypeRange seqTypes, ArrayRef<StringRef> paramNames,
+                   TypeRange paramTypes, ArrayRef<StringRef> stateNames,
+                   TypeRange stateTypes, ArrayRef<StringRef> outputNames,
+                   TypeRange outputTypes, bool reverse) {
+  state.addAttribute(getSymNameAttrName(state.name),
+                     builder.getStringAttr(name));
+  state.addAttribute(getDimsAttrName(state.name),
+                     dims ? dims : builder.getDictionaryAttr({}));
+  state.addAttribute(getSeqNamesAttrName(state.name),
+                     builder.getStrArrayAttr(seqNames));
+  state.addAttribute(getParamNamesAttrName(state.name),
+                     builder.getStrArrayAttr(paramNames));
+  state.addAttribute(getStateNamesAttrName(state.name),
+                     builder.getStrArrayAttr(stateNames));
+  state.addAttribute(getOutputNamesAttrName(state.name),
+                     builder.getStrArrayAttr(outputNames));
+  state.addAttribute(getOutputTypesAttrName(state.name),
+                     builder.getTypeArrayAttr(outputTypes));
+  if (reverse)
+    state.addAttribute(getReverseAttrName(state.name), builder.getUnitAttr());
+  Region *region = state.addRegion();
+  Block *block = new Block();
+  region->push_back(block);
+  SmallVector<Type> argTypes;
+  llvm::append_range(argTypes, seqTypes);
+  llvm::append_range(argTypes, paramTypes);
+  llvm::append_range(argTypes, stateTypes);
+  for (Type type : argTypes)
+    block->addArgument(type, state.location);
+}
+
+YieldOp ScanOp::getYield() {
+  return dyn_cast<YieldOp>(getBodyBlock().getTerminator());
+}
+
+int64_t ScanOp::getDim(StringRef name) {
+  if (auto value = dyn_cast_or_null<IntegerAttr>(getDims().get(name)))
+    return value.getInt();
+  return 0;
+}
+
+void ScanOp::getAsmBlockArgumentNames(Region &region,
+                                      OpAsmSetValueNameFn setNameFn) {
+  if (region.empty())
+    return;
+  SmallVector<Attribute> names;
+  llvm::append_range(names, getSeqNames());
+  llvm::append_range(names, getParamNames());
+  llvm::append_range(names, getStateNames());
+  for (auto [arg, name] : llvm::zip(region.front().getArguments(), names))
+    setNameFn(arg, cast<StringAttr>(name).getValue());
+}
+
+ParseResult ScanOp::parse(OpAsmParser &parser, OperationState &result) {
+  Builder &builder = parser.getBuilder();
+  StringAttr nameAttr;
+  if (parser.parseSymbolName(nameAttr, getSymNameAttrName(result.name),
+                             result.attributes))
+    return failure();
+  if (succeeded(parser.parseOptionalKeyword("reverse")))
+    result.addAttribute(getReverseAttrName(result.name), builder.getUnitAttr());
+
+  SmallVector<NamedAttribute> dims;
+  if (succeeded(parser.parseOptionalKeyword("dims"))) {
+    if (parser.parseCommaSeparatedList(
+            OpAsmParser::Delimiter::Paren, [&]() -> ParseResult {
+              std::string key;
+              int64_t value;
+              if (parser.parseKeywordOrString(&key) || parser.parseEqual() ||
+                  parser.parseInteger(value))
+                return failure();
+              dims.push_back(builder.getNamedAttr(
+                  key, builder.getI64IntegerAttr(value)));
+              return success();
+            }))
+      return failure();
+  }
+  result.addAttribute(getDimsAttrName(result.name),
+                      builder.getDictionaryAttr(dims));
+
+  SmallVector<OpAsmParser::Argument> args;
+  auto parseArgGroup = [&](StringRef keyword, StringAttr attrName) {
+    SmallVector<Attribute> names;
+    if (succeeded(parser.parseOptionalKeyword(keyword))) {
+      if (parser.parseCommaSeparatedList(
+              OpAsmParser::Delimiter::Paren, [&]() -> ParseResult {
+                OpAsmParser::Argument arg;
+                if (parser.parseArgument(arg, /*allowType=*/true))
+                  return failure();
+                names.push_back(
+                    builder.getStringAttr(arg.ssaName.name.drop_front()));
+                args.push_back(arg);
+                return success();
+              }))
+        return failure();
+    }
+    result.addAttribute(attrName, builder.getArrayAttr(names));
+    return success();
+  };
+  if (failed(parseArgGroup("seq", getSeqNamesAttrName(result.name))) ||
+      failed(parseArgGroup("params", getParamNamesAttrName(result.name))) ||
+      failed(parseArgGroup("states", getStateNamesAttrName(result.name))))
+    return failure();
+
+  SmallVector<Attribute> outputNames, outputTypes;
+  if (succeeded(parser.parseOptionalKeyword("outputs"))) {
+    if (parser.parseCommaSeparatedList(
+            OpAsmParser::Delimiter::Paren, [&]() -> ParseResult {
+              std::string name;
+              Type type;
+              if (parser.parseKeywordOrString(&name) || parser.parseColon() ||
+                  parser.parseType(type))
+                return failure();
+              outputNames.push_back(builder.getStringAttr(name));
+              outputTypes.push_back(TypeAttr::get(type));
+              return success();
+            }))
+      return failure();
+  }
+  result.addAttribute(getOutputNamesAttrName(result.name),
+                      builder.getArrayAttr(outputNames));
+  result.addAttribute(getOutputTypesAttrName(result.name),
+                      builder.getArrayAttr(outputTypes));
+
+  if (parser.parseOptionalAttrDictWithKeyword(result.attributes))
+    return failure();
+  Region *body = result.addRegion();
+  return parser.parseRegion(*body, args);
+}
+
+void ScanOp::print(OpAsmPrinter &p) {
+  p << ' ';
+  p.printSymbolName(getSymName());
+  if (getReverse())
+    p << " reverse";
+  if (!getDims().empty()) {
+    p << " dims(";
+    llvm::interleaveComma(getDims(), p, [&](NamedAttribute dim) {
+      p.printKeywordOrString(dim.getName().getValue());
+      p << " = " << cast<IntegerAttr>(dim.getValue()).getInt();
+    });
+    p << ')';
+  }
+  auto printGroup = [&](StringRef keyword, Block::BlockArgListType args) {
+    if (args.empty())
+      return;
+    p.printNewline();
+    p << "    " << keyword << '(';
+    llvm::interleaveComma(args, p, [&](BlockArgument arg) {
+      p.printRegionArgument(arg);
+    });
+    p << ')';
+  };
+  printGroup("seq", getSeqArgs());
+  printGroup("params", getParamArgs());
+  printGroup("states", getStateArgs());
+  if (!getOutputNames().empty()) {
+    p.printNewline();
+    p << "    outputs(";
+    llvm::interleaveComma(
+        llvm::zip(getOutputNames(), getOutputTypes()), p, [&](auto pair) {
+          p.printKeywordOrString(cast<StringAttr>(std::get<0>(pair)).getValue());
+          p << " : " << cast<TypeAttr>(std::get<1>(pair)).getValue();
+        });
+    p << ')';
+  }
+  p.printOptionalAttrDictWithKeyword(
+      (*this)->getAttrs(),
+      {getSymNameAttrName(), getDimsAttrName(), getSeqNamesAttrName(),
+       getParamNamesAttrName(), getStateNamesAttrName(),
+       getOutputNamesAttrName(), getOutputTypesAttrName(),
+       getReverseAttrName()});
+  p << ' ';
+  p.printRegion(getBody(), /*printEntryBlockArgs=*/false,
+                /*printBlockTerminators=*/true);
+}
+
+static bool isSeqOrOutputType(Type type) {
+  return isa<FloatType>(type) ||
+         (isa<VectorType>(type) && cast<VectorType>(type).getRank() == 1);
+}
+
+LogicalResult ScanOp::verify() {
+  // Names: valid, unique across the block arguments, unique outputs.
+  llvm::StringSet<> argNames;
+  for (auto [group, names] :
+       {std::pair<StringRef, ArrayAttr>{"seq", getSeqNames()},
+        {"param", getParamNames()},
+        {"state", getStateNames()}}) {
+    for (Attribute attr : names) {
+      auto name = dyn_cast<StringAttr>(attr);
+      if (!name || !isValidName(name.getValue()))
+        return emitOpError() << group << " name " << attr
+                             << " is not an identifier ([A-Za-z_][A-Za-z0-9_.]*)";
+      if (!argNames.insert(name.getValue()).second)
+        return emitOpError() << "name '" << name.getValue()
+                             << "' is used twice among seq, params and states";
+    }
+  }
+  llvm::StringSet<> outputNames;
+  for (Attribute attr : getOutputNames()) {
+    auto name = cast<StringAttr>(attr);
+    if (!isValidName(name.getValue()))
+      return emitOpError() << "output name " << attr
+                           << " is not an identifier ([A-Za-z_][A-Za-z0-9_.]*)";
+    if (!outputNames.insert(name.getValue()).second)
+      return emitOpError() << "output name '" << name.getValue()
+                           << "' is used twice";
+  }
+  if (getOutputTypes().size() != getOutputNames().size())
+    return emitOpError() << "has " << getOutputNames().size()
+                         << " output names but " << getOutputTypes().size()
+                         << " output types";
+
+  // Dims: positive and pairwise distinct, so that a type's sizes identify the
+  // dims they were written with when a tool re-specialises the model.
+  llvm::DenseMap<int64_t, StringRef> dimByValue;
+  for (NamedAttribute dim : getDims()) {
+    auto value = dyn_cast<IntegerAttr>(dim.getValue());
+    if (!value || value.getInt() <= 0)
+      return emitOpError() << "dim '" << dim.getName().getValue()
+                           << "' must be a positive integer, got "
+                           << dim.getValue();
+    auto [it, inserted] =
+        dimByValue.try_emplace(value.getInt(), dim.getName().getValue());
+    if (!inserted)
+      return emitOpError() << "dims '" << it->second << "' and '"
+                           << dim.getName().getValue() << "' share the value "
+                           << value.getInt()
+                           << "; give them distinct values so that --dim can "
+                              "tell them apart";
+  }
+
+  // Block arguments: one per name, of the right kinds.
+  Block &block = getBodyBlock();
+  unsigned expected = getNumSeq() + getNumParams() + getNumStates();
+  if (block.getNumArguments() != expected)
+    return emitOpError() << "body has " << block.getNumArguments()
+                         << " arguments but seq, params and states name "
+                         << expected;
+  Type elementType;
+  auto checkElementType = [&](Type type, StringRef what,
+                              StringRef name) -> LogicalResult {
+    Type element = elementTypeOf(type);
+    if (!elementType)
+      elementType = element;
+    if (element != elementType)
+      return emitOpError() << what << " '" << name << "' has element type "
+                           << element << " but the scan computes in "
+                           << elementType;
+    return success();
+  };
+  for (auto [arg, name] : llvm::zip(getSeqArgs(), getSeqNames())) {
+    StringRef seqName = cast<StringAttr>(name).getValue();
+    if (!isSeqOrOutputType(arg.getType()))
+      return emitOpError() << "seq input '" << seqName
+                           << "' must be a float scalar or a 1-D vector, got "
+                           << arg.getType();
+    if (failed(checkElementType(arg.getType(), "seq input", seqName)))
+      return failure();
+  }
+  for (auto [arg, name] : llvm::zip(getParamArgs(), getParamNames())) {
+    StringRef paramName = cast<StringAttr>(name).getValue();
+    if (!isSeqOrOutputType(arg.getType()) &&
+        !isa<FastWeightType>(arg.getType()))
+      return emitOpError() << "param '" << paramName
+                           << "' must be a scalar, a 1-D vector or a "
+                              "!fwp.fast_weight, got "
+                           << arg.getType();
+    if (failed(checkElementType(arg.getType(), "param", paramName)))
+      return failure();
+  }
+  for (auto [arg, name] : llvm::zip(getStateArgs(), getStateNames())) {
+    StringRef stateName = cast<StringAttr>(name).getValue();
+    if (!isSeqOrOutputType(arg.getType()) &&
+        !isa<FastWeightType>(arg.getType()))
+      return emitOpError() << "state '" << stateName
+                           << "' must be a scalar, a 1-D vector or a "
+                              "!fwp.fast_weight, got "
+                           << arg.getType();
+    if (failed(checkElementType(arg.getType(), "state", stateName)))
+      return failure();
+  }
+  for (auto [type, name] : llvm::zip(getOutputTypes(), getOutputNames())) {
+    StringRef outputName = cast<StringAttr>(name).getValue();
+    Type outputType = cast<TypeAttr>(type).getValue();
+    if (!isSeqOrOutputType(outputType) && !isa<FastWeightType>(outputType))
+      return emitOpError() << "output '" << outputName
+                           << "' must be a scalar, a 1-D vector or a "
+                              "!fwp.fast_weight, got "
+                           << outputType;
+    if (failed(checkElementType(outputType, "output", outputName)))
+      return failure();
+  }
+  return success();
+}
+
+LogicalResult ScanOp::verifyRegions() {
+  auto yield = dyn_cast_or_null<YieldOp>(
+      getBodyBlock().empty() ? nullptr : &getBodyBlock().back());
+  if (!yield)
+    return emitOpError() << "body must end in fwp.yield";
+  unsigned numStates = getNumStates();
+  unsigned expected = numStates + getNumOutputs();
+  if (yield.getValues().size() != expected)
+    return yield.emitOpError()
+           << "yields " << yield.getValues().size() << " values but the scan has "
+           << numStates << " states and " << getNumOutputs()
+           << " outputs (states first, then outputs)";
+  for (auto [index, value] : llvm::enumerate(yield.getValues())) {
+    Type want;
+    StringRef what, name;
+    if (index < numStates) {
+      want = getStateArgs()[index].getType();
+      what = "state";
+      name = cast<StringAttr>(getStateNames()[index]).getValue();
+    } else {
+      want = cast<TypeAttr>(getOutputTypes()[index - numStates]).getValue();
+      what = "output";
+      name = cast<StringAttr>(getOutputNames()[index - numStates]).getValue();
+    }
+    if (value.getType() != want)
+      return yield.emitOpError()
+             << "operand #" << index << " for " << what << " '" << name
+             << "' has type " << value.getType() << " but the " << what
+             << " has type " << want;
+  }
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Reads and writes
+//===----------------------------------------------------------------------===//
+
+static LogicalResult checkVectorOperand(Operation *op, StringRef what,
+                                        Value value, int64_t size,
+                                        StringRef dimName, FastWeightType w) {
+  auto type = cast<VectorType>(value.getType());
+  if (type.getElementType() != w.getElementType())
+    return op->emitOpError() << what << " has element type "
+                             << type.getElementType() << " but the fast weight "
+                             << w << " holds " << w.getElementType();
+  if (type.getDimSize(0) != size)
+    return op->emitOpError() << what << " has " << type.getDimSize(0)
+                             << " entries but the fast weight " << w
+                             << " has " << dimName << " dimension " << size;
+  return success();
+}
+
+LogicalResult ReadOp::verify() {
+  auto w = getWeight().getType();
+  if (failed(checkVectorOperand(*this, "query", getQuery(), w.getKeyDim(),
+                                "key", w)) ||
+      failed(checkVectorOperand(*this, "result", getResult(), w.getValueDim(),
+                                "value", w)))
+    return failure();
+  return success();
+}
+
+LogicalResult ReadTransposedOp::verify() {
+  auto w = getWeight().getType();
+  if (failed(checkVectorOperand(*this, "value", getValue(), w.getValueDim(),
+                                "value", w)) ||
+      failed(checkVectorOperand(*this, "result", getResult(), w.getKeyDim(),
+                                "key", w)))
+    return failure();
+  return success();
+}
+
+LogicalResult WriteSumOp::verify() {
+  auto w = getWeight().getType();
+  if (failed(checkVectorOperand(*this, "key", getKey(), w.getKeyDim(), "key",
+                                w)) ||
+      failed(checkVectorOperand(*this, "value", getValue(), w.getValueDim(),
+                                "value", w)))
+    return failure();
+  return success();
+}
+
+OpFoldResult WriteSumOp::fold(FoldAdaptor) {
+  // W + 0 (x) v = W + k (x) 0 = W.
+  if (getKey().getDefiningOp<ZerosOp>() || getValue().getDefiningOp<ZerosOp>())
+    return getWeight();
+  return {};
+}
+
+LogicalResult WriteDeltaOp::verify() {
+  auto w = getWeight().getType();
+  if (failed(checkVectorOperand(*this, "key", getKey(), w.getKeyDim(), "key",
+                                w)) ||
+      failed(checkVectorOperand(*this, "value", getValue(), w.getValueDim(),
+                                "value", w)))
+    return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Feature maps and dense ops
+//===----------------------------------------------------------------------===//
+
+LogicalResult SumNormOp::verify() {
+  if (getEps().convertToDouble() < 0.0)
+    return emitOpError() << "eps must be non-negative, got "
+                         << getEps().convertToDouble();
+  return success();
+}
+
+static LogicalResult verifyDpfpSizes(Operation *op, Value x, Value features,
+                                     int64_t nu, StringRef featuresWhat) {
+  int64_t n = vectorSize(x);
+  if (nu > 2 * n - 1)
+    return op->emitOpError() << "nu = " << nu << " exceeds 2n - 1 = "
+                             << 2 * n - 1 << " for an input of " << n
+                             << " entries";
+  auto featuresType = cast<VectorType>(features.getType());
+  if (featuresType.getElementType() !=
+      cast<VectorType>(x.getType()).getElementType())
+    return op->emitOpError() << featuresWhat << " has element type "
+                             << featuresType.getElementType()
+                             << " but the input has "
+                             << cast<VectorType>(x.getType()).getElementType();
+  if (featuresType.getDimSize(0) != 2 * n * nu)
+    return op->emitOpError() << featuresWhat << " has "
+                             << featuresType.getDimSize(0)
+                             << " entries but DPFP-" << nu << " of " << n
+                             << " entries has 2 * " << n << " * " << nu
+                             << " = " << 2 * n * nu;
+  return success();
+}
+
+LogicalResult DpfpOp::verify() {
+  return verifyDpfpSizes(*this, getX(), getResult(), getNu(), "result");
+}
+
+LogicalResult DpfpGradOp::verify() {
+  return verifyDpfpSizes(*this, getX(), getGrad(), getNu(), "grad");
+}
+
+LogicalResult LayerNormOp::verify() {
+  if (getEps().convertToDouble() <= 0.0)
+    return emitOpError() << "eps must be positive, got "
+                         << getEps().convertToDouble();
+  return success();
+}
+
+LogicalResult LayerNormGradOp::verify() {
+  if (getEps().convertToDouble() <= 0.0)
+    return emitOpError() << "eps must be positive, got "
+                         << getEps().convertToDouble();
+  return success();
+}
+
+OpFoldResult NegOp::fold(FoldAdaptor) {
+  if (auto inner = getX().getDefiningOp<NegOp>())
+    return inner.getX();
+  return {};
+}
+
+OpFoldResult AddOp::fold(FoldAdaptor) {
+  if (getRhs().getDefiningOp<ZerosOp>())
+    return getLhs();
+  if (getLhs().getDefiningOp<ZerosOp>())
+    return getRhs();
+  return {};
+}
+
+OpFoldResult SubOp::fold(FoldAdaptor) {
+  if (getRhs().getDefiningOp<ZerosOp>())
+    return getLhs();
+  return {};
+}
