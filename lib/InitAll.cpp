@@ -3,6 +3,7 @@
 #include "fwp/InitAll.h"
 
 #include "fwp/Dialect/Fwp/IR/FwpDialect.h"
+#include "fwp/Passes.h"
 
 #include "mlir/IR/DialectRegistry.h"
 #include "mlir/InitAllDialects.h"
@@ -19,4 +20,5 @@ void fwp::registerAllDialects(mlir::DialectRegistry &registry) {
 
 void fwp::registerAllPasses() {
   mlir::registerAllPasses();
+  fwp::registerFwpPasses();
 }
