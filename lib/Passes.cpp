@@ -2,4 +2,9 @@
 
 #include "fwp/Passes.h"
 
-void fwp::registerFwpPasses() { mlir::fwp::registerFwpPasses(); }
+#include "fwp/Conversion/FwpToGPU/FwpToGPU.h"
+
+void fwp::registerFwpPasses() {
+  mlir::fwp::registerFwpPasses();
+  mlir::fwp::registerFwpGpuPasses();
+}
