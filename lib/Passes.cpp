@@ -2,4 +2,11 @@
 
 #include "fwp/Passes.h"
 
-void fwp::registerFwpPasses() { mlir::fwp::registerFwpPasses(); }
+#include "fwp/Conversion/Passes.h"
+#include "fwp/Target/Artifact.h"
+
+void fwp::registerFwpPasses() {
+  mlir::fwp::registerFwpPasses();
+  mlir::fwp::registerFwpConversionPasses();
+  fwp::registerFwpPipelines();
+}
