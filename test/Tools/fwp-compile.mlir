@@ -38,7 +38,7 @@
 
 // MLIR: fwp.scan @rdn_grad reverse
 
-// LLVM: @fwp_manifest = constant
+// LLVM: @fwp_manifest = {{.*}}constant
 // LLVM: define void @fwp_rdn_grad(i64 %0, ptr
 
 // SYMBOLS-DAG: T fwp_rdn
