@@ -52,6 +52,10 @@ static cl::opt<Stage> emit(
                clEnumValN(Stage::Artifact, "fwpk", "the artifact (default)")),
     cl::init(Stage::Artifact));
 static cl::opt<std::string>
+    dtype("dtype", cl::desc("compute in this float type instead of the "
+                            "model's (f32 or f64)"),
+          cl::init(""));
+static cl::opt<std::string>
     cpu("cpu", cl::desc("x86-64 processor to generate code for (a name such "
                         "as x86-64-v3, or 'native')"),
         cl::init("x86-64-v3"));
@@ -106,10 +110,15 @@ int main(int argc, char **argv) {
   PassManager frontEnd(&context);
   if (failed(applyPassManagerCLOptions(frontEnd)))
     return 1;
-  if (!dims.empty()) {
-    std::string pipeline = "fwp-specialize-dims{dims=";
-    for (auto [i, dim] : llvm::enumerate(dims))
-      pipeline += (i ? "," : "") + dim;
+  if (!dims.empty() || !dtype.empty()) {
+    std::string pipeline = "fwp-specialize-dims{";
+    if (!dims.empty()) {
+      pipeline += "dims=";
+      for (auto [i, dim] : llvm::enumerate(dims))
+        pipeline += (i ? "," : "") + dim;
+    }
+    if (!dtype.empty())
+      pipeline += (dims.empty() ? "dtype=" : " dtype=") + dtype;
     pipeline += "}";
     if (failed(parsePassPipeline(pipeline, frontEnd, llvm::errs())))
       return 1;
