@@ -7,8 +7,10 @@
 #include <torch/autograd.h>
 
 #include <dlfcn.h>
+#include <elf.h>
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -247,12 +249,13 @@ ForwardResult runForward(const Artifact &artifact, const CpuKernel &kernel,
   return result;
 }
 
+// The inputs travel as an at::TensorList: autograd tracks the tensors of a
+// TensorList argument, but not those of a std::vector.
 class CompiledScanFunction : public torch::autograd::Function<CompiledScanFunction> {
 public:
   static torch::autograd::variable_list
   forward(torch::autograd::AutogradContext *ctx,
-          const torch::autograd::variable_list &inputs,
-          std::shared_ptr<CallContext> call) {
+          at::TensorList inputs, std::shared_ptr<CallContext> call) {
     const Artifact &artifact = *call->artifact;
     TensorMap named;
     for (size_t i = 0; i < inputs.size(); ++i)
@@ -365,6 +368,44 @@ public:
 
 };
 
+/// Checks that `path` is a complete x86-64 ELF shared library before it is
+/// handed to dlopen: the loader maps segments past the end of a truncated
+/// file and dies of SIGBUS instead of failing.
+void checkElfFile(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw Error(path + ": cannot open the artifact");
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto fail = [&](const std::string &why) -> void {
+    throw Error(path + ": not a .fwpk artifact (" + why + ")");
+  };
+  if (bytes.size() < 4 || bytes.compare(0, 4, "\x7f" "ELF") != 0)
+    fail("no ELF header");
+  if (bytes.size() < sizeof(Elf64_Ehdr))
+    fail("truncated ELF header");
+  Elf64_Ehdr header;
+  std::memcpy(&header, bytes.data(), sizeof header);
+  if (header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_ident[EI_DATA] != ELFDATA2LSB ||
+      header.e_machine != EM_X86_64)
+    fail("not a 64-bit x86-64 ELF file");
+  if (header.e_type != ET_DYN)
+    fail("not a shared library");
+  uint64_t size = bytes.size();
+  uint64_t tableEnd = header.e_phoff + uint64_t(header.e_phnum) * sizeof(Elf64_Phdr);
+  if (header.e_phentsize != sizeof(Elf64_Phdr) || tableEnd > size)
+    fail("program headers past the end of the file: truncated?");
+  for (unsigned i = 0; i < header.e_phnum; ++i) {
+    Elf64_Phdr segment;
+    std::memcpy(&segment, bytes.data() + header.e_phoff + i * sizeof segment, sizeof segment);
+    if (segment.p_type == PT_LOAD && segment.p_offset + segment.p_filesz > size)
+      fail("segment " + std::to_string(i) + " ends at byte " +
+           std::to_string(segment.p_offset + segment.p_filesz) + " but the file has " +
+           std::to_string(size) + ": truncated?");
+  }
+  if (header.e_shoff + uint64_t(header.e_shnum) * header.e_shentsize > size)
+    fail("section headers past the end of the file: truncated?");
+}
+
 void parseKernel(const ManifestReader &reader, const json &kernels,
                  const std::string &role, void *handle, CpuKernel &kernel) {
   std::string field = "kernels.cpu." + role;
@@ -393,16 +434,7 @@ void parseKernel(const ManifestReader &reader, const json &kernels,
 } // namespace
 
 std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
-  {
-    std::ifstream probe(path, std::ios::binary);
-    if (!probe)
-      throw Error(path + ": cannot open the artifact");
-    char magic[4] = {};
-    probe.read(magic, 4);
-    if (probe.gcount() != 4 || magic[0] != 0x7f || magic[1] != 'E' ||
-        magic[2] != 'L' || magic[3] != 'F')
-      throw Error(path + ": not a .fwpk artifact (no ELF header)");
-  }
+  checkElfFile(path);
   std::shared_ptr<Artifact> artifact(new Artifact());
   artifact->path_ = path;
   // RTLD_LOCAL: two artifacts define the same helper symbols.
@@ -571,7 +603,7 @@ TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
   TensorMap outputs;
   if (needsGrad && torch::GradMode::is_enabled()) {
     torch::autograd::variable_list results =
-        CompiledScanFunction::apply(autogradInputs, context);
+        CompiledScanFunction::apply(at::TensorList(autogradInputs), context);
     outputs["y"] = results[0];
     for (size_t i = 0; i < signature.states.size(); ++i)
       outputs[finalName(signature.states[i].name)] = results[1 + i];
