@@ -19,8 +19,12 @@ namespace {
 /// Maps each size that stands for a dim to the dim's new value.
 class SizeMap {
 public:
-  explicit SizeMap(llvm::DenseMap<int64_t, int64_t> sizes)
-      : sizes(std::move(sizes)) {}
+  SizeMap(llvm::DenseMap<int64_t, int64_t> sizes, FloatType element)
+      : sizes(std::move(sizes)), element(element) {}
+
+  FloatType mapElement(Type type) const {
+    return element ? element : cast<FloatType>(type);
+  }
 
   int64_t map(int64_t size) const {
     auto it = sizes.find(size);
@@ -30,16 +34,19 @@ public:
   Type map(Type type) const {
     if (auto vector = dyn_cast<VectorType>(type))
       return VectorType::get({map(vector.getDimSize(0))},
-                             vector.getElementType());
+                             mapElement(vector.getElementType()));
     if (auto weight = dyn_cast<FastWeightType>(type))
       return FastWeightType::get(type.getContext(), map(weight.getKeyDim()),
                                  map(weight.getValueDim()),
-                                 weight.getElementType());
+                                 mapElement(weight.getElementType()));
+    if (isa<FloatType>(type))
+      return mapElement(type);
     return type;
   }
 
 private:
   llvm::DenseMap<int64_t, int64_t> sizes;
+  FloatType element;
 };
 
 struct FwpSpecializeDimsPass
@@ -59,13 +66,26 @@ struct FwpSpecializeDimsPass
       }
       requested[name.trim()] = value;
     }
+    Builder builder(&getContext());
+    FloatType element;
+    if (dtype == "f32")
+      element = builder.getF32Type();
+    else if (dtype == "f64")
+      element = builder.getF64Type();
+    else if (!dtype.empty()) {
+      getOperation().emitError()
+          << "fwp-specialize-dims: dtype must be f32 or f64, got '" << dtype
+          << "'";
+      return signalPassFailure();
+    }
     for (ScanOp scan : getOperation().getOps<ScanOp>())
-      if (failed(specialize(scan, requested)))
+      if (failed(specialize(scan, requested, element)))
         return signalPassFailure();
   }
 
   LogicalResult specialize(ScanOp scan,
-                           const llvm::StringMap<int64_t> &requested) {
+                           const llvm::StringMap<int64_t> &requested,
+                           FloatType element) {
     Builder builder(scan.getContext());
     llvm::DenseMap<int64_t, int64_t> sizes;
     SmallVector<NamedAttribute> newDims;
@@ -84,7 +104,7 @@ struct FwpSpecializeDimsPass
       newDims.push_back(
           builder.getNamedAttr(dim.getName(), builder.getI64IntegerAttr(newValue)));
     }
-    SizeMap map(std::move(sizes));
+    SizeMap map(std::move(sizes), element);
     scan.setDimsAttr(builder.getDictionaryAttr(newDims));
     for (BlockArgument arg : scan.getBodyBlock().getArguments())
       arg.setType(map.map(arg.getType()));

@@ -13,13 +13,17 @@ def FwpSpecializeDims : Pass<"fwp-specialize-dims", "mlir::ModuleOp"> {
     argument, result and output types) to the new value given in `dims`
     (`d=32,d_ff=128`), and the scan's `dims` attribute with it. Dims not named
     keep their value; a named dim the scan does not declare is an error.
+    `dtype=f64` also turns every f32 scalar, vector and fast weight into f64
+    (for gradient checks in double precision).
 
     ```
     fwp-opt models/delta_mlp.mlir --fwp-specialize-dims="dims=d=32,d_ff=128"
     ```
   }];
   let options = [
-    ListOption<"dims", "dims", "std::string", "name=value pairs">
+    ListOption<"dims", "dims", "std::string", "name=value pairs">,
+    Option<"dtype", "dtype", "std::string", /*default=*/"\"\"",
+           "also change the element type of every value: f32 or f64">
   ];
 }
 

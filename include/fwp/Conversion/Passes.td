@@ -1,0 +1,47 @@
+//===- Passes.td - Conversions out of the fwp dialect ------*- tablegen -*-===//
+#ifndef FWP_CONVERSION_PASSES_TD
+#define FWP_CONVERSION_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def ConvertFwpToCPU : Pass<"convert-fwp-to-cpu", "mlir::ModuleOp"> {
+  let summary = "lower every fwp.scan to a CPU function over one (batch, head)";
+  let description = [{
+    Each `fwp.scan @L` becomes `func.func @L(%T: index, <buffers>)` with the
+    `llvm.emit_c_interface` attribute. Buffers, in order: the seq inputs
+    (`memref<?xNxf32>`, `memref<?xf32>` for scalars), the params, the states
+    (read and written in place: initial value in, final value out) and the
+    outputs (`memref<?xNxf32>` / `memref<?xf32>`). Time is an `scf.for`
+    (counting down for `reverse` scans); vectors live in registers (`vector`
+    dialect), fast weights in memory, updated in place when the old value has
+    no later use and copied otherwise; scratch matrices are allocated once per
+    call, outside the time loop.
+
+    ```
+    fwp-opt models/delta_net.mlir --convert-fwp-to-cpu
+    ```
+  }];
+  let dependentDialects = [
+    "::mlir::func::FuncDialect", "::mlir::scf::SCFDialect",
+    "::mlir::memref::MemRefDialect", "::mlir::vector::VectorDialect",
+    "::mlir::arith::ArithDialect", "::mlir::math::MathDialect"
+  ];
+}
+
+def FwpCPUEntryPoints : Pass<"fwp-cpu-entry-points", "mlir::ModuleOp"> {
+  let summary = "add packed C entry points fwp_<L>(int64_t T, void **args)";
+  let description = [{
+    Runs after the lowering to the LLVM dialect. For every function that has
+    a C interface wrapper `_mlir_ciface_<L>`, adds
+    `llvm.func @fwp_<L>(%T: i64, %args: !llvm.ptr)`, which loads the i-th
+    memref descriptor pointer from `args[i]` and calls the wrapper. The
+    runtime calls these, whatever the number of buffers.
+
+    ```
+    fwp-opt f.mlir --convert-fwp-to-cpu --convert-to-llvm --fwp-cpu-entry-points
+    ```
+  }];
+  let dependentDialects = ["::mlir::LLVM::LLVMDialect"];
+}
+
+#endif // FWP_CONVERSION_PASSES_TD

@@ -1,0 +1,55 @@
+//===- Artifact.h - Building .fwpk artifacts --------------------*- C++ -*-===//
+//
+// The steps of fwp-compile: front end (differentiation), manifest, CPU
+// lowering to LLVM, code generation and linking into a shared library.
+// docs/design.md describes the artifact and its manifest.
+//
+//===----------------------------------------------------------------------===//
+#ifndef FWP_TARGET_ARTIFACT_H
+#define FWP_TARGET_ARTIFACT_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Pass/PassManager.h"
+#include "llvm/IR/Module.h"
+#include "llvm/Support/JSON.h"
+
+#include <memory>
+#include <string>
+
+namespace fwp {
+
+/// Version of the artifact format; the runtime refuses other versions.
+inline constexpr int kArtifactFormatVersion = 1;
+
+/// Canonicalise and differentiate: afterwards the module holds the forward
+/// scan @L, @L_train and @L_grad.
+void buildFrontEndPipeline(mlir::OpPassManager &pm);
+/// fwp scans -> LLVM dialect with packed entry points fwp_<scan>.
+void buildCPULoweringPipeline(mlir::OpPassManager &pm);
+/// Registers `fwp-pipeline` (options: target=cpu) with the pass registry.
+void registerFwpPipelines();
+
+/// The manifest of a differentiated module (one layer); emits a diagnostic
+/// and fails when the module does not hold exactly one layer.
+mlir::FailureOr<llvm::json::Object> buildManifest(mlir::ModuleOp module);
+
+/// Translates an LLVM-dialect module to LLVM IR for x86-64 (`cpu` names the
+/// processor, e.g. "x86-64-v3" or "native"), adds the `fwp_manifest`
+/// global and optimises at -O3.
+mlir::FailureOr<std::unique_ptr<llvm::Module>>
+translateToOptimizedLLVM(mlir::ModuleOp module, llvm::LLVMContext &context,
+                         llvm::StringRef manifestJson, llvm::StringRef cpu);
+
+/// Writes an object file for `module`.
+mlir::LogicalResult emitObjectFile(llvm::Module &module, llvm::StringRef cpu,
+                                   llvm::StringRef path, std::string &error);
+
+/// Links `objectPath` into the shared library `outputPath` with the system C
+/// compiler driver; the output appears atomically (temp file + rename).
+mlir::LogicalResult linkSharedLibrary(llvm::StringRef objectPath,
+                                      llvm::StringRef outputPath,
+                                      std::string &error);
+
+} // namespace fwp
+
+#endif // FWP_TARGET_ARTIFACT_H

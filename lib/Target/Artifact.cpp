@@ -1,0 +1,351 @@
+//===- Artifact.cpp - Building .fwpk artifacts ----------------------------===//
+
+#include "fwp/Target/Artifact.h"
+
+#include "fwp/Conversion/Passes.h"
+#include "fwp/Dialect/Fwp/IR/FwpOps.h"
+#include "fwp/Dialect/Fwp/Transforms/Passes.h"
+
+#include "mlir/Pass/PassRegistry.h"
+#include "mlir/Target/LLVMIR/Export.h"
+#include "llvm/IR/LegacyPassManager.h"
+#include "llvm/MC/TargetRegistry.h"
+#include "llvm/Passes/PassBuilder.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/Program.h"
+#include "llvm/Support/TargetSelect.h"
+#include "llvm/Support/raw_ostream.h"
+#include "llvm/Target/TargetMachine.h"
+#include "llvm/TargetParser/Host.h"
+#include "llvm/TargetParser/SubtargetFeature.h"
+#include "llvm/TargetParser/Triple.h"
+
+using namespace mlir;
+
+namespace fwp {
+
+static void addPipeline(OpPassManager &pm, StringRef pipeline) {
+  // The pipelines below are fixed strings: a parse error is a bug here.
+  if (failed(parsePassPipeline(pipeline, pm, llvm::errs())))
+    llvm::report_fatal_error("fwp: bad built-in pipeline");
+}
+
+void buildFrontEndPipeline(OpPassManager &pm) {
+  addPipeline(pm, "canonicalize,fwp-differentiate,canonicalize,cse");
+}
+
+void buildCPULoweringPipeline(OpPassManager &pm) {
+  addPipeline(pm,
+              "convert-fwp-to-cpu,canonicalize,cse,"
+              "convert-vector-to-scf,convert-scf-to-cf,"
+              "convert-vector-to-llvm,convert-math-to-llvm,"
+              "expand-strided-metadata,finalize-memref-to-llvm,"
+              "convert-arith-to-llvm,convert-func-to-llvm,convert-cf-to-llvm,"
+              "reconcile-unrealized-casts,fwp-cpu-entry-points,canonicalize");
+}
+
+namespace {
+struct FwpPipelineOptions : public PassPipelineOptions<FwpPipelineOptions> {
+  Option<std::string> target{*this, "target",
+                             llvm::cl::desc("cpu: differentiate and lower "
+                                            "every scan to the LLVM dialect"),
+                             llvm::cl::init("cpu")};
+};
+} // namespace
+
+void registerFwpPipelines() {
+  PassPipelineRegistration<FwpPipelineOptions>(
+      "fwp-pipeline",
+      "differentiate the layer and lower it (target=cpu) as fwp-compile does",
+      [](OpPassManager &pm, const FwpPipelineOptions &options) {
+        buildFrontEndPipeline(pm);
+        buildCPULoweringPipeline(pm);
+      });
+}
+
+//===----------------------------------------------------------------------===//
+// Manifest
+//===----------------------------------------------------------------------===//
+
+static llvm::json::Array shapeOf(Type type) {
+  llvm::json::Array shape;
+  if (auto vector = dyn_cast<VectorType>(type))
+    shape.push_back(vector.getDimSize(0));
+  else if (auto weight = dyn_cast<mlir::fwp::FastWeightType>(type)) {
+    shape.push_back(weight.getKeyDim());
+    shape.push_back(weight.getValueDim());
+  }
+  return shape;
+}
+
+/// Shape of the kernel buffer: [-1 (= T), ...] per step, [1] for a scalar
+/// that is not per step.
+static llvm::json::Array bufferShapeOf(Type type, bool perStep) {
+  llvm::json::Array shape = shapeOf(type);
+  if (perStep)
+    shape.insert(shape.begin(), -1);
+  else if (shape.empty())
+    shape.push_back(1);
+  return shape;
+}
+
+static llvm::json::Object namedShape(StringRef name, Type type) {
+  return llvm::json::Object{{"name", name}, {"shape", shapeOf(type)}};
+}
+
+static llvm::json::Object bufferArg(StringRef role, StringRef name, Type type,
+                              bool perStep) {
+  return llvm::json::Object{{"role", role},
+                            {"name", name},
+                            {"shape", bufferShapeOf(type, perStep)}};
+}
+
+static StringRef nameAt(ArrayAttr names, unsigned i) {
+  return cast<StringAttr>(names[i]).getValue();
+}
+
+/// The manifest's argument list of one kernel, from its scan's names.
+static llvm::json::Array kernelArgs(mlir::fwp::ScanOp scan, StringRef role) {
+  llvm::json::Array args;
+  bool backward = role == "backward";
+  for (auto [i, arg] : llvm::enumerate(scan.getSeqArgs())) {
+    StringRef name = nameAt(scan.getSeqNames(), i);
+    StringRef argRole = "seq";
+    if (name.starts_with("tape.")) {
+      argRole = "tape";
+    } else if (backward && name.consume_front("grad.")) {
+      argRole = "grad_output";
+    }
+    args.push_back(bufferArg(argRole, name, arg.getType(), true));
+  }
+  for (auto [i, arg] : llvm::enumerate(scan.getParamArgs()))
+    args.push_back(bufferArg("param", nameAt(scan.getParamNames(), i),
+                         arg.getType(), false));
+  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs())) {
+    StringRef name = nameAt(scan.getStateNames(), i);
+    StringRef argRole = "state";
+    if (name.consume_front("grad.state."))
+      argRole = "grad_state";
+    else if (name.consume_front("grad.param."))
+      argRole = "grad_param";
+    args.push_back(bufferArg(argRole, name, arg.getType(), false));
+  }
+  for (auto [i, type] : llvm::enumerate(scan.getOutputTypes())) {
+    StringRef name = nameAt(scan.getOutputNames(), i);
+    StringRef argRole = "output";
+    if (name.starts_with("tape."))
+      argRole = "tape";
+    else if (backward && name.consume_front("grad."))
+      argRole = "grad_seq";
+    args.push_back(
+        bufferArg(argRole, name, cast<TypeAttr>(type).getValue(), true));
+  }
+  return args;
+}
+
+FailureOr<llvm::json::Object> buildManifest(ModuleOp module) {
+  mlir::fwp::ScanOp forward, train, grad;
+  for (auto scan : module.getOps<mlir::fwp::ScanOp>()) {
+    auto role = scan->getAttrOfType<StringAttr>(mlir::fwp::kRoleAttrName);
+    mlir::fwp::ScanOp &slot =
+        !role ? forward : role.getValue() == "backward" ? grad : train;
+    if (slot) {
+      scan.emitError() << "an artifact holds one layer, but the module has "
+                          "another scan of the same role: @"
+                       << slot.getSymName();
+      return failure();
+    }
+    slot = scan;
+  }
+  if (!forward || !train || !grad) {
+    module.emitError() << "expected one layer (a fwp.scan) and its "
+                          "fwp-differentiate scans";
+    return failure();
+  }
+
+  llvm::json::Object dims;
+  for (NamedAttribute dim : forward.getDims())
+    dims[dim.getName().getValue()] = cast<IntegerAttr>(dim.getValue()).getInt();
+  Type element = getElementTypeOrSelf(forward.getSeqArgs().empty()
+                                          ? Type()
+                                          : forward.getSeqArgs()[0].getType());
+  if (auto weight = dyn_cast_or_null<mlir::fwp::FastWeightType>(element))
+    element = weight.getElementType();
+  std::string dtype = element && element.isF64() ? "f64" : "f32";
+
+  llvm::json::Array seq, params, states, outputs, tape;
+  for (auto [i, arg] : llvm::enumerate(forward.getSeqArgs()))
+    seq.push_back(namedShape(nameAt(forward.getSeqNames(), i), arg.getType()));
+  for (auto [i, arg] : llvm::enumerate(forward.getParamArgs()))
+    params.push_back(
+        namedShape(nameAt(forward.getParamNames(), i), arg.getType()));
+  for (auto [i, arg] : llvm::enumerate(forward.getStateArgs()))
+    states.push_back(
+        namedShape(nameAt(forward.getStateNames(), i), arg.getType()));
+  for (auto [i, type] : llvm::enumerate(forward.getOutputTypes()))
+    outputs.push_back(namedShape(nameAt(forward.getOutputNames(), i),
+                                 cast<TypeAttr>(type).getValue()));
+  for (auto [i, type] : llvm::enumerate(train.getOutputTypes())) {
+    StringRef name = nameAt(train.getOutputNames(), i);
+    if (name.starts_with("tape."))
+      tape.push_back(namedShape(name, cast<TypeAttr>(type).getValue()));
+  }
+
+  auto kernel = [&](mlir::fwp::ScanOp scan, StringRef role) {
+    return llvm::json::Object{
+        {"symbol", mlir::fwp::cpuEntryPointName(scan.getSymName())},
+        {"args", kernelArgs(scan, role)}};
+  };
+  llvm::json::Object cpu{{"forward", kernel(forward, "forward")},
+                         {"forward_train", kernel(train, "forward_train")},
+                         {"backward", kernel(grad, "backward")}};
+  return llvm::json::Object{
+      {"format", "fwpk"},
+      {"version", kArtifactFormatVersion},
+      {"layer", forward.getSymName()},
+      {"dims", std::move(dims)},
+      {"dtype", dtype},
+      {"reconstruct", "invert"},
+      {"seq", std::move(seq)},
+      {"params", std::move(params)},
+      {"states", std::move(states)},
+      {"outputs", std::move(outputs)},
+      {"tape", std::move(tape)},
+      {"kernels", llvm::json::Object{{"cpu", std::move(cpu)}}}};
+}
+
+//===----------------------------------------------------------------------===//
+// LLVM code generation
+//===----------------------------------------------------------------------===//
+
+static const char *kTriple = "x86_64-unknown-linux-gnu";
+
+static std::unique_ptr<llvm::TargetMachine> makeTargetMachine(StringRef cpu,
+                                                              std::string &error) {
+  llvm::InitializeNativeTarget();
+  llvm::InitializeNativeTargetAsmPrinter();
+  llvm::Triple triple(kTriple);
+  const llvm::Target *target = llvm::TargetRegistry::lookupTarget(triple, error);
+  if (!target)
+    return nullptr;
+  std::string cpuName = cpu.str(), features;
+  if (cpu == "native") {
+    cpuName = llvm::sys::getHostCPUName().str();
+    llvm::SubtargetFeatures subtarget;
+    for (const auto &feature : llvm::sys::getHostCPUFeatures())
+      subtarget.AddFeature(feature.first(), feature.second);
+    features = subtarget.getString();
+  }
+  llvm::TargetOptions options;
+  std::unique_ptr<llvm::TargetMachine> machine(target->createTargetMachine(
+      triple, cpuName, features, options, llvm::Reloc::PIC_, std::nullopt,
+      llvm::CodeGenOptLevel::Aggressive));
+  if (!machine)
+    error = "cannot create a target machine for cpu '" + cpu.str() + "'";
+  return machine;
+}
+
+FailureOr<std::unique_ptr<llvm::Module>>
+translateToOptimizedLLVM(ModuleOp module, llvm::LLVMContext &context,
+                              StringRef manifestJson, StringRef cpu) {
+  std::unique_ptr<llvm::Module> llvmModule =
+      translateModuleToLLVMIR(module, context, "fwp");
+  if (!llvmModule) {
+    module.emitError() << "translation to LLVM IR failed";
+    return failure();
+  }
+  std::string error;
+  std::unique_ptr<llvm::TargetMachine> machine = makeTargetMachine(cpu, error);
+  if (!machine) {
+    module.emitError() << error;
+    return failure();
+  }
+  llvmModule->setTargetTriple(llvm::Triple(kTriple));
+  llvmModule->setDataLayout(machine->createDataLayout());
+
+  auto *manifest = llvm::ConstantDataArray::getString(context, manifestJson,
+                                                      /*AddNull=*/true);
+  new llvm::GlobalVariable(*llvmModule, manifest->getType(), /*isConstant=*/true,
+                           llvm::GlobalValue::ExternalLinkage, manifest,
+                           "fwp_manifest");
+
+  // Every function computes in place on the runtime's buffers; let LLVM
+  // vectorise and unroll at -O3 for the chosen processor.
+  for (llvm::Function &function : *llvmModule)
+    if (!function.isDeclaration()) {
+      function.addFnAttr("target-cpu", machine->getTargetCPU());
+      if (!machine->getTargetFeatureString().empty())
+        function.addFnAttr("target-features",
+                           machine->getTargetFeatureString());
+    }
+
+  llvm::LoopAnalysisManager lam;
+  llvm::FunctionAnalysisManager fam;
+  llvm::CGSCCAnalysisManager cgam;
+  llvm::ModuleAnalysisManager mam;
+  llvm::PassBuilder passBuilder(machine.get());
+  passBuilder.registerModuleAnalyses(mam);
+  passBuilder.registerCGSCCAnalyses(cgam);
+  passBuilder.registerFunctionAnalyses(fam);
+  passBuilder.registerLoopAnalyses(lam);
+  passBuilder.crossRegisterProxies(lam, fam, cgam, mam);
+  llvm::ModulePassManager passes =
+      passBuilder.buildPerModuleDefaultPipeline(llvm::OptimizationLevel::O3);
+  passes.run(*llvmModule, mam);
+  return llvmModule;
+}
+
+LogicalResult emitObjectFile(llvm::Module &module, StringRef cpu,
+                                  StringRef path, std::string &error) {
+  std::unique_ptr<llvm::TargetMachine> machine = makeTargetMachine(cpu, error);
+  if (!machine)
+    return failure();
+  std::error_code ec;
+  llvm::raw_fd_ostream out(path, ec, llvm::sys::fs::OF_None);
+  if (ec) {
+    error = "cannot write '" + path.str() + "': " + ec.message();
+    return failure();
+  }
+  llvm::legacy::PassManager codegen;
+  if (machine->addPassesToEmitFile(codegen, out, nullptr,
+                                   llvm::CodeGenFileType::ObjectFile)) {
+    error = "the x86-64 back end cannot emit an object file";
+    return failure();
+  }
+  codegen.run(module);
+  out.flush();
+  return success();
+}
+
+LogicalResult linkSharedLibrary(StringRef objectPath, StringRef outputPath,
+                                     std::string &error) {
+  llvm::ErrorOr<std::string> driver = llvm::sys::findProgramByName("cc");
+  if (!driver)
+    driver = llvm::sys::findProgramByName("gcc");
+  if (!driver) {
+    error = "no C compiler driver ('cc') on PATH to link the shared library";
+    return failure();
+  }
+  std::string temporary = (outputPath + ".tmp").str();
+  SmallVector<StringRef> args{*driver, "-shared", "-o", temporary, objectPath,
+                              "-lm"};
+  std::string message;
+  int status = llvm::sys::ExecuteAndWait(*driver, args, std::nullopt, {}, 0, 0,
+                                         &message);
+  if (status != 0) {
+    llvm::sys::fs::remove(temporary);
+    error = "linking failed (" + *driver + " exited with " +
+            std::to_string(status) + (message.empty() ? "" : ": " + message) +
+            ")";
+    return failure();
+  }
+  if (std::error_code ec = llvm::sys::fs::rename(temporary, outputPath)) {
+    llvm::sys::fs::remove(temporary);
+    error = "cannot write '" + outputPath.str() + "': " + ec.message();
+    return failure();
+  }
+  return success();
+}
+
+} // namespace fwp

@@ -1,0 +1,80 @@
+//===- CompiledLayer.h - Layers compiled by fwp-compile ---------*- C++ -*-===//
+//
+// A .fwpk artifact (docs/design.md) is a shared library with a JSON manifest
+// and one C entry point per kernel. CompiledLayer loads it, validates the
+// manifest and every call's tensors against it, and runs the kernels as a
+// torch autograd function: forward (or forward_train, which also records the
+// tape, when gradients are needed) and backward.
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include "fwp/runtime/Layer.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace fwp {
+
+/// One buffer argument of a kernel, as the manifest lists it.
+struct KernelArg {
+  std::string role; ///< seq, param, state, output, tape, grad_*
+  std::string name;
+  std::vector<int64_t> shape; ///< -1 stands for T
+};
+
+/// A CPU entry point: void symbol(int64_t T, void **descriptors).
+struct CpuKernel {
+  std::string symbol;
+  std::vector<KernelArg> args;
+  void (*entry)(int64_t, void **) = nullptr;
+};
+
+/// The parsed manifest of an artifact and its loaded code.
+class Artifact {
+public:
+  /// Loads and validates `path`; throws fwp::Error naming the file and the
+  /// manifest field at fault.
+  static std::shared_ptr<const Artifact> load(const std::string &path);
+  ~Artifact();
+  Artifact(const Artifact &) = delete;
+  Artifact &operator=(const Artifact &) = delete;
+
+  const std::string &path() const { return path_; }
+  const LayerSignature &signature() const { return signature_; }
+  const Dims &dims() const { return dims_; }
+  torch::ScalarType dtype() const { return dtype_; }
+  /// Names and per-step shapes of the tape that forward_train records.
+  const std::vector<TensorSpec> &tape() const { return tape_; }
+  const CpuKernel &forward() const { return forward_; }
+  const CpuKernel &forwardTrain() const { return forwardTrain_; }
+  const CpuKernel &backward() const { return backward_; }
+
+private:
+  Artifact() = default;
+  std::string path_;
+  void *handle_ = nullptr;
+  LayerSignature signature_;
+  Dims dims_;
+  torch::ScalarType dtype_ = torch::kFloat;
+  std::vector<TensorSpec> tape_;
+  CpuKernel forward_, forwardTrain_, backward_;
+};
+
+class CompiledLayer : public FastWeightLayer {
+public:
+  explicit CompiledLayer(std::shared_ptr<const Artifact> artifact);
+  const LayerSignature &signature() const override;
+  const Dims &dims() const override;
+  TensorMap forward(const TensorMap &inputs) const override;
+  const Artifact &artifact() const { return *artifact_; }
+
+private:
+  std::shared_ptr<const Artifact> artifact_;
+};
+
+/// Loads a .fwpk as a FastWeightLayer (throws fwp::Error).
+std::unique_ptr<FastWeightLayer> loadCompiledLayer(const std::string &path);
+
+} // namespace fwp

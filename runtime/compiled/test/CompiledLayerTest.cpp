@@ -1,0 +1,283 @@
+//===- CompiledLayerTest.cpp - Compiled layers against the references -----===//
+//
+// Every layer compiled by fwp-compile (CPU kernels, forward and backward) must
+// match the eager reference layers, which are written independently from
+// shared/MODELS.md: outputs, final states and every gradient, over several
+// shapes (T = 1, T not a multiple of anything, d_key != d_value, odd d) and
+// with and without initial states.
+//
+//===----------------------------------------------------------------------===//
+
+#include "fwp/runtime/CompiledLayer.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string artifactPath(const std::string &name) {
+  return std::string(FWP_TEST_ARTIFACTS) + "/" + name + ".fwpk";
+}
+
+bool haveArtifacts() { return fs::exists(artifactPath("delta_net")); }
+
+#define REQUIRE_ARTIFACTS()                                                    \
+  if (!haveArtifacts())                                                        \
+  GTEST_SKIP() << "no artifacts in " FWP_TEST_ARTIFACTS                        \
+                  " (the build has no compiler: FWP_ENABLE_COMPILER=OFF)"
+
+/// Inputs of one call: every seq input and param, and optionally every
+/// initial state, drawn from a fixed seed.
+fwp::TensorMap makeInputs(const fwp::FastWeightLayer &layer, int64_t batch,
+                          int64_t heads, int64_t steps, bool withInit,
+                          torch::ScalarType dtype, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto options = torch::TensorOptions().dtype(dtype);
+  fwp::TensorMap inputs;
+  const fwp::LayerSignature &signature = layer.signature();
+  for (const auto &spec : signature.seq) {
+    std::vector<int64_t> shape{batch, heads, steps};
+    for (int64_t size : fwp::resolveShape(spec, layer.dims()))
+      shape.push_back(size);
+    inputs[spec.name] = torch::randn(shape, options);
+  }
+  for (const auto &spec : signature.params) {
+    std::vector<int64_t> shape{heads};
+    for (int64_t size : fwp::resolveShape(spec, layer.dims()))
+      shape.push_back(size);
+    torch::Tensor value = 0.5 * torch::randn(shape, options);
+    if (spec.name == "ln_weight")
+      value = value + 1.0;
+    inputs[spec.name] = value;
+  }
+  if (withInit)
+    for (const auto &spec : signature.states) {
+      std::vector<int64_t> shape{batch, heads};
+      for (int64_t size : fwp::resolveShape(spec, layer.dims()))
+        shape.push_back(size);
+      inputs[fwp::initName(spec.name)] = 0.3 * torch::randn(shape, options);
+    }
+  return inputs;
+}
+
+/// max |a - b| / max(max |b|, 1).
+double relativeError(const torch::Tensor &a, const torch::Tensor &b) {
+  double scale = std::max(b.abs().max().item<double>(), 1.0);
+  return (a - b).abs().max().item<double>() / scale;
+}
+
+struct Case {
+  std::string artifact;
+  int64_t batch, heads, steps;
+  bool withInit;
+};
+
+std::string caseName(const testing::TestParamInfo<Case> &info) {
+  const Case &c = info.param;
+  return c.artifact + "_B" + std::to_string(c.batch) + "H" + std::to_string(c.heads) +
+         "T" + std::to_string(c.steps) + (c.withInit ? "_init" : "_zero");
+}
+
+class CompiledMatchesReference : public testing::TestWithParam<Case> {};
+
+TEST_P(CompiledMatchesReference, OutputsFinalStatesAndGradients) {
+  REQUIRE_ARTIFACTS();
+  const Case &c = GetParam();
+  auto artifact = fwp::Artifact::load(artifactPath(c.artifact));
+  fwp::CompiledLayer compiled(artifact);
+  auto reference = fwp::makeReferenceLayer(artifact->signature().layer, artifact->dims());
+  torch::ScalarType dtype = artifact->dtype();
+  double tolerance = dtype == torch::kDouble ? 1e-10 : 1e-4;
+
+  fwp::TensorMap inputs =
+      makeInputs(compiled, c.batch, c.heads, c.steps, c.withInit, dtype, 1234);
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> leavesCompiled, leavesReference;
+  fwp::TensorMap compiledInputs, referenceInputs;
+  for (const auto &[name, value] : inputs) {
+    names.push_back(name);
+    leavesCompiled.push_back(value.clone().requires_grad_(true));
+    leavesReference.push_back(value.clone().requires_grad_(true));
+    compiledInputs[name] = leavesCompiled.back();
+    referenceInputs[name] = leavesReference.back();
+  }
+  fwp::TensorMap got = compiled.forward(compiledInputs);
+  fwp::TensorMap want = reference->forward(referenceInputs);
+  ASSERT_EQ(got.size(), want.size());
+
+  // A random cotangent for every output; the loss is their inner product.
+  torch::manual_seed(99);
+  torch::Tensor lossCompiled = torch::zeros({}, torch::TensorOptions().dtype(dtype));
+  torch::Tensor lossReference = lossCompiled.clone();
+  for (const auto &[name, value] : want) {
+    ASSERT_TRUE(got.count(name)) << "compiled layer lacks output " << name;
+    ASSERT_EQ(got[name].sizes(), value.sizes()) << name;
+    EXPECT_LE(relativeError(got[name].detach(), value.detach()), tolerance)
+        << "output " << name;
+    torch::Tensor cotangent = torch::randn(value.sizes(), value.options());
+    lossCompiled = lossCompiled + (got[name] * cotangent).sum();
+    lossReference = lossReference + (value * cotangent).sum();
+  }
+  auto gradsCompiled = torch::autograd::grad({lossCompiled}, leavesCompiled);
+  auto gradsReference = torch::autograd::grad({lossReference}, leavesReference);
+  for (size_t i = 0; i < names.size(); ++i) {
+    ASSERT_TRUE(gradsCompiled[i].defined()) << "no gradient for " << names[i];
+    EXPECT_LE(relativeError(gradsCompiled[i], gradsReference[i]), tolerance)
+        << "gradient of " << names[i];
+  }
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  for (const char *model : {"linear_transformer", "delta_net", "delta_mlp", "delta_rnn",
+                            "delta_lstm", "rdn"}) {
+    out.push_back({model, 1, 1, 1, false});
+    out.push_back({model, 2, 3, 7, true});
+    out.push_back({model, 2, 2, 33, false});
+  }
+  for (const char *model : {"delta_net_d5", "delta_mlp_d6_ff10", "rdn_d7", "delta_lstm_d3"})
+    out.push_back({model, 2, 2, 19, true});
+  for (const char *model : {"linear_transformer_f64", "delta_net_f64", "delta_mlp_f64",
+                            "delta_rnn_f64", "delta_lstm_f64", "rdn_f64"}) {
+    out.push_back({model, 2, 2, 9, true});
+    out.push_back({model, 1, 2, 1, false});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllModels, CompiledMatchesReference, testing::ValuesIn(cases()),
+                         caseName);
+
+TEST(CompiledLayer, InferenceForwardMatchesTrainingForward) {
+  REQUIRE_ARTIFACTS();
+  fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("delta_rnn")));
+  fwp::TensorMap inputs = makeInputs(layer, 2, 2, 12, true, torch::kFloat, 7);
+  fwp::TensorMap inference = layer.forward(inputs); // no grad: forward kernel
+  fwp::TensorMap training;
+  for (auto &[name, value] : inputs)
+    training[name] = value.clone().requires_grad_(true);
+  fwp::TensorMap trained = layer.forward(training); // forward_train kernel
+  for (const auto &[name, value] : inference)
+    EXPECT_TRUE(torch::allclose(value, trained[name].detach(), 0, 0)) << name;
+}
+
+TEST(CompiledLayer, CarriedStatesEqualOneLongCall) {
+  REQUIRE_ARTIFACTS();
+  fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("rdn")));
+  fwp::TensorMap inputs = makeInputs(layer, 2, 2, 20, false, torch::kFloat, 11);
+  fwp::TensorMap whole = layer.forward(inputs);
+  fwp::TensorMap first, second;
+  for (const auto &[name, value] : inputs) {
+    bool perStep = value.dim() >= 3 && value.size(2) == 20 && name != "R_q" &&
+                   name != "R_k" && name != "R_v";
+    first[name] = perStep ? value.slice(2, 0, 8) : value;
+    second[name] = perStep ? value.slice(2, 8, 20) : value;
+  }
+  fwp::TensorMap a = layer.forward(first);
+  for (const auto &spec : layer.signature().states)
+    second[fwp::initName(spec.name)] = a[fwp::finalName(spec.name)];
+  fwp::TensorMap b = layer.forward(second);
+  EXPECT_LE(relativeError(torch::cat({a["y"], b["y"]}, 2), whole["y"]), 1e-5);
+  for (const auto &spec : layer.signature().states)
+    EXPECT_LE(relativeError(b[fwp::finalName(spec.name)],
+                            whole[fwp::finalName(spec.name)]),
+              1e-5);
+}
+
+TEST(CompiledLayer, RejectsMismatchedTensors) {
+  REQUIRE_ARTIFACTS();
+  fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("delta_net")));
+  fwp::TensorMap inputs = makeInputs(layer, 1, 2, 3, false, torch::kFloat, 3);
+  fwp::TensorMap wrongSize = inputs;
+  wrongSize["q"] = torch::randn({1, 2, 3, 8});
+  EXPECT_THROW(layer.forward(wrongSize), fwp::Error);
+  fwp::TensorMap wrongType;
+  for (const auto &[name, value] : inputs)
+    wrongType[name] = value.to(torch::kDouble);
+  try {
+    layer.forward(wrongType);
+    FAIL() << "float64 tensors were accepted by a float32 artifact";
+  } catch (const fwp::Error &error) {
+    EXPECT_NE(std::string(error.what()).find("compiled for float32"), std::string::npos)
+        << error.what();
+  }
+  fwp::TensorMap missing = inputs;
+  missing.erase("beta");
+  EXPECT_THROW(layer.forward(missing), fwp::Error);
+}
+
+class ArtifactFile : public testing::Test {
+protected:
+  std::string write(const std::string &name, const std::string &bytes) {
+    std::string path = (fs::temp_directory_path() / ("fwp-test-" + name)).string();
+    std::ofstream(path, std::ios::binary) << bytes;
+    paths.push_back(path);
+    return path;
+  }
+  void TearDown() override {
+    for (const auto &path : paths)
+      std::remove(path.c_str());
+  }
+  static std::string messageOf(const std::string &path) {
+    try {
+      fwp::Artifact::load(path);
+    } catch (const fwp::Error &error) {
+      return error.what();
+    }
+    return "";
+  }
+  std::vector<std::string> paths;
+};
+
+TEST_F(ArtifactFile, RejectsMissingGarbageTruncatedAndForeignFiles) {
+  EXPECT_NE(messageOf("/nonexistent/x.fwpk").find("cannot open the artifact"),
+            std::string::npos);
+  std::string garbage = write("garbage.fwpk", "this is not an ELF file at all");
+  EXPECT_NE(messageOf(garbage).find("no ELF header"), std::string::npos);
+
+  // A library that is not an artifact: no manifest.
+  for (const char *libm : {"/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6"})
+    if (fs::exists(libm)) {
+      EXPECT_NE(messageOf(libm).find("no fwp_manifest symbol"), std::string::npos);
+      break;
+    }
+
+  if (!haveArtifacts())
+    return;
+  std::ifstream in(artifactPath("delta_net"), std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string truncated = write("truncated.fwpk", bytes.substr(0, bytes.size() / 3));
+  EXPECT_NE(messageOf(truncated).find("truncated?"), std::string::npos)
+      << messageOf(truncated);
+
+  // Valid libraries whose manifest was tampered with (same length, so the
+  // ELF file stays loadable).
+  auto patched = [&](const std::string &name, const std::string &from,
+                     const std::string &to) {
+    std::string copy = bytes;
+    size_t at = copy.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    copy.replace(at, from.size(), to);
+    return write(name, copy);
+  };
+  EXPECT_NE(messageOf(patched("version.fwpk", "\"version\": 1", "\"version\": 9"))
+                .find("manifest field 'version' is 9"),
+            std::string::npos);
+  EXPECT_NE(messageOf(patched("role.fwpk", "\"role\": \"tape\"", "\"role\": \"taps\""))
+                .find("is 'taps', not a known role"),
+            std::string::npos);
+  EXPECT_NE(messageOf(patched("symbol.fwpk", "\"symbol\": \"fwp_delta_net_grad\"",
+                              "\"symbol\": \"fwp_delta_net_xxxx\""))
+                .find("which the library does not export"),
+            std::string::npos);
+  EXPECT_NE(messageOf(patched("json.fwpk", "\"dims\": {", "\"dims\"  {"))
+                .find("not valid JSON"),
+            std::string::npos);
+}
+
+} // namespace

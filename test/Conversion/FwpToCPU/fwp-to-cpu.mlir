@@ -1,0 +1,55 @@
+// RUN: fwp-opt %s --convert-fwp-to-cpu --canonicalize | FileCheck %s
+
+// A scan becomes a function over one (batch, head): T, then the seq, param,
+// state and output buffers.
+// CHECK-LABEL: func.func @lt
+// CHECK-SAME: (%{{.*}}: index, %[[K:.*]]: memref<?x4xf32>, %[[V:.*]]: memref<?x3xf32>, %[[B:.*]]: memref<?xf32>, %[[W:.*]]: memref<4x3xf32>, %[[H:.*]]: memref<3xf32>, %[[Y:.*]]: memref<?x3xf32>)
+// CHECK-SAME: attributes {llvm.emit_c_interface}
+// The vector state is read once, carried through the loop, stored at the end.
+// CHECK: %[[H0:.*]] = vector.load %[[H]][%{{.*}}] : memref<3xf32>, vector<3xf32>
+// CHECK: %[[LOOP:.*]] = scf.for %[[T:.*]] = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[HI:.*]] = %[[H0]]) -> (vector<3xf32>)
+// CHECK: vector.load %[[K]][%[[T]], %{{.*}}] : memref<?x4xf32>, vector<4xf32>
+// CHECK: memref.load %[[B]][%[[T]]] : memref<?xf32>
+// The write updates the state buffer in place, row by row (W[e, :] += k[e] v).
+// CHECK: scf.for %[[E:.*]] =
+// CHECK: vector.extract %{{.*}}[%[[E]]] : f32 from vector<4xf32>
+// CHECK: vector.load %[[W]][%[[E]], %{{.*}}] : memref<4x3xf32>, vector<3xf32>
+// CHECK: vector.fma
+// CHECK: vector.store %{{.*}}, %[[W]][%[[E]], %{{.*}}] : memref<4x3xf32>, vector<3xf32>
+// CHECK: vector.store %{{.*}}, %[[Y]][%[[T]], %{{.*}}] : memref<?x3xf32>, vector<3xf32>
+// CHECK: scf.yield
+// CHECK: vector.store %[[LOOP]], %[[H]][%{{.*}}] : memref<3xf32>, vector<3xf32>
+fwp.scan @lt seq(%k : vector<4xf32>, %v : vector<3xf32>, %b : f32)
+    states(%W : !fwp.fast_weight<4x3xf32>, %h : vector<3xf32>) outputs(y : vector<3xf32>) {
+  %v2 = fwp.scale %v, %b : vector<3xf32>
+  %W1 = fwp.write_sum %W, %k, %v2 : !fwp.fast_weight<4x3xf32>, vector<4xf32>, vector<3xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<4x3xf32>, vector<4xf32> -> vector<3xf32>
+  %h1 = fwp.add %h, %y : vector<3xf32>
+  fwp.yield %W1, %h1, %y : !fwp.fast_weight<4x3xf32>, vector<3xf32>, vector<3xf32>
+}
+
+// A reverse scan counts time down; a matrix that is still read after a write
+// is copied to a scratch buffer allocated once, before the loop, and the
+// result is copied back into the state buffer.
+// CHECK-LABEL: func.func @rev
+// CHECK: %[[SCRATCH:.*]] = memref.alloca() : memref<2x2xf32>
+// CHECK: scf.for %[[I:.*]] =
+// CHECK: %[[LAST:.*]] = arith.subi %{{.*}}, %{{.*}} : index
+// CHECK-NEXT: %[[T:.*]] = arith.subi %[[LAST]], %[[I]] : index
+// CHECK: memref.copy %{{.*}}, %[[SCRATCH]]
+// CHECK: memref.copy %[[SCRATCH]], %{{.*}} : memref<2x2xf32> to memref<2x2xf32>
+fwp.scan @rev reverse seq(%k : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
+  %W1 = fwp.write_sum %W, %k, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  %y = fwp.read %W, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<2x2xf32>, vector<2xf32>
+}
+
+// A param matrix is never written in place.
+// CHECK-LABEL: func.func @param_write
+// CHECK: memref.alloca() : memref<2x2xf32>
+// CHECK: memref.copy
+fwp.scan @param_write seq(%k : vector<2xf32>) params(%R : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
+  %R1 = fwp.write_sum %R, %k, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  %y = fwp.read %R1, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
+  fwp.yield %y : vector<2xf32>
+}

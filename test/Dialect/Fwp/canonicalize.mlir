@@ -1,0 +1,29 @@
+// RUN: fwp-opt %s --canonicalize | FileCheck %s
+
+// CHECK-LABEL: fwp.scan @folds
+fwp.scan @folds seq(%x : vector<2xf32>, %k : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf32>) outputs(a : vector<2xf32>, b : vector<2xf32>, c : vector<2xf32>, d : vector<2xf32>) {
+  %z = fwp.zeros : vector<2xf32>
+  // x + 0 = 0 + x = x - 0 = -(-x) = x
+  %a = fwp.add %x, %z : vector<2xf32>
+  %b = fwp.add %z, %x : vector<2xf32>
+  %c = fwp.sub %x, %z : vector<2xf32>
+  %n = fwp.neg %x : vector<2xf32>
+  %d = fwp.neg %n : vector<2xf32>
+  // W + 0 (x) k = W + k (x) 0 = W
+  %W1 = fwp.write_sum %W, %z, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  %W2 = fwp.write_sum %W1, %k, %z : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  // CHECK-NOT: fwp.add
+  // CHECK-NOT: fwp.sub
+  // CHECK-NOT: fwp.neg
+  // CHECK-NOT: fwp.write_sum
+  // CHECK: fwp.yield %W, %x, %x, %x, %x
+  fwp.yield %W2, %a, %b, %c, %d : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}
+
+// Sums of non-zero values stay.
+// CHECK-LABEL: fwp.scan @keeps
+// CHECK: fwp.add %x, %x
+fwp.scan @keeps seq(%x : vector<2xf32>) outputs(a : vector<2xf32>) {
+  %a = fwp.add %x, %x : vector<2xf32>
+  fwp.yield %a : vector<2xf32>
+}

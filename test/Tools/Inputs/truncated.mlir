@@ -1,0 +1,2 @@
+fwp.scan @cut dims(d = 4)
+    seq(%q : vector<4xf32>, %k : vector<4xf32>

@@ -1,0 +1,200 @@
+//===- fwp-compile.cpp - Compile a fast-weight layer to a .fwpk -----------===//
+//
+//   fwp-compile models/rdn.mlir -o rdn.fwpk [--dim d=32] [--emit=STAGE]
+//
+// Stages: mlir (differentiated fwp IR), llvm-mlir (LLVM dialect), llvm
+// (optimised LLVM IR), manifest (JSON), obj (object file), fwpk (default).
+//
+//===----------------------------------------------------------------------===//
+
+#include "fwp/InitAll.h"
+#include "fwp/Target/Artifact.h"
+
+#include "mlir/IR/AsmState.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Parser/Parser.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
+#include "mlir/Support/FileUtilities.h"
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FileUtilities.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/ToolOutputFile.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+namespace cl = llvm::cl;
+
+static cl::opt<std::string> inputFile(cl::Positional,
+                                      cl::desc("<layer .mlir file>"),
+                                      cl::Required);
+static cl::opt<std::string> outputFile("o", cl::desc("output file"),
+                                       cl::value_desc("path"), cl::init(""));
+static cl::list<std::string>
+    dims("dim", cl::desc("override a named size of the model: --dim d=32"),
+         cl::value_desc("name=value"));
+enum class Stage { Mlir, LlvmMlir, Llvm, Manifest, Object, Artifact };
+static cl::opt<Stage> emit(
+    "emit", cl::desc("stop after a stage and write its output"),
+    cl::values(clEnumValN(Stage::Mlir, "mlir", "fwp IR after differentiation"),
+               clEnumValN(Stage::LlvmMlir, "llvm-mlir",
+                          "the LLVM dialect after the CPU lowering"),
+               clEnumValN(Stage::Llvm, "llvm", "optimised LLVM IR"),
+               clEnumValN(Stage::Manifest, "manifest", "the JSON manifest"),
+               clEnumValN(Stage::Object, "obj", "the object file"),
+               clEnumValN(Stage::Artifact, "fwpk", "the artifact (default)")),
+    cl::init(Stage::Artifact));
+static cl::opt<std::string>
+    dtype("dtype", cl::desc("compute in this float type instead of the "
+                            "model's (f32 or f64)"),
+          cl::init(""));
+static cl::opt<std::string>
+    cpu("cpu", cl::desc("x86-64 processor to generate code for (a name such "
+                        "as x86-64-v3, or 'native')"),
+        cl::init("x86-64-v3"));
+
+static int fail(const llvm::Twine &message) {
+  llvm::errs() << "fwp-compile: error: " << message << "\n";
+  return 1;
+}
+
+static LogicalResult writeText(StringRef path, StringRef text) {
+  std::string error;
+  auto out = openOutputFile(path, &error);
+  if (!out) {
+    llvm::errs() << "fwp-compile: error: " << error << "\n";
+    return failure();
+  }
+  out->os() << text;
+  out->keep();
+  return success();
+}
+
+int main(int argc, char **argv) {
+  llvm::InitLLVM init(argc, argv);
+  registerAsmPrinterCLOptions();
+  registerMLIRContextCLOptions();
+  registerPassManagerCLOptions();
+  fwp::registerAllPasses();
+  cl::ParseCommandLineOptions(argc, argv,
+                              "fwp-compile: compile a fast-weight layer (fwp "
+                              "dialect) into a .fwpk artifact\n");
+
+  DialectRegistry registry;
+  fwp::registerAllDialects(registry);
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  MLIRContext context(registry);
+  context.loadAllAvailableDialects();
+
+  std::string error;
+  std::unique_ptr<llvm::MemoryBuffer> input =
+      openInputFile(inputFile, &error);
+  if (!input)
+    return fail(error);
+  llvm::SourceMgr sourceMgr;
+  sourceMgr.AddNewSourceBuffer(std::move(input), llvm::SMLoc());
+  SourceMgrDiagnosticHandler diagnostics(sourceMgr, &context);
+
+  OwningOpRef<ModuleOp> module = parseSourceFile<ModuleOp>(sourceMgr, &context);
+  if (!module)
+    return 1;
+
+  PassManager frontEnd(&context);
+  if (failed(applyPassManagerCLOptions(frontEnd)))
+    return 1;
+  if (!dims.empty() || !dtype.empty()) {
+    std::string pipeline = "fwp-specialize-dims{";
+    if (!dims.empty()) {
+      pipeline += "dims=";
+      for (auto [i, dim] : llvm::enumerate(dims))
+        pipeline += (i ? "," : "") + dim;
+    }
+    if (!dtype.empty())
+      pipeline += (dims.empty() ? "dtype=" : " dtype=") + dtype;
+    pipeline += "}";
+    if (failed(parsePassPipeline(pipeline, frontEnd, llvm::errs())))
+      return 1;
+  }
+  fwp::buildFrontEndPipeline(frontEnd);
+  if (failed(frontEnd.run(*module)))
+    return 1;
+
+  std::string layerName;
+  for (auto &op : module->getBody()->getOperations())
+    if (auto symbol = op.getAttrOfType<StringAttr>("sym_name")) {
+      layerName = symbol.getValue().str();
+      break;
+    }
+  std::string output = outputFile;
+  if (output.empty()) {
+    static const char *extensions[] = {".mlir", ".mlir", ".ll",
+                                       ".json", ".o",    ".fwpk"};
+    output = layerName + extensions[static_cast<int>(emit.getValue())];
+  }
+
+  if (emit == Stage::Mlir) {
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    module->print(os);
+    return failed(writeText(output, text)) ? 1 : 0;
+  }
+
+  FailureOr<llvm::json::Object> manifest = fwp::buildManifest(*module);
+  if (failed(manifest))
+    return 1;
+  std::string manifestJson;
+  {
+    llvm::raw_string_ostream os(manifestJson);
+    os << llvm::formatv("{0:2}", llvm::json::Value(std::move(*manifest)));
+  }
+  if (emit == Stage::Manifest)
+    return failed(writeText(output, manifestJson + "\n")) ? 1 : 0;
+
+  PassManager lowering(&context);
+  if (failed(applyPassManagerCLOptions(lowering)))
+    return 1;
+  fwp::buildCPULoweringPipeline(lowering);
+  if (failed(lowering.run(*module)))
+    return 1;
+  if (emit == Stage::LlvmMlir) {
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    module->print(os);
+    return failed(writeText(output, text)) ? 1 : 0;
+  }
+
+  llvm::LLVMContext llvmContext;
+  FailureOr<std::unique_ptr<llvm::Module>> llvmModule =
+      fwp::translateToOptimizedLLVM(*module, llvmContext, manifestJson, cpu);
+  if (failed(llvmModule))
+    return 1;
+  if (emit == Stage::Llvm) {
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    (*llvmModule)->print(os, nullptr);
+    return failed(writeText(output, text)) ? 1 : 0;
+  }
+
+  if (emit == Stage::Object)
+    return failed(fwp::emitObjectFile(**llvmModule, cpu, output, error))
+               ? fail(error)
+               : 0;
+
+  llvm::SmallString<128> objectPath;
+  if (std::error_code ec = llvm::sys::fs::createTemporaryFile(
+          "fwp-" + layerName, "o", objectPath))
+    return fail("cannot create a temporary object file: " + ec.message());
+  llvm::FileRemover removeObject(objectPath);
+  if (failed(fwp::emitObjectFile(**llvmModule, cpu, objectPath, error)) ||
+      failed(fwp::linkSharedLibrary(objectPath, output, error)))
+    return fail(error);
+  return 0;
+}
