@@ -3,6 +3,8 @@
 #include "fwp/Conversion/FwpToGPU/FwpToGPU.h"
 
 #include "mlir/Dialect/GPU/Pipelines/Passes.h"
+#include "mlir/Dialect/Math/Transforms/Passes.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "mlir/Pass/PassRegistry.h"
 #include "mlir/Transforms/Passes.h"
 #include "llvm/Support/FileSystem.h"
@@ -13,6 +15,7 @@
 namespace mlir::fwp {
 #define GEN_PASS_DEF_CONVERTFWPTOGPU
 #define GEN_PASS_DEF_FWPGPUDUMPISA
+#define GEN_PASS_DEF_FWPGPUEXPANDMATH
 #include "fwp/Conversion/FwpToGPU/Passes.h.inc"
 } // namespace mlir::fwp
 
@@ -63,6 +66,64 @@ struct FwpGpuDumpIsaPass
   }
 };
 
+/// An f32 math op -> an LLVM intrinsic that NVPTX emits as one instruction
+/// (fma.rn), instead of a libdevice call.
+template <typename MathOp, typename IntrinsicOp>
+struct MathToIntrinsic : public OpRewritePattern<MathOp> {
+  using OpRewritePattern<MathOp>::OpRewritePattern;
+  LogicalResult matchAndRewrite(MathOp op,
+                                PatternRewriter &rewriter) const override {
+    if (!op.getType().isF32())
+      return failure();
+    rewriter.replaceOpWithNewOp<IntrinsicOp>(op, op.getType(),
+                                             op->getOperands());
+    return success();
+  }
+};
+
+/// An f32 math op -> one PTX instruction as inline assembly, for ops whose
+/// LLVM intrinsics convert-gpu-to-nvvm sends to libdevice (sqrt, floor,
+/// abs).
+template <typename MathOp>
+struct MathToPtx : public OpRewritePattern<MathOp> {
+  MathToPtx(MLIRContext *context, StringRef instruction)
+      : OpRewritePattern<MathOp>(context), instruction(instruction) {}
+  LogicalResult matchAndRewrite(MathOp op,
+                                PatternRewriter &rewriter) const override {
+    if (!op.getType().isF32())
+      return failure();
+    rewriter.replaceOpWithNewOp<LLVM::InlineAsmOp>(
+        op, op.getType(), op->getOperands(),
+        rewriter.getStringAttr(instruction), rewriter.getStringAttr("=f,f"),
+        UnitAttr(), UnitAttr(), LLVM::TailCallKindAttr(),
+        LLVM::AsmDialectAttr(), ArrayAttr());
+    return success();
+  }
+  std::string instruction;
+};
+
+struct FwpGpuExpandMathPass
+    : public mlir::fwp::impl::FwpGpuExpandMathBase<FwpGpuExpandMathPass> {
+  using Base::Base;
+  void runOnOperation() override {
+    RewritePatternSet patterns(&getContext());
+    // exp and tanh (f32) as polynomials; the patterns leave f64 alone.
+    populateMathPolynomialApproximationPatterns(
+        patterns, [](StringRef name) {
+          return name == math::ExpOp::getOperationName() ||
+                 name == math::TanhOp::getOperationName();
+        });
+    patterns.add<MathToIntrinsic<math::FmaOp, LLVM::FMAOp>>(&getContext());
+    patterns.add<MathToPtx<math::AbsFOp>>(&getContext(), kPtxAbs);
+    patterns.add<MathToPtx<math::SqrtOp>>(&getContext(),
+                                          kPtxSqrt);
+    patterns.add<MathToPtx<math::FloorOp>>(&getContext(),
+                                           kPtxFloor);
+    if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
+      signalPassFailure();
+  }
+};
+
 struct GpuToPtxPipelineOptions
     : public PassPipelineOptions<GpuToPtxPipelineOptions> {
   Option<int64_t> blockSize{*this, "block-size",
@@ -86,6 +147,7 @@ void mlir::fwp::buildGpuToPtxPipeline(OpPassManager &pm,
   nvvm.cubinFeatures = options.features;
   nvvm.cubinFormat = "isa";
   nvvm.optLevel = options.optLevel;
+  pm.addNestedPass<gpu::GPUModuleOp>(createFwpGpuExpandMath());
   gpu::buildLowerToNVVMPassPipeline(pm, nvvm);
 }
 

@@ -26,6 +26,7 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <unordered_map>
 
@@ -792,7 +793,55 @@ LogicalResult Simulator::exec(Operation *op, const std::vector<char> &mask) {
       .Case<math::AbsFOp>([&](auto o) {
         return elementwise(o, mask, [](Args a) { return std::fabs(a[0]); });
       })
-      .Case<math::FmaOp, vector::FMAOp>([&](auto o) {
+      .Case<arith::BitcastOp>([&](arith::BitcastOp o) {
+        Type from = getElementTypeOrSelf(o.getIn().getType());
+        Type to = getElementTypeOrSelf(o.getType());
+        if (from.isF32() && to.isInteger(32))
+          return elementwise(o, mask, [](Args a) {
+            float f = float(a[0]);
+            int32_t i;
+            std::memcpy(&i, &f, sizeof(i));
+            return double(i);
+          });
+        if (from.isInteger(32) && to.isF32())
+          return elementwise(o, mask, [](Args a) {
+            int32_t i = int32_t(int64_t(a[0]));
+            float f;
+            std::memcpy(&f, &i, sizeof(f));
+            return double(f);
+          });
+        return fail(o, "only f32 <-> i32 bitcasts are simulated");
+      })
+      .Case<arith::ShLIOp>([&](arith::ShLIOp o) {
+        unsigned bits = getElementTypeOrSelf(o.getType()).getIntOrFloatBitWidth();
+        return elementwise(o, mask, [&](Args a) {
+          uint64_t v = uint64_t(int64_t(a[0])) << int64_t(a[1]);
+          if (bits == 32)
+            return double(int32_t(uint32_t(v)));
+          return double(int64_t(v));
+        });
+      })
+      .Case<arith::FPToSIOp>([&](auto o) {
+        return elementwise(o, mask, [](Args a) { return std::trunc(a[0]); });
+      })
+      .Case<math::FloorOp, LLVM::FFloorOp>([&](auto o) {
+        return elementwise(o, mask, [](Args a) { return std::floor(a[0]); });
+      })
+      .Case<LLVM::FAbsOp>([&](auto o) {
+        return elementwise(o, mask, [](Args a) { return std::fabs(a[0]); });
+      })
+      .Case<LLVM::InlineAsmOp>([&](LLVM::InlineAsmOp o) {
+        StringRef text = o.getAsmString();
+        if (text == kPtxSqrt)
+          return elementwise(o, mask, [](Args a) { return std::sqrt(a[0]); });
+        if (text == kPtxAbs)
+          return elementwise(o, mask, [](Args a) { return std::fabs(a[0]); });
+        if (text == kPtxFloor)
+          return elementwise(o, mask,
+                             [](Args a) { return std::floor(a[0]); });
+        return fail(o, "inline assembly '" + text + "' not simulated");
+      })
+      .Case<math::FmaOp, vector::FMAOp, LLVM::FMAOp>([&](auto o) {
         return elementwise(o, mask,
                            [](Args a) { return a[0] * a[1] + a[2]; });
       })
@@ -1135,6 +1184,8 @@ struct TestFwpGpuKernelsPass
     OwningOpRef<ModuleOp> lowered = module.clone();
     PassManager pm(module.getContext());
     pm.addPass(createConvertFwpToGPU(ConvertFwpToGPUOptions{blockSize}));
+    if (expandMath)
+      pm.addNestedPass<gpu::GPUModuleOp>(createFwpGpuExpandMath());
     if (failed(pm.run(*lowered)))
       return signalPassFailure();
 

@@ -44,6 +44,11 @@ inline constexpr llvm::StringLiteral kGpuSharedBytesAttr = "fwp.shared_bytes";
 /// "B", "H", -1 (= T) or sizes. B, H, T follow them as i64 arguments.
 inline constexpr llvm::StringLiteral kGpuArgsAttr = "fwp.args";
 
+/// The inline PTX that fwp-gpu-expand-math uses for f32 sqrt, floor, abs.
+inline constexpr llvm::StringLiteral kPtxSqrt = "sqrt.rn.f32 $0, $1;";
+inline constexpr llvm::StringLiteral kPtxFloor = "cvt.rmi.f32.f32 $0, $1;";
+inline constexpr llvm::StringLiteral kPtxAbs = "abs.f32 $0, $1;";
+
 struct GpuLoweringOptions {
   /// Threads per block: a power of two in [32, 1024], or 0 to choose from
   /// the size of the fast-weight state.

@@ -42,6 +42,30 @@ def ConvertFwpToGPU : Pass<"convert-fwp-to-gpu", "mlir::ModuleOp"> {
   ];
 }
 
+def FwpGpuExpandMath : Pass<"fwp-gpu-expand-math", "mlir::gpu::GPUModuleOp"> {
+  let summary = "expand f32 math ops into arithmetic and sqrt into the LLVM intrinsic";
+  let description = [{
+    `convert-gpu-to-nvvm` turns `math.exp`, `math.tanh` and `math.sqrt` into
+    calls to CUDA's libdevice (`__nv_expf`, ...), which `gpu-module-to-binary`
+    can only resolve when libdevice is installed where the compiler runs; a
+    PTX with an unresolved call does not load. This pass makes the f32
+    kernels self-contained: `math.exp` and `math.tanh` become MLIR's
+    polynomial approximations (arith and math.fma/floor/absf); `math.fma`
+    becomes the LLVM intrinsic (PTX `fma.rn`), and `math.sqrt`,
+    `math.floor` and `math.absf`, whose intrinsics convert-gpu-to-nvvm also
+    sends to libdevice, become one inline PTX instruction each (`sqrt.rn`,
+    `cvt.rmi`, `abs`). f64 math is left to libdevice.
+
+    ```
+    fwp-opt f.mlir --convert-fwp-to-gpu --pass-pipeline='builtin.module(gpu.module(fwp-gpu-expand-math))'
+    ```
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect", "::mlir::math::MathDialect",
+    "::mlir::vector::VectorDialect", "::mlir::LLVM::LLVMDialect"
+  ];
+}
+
 def FwpGpuDumpIsa : Pass<"fwp-gpu-dump-isa", "mlir::ModuleOp"> {
   let summary = "write the PTX of every gpu.binary to <dir>/<name>.ptx";
   let description = [{
@@ -84,7 +108,10 @@ def TestFwpGpuKernels : Pass<"test-fwp-gpu-kernels", "mlir::ModuleOp"> {
     Option<"tol", "tol", "double", /*default=*/"2.0e-4",
            "largest accepted |gpu - ref| / (1 + |ref|)">,
     Option<"blockSize", "block-size", "int64_t", /*default=*/"0",
-           "threads per block (0: as convert-fwp-to-gpu chooses)">
+           "threads per block (0: as convert-fwp-to-gpu chooses)">,
+    Option<"expandMath", "expand-math", "bool", /*default=*/"false",
+           "simulate the kernel after fwp-gpu-expand-math (the math the "
+           "PTX really computes)">
   ];
   let dependentDialects = [
     "::mlir::gpu::GPUDialect", "::mlir::scf::SCFDialect",
