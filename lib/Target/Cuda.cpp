@@ -19,6 +19,8 @@
 #include "mlir/Target/LLVMIR/Dialect/All.h"
 #include "llvm/ADT/ScopeExit.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Program.h"
 #include "llvm/Support/raw_ostream.h"
@@ -31,6 +33,7 @@ llvm::json::Object CudaKernel::manifestEntry() const {
   llvm::json::Object entry{
       {"kernel", kernel},
       {"scan", scan},
+      {"dtype", dtype},
       {"ptx_symbol", ptxSymbol()},
       {"chip", chip},
       {"block", llvm::json::Array{blockSize, 1, 1}},
@@ -142,6 +145,8 @@ compileScansForCuda(ModuleOp module, const CudaOptions &options) {
           cast<StringAttr>(func->getAttr(mlir::fwp::kGpuKernelRoleAttr)).str();
       k.kernel = func.getName().str();
       k.chip = options.chip;
+      k.dtype =
+          cast<StringAttr>(func->getAttr(mlir::fwp::kGpuDtypeAttr)).str();
       k.blockSize =
           cast<IntegerAttr>(func->getAttr(mlir::fwp::kGpuBlockSizeAttr))
               .getInt();
@@ -221,6 +226,65 @@ llvm::json::Object cudaManifestKernels(const std::vector<CudaKernel> &kernels) {
   return cuda;
 }
 
+LogicalResult writeCudaBundle(ModuleOp module,
+                              const std::vector<CudaKernel> &kernels,
+                              StringRef dir) {
+  if (std::error_code ec = llvm::sys::fs::create_directories(dir)) {
+    module.emitError() << "cannot create " << dir << ": " << ec.message();
+    return failure();
+  }
+  auto write = [&](StringRef name, StringRef bytes) -> LogicalResult {
+    SmallString<128> path(dir);
+    llvm::sys::path::append(path, name);
+    // Temp file + rename: a reader never sees half a file.
+    SmallString<128> temp(path);
+    temp += ".tmp";
+    {
+      std::error_code ec;
+      llvm::raw_fd_ostream os(temp, ec);
+      if (!ec) {
+        os << bytes;
+        os.close();
+        ec = os.error();
+      }
+      if (ec) {
+        module.emitError() << "cannot write " << temp << ": " << ec.message();
+        return failure();
+      }
+    }
+    if (std::error_code ec = llvm::sys::fs::rename(temp, path)) {
+      module.emitError() << "cannot write " << path << ": " << ec.message();
+      return failure();
+    }
+    return success();
+  };
+  llvm::json::Object dims;
+  std::string layer;
+  for (auto scan : module.getOps<mlir::fwp::ScanOp>()) {
+    if (scan->hasAttr("fwp.role"))
+      continue;
+    layer = scan.getSymName().str();
+    for (NamedAttribute dim : scan.getDims())
+      dims[dim.getName().getValue()] =
+          cast<IntegerAttr>(dim.getValue()).getInt();
+  }
+  llvm::json::Object bundle{{"layer", layer},
+                            {"dims", std::move(dims)},
+                            {"cuda", cudaManifestKernels(kernels)}};
+  std::string json;
+  llvm::raw_string_ostream os(json);
+  os << llvm::formatv("{0:2}", llvm::json::Value(std::move(bundle))) << "\n";
+  if (failed(write("kernels.json", json)))
+    return failure();
+  for (const CudaKernel &k : kernels) {
+    if (failed(write(k.kernel + ".ptx", k.ptx)))
+      return failure();
+    if (!k.cubin.empty() && failed(write(k.kernel + ".cubin", k.cubin)))
+      return failure();
+  }
+  return success();
+}
+
 //===----------------------------------------------------------------------===//
 // test-fwp-cuda-compile: the API above, from fwp-opt
 //===----------------------------------------------------------------------===//
@@ -243,9 +307,12 @@ struct TestCudaCompilePass
     CudaOptions options;
     options.chip = chip;
     options.emitCubin = cubin;
+    options.blockSize = blockSize;
     FailureOr<std::vector<CudaKernel>> kernels =
         compileScansForCuda(getOperation(), options);
     if (failed(kernels))
+      return signalPassFailure();
+    if (!dir.empty() && failed(writeCudaBundle(getOperation(), *kernels, dir)))
       return signalPassFailure();
     // One line per kernel: its role and manifest entry, then what was built.
     llvm::json::Object cuda = cudaManifestKernels(*kernels);
@@ -265,6 +332,12 @@ struct TestCudaCompilePass
                            llvm::cl::init("sm_90")};
   Option<bool> cubin{*this, "cubin", llvm::cl::desc("assemble with ptxas"),
                      llvm::cl::init(false)};
+  Option<std::string> dir{*this, "dir",
+                          llvm::cl::desc("write a kernel bundle here"),
+                          llvm::cl::init("")};
+  Option<int64_t> blockSize{*this, "block-size",
+                            llvm::cl::desc("threads per block (0: automatic)"),
+                            llvm::cl::init(0)};
 };
 } // namespace
 

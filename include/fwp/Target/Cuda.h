@@ -43,6 +43,7 @@ struct CudaKernel {
   std::string role;   ///< "forward", "forward_train" or "backward"
   std::string kernel; ///< the PTX entry, e.g. "delta_net_grad_kernel"
   std::string chip;   ///< the sm_XX the PTX (and cubin) target
+  std::string dtype;  ///< "f32" or "f64"
   std::string ptx;    ///< NUL-free PTX text
   std::string cubin;  ///< ELF image for `chip`, empty without ptxas
   int64_t blockSize = 0;
@@ -57,7 +58,7 @@ struct CudaKernel {
   std::string cubinSymbol() const { return "fwp_cubin_" + kernel; }
 
   /// The manifest entry `kernels.cuda.<role>`:
-  /// {"kernel", "scan", "ptx_symbol", ["cubin_symbol"], "chip",
+  /// {"kernel", "scan", "dtype", "ptx_symbol", ["cubin_symbol"], "chip",
   ///  "block": [NT, 1, 1], "grid": ["B*H", 1, 1], "shared_bytes",
   ///  "args": [...], "scalar_args": ["B", "H", "T"]}.
   llvm::json::Object manifestEntry() const;
@@ -83,8 +84,16 @@ llvm::json::Object cudaManifestKernels(const std::vector<CudaKernel> &kernels);
 /// The ptxas to run, or "" when there is none.
 std::string findPtxas(const CudaOptions &options);
 
+/// Writes a kernel bundle to `dir`: kernels.json ({"layer", "dims",
+/// "cuda": cudaManifestKernels}) and <kernel>.ptx (and <kernel>.cubin) per
+/// kernel; the runtime's tests and benchmark read it (fwp::cuda::
+/// KernelBundle). Emits a diagnostic on `module` and fails on I/O errors.
+mlir::LogicalResult writeCudaBundle(mlir::ModuleOp module,
+                                    const std::vector<CudaKernel> &kernels,
+                                    llvm::StringRef dir);
+
 /// Registers `test-fwp-cuda-compile` (prints what compileScansForCuda
-/// returns; for lit tests).
+/// returns; with dir=..., writes a kernel bundle).
 void registerCudaTestPasses();
 
 } // namespace fwp

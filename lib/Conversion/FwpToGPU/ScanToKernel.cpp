@@ -1604,6 +1604,7 @@ LogicalResult KernelEmitter::emit() {
     role = roleAttr.getValue();
   func->setAttr(kGpuScanAttr, b.getStringAttr(scan.getSymName()));
   func->setAttr(kGpuKernelRoleAttr, b.getStringAttr(role));
+  func->setAttr(kGpuDtypeAttr, b.getStringAttr(elemType.isF64() ? "f64" : "f32"));
   func->setAttr(kGpuBlockSizeAttr, b.getI64IntegerAttr(NT));
   func->setAttr(kGpuSharedBytesAttr, b.getI64IntegerAttr(sharedBytes));
   func->setAttr(kGpuArgsAttr, buildArgsAttr());
