@@ -85,6 +85,28 @@ KernelBundle KernelBundle::load(const std::string &dir) {
   return bundle;
 }
 
+KernelBundle KernelBundle::fromManifest(const nlohmann::json &cuda,
+                                       std::map<std::string, std::string> images,
+                                       const std::string &where) {
+  KernelBundle bundle;
+  bundle.dir = where;
+  if (!cuda.is_object())
+    throw Error(where + ": kernels.cuda must be an object");
+  auto entry = [&](const std::string &role, KernelSpec &into) {
+    if (!cuda.contains(role))
+      throw Error(where + ": kernels.cuda." + role + " is missing");
+    into = KernelSpec::fromJson(cuda[role], where + ": kernels.cuda." + role);
+    if (!images.count(into.kernel))
+      throw Error(where + ": no image for kernel " + into.kernel);
+  };
+  entry("forward", bundle.forward);
+  entry("forward_train", bundle.forwardTrain);
+  entry("backward", bundle.backward);
+  bundle.layer = bundle.forward.scan;
+  bundle.images = std::move(images);
+  return bundle;
+}
+
 const std::string &KernelBundle::image(const KernelSpec &spec) const {
   auto it = images.find(spec.kernel);
   if (it == images.end())

@@ -310,6 +310,17 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaBundle, testing::ValuesIn(modelCases()),
 TEST(CudaBundleFile, MissingOrBrokenBundlesAreClearErrors) {
   EXPECT_TRUE(throwsWith([] { KernelBundle::load("/nonexistent/bundle"); },
                          "/nonexistent/bundle/kernels.json: cannot open"));
+  json cuda{{"forward", sampleEntry()}, {"forward_train", sampleEntry()}};
+  EXPECT_TRUE(throwsWith(
+      [&] { KernelBundle::fromManifest(cuda, {{"toy_kernel", "ptx"}}, "toy.fwpk"); },
+      "toy.fwpk: kernels.cuda.backward is missing"));
+  cuda["backward"] = sampleEntry();
+  EXPECT_TRUE(throwsWith([&] { KernelBundle::fromManifest(cuda, {}, "toy.fwpk"); },
+                         "toy.fwpk: no image for kernel toy_kernel"));
+  KernelBundle bundle =
+      KernelBundle::fromManifest(cuda, {{"toy_kernel", "ptx"}}, "toy.fwpk");
+  EXPECT_EQ(bundle.layer, "toy");
+  EXPECT_EQ(bundle.image(bundle.backward), "ptx");
 }
 
 } // namespace

@@ -26,6 +26,12 @@ struct KernelBundle {
 
   /// Reads `dir`; throws fwp::Error naming the file and field at fault.
   static KernelBundle load(const std::string &dir);
+  /// From a manifest's `kernels.cuda` object and the images by kernel name
+  /// (e.g. the fwp_ptx_<kernel> texts of a .fwpk); `where` names the source
+  /// in errors.
+  static KernelBundle fromManifest(const nlohmann::json &cuda,
+                                   std::map<std::string, std::string> images,
+                                   const std::string &where);
   const std::string &image(const KernelSpec &spec) const;
 };
 
