@@ -9,6 +9,7 @@
 #include "mlir/InitAllDialects.h"
 #include "mlir/InitAllExtensions.h"
 #include "mlir/InitAllPasses.h"
+#include "mlir/Target/LLVMIR/Dialect/All.h"
 
 void fwp::registerAllDialects(mlir::DialectRegistry &registry) {
   registry.insert<mlir::fwp::FwpDialect>();
@@ -16,6 +17,8 @@ void fwp::registerAllDialects(mlir::DialectRegistry &registry) {
   // shows every stage of the lowering, so it must parse all of them.
   mlir::registerAllDialects(registry);
   mlir::registerAllExtensions(registry);
+  // gpu-module-to-binary translates gpu.modules (NVVM) to LLVM IR.
+  mlir::registerAllGPUToLLVMIRTranslations(registry);
 }
 
 void fwp::registerAllPasses() {
