@@ -1,0 +1,97 @@
+// fwp-lm: word-level language-modelling utilities (docs/language-modelling.md).
+//
+//   fwp-lm prepare --data DIR [--cache-dir DIR] [--skip-empty-lines] [--json FILE]
+//       builds (or validates) the token cache and prints corpus statistics.
+
+#include "fwp/lm/Corpus.h"
+#include "fwp/runtime/Layer.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <sys/resource.h>
+
+namespace {
+
+int64_t peakRssMiB() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / 1024;
+}
+
+void writeJsonAtomically(const std::string &path, const nlohmann::json &json) {
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp);
+    if (!out)
+      throw fwp::Error("cannot write " + temp);
+    out << json.dump(2) << "\n";
+    if (!out)
+      throw fwp::Error("cannot write " + temp);
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0)
+    throw fwp::Error("cannot write " + path);
+}
+
+int prepare(const fwp::lm::CorpusOptions &options, const std::string &jsonPath) {
+  const auto start = std::chrono::steady_clock::now();
+  fwp::lm::Corpus corpus = fwp::lm::Corpus::open(options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto &vocab = corpus.vocab();
+  nlohmann::json json;
+  json["cache"] = corpus.cachePath();
+  json["loaded_from_cache"] = corpus.loadedFromCache();
+  if (!corpus.loadedFromCache())
+    json["rebuild_reason"] = corpus.rebuildReason();
+  json["seconds"] = seconds;
+  json["peak_rss_mib"] = peakRssMiB();
+  json["vocab_size"] = vocab.size();
+  for (auto split : {fwp::lm::Split::Train, fwp::lm::Split::Valid, fwp::lm::Split::Test}) {
+    const auto &info = corpus.fileInfo(split);
+    json["splits"][fwp::lm::splitName(split)] = {{"file", info.path},
+                                                 {"bytes", info.size},
+                                                 {"tokens", corpus.numTokens(split)},
+                                                 {"hash", info.hash}};
+  }
+  nlohmann::json top = nlohmann::json::array();
+  for (int64_t id = 0; id < std::min<int64_t>(10, vocab.size()); ++id)
+    top.push_back({vocab.symbol(id), vocab.count(id)});
+  json["most_frequent"] = top;
+  std::cout << (corpus.loadedFromCache() ? "loaded " : "built ") << corpus.cachePath() << " in " << seconds
+            << " s (peak RSS " << peakRssMiB() << " MiB)\n"
+            << "vocabulary " << vocab.size() << "; tokens train " << corpus.numTokens(fwp::lm::Split::Train)
+            << ", valid " << corpus.numTokens(fwp::lm::Split::Valid) << ", test "
+            << corpus.numTokens(fwp::lm::Split::Test) << "\n";
+  if (!jsonPath.empty())
+    writeJsonAtomically(jsonPath, json);
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  CLI::App app{"fwp-lm: word-level language-modelling utilities"};
+  app.require_subcommand(1);
+  fwp::lm::CorpusOptions options;
+  std::string jsonPath;
+  auto *prepareCmd = app.add_subcommand("prepare", "build or validate the token cache of a corpus");
+  prepareCmd->add_option("--data", options.dataDir, "folder with wiki.{train,valid,test}.tokens")->required();
+  prepareCmd->add_option("--cache-dir", options.cacheDir, "where the cache goes (default: --data)");
+  prepareCmd->add_flag("--skip-empty-lines", options.skipEmptyLines, "empty lines yield no <eos>");
+  prepareCmd->add_option("--json", jsonPath, "also write the statistics as JSON here");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    options.verbose = true;
+    if (*prepareCmd)
+      return prepare(options, jsonPath);
+  } catch (const fwp::Error &e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}
