@@ -89,22 +89,31 @@ Perplexity evaluateSlidingWindow(LanguageModel &model, const torch::Tensor &toke
 
 Perplexity evaluateCarryOver(LanguageModel &model, const torch::Tensor &tokens, int64_t batchSize,
                              int64_t segmentLength, const ProgressFn &progress) {
-  checkTokens(tokens, "carry-over evaluation");
+  return evaluateSegments(model, tokens, batchSize, segmentLength, /*carryState=*/true, 0, progress);
+}
+
+Perplexity evaluateSegments(LanguageModel &model, const torch::Tensor &tokens, int64_t batchSize,
+                            int64_t segmentLength, bool carryState, int64_t maxSegments,
+                            const ProgressFn &progress) {
+  checkTokens(tokens, "segment evaluation");
   torch::NoGradGuard noGrad;
   const auto start = Clock::now();
   const auto device = model.device();
   OrderedBatches batches(tokens, batchSize, segmentLength);
   Perplexity result;
   LmState state;
-  for (int64_t i = 0; i < batches.numSegments(); ++i) {
+  const int64_t segments =
+      maxSegments > 0 ? std::min(maxSegments, batches.numSegments()) : batches.numSegments();
+  for (int64_t i = 0; i < segments; ++i) {
     auto segment = batches.segment(i);
     auto [hidden, next] = model.hidden(segment.inputs.to(device), state);
-    state = std::move(next);
+    if (carryState)
+      state = std::move(next);
     auto nll = model.nll(hidden.reshape({-1, hidden.size(-1)}), segment.targets.reshape({-1}).to(device));
     result.nllSum += nll.to(torch::kFloat64).sum().item<double>();
     result.tokens += segment.targets.numel();
     if (progress)
-      progress(i + 1, batches.numSegments());
+      progress(i + 1, segments);
   }
   result.seconds = secondsSince(start);
   return result;

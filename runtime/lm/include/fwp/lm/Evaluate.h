@@ -65,4 +65,11 @@ Perplexity evaluateSlidingWindow(LanguageModel &model, const torch::Tensor &toke
 Perplexity evaluateCarryOver(LanguageModel &model, const torch::Tensor &tokens, int64_t batchSize,
                              int64_t segmentLength, const ProgressFn &progress = {});
 
+/// The same rows and segments; carryState = false starts every segment from
+/// a zero state (Transformer-XL's usual per-segment evaluation), true is
+/// evaluateCarryOver. At most `maxSegments` segments (0: all).
+Perplexity evaluateSegments(LanguageModel &model, const torch::Tensor &tokens, int64_t batchSize,
+                            int64_t segmentLength, bool carryState, int64_t maxSegments = 0,
+                            const ProgressFn &progress = {});
+
 } // namespace fwp::lm
