@@ -1,9 +1,15 @@
-// fwp-lm: word-level language-modelling utilities (docs/language-modelling.md).
+// fwp-lm: word-level language modelling (docs/language-modelling.md).
 //
 //   fwp-lm prepare --data DIR [--cache-dir DIR] [--skip-empty-lines] [--json FILE]
 //       builds (or validates) the token cache and prints corpus statistics.
+//   fwp-lm train --config FILE [--set key=value]... [--device D] [--resume | --resume-from CKPT]
+//                [--reference] [--no-progress-bar]
+//       trains per the config, then scores best.pt on the test split.
+//   fwp-lm eval --checkpoint CKPT [--split test] [--mode sliding|carry|segments]...
+//               [--max-tokens N] [--set key=value]... [--device D] [--json FILE]
 
 #include "fwp/lm/Corpus.h"
+#include "fwp/lm/Run.h"
 #include "fwp/runtime/Layer.h"
 
 #include <CLI/CLI.hpp>
@@ -84,11 +90,52 @@ int main(int argc, char **argv) {
   prepareCmd->add_option("--cache-dir", options.cacheDir, "where the cache goes (default: --data)");
   prepareCmd->add_flag("--skip-empty-lines", options.skipEmptyLines, "empty lines yield no <eos>");
   prepareCmd->add_option("--json", jsonPath, "also write the statistics as JSON here");
+
+  fwp::lm::LmTrainRequest train;
+  std::string trainDevice;
+  bool noBar = false;
+  auto *trainCmd = app.add_subcommand("train", "train a language model from a TOML config");
+  trainCmd->add_option("--config", train.configPath, "run configuration (models/configs/wt103_*.toml)")->required();
+  trainCmd->add_option("--set", train.overrides, "override a config key: --set train.steps=100");
+  trainCmd->add_option("--device", trainDevice, "cpu, cuda or cuda:<n> (overrides train.device)");
+  auto *resume = trainCmd->add_flag("--resume", train.resume, "continue from <run_dir>/last.pt");
+  trainCmd->add_option("--resume-from", train.resumeFrom, "continue from this checkpoint")->excludes(resume);
+  trainCmd->add_flag("--reference", train.reference, "use the eager reference fast-weight layer");
+  trainCmd->add_flag("--no-progress-bar", noBar, "plain progress lines even on a terminal");
+
+  fwp::lm::LmEvalRequest eval;
+  std::string evalDevice;
+  int64_t maxTokens = 0;
+  auto *evalCmd = app.add_subcommand("eval", "perplexity of a checkpoint on a split");
+  evalCmd->add_option("--checkpoint", eval.checkpoint, "a best.pt / last.pt of fwp-lm train")->required();
+  evalCmd->add_option("--split", eval.split, "train, valid or test")->capture_default_str();
+  evalCmd->add_option("--mode", eval.modes, "sliding, carry or segments (repeatable; default: eval.modes)");
+  evalCmd->add_option("--max-tokens", maxTokens, "score only the first N tokens of the split");
+  evalCmd->add_option("--set", eval.overrides, "override a key of the checkpoint's config");
+  evalCmd->add_option("--device", evalDevice, "cpu, cuda or cuda:<n>");
+  evalCmd->add_option("--json", eval.jsonPath, "also write the result as JSON here");
+
   CLI11_PARSE(app, argc, argv);
   try {
     options.verbose = true;
     if (*prepareCmd)
       return prepare(options, jsonPath);
+    if (*trainCmd) {
+      if (!trainDevice.empty())
+        train.device = trainDevice;
+      if (noBar)
+        train.interactive = false;
+      fwp::lm::trainLanguageModel(train, std::cout);
+      return 0;
+    }
+    if (*evalCmd) {
+      if (!evalDevice.empty())
+        eval.device = evalDevice;
+      if (maxTokens > 0)
+        eval.maxTokens = maxTokens;
+      fwp::lm::evaluateLanguageModel(eval, std::cout);
+      return 0;
+    }
   } catch (const fwp::Error &e) {
     std::cerr << "error: " << e.what() << "\n";
     return 2;
