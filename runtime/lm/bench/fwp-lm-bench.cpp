@@ -6,7 +6,7 @@
 //
 // For each model it builds the model of models/configs/wt103_<model>_<setting>.toml
 // (eager reference layers; batch, context and vocabulary as given: random
-// tokens stand in for the corpus) and times full training steps: forward,
+// Zipf-distributed tokens stand in for the corpus) and times full training steps: forward,
 // adaptive softmax, backward, clipping, Adam. Not a test: numbers only.
 
 #include "fwp/lm/Run.h"
@@ -56,7 +56,7 @@ std::vector<std::string> splitList(const std::string &text) {
 
 int main(int argc, char **argv) {
   CLI::App app{"fwp-lm-bench: training throughput of the WikiText-103 models"};
-  std::string configDir = "models/configs", setting = "small", device = "cpu", jsonPath;
+  std::string configDir = "models/configs", setting = "small", device = "cpu", jsonPath, configFile;
   std::string models = "linear_transformer,delta_net,delta_mlp,delta_rnn,delta_lstm,rdn,transformer";
   int64_t batch = 8, context = 256, steps = 3, warmupSteps = 1, vocab = 267735;
   app.add_option("--config-dir", configDir, "folder of the wt103_*.toml configs");
@@ -69,12 +69,15 @@ int main(int argc, char **argv) {
   app.add_option("--vocab", vocab, "vocabulary size (WikiText-103: 267735)");
   app.add_option("--device", device, "cpu or cuda");
   app.add_option("--json", jsonPath, "write the results here");
+  app.add_option("--config", configFile, "time this one config instead (its model, not its data)");
   CLI11_PARSE(app, argc, argv);
   try {
     const torch::Device dev = fwp::train::parseDevice(device);
     nlohmann::json results = nlohmann::json::array();
-    for (const auto &name : splitList(models)) {
-      const std::string path = configDir + "/wt103_" + name + "_" + setting + ".toml";
+    const auto names = configFile.empty() ? splitList(models) : std::vector<std::string>{configFile};
+    for (const auto &name : names) {
+      const std::string path =
+          configFile.empty() ? configDir + "/wt103_" + name + "_" + setting + ".toml" : configFile;
       auto config = fwp::train::Config::fromFile(path);
       config.set("model.reference=true");
       torch::manual_seed(1);
@@ -82,8 +85,12 @@ int main(int argc, char **argv) {
       auto optimizer = fwp::train::makeAdam(model->parameters(), fwp::train::adamOptionsFromConfig(config));
       const double clip = config.getDouble("train.clip", 0.25);
       model->train();
-      auto inputs = torch::randint(0, vocab, {batch, context}, torch::kInt64).to(dev);
-      auto targets = torch::randint(0, vocab, {batch * context}, torch::kInt64).to(dev);
+      // Zipf-distributed ids (p(rank r) ~ 1 / (r + 1)), like word frequencies:
+      // uniform ids would put most targets in the large tail clusters.
+      auto zipf = 1.0 / torch::arange(1, vocab + 1, torch::kFloat64);
+      auto sample = torch::multinomial(zipf, batch * context * 2, /*replacement=*/true);
+      auto inputs = sample.narrow(0, 0, batch * context).view({batch, context}).to(dev);
+      auto targets = sample.narrow(0, batch * context, batch * context).to(dev);
       double seconds = 0, lastLoss = 0;
       for (int64_t s = 0; s < warmupSteps + steps; ++s) {
         if (dev.is_cuda())

@@ -10,11 +10,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <iomanip>
 #include <ostream>
 #include <sstream>
+
+#include <unistd.h>
 
 namespace fwp::lm {
 
@@ -115,17 +119,35 @@ void applyRequest(Config &config, const std::vector<std::string> &overrides,
     config.setValue("train.device", nlohmann::json(*device).dump());
 }
 
-/// Progress of a long evaluation on the loop's progress line.
-ProgressFn progressLine(std::unique_ptr<fwp::train::Progress> &holder, const std::optional<bool> &interactive) {
-  return [&holder, interactive](int64_t done, int64_t total) {
-    if (!holder)
-      holder = std::make_unique<fwp::train::Progress>(total, 0, std::max<int64_t>(1, total / 10), stderr,
-                                                      interactive);
-    holder->update(done, {});
-    if (done == total) {
-      holder->finish();
-      holder.reset();
+/// Progress of a long evaluation: a line redrawn in place on a terminal,
+/// else one line per tenth of the work.
+ProgressFn evaluationProgress(const std::string &what, const std::optional<bool> &interactive) {
+  const bool tty = interactive.value_or(::isatty(::fileno(stderr)) != 0);
+  auto start = std::chrono::steady_clock::now();
+  auto lastDraw = start - std::chrono::seconds(1);
+  int64_t lastTenth = 0;
+  return [=](int64_t done, int64_t total) mutable {
+    auto now = std::chrono::steady_clock::now();
+    const double elapsed = std::chrono::duration<double>(now - start).count();
+    const double eta = done > 0 ? elapsed * static_cast<double>(total - done) / static_cast<double>(done) : 0.0;
+    const int64_t tenth = total > 0 ? 10 * done / total : 10;
+    const bool finished = done >= total;
+    if (tty) {
+      if (!finished && now - lastDraw < std::chrono::milliseconds(100))
+        return;
+      lastDraw = now;
+      std::fprintf(stderr, "\r  %s %lld/%lld (%d%%) ETA %s   ", what.c_str(), static_cast<long long>(done),
+                   static_cast<long long>(total), static_cast<int>(100 * done / std::max<int64_t>(total, 1)),
+                   fwp::train::formatDuration(eta).c_str());
+      if (finished)
+        std::fprintf(stderr, "\n");
+    } else if (tenth > lastTenth || finished) {
+      lastTenth = tenth;
+      std::fprintf(stderr, "  %s %lld/%lld batches, %s elapsed, ETA %s\n", what.c_str(),
+                   static_cast<long long>(done), static_cast<long long>(total),
+                   fwp::train::formatDuration(elapsed).c_str(), fwp::train::formatDuration(eta).c_str());
     }
+    std::fflush(stderr);
   };
 }
 
@@ -137,19 +159,19 @@ Metrics runEvaluations(WordModelImpl &model, const torch::Tensor &allTokens, con
     tokens = tokens.narrow(0, 0, settings.maxTokens);
   model.eval();
   for (const auto &mode : settings.modes) {
-    std::unique_ptr<fwp::train::Progress> bar;
     Perplexity p;
+    const ProgressFn progress = evaluationProgress(splitName + " " + mode, interactive);
     std::string how;
     if (mode == "sliding") {
-      p = evaluateSlidingWindow(model, tokens, settings.context, settings.windows, progressLine(bar, interactive));
+      p = evaluateSlidingWindow(model, tokens, settings.context, settings.windows, progress);
       how = "sliding window of " + std::to_string(settings.context);
     } else if (mode == "carry") {
-      p = evaluateCarryOver(model, tokens, settings.carryBatch, settings.context, progressLine(bar, interactive));
+      p = evaluateCarryOver(model, tokens, settings.carryBatch, settings.context, progress);
       how = "state carried over " + std::to_string(settings.carryBatch) + " row(s), segments of " +
             std::to_string(settings.context);
     } else {
       p = evaluateSegments(model, tokens, settings.segmentBatch, settings.context, false, 0,
-                           progressLine(bar, interactive));
+                           progress);
       how = "independent segments of " + std::to_string(settings.context);
     }
     metrics[mode + "_ppl"] = p.perplexity();

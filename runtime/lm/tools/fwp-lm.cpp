@@ -83,6 +83,7 @@ int prepare(const fwp::lm::CorpusOptions &options, const std::string &jsonPath) 
 int main(int argc, char **argv) {
   CLI::App app{"fwp-lm: word-level language-modelling utilities"};
   app.require_subcommand(1);
+  app.fallthrough();
   fwp::lm::CorpusOptions options;
   std::string jsonPath;
   auto *prepareCmd = app.add_subcommand("prepare", "build or validate the token cache of a corpus");
@@ -115,7 +116,12 @@ int main(int argc, char **argv) {
   evalCmd->add_option("--device", evalDevice, "cpu, cuda or cuda:<n>");
   evalCmd->add_option("--json", eval.jsonPath, "also write the result as JSON here");
 
+  int threads = 0;
+  app.add_option("--threads", threads, "intra-op CPU threads (default: LibTorch's; 1 on a busy machine)");
+
   CLI11_PARSE(app, argc, argv);
+  if (threads > 0)
+    torch::set_num_threads(threads);
   try {
     options.verbose = true;
     if (*prepareCmd)
