@@ -23,7 +23,18 @@
 #include <iostream>
 #include <sstream>
 
+#include <sys/resource.h>
+
 namespace {
+
+/// CPU time of this process (all threads): on a shared machine the wall time
+/// of a step includes waiting for a core, the CPU time does not.
+double processCpuSeconds() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
 
 /// The paper's training speeds on WikiText-103, small setting (words/s on
 /// its GPUs, Irie et al. 2021, Table 2).
@@ -91,11 +102,12 @@ int main(int argc, char **argv) {
       auto sample = torch::multinomial(zipf, batch * context * 2, /*replacement=*/true);
       auto inputs = sample.narrow(0, 0, batch * context).view({batch, context}).to(dev);
       auto targets = sample.narrow(0, batch * context, batch * context).to(dev);
-      double seconds = 0, lastLoss = 0;
+      double seconds = 0, cpuSeconds = 0, lastLoss = 0;
       for (int64_t s = 0; s < warmupSteps + steps; ++s) {
         if (dev.is_cuda())
           torch::cuda::synchronize();
         auto start = std::chrono::steady_clock::now();
+        const double cpuStart = processCpuSeconds();
         optimizer->zero_grad();
         auto [hidden, state] = model->hidden(inputs, {});
         auto loss = model->nll(hidden.reshape({-1, hidden.size(-1)}), targets).mean();
@@ -106,8 +118,10 @@ int main(int argc, char **argv) {
         if (dev.is_cuda())
           torch::cuda::synchronize();
         double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        if (s >= warmupSteps)
+        if (s >= warmupSteps) {
           seconds += took;
+          cpuSeconds += processCpuSeconds() - cpuStart;
+        }
       }
       const double tokensPerSecond = static_cast<double>(batch * context * steps) / seconds;
       nlohmann::json record = {{"model", name},
@@ -115,12 +129,15 @@ int main(int argc, char **argv) {
                                {"parameters", fwp::train::countParameters(*model)},
                                {"tokens_per_s", tokensPerSecond},
                                {"seconds_per_step", seconds / static_cast<double>(steps)},
+                               {"cpu_seconds_per_step", cpuSeconds / static_cast<double>(steps)},
+                               {"tokens_per_cpu_s", static_cast<double>(batch * context * steps) / cpuSeconds},
                                {"loss", lastLoss}};
       if (paperWordsPerSecond(name) > 0)
         record["paper_words_per_s"] = paperWordsPerSecond(name);
       std::cout << name << ": " << static_cast<int64_t>(tokensPerSecond) << " tokens/s ("
-                << seconds / static_cast<double>(steps) << " s/step, " << record["parameters"] << " parameters)"
-                << std::endl;
+                << seconds / static_cast<double>(steps) << " s/step wall, "
+                << cpuSeconds / static_cast<double>(steps) << " s/step CPU, " << record["parameters"]
+                << " parameters)" << std::endl;
       results.push_back(record);
     }
     nlohmann::json out = {{"setting", setting},   {"batch", batch},

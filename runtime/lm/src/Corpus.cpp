@@ -120,6 +120,19 @@ private:
   int fd_ = -1;
 };
 
+/// mkdir -p: creates `dir` and its missing parents.
+void makeDirectories(const std::string &dir) {
+  if (dir.empty())
+    return;
+  for (size_t at = 1; at <= dir.size(); ++at) {
+    if (at < dir.size() && dir[at] != '/')
+      continue;
+    const std::string prefix = dir.substr(0, at);
+    if (::mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST)
+      throw Error("cannot create cache folder " + prefix + ": " + errnoText());
+  }
+}
+
 CorpusFileInfo statFile(const std::string &path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0)
@@ -715,6 +728,7 @@ Corpus Corpus::open(const CorpusOptions &options) {
   // ---- build the cache ----
   log("building " + corpus.cachePath_ + ": " + why);
   corpus.rebuildReason_ = why;
+  makeDirectories(cacheDir);
   const std::string tempPath = corpus.cachePath_ + ".tmp." + std::to_string(::getpid());
   TempFileGuard guard{tempPath};
   CacheWriter writer(tempPath);

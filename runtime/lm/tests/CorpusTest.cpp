@@ -166,11 +166,11 @@ TEST(Corpus, SeparateCacheDirectory) {
   TempDir data, cache;
   writeCorpus(data);
   CorpusOptions options = optionsFor(data);
-  options.cacheDir = cache.path();
+  options.cacheDir = cache.file("new/sub"); // created on demand
   Corpus corpus = Corpus::open(options);
-  EXPECT_EQ(corpus.cachePath(), cache.file(Corpus::kCacheFileName));
+  EXPECT_EQ(corpus.cachePath(), cache.file("new/sub/") + Corpus::kCacheFileName);
   struct stat st {};
-  EXPECT_EQ(::stat(cache.file(Corpus::kCacheFileName).c_str(), &st), 0);
+  EXPECT_EQ(::stat(cache.file("new/sub/fwp-lm-cache.bin").c_str(), &st), 0);
   EXPECT_NE(::stat(data.file(Corpus::kCacheFileName).c_str(), &st), 0);
 }
 
