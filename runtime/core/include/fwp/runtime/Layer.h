@@ -53,6 +53,40 @@ struct LayerSignature {
 /// naming the spec if a dim name is unknown.
 std::vector<int64_t> resolveShape(const TensorSpec &spec, const Dims &dims);
 
+/// The dim names a signature mentions, in order of first appearance
+/// ({"d"} or {"d", "d_ff"}).
+std::vector<std::string> dimNames(const LayerSignature &signature);
+
+/// Names of a state's initial and final value in the tensor contract:
+/// "init.W", "final.W".
+std::string initName(const std::string &state);
+std::string finalName(const std::string &state);
+
+/// What every tensor of one call agrees on.
+struct CallShape {
+  int64_t batch = 0;
+  int64_t heads = 0;
+  int64_t steps = 0;
+  torch::ScalarType dtype = torch::kFloat;
+  torch::Device device = torch::kCPU;
+};
+
+/// Checks `inputs` against the tensor contract of `signature` at `dims`:
+/// every seq input and param present, nothing else but "init.<state>",
+/// shapes [B, H, T, ...] / [H, ...] / [B, H, ...], all float32 or all
+/// float64, all on one device. Throws fwp::Error naming the tensor and the
+/// expected vs actual shape (or dtype/device).
+CallShape validateInputs(const LayerSignature &signature, const Dims &dims,
+                         const TensorMap &inputs);
+
+/// Reads the dims of `signature` off the shapes of `inputs` (e.g. d from the
+/// last size of q). Dims in `given` are kept and checked against the tensors;
+/// dims no tensor mentions are left out. Tensors of the wrong rank or with
+/// unknown names are skipped (validateInputs reports them). Throws fwp::Error
+/// naming both tensors when two tensors disagree on a dim.
+Dims inferDims(const LayerSignature &signature, const TensorMap &inputs,
+               const Dims &given = {});
+
 class FastWeightLayer {
 public:
   virtual ~FastWeightLayer() = default;
