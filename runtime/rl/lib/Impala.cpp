@@ -147,7 +147,13 @@ ImpalaConfig configFromTable(const toml::table &root, const std::string &source)
   t.torchThreads = train.get("torch_threads", t.torchThreads);
   t.checkpointEverySeconds = train.get("checkpoint_every_s", t.checkpointEverySeconds);
   t.logEverySeconds = train.get("log_every_s", t.logEverySeconds);
+  t.device = train.get("device", t.device);
   train.rejectUnknownKeys();
+  try {
+    (void)torch::Device(t.device);
+  } catch (const c10::Error &) {
+    throw Error(source + ": train.device: '" + t.device + "' is not a device (cpu, cuda, cuda:1)");
+  }
 
   const std::pair<const char *, int64_t> positive[] = {
       {"train.total_steps", t.totalSteps}, {"train.batch_size", t.batchSize},
@@ -253,7 +259,8 @@ std::string configToToml(const ImpalaConfig &config) {
       << "seed = " << t.seed << "\n"
       << "torch_threads = " << t.torchThreads << "\n"
       << "checkpoint_every_s = " << number(t.checkpointEverySeconds) << "\n"
-      << "log_every_s = " << number(t.logEverySeconds) << "\n";
+      << "log_every_s = " << number(t.logEverySeconds) << "\n"
+      << "device = " << quoted(t.device) << "\n";
   return out.str();
 }
 
@@ -267,7 +274,14 @@ ImpalaConfig applyOverrides(const ImpalaConfig &config,
     if (eq == std::string::npos || dot == std::string::npos || dot > eq)
       throw Error("--set '" + item + "': expected section.key=value, e.g. train.actors=2");
     const std::string section = item.substr(0, dot), key = item.substr(dot + 1, eq - dot - 1);
-    toml::table parsed = parseTable(key + " = " + item.substr(eq + 1), "--set " + item);
+    const std::string value = item.substr(eq + 1);
+    toml::table parsed;
+    try {
+      parsed = toml::parse(key + " = " + value, std::string("--set"));
+    } catch (const toml::parse_error &) {
+      // Not a TOML value: take it as a bare string (--set env.game=breakout).
+      parsed = parseTable(key + " = " + quoted(value), "--set " + item);
+    }
     toml::table *target = root[section].as_table();
     if (!target)
       throw Error("--set '" + item + "': unknown section '" + section + "'");
@@ -337,12 +351,29 @@ LossTerms impalaLoss(const AgentOutput &learnerOutput, const Rollout &batch,
 
 // --- learner ---------------------------------------------------------------------
 
+namespace {
+Rollout rolloutTo(const Rollout &r, const torch::Device &device) {
+  Rollout out{r.frame.to(device),      r.reward.to(device), r.done.to(device),
+              r.lastAction.to(device), r.action.to(device), r.policyLogits.to(device),
+              r.baseline.to(device),   {}};
+  for (const torch::Tensor &s : r.initialState)
+    out.initialState.push_back(s.to(device));
+  return out;
+}
+} // namespace
+
 Learner::Learner(ImpalaNet net, const TrainConfig &config)
     : model(std::move(net)),
       optimizer(model->parameters(), torch::optim::RMSpropOptions(config.learningRate)
                                          .alpha(config.rmspropAlpha)
                                          .eps(config.rmspropEps)),
-      config_(config) {}
+      device(config.device), config_(config) {
+  if (device.is_cuda() && !torch::cuda::is_available())
+    throw Error("train.device is '" + config.device + "' but CUDA is not available");
+  // Before any optimizer step, so the optimizer's (lazily created) state
+  // follows the parameters.
+  model->to(device);
+}
 
 double Learner::learningRateAt(int64_t steps) const {
   const double total = static_cast<double>(config_.totalSteps);
@@ -356,11 +387,12 @@ LearnerStats Learner::update(const Rollout &batch) {
     static_cast<torch::optim::RMSpropOptions &>(group.options()).lr(stats.learningRate);
 
   model->train();
-  CoreState state = batch.initialState;
+  const Rollout onDevice = device.is_cpu() ? batch : rolloutTo(batch, device);
+  CoreState state = onDevice.initialState;
   const AgentOutput output =
-      model->forward({batch.frame, batch.reward, batch.done, batch.lastAction}, state,
+      model->forward({onDevice.frame, onDevice.reward, onDevice.done, onDevice.lastAction}, state,
                      /*sample=*/false);
-  const LossTerms loss = impalaLoss(output, batch, config_);
+  const LossTerms loss = impalaLoss(output, onDevice, config_);
   optimizer.zero_grad();
   loss.total.backward();
   stats.gradNorm = torch::nn::utils::clip_grad_norm_(model->parameters(), config_.gradNormClip);
@@ -415,12 +447,13 @@ void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner
 }
 
 namespace {
-torch::serialize::InputArchive openCheckpoint(const std::string &path) {
+torch::serialize::InputArchive openCheckpoint(const std::string &path,
+                                              const torch::Device &device = torch::kCPU) {
   if (!fs::is_regular_file(path))
     throw Error("checkpoint '" + path + "' does not exist");
   torch::serialize::InputArchive archive;
   try {
-    archive.load_from(path);
+    archive.load_from(path, device);
     c10::IValue format;
     archive.read("format", format);
     if (!format.isString() || format.toStringRef() != "fwp-atari-checkpoint-1")
@@ -446,7 +479,7 @@ ImpalaConfig readCheckpointConfig(const std::string &path) {
 }
 
 void loadCheckpoint(const std::string &path, Learner &learner) {
-  torch::serialize::InputArchive archive = openCheckpoint(path);
+  torch::serialize::InputArchive archive = openCheckpoint(path, learner.device);
   try {
     torch::serialize::InputArchive model, optimizer;
     archive.read("model", model);

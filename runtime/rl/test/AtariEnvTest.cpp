@@ -6,6 +6,7 @@
 // hand-derived area averages, and a raw ALEInterface driven frame by frame
 // for the wrapper semantics.
 #include "fwp/rl/AtariEnv.h"
+#include "fwp/rl/Impala.h" // benchmarkEnvironment
 #include "fwp/runtime/Layer.h"
 
 #include <ale/ale_interface.hpp>
@@ -374,4 +375,16 @@ TEST(AtariEnv, LostLifeEndsTheEpisodeButNotTheGame) {
   env.reset();
   EXPECT_EQ(env.gameResets(), 2);
   EXPECT_EQ(env.lives(), 5);
+}
+
+TEST(AtariEnv, ThroughputBenchmarkCountsEmulatorFrames) {
+  REQUIRE_ROM("pong");
+  AtariEnvConfig config;
+  config.game = "pong";
+  const EnvThroughput r = benchmarkEnvironment(config, 2, 2, 0.3);
+  EXPECT_EQ(r.actors, 2);
+  EXPECT_GT(r.steps, 0);
+  // 4 frames per step, plus the no-op starts and ALE's reset frames.
+  EXPECT_GE(r.frames, 4 * r.steps);
+  EXPECT_GT(r.framesPerSecond(), 0);
 }

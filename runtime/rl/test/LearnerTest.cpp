@@ -289,9 +289,13 @@ batch_size = 8
   EXPECT_EQ(c.train.unrollLength, 50);
   EXPECT_EQ(configToToml(parseConfig(configToToml(c), "round trip")), configToToml(c));
 
-  const ImpalaConfig o = applyOverrides(c, {"train.actors=3", "model.backprop=\"full\""});
+  const ImpalaConfig o =
+      applyOverrides(c, {"train.actors=3", "model.backprop=\"full\"", "env.game=pong"});
   EXPECT_EQ(o.train.actors, 3);
   EXPECT_EQ(o.model.resolvedBackprop(), "full");
+  EXPECT_EQ(o.env.game, "pong");
+  EXPECT_THROW(applyOverrides(c, {"train.actors=\"many\""}), fwp::Error);
+  EXPECT_THROW(applyOverrides(c, {"nosection.x=1"}), fwp::Error);
 
   auto errorOf = [](const std::string &text) {
     try {

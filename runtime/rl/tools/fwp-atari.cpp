@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <csignal>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 
@@ -39,6 +40,15 @@ Summary summarize(const std::vector<EpisodeResult> &results) {
     s.std += (r.score - s.mean) * (r.score - s.mean) / results.size();
   s.std = std::sqrt(s.std);
   return s;
+}
+
+/// The 1-minute load average (Linux), so shared-machine numbers say how
+/// shared the machine was; -1 where unknown.
+double loadAverage() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  in >> load;
+  return load;
 }
 
 std::vector<int> parseCounts(const std::string &list) {
@@ -174,6 +184,7 @@ int main(int argc, char **argv) {
                   << actors << " actor(s) x " << envsPerActor << " envs: " << r.framesPerSecond()
                   << " frames/s (" << r.steps / r.seconds << " agent steps/s)" << std::endl;
         out["results"].push_back({{"actors", actors},
+                                  {"load_average_1min_after", loadAverage()},
                                   {"frames", r.frames},
                                   {"steps", r.steps},
                                   {"seconds", r.seconds},

@@ -38,6 +38,7 @@ struct TrainConfig {
   double rewardClip = 1.0; ///< clip rewards to [-c, c] in the learner; <= 0: no clipping
   uint64_t seed = 1;
   int64_t torchThreads = 1; ///< intra-op threads of every actor and the learner
+  std::string device = "cpu"; ///< the learner's device ("cpu", "cuda", "cuda:1"); actors use the CPU
   double checkpointEverySeconds = 600;
   double logEverySeconds = 10;
 };
@@ -91,6 +92,7 @@ struct LearnerStats {
 
 class Learner {
 public:
+  /// Moves `model` to config.device.
   Learner(ImpalaNet model, const TrainConfig &config);
   /// One update on a batch; advances stepsDone by T * B.
   LearnerStats update(const Rollout &batch);
@@ -102,6 +104,7 @@ public:
   int64_t stepsDone = 0;
   int64_t updates = 0;
   int64_t episodes = 0;
+  torch::Device device;
 
 private:
   TrainConfig config_;
@@ -111,7 +114,7 @@ private:
 void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner &learner);
 /// Reads the config a checkpoint was written with.
 ImpalaConfig readCheckpointConfig(const std::string &path);
-/// Restores model, optimizer and counters into `learner`.
+/// Restores model, optimizer and counters into `learner` (on its device).
 void loadCheckpoint(const std::string &path, Learner &learner);
 /// Restores only the model weights.
 void loadCheckpointModel(const std::string &path, ImpalaNet &model);
