@@ -313,6 +313,27 @@ batch_size = 8
   EXPECT_NE(errorOf("[train\n").find("cfg.toml:"), std::string::npos);
 }
 
+TEST(Config, ShippedAtariConfigsParse) {
+  int count = 0;
+  for (const std::string core : {"lstm", "linear_transformer", "delta_net", "delta_rnn", "rdn"}) {
+    const ImpalaConfig c =
+        loadConfig(std::string(FWP_CONFIG_DIR) + "/atari_" + core + ".toml");
+    EXPECT_EQ(c.model.core, core);
+    EXPECT_EQ(c.train.batchSize, 32);
+    EXPECT_EQ(c.train.unrollLength, 50);
+    EXPECT_DOUBLE_EQ(c.train.learningRate, 6e-4);
+    ++count;
+  }
+  for (const std::string core : {"lstm", "delta_net"}) {
+    const ImpalaConfig c =
+        loadConfig(std::string(FWP_CONFIG_DIR) + "/atari_cpu_breakout_" + core + ".toml");
+    EXPECT_EQ(c.env.game, "breakout");
+    EXPECT_EQ(c.model.core, core);
+    ++count;
+  }
+  EXPECT_EQ(count, 7);
+}
+
 TEST(FwpAtari, TrainsResumesAndTestsOnARealRom) {
   if (!haveRom("breakout"))
     GTEST_SKIP() << "ALE ROM 'breakout' not found in '" << defaultRomDir()
