@@ -2,6 +2,8 @@
 
 #include "fwp/train/Model.h"
 
+#include "fwp/runtime/CompiledLayer.h"
+
 #include <cmath>
 #include <numeric>
 
@@ -16,16 +18,10 @@ makeFastWeightLayer(const FastWeightLayerSource &source, const Dims &dims,
                     const torch::Device &device) {
   std::shared_ptr<const FastWeightLayer> layer;
   if (!source.artifact.empty()) {
-    // ===== COMPILED LAYERS PLUG IN HERE (config key model.artifact) =========
-    // When runtime/core provides the loader, replace the throw below with
-    //   layer = fwp::loadCompiledLayer(source.artifact, device);
-    // Everything after this block (name and dims checks) applies unchanged.
-    // ========================================================================
+    // A layer compiled by fwp-compile (config key model.artifact). Its
+    // kernels check the tensors' device on every call.
     (void)device;
-    throw Error("model.artifact = \"" + source.artifact +
-                "\": loading compiled layers (.fwpk) is not available in this "
-                "build yet; use --reference (model.reference = true) for the "
-                "eager reference layer");
+    layer = loadCompiledLayer(source.artifact);
   } else {
     layer = makeReferenceLayer(source.name, dims);
   }
