@@ -40,4 +40,7 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.s
 else
   echo "[setup] torch $torch_version present"
 fi
+# The Arcade Learning Environment (C++ library + ROMs from the ale-py sdist on
+# PyPI) for the Atari task; cached in .deps/ale, a no-op once built.
+bash "$root/scripts/setup_ale.sh"
 echo "[setup] done"

@@ -32,7 +32,8 @@ static void addPipeline(OpPassManager &pm, StringRef pipeline) {
 }
 
 void buildFrontEndPipeline(OpPassManager &pm) {
-  addPipeline(pm, "canonicalize,fwp-differentiate,canonicalize,cse");
+  addPipeline(pm, "canonicalize,fwp-differentiate,canonicalize,cse,fwp-fuse,"
+                  "canonicalize,cse");
 }
 
 void buildCPULoweringPipeline(OpPassManager &pm) {

@@ -105,10 +105,15 @@ private:
   }
 
   // Matrices.
+  /// A matrix buffer for one op, allocated once per call before the time
+  /// loop (on the heap: d = 128 matrices would crowd a worker thread's stack)
+  /// and freed after it.
   Value scratchMatrix(Type type) {
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPoint(scratchInsertionPoint);
-    return memref::AllocaOp::create(b, loc, bufferType(type, false));
+    Value buffer = memref::AllocOp::create(b, loc, bufferType(type, false));
+    scratchBuffers.push_back(buffer);
+    return buffer;
   }
   bool canOverwrite(Value matrix, Operation *writer) {
     if (readOnly.contains(lowered.lookup(matrix)))
@@ -194,6 +199,7 @@ private:
   llvm::DenseMap<Value, Value> lowered;
   llvm::DenseSet<Value> readOnly;
   Operation *scratchInsertionPoint = nullptr;
+  SmallVector<Value> scratchBuffers;
 
   SmallVector<Value> seqBuffers, paramBuffers, stateBuffers, outputBuffers;
 };
@@ -571,8 +577,7 @@ LogicalResult ScanLowering::run() {
           memref::LoadOp::create(b, loc, buffer, ValueRange{index(0)}));
   }
 
-  // Scratch matrices go before the loop (allocas inside it would grow the
-  // stack every step).
+  // Scratch matrices are allocated before the loop, not in every step.
   Value zero = index(0), one = index(1);
   scratchInsertionPoint = zero.getDefiningOp();
   LogicalResult status = success();
@@ -608,6 +613,8 @@ LogicalResult ScanLowering::run() {
     else
       memref::StoreOp::create(b, loc, final, buffer, ValueRange{index(0)});
   }
+  for (Value buffer : scratchBuffers)
+    memref::DeallocOp::create(b, loc, buffer);
   func::ReturnOp::create(b, loc);
   (void)module;
   return success();

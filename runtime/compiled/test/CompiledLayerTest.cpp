@@ -9,10 +9,13 @@
 //===----------------------------------------------------------------------===//
 
 #include "fwp/runtime/CompiledLayer.h"
+#include "fwp/runtime/Safetensors.h"
 
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <sys/wait.h>
 #include <filesystem>
 #include <fstream>
 
@@ -278,6 +281,69 @@ TEST_F(ArtifactFile, RejectsMissingGarbageTruncatedAndForeignFiles) {
   EXPECT_NE(messageOf(patched("json.fwpk", "\"dims\": {", "\"dims\"  {"))
                 .find("not valid JSON"),
             std::string::npos);
+}
+
+} // namespace
+
+namespace {
+
+/// fwp-run --artifact X.fwpk and fwp-run --layer <its layer> agree on a
+/// forward + backward round trip through safetensors files.
+TEST(FwpRunArtifact, MatchesTheReferenceLayer) {
+  REQUIRE_ARTIFACTS();
+  std::string dir = fs::temp_directory_path().string();
+  for (const char *model : {"linear_transformer", "delta_net", "delta_mlp", "delta_rnn",
+                            "delta_lstm", "rdn"}) {
+    fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath(model)));
+    fwp::TensorMap tensors = makeInputs(layer, 2, 2, 5, true, torch::kFloat, 21);
+    fwp::TensorMap outputs = layer.forward(tensors);
+    torch::manual_seed(5);
+    for (const auto &[name, value] : outputs)
+      tensors["grad." + name] = torch::randn(value.sizes());
+    std::string in = dir + "/fwp-run-in-" + model + ".safetensors";
+    std::string outReference = dir + "/fwp-run-ref-" + model + ".safetensors";
+    std::string outCompiled = dir + "/fwp-run-fwpk-" + model + ".safetensors";
+    fwp::writeSafetensors(in, tensors);
+    std::string common = " --inputs " + in + " --backward > /dev/null";
+    ASSERT_EQ(std::system((std::string(FWP_RUN_PATH) + " --layer " + model + " --out " +
+                           outReference + common)
+                              .c_str()),
+              0);
+    ASSERT_EQ(std::system((std::string(FWP_RUN_PATH) + " --artifact " + artifactPath(model) +
+                           " --out " + outCompiled + common)
+                              .c_str()),
+              0);
+    fwp::TensorMap want = fwp::readSafetensors(outReference).tensors;
+    fwp::TensorMap got = fwp::readSafetensors(outCompiled).tensors;
+    EXPECT_EQ(got.size(), want.size()) << model;
+    for (const auto &[name, value] : want) {
+      ASSERT_TRUE(got.count(name)) << model << ": fwp-run --artifact lacks " << name;
+      EXPECT_LE(relativeError(got[name], value), 1e-4) << model << ": " << name;
+    }
+    for (const std::string &path : {in, outReference, outCompiled})
+      std::remove(path.c_str());
+  }
+}
+
+TEST(FwpRunArtifact, RejectsDimsTheArtifactWasNotCompiledWith) {
+  REQUIRE_ARTIFACTS();
+  std::string out = fs::temp_directory_path().string() + "/fwp-run-dims.safetensors";
+  std::string in = fs::temp_directory_path().string() + "/fwp-run-dims-in.safetensors";
+  fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("delta_net")));
+  fwp::writeSafetensors(in, makeInputs(layer, 1, 1, 2, false, torch::kFloat, 1));
+  std::string command = std::string(FWP_RUN_PATH) + " --artifact " + artifactPath("delta_net") +
+                        " --dim d=32 --inputs " + in + " --out " + out + " 2>&1";
+  std::string output;
+  FILE *pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char buffer[512];
+  while (fgets(buffer, sizeof buffer, pipe))
+    output += buffer;
+  int status = pclose(pipe);
+  EXPECT_EQ(WEXITSTATUS(status), 2) << output;
+  EXPECT_NE(output.find("was compiled with d=16"), std::string::npos) << output;
+  EXPECT_FALSE(fs::exists(out));
+  std::remove(in.c_str());
 }
 
 } // namespace

@@ -2,6 +2,7 @@
 //
 //   fwp-run --layer delta_rnn --inputs in.safetensors --out out.safetensors
 //           [--backward] [--device cpu|cuda] [--dim d=32 ...]
+//   fwp-run --artifact delta_rnn.fwpk ...   (a layer compiled by fwp-compile)
 //
 // Writes "y" and "final.<state>"; with --backward also "grad.<name>" for
 // every seq input, param and given initial state, from "grad.y" (and the
@@ -10,6 +11,7 @@
 // See docs/fwp-run.md.
 //
 //===----------------------------------------------------------------------===//
+#include "fwp/runtime/CompiledLayer.h"
 #include "fwp/runtime/Layer.h"
 #include "fwp/runtime/Safetensors.h"
 
@@ -27,6 +29,7 @@ const std::string kGradPrefix = "grad.";
 
 struct Options {
   std::string layer;
+  std::string artifact;
   std::string inputs;
   std::string out;
   std::string device = "cpu";
@@ -86,6 +89,20 @@ std::unique_ptr<fwp::FastWeightLayer> makeLayer(const Options &options,
                                                 const TensorMap &layerInputs,
                                                 torch::Device /*device*/) {
   const fwp::Dims given = parseDims(options.dims);
+  if (!options.artifact.empty()) {
+    auto layer = fwp::loadCompiledLayer(options.artifact);
+    for (const auto &[name, size] : given) {
+      auto it = layer->dims().find(name);
+      if (it == layer->dims().end())
+        throw Error("--dim " + name + ": the artifact's layer has no dim '" + name + "'");
+      if (it->second != size)
+        throw Error("--dim " + name + "=" + std::to_string(size) + ": " + options.artifact +
+                    " was compiled with " + name + "=" + std::to_string(it->second) +
+                    " (recompile with fwp-compile --dim " + name + "=" +
+                    std::to_string(size) + ")");
+    }
+    return layer;
+  }
   // The signature does not depend on dims, so a first instance (which also
   // checks the layer and dim names) tells which tensor fixes which dim.
   const auto probe = fwp::makeReferenceLayer(options.layer, given);
@@ -189,7 +206,11 @@ int main(int argc, char **argv) {
 
   CLI::App app{"Run one fast-weight layer (forward, optionally backward) on the tensors of a "
                "safetensors file."};
-  app.add_option("--layer", options.layer, "reference layer: " + layers)->required();
+  auto *layerOption = app.add_option("--layer", options.layer, "reference layer: " + layers);
+  auto *artifactOption =
+      app.add_option("--artifact", options.artifact, "a layer compiled by fwp-compile (.fwpk)");
+  layerOption->excludes(artifactOption);
+  artifactOption->excludes(layerOption);
   app.add_option("--inputs", options.inputs, "safetensors file with the layer's inputs")
       ->required();
   app.add_option("--out", options.out, "safetensors file to write (atomically)")->required();
@@ -204,6 +225,8 @@ int main(int argc, char **argv) {
 
   try {
     app.parse(argc, argv);
+    if (options.layer.empty() && options.artifact.empty())
+      throw CLI::RequiredError("--layer or --artifact");
   } catch (const CLI::CallForHelp &e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp &e) {

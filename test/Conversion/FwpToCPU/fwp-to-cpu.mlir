@@ -29,15 +29,17 @@ fwp.scan @lt seq(%k : vector<4xf32>, %v : vector<3xf32>, %b : f32)
 }
 
 // A reverse scan counts time down; a matrix that is still read after a write
-// is copied to a scratch buffer allocated once, before the loop, and the
-// result is copied back into the state buffer.
+// is copied to a scratch buffer allocated once, before the loop (freed after
+// it), and the result is copied back into the state buffer.
 // CHECK-LABEL: func.func @rev
-// CHECK: %[[SCRATCH:.*]] = memref.alloca() : memref<2x2xf32>
+// CHECK: %[[SCRATCH:.*]] = memref.alloc() : memref<2x2xf32>
 // CHECK: scf.for %[[I:.*]] =
 // CHECK: %[[LAST:.*]] = arith.subi %{{.*}}, %{{.*}} : index
 // CHECK-NEXT: %[[T:.*]] = arith.subi %[[LAST]], %[[I]] : index
 // CHECK: memref.copy %{{.*}}, %[[SCRATCH]]
 // CHECK: memref.copy %[[SCRATCH]], %{{.*}} : memref<2x2xf32> to memref<2x2xf32>
+// CHECK: }
+// CHECK-NEXT: memref.dealloc %[[SCRATCH]]
 fwp.scan @rev reverse seq(%k : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
   %W1 = fwp.write_sum %W, %k, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
   %y = fwp.read %W, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
@@ -46,7 +48,7 @@ fwp.scan @rev reverse seq(%k : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf
 
 // A param matrix is never written in place.
 // CHECK-LABEL: func.func @param_write
-// CHECK: memref.alloca() : memref<2x2xf32>
+// CHECK: memref.alloc() : memref<2x2xf32>
 // CHECK: memref.copy
 fwp.scan @param_write seq(%k : vector<2xf32>) params(%R : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
   %R1 = fwp.write_sum %R, %k, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>

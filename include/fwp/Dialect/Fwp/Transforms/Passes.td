@@ -47,4 +47,27 @@ def FwpDifferentiate : Pass<"fwp-differentiate", "mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::fwp::FwpDialect"];
 }
 
+def FwpFuse : Pass<"fwp-fuse", "mlir::ModuleOp"> {
+  let summary = "fuse reads of a fast weight's old value into the write that replaced it";
+  let description = [{
+    A read of a fast weight `W` after a rank-one write `W' = W + k (x) u`
+    (`fwp.write_sum`, or `fwp.write_delta` with `u = beta (v - vbar)`) keeps
+    both `W` and `W'` alive, so a lowering must copy `W` before updating it.
+    This pass rewrites such reads through the write:
+
+    * `read(W, q)            = read(W', q) - u (k . q)`
+    * `read_transposed(W, x) = read_transposed(W', x) - k (u . x)`
+
+    after which the write is the last use of `W` and every lowering updates
+    the matrix in place. The backward scans of `fwp-differentiate` need it:
+    they rebuild `W_{t-1}` from `W_t` and read both. Other later uses of `W`
+    (a second write, a yield) are left alone.
+
+    ```
+    fwp-opt models/delta_net.mlir --fwp-differentiate --fwp-fuse --canonicalize --cse
+    ```
+  }];
+  let dependentDialects = ["::mlir::fwp::FwpDialect"];
+}
+
 #endif // FWP_DIALECT_FWP_TRANSFORMS_PASSES_TD

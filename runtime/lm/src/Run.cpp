@@ -1,0 +1,327 @@
+//===- Run.cpp - Language-model runs: train and evaluate -------------------===//
+
+#include "fwp/lm/Run.h"
+
+#include "fwp/lm/Corpus.h"
+#include "fwp/lm/Evaluate.h"
+#include "fwp/lm/WordModel.h"
+#include "fwp/train/Config.h"
+#include "fwp/train/Model.h"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <ostream>
+#include <sstream>
+
+#include <unistd.h>
+
+namespace fwp::lm {
+
+using fwp::train::Config;
+using fwp::train::Metrics;
+
+double learningRate(const std::string &schedule, double lr, double minLr, int64_t warmup, int64_t total,
+                    int64_t step) {
+  const double s = static_cast<double>(step + 1);
+  if (warmup > 0 && step + 1 < warmup)
+    return lr * s / static_cast<double>(warmup);
+  if (schedule == "constant")
+    return lr;
+  if (schedule == "cosine") {
+    const double progress = std::min(1.0, s / static_cast<double>(std::max<int64_t>(total, 1)));
+    return minLr + (lr - minLr) * 0.5 * (1.0 + std::cos(M_PI * progress));
+  }
+  throw Error("train.schedule must be \"cosine\" or \"constant\", got \"" + schedule + "\"");
+}
+
+namespace {
+
+CorpusOptions corpusOptionsFromConfig(const Config &config) {
+  const std::string task = config.getString("data.task", "wikitext");
+  if (task != "wikitext")
+    throw Error(config.source() + ": data.task = \"" + task +
+                "\": fwp-lm trains word-level language models (data.task = \"wikitext\"); "
+                "use fwp-train for the algorithmic tasks");
+  CorpusOptions options;
+  options.dataDir = config.getString("data.dir");
+  options.cacheDir = config.getString("data.cache_dir", "");
+  options.skipEmptyLines = config.getBool("data.skip_empty_lines", false);
+  options.unknownSymbol = config.getString("data.unknown", "<unk>");
+  options.verbose = true;
+  return options;
+}
+
+struct TrainSettings {
+  int64_t batch = 96;
+  int64_t context = 256;
+  bool carryOver = false;
+  int64_t warmup = 2000;
+  std::string schedule = "cosine";
+  double minLr = 0.0;
+  int64_t evalBatch = 16;
+  int64_t evalSegments = 0;
+};
+
+TrainSettings trainSettingsFromConfig(const Config &config) {
+  TrainSettings s;
+  s.batch = config.getInt("train.batch", s.batch);
+  s.context = config.getInt("train.context", s.context);
+  s.carryOver = config.getBool("train.carry_over", s.carryOver);
+  s.warmup = config.getInt("train.warmup", s.warmup);
+  s.schedule = config.getString("train.schedule", s.schedule);
+  s.minLr = config.getDouble("train.min_lr", s.minLr);
+  s.evalBatch = config.getInt("train.eval_batch", s.evalBatch);
+  s.evalSegments = config.getInt("train.eval_segments", s.evalSegments);
+  if (s.batch < 1 || s.context < 1 || s.evalBatch < 1)
+    throw Error(config.source() + ": train.batch, train.context and train.eval_batch must be >= 1");
+  if (s.warmup < 0 || s.evalSegments < 0)
+    throw Error(config.source() + ": train.warmup and train.eval_segments must be >= 0");
+  learningRate(s.schedule, 1, 0, 0, 1, 0); // validates the name
+  return s;
+}
+
+struct EvalSettings {
+  std::vector<std::string> modes = {"sliding"};
+  int64_t context = 0;    ///< sliding window / segment length; 0: train.context
+  int64_t windows = 32;   ///< sliding windows per batch
+  int64_t carryBatch = 1; ///< rows for carry-over
+  int64_t segmentBatch = 16;
+  int64_t maxTokens = 0; ///< 0: the whole split
+};
+
+EvalSettings evalSettingsFromConfig(const Config &config, int64_t trainContext) {
+  EvalSettings e;
+  e.modes = config.getStrings("eval.modes", e.modes);
+  e.context = config.getInt("eval.context", trainContext);
+  e.windows = config.getInt("eval.windows", e.windows);
+  e.carryBatch = config.getInt("eval.carry_batch", e.carryBatch);
+  e.segmentBatch = config.getInt("eval.segment_batch", e.segmentBatch);
+  e.maxTokens = config.getInt("eval.max_tokens", e.maxTokens);
+  for (const auto &mode : e.modes)
+    if (mode != "sliding" && mode != "carry" && mode != "segments")
+      throw Error(config.source() + ": eval.modes: unknown mode \"" + mode +
+                  "\" (expected sliding, carry or segments)");
+  if (e.context < 1 || e.windows < 1 || e.carryBatch < 1 || e.segmentBatch < 1 || e.maxTokens < 0)
+    throw Error(config.source() + ": eval.context, windows, carry_batch and segment_batch must be >= 1");
+  return e;
+}
+
+void applyRequest(Config &config, const std::vector<std::string> &overrides,
+                  const std::optional<std::string> &device) {
+  for (const auto &assignment : overrides)
+    config.set(assignment);
+  if (device)
+    config.setValue("train.device", nlohmann::json(*device).dump());
+}
+
+/// Progress of a long evaluation: a line redrawn in place on a terminal,
+/// else one line per tenth of the work.
+ProgressFn evaluationProgress(const std::string &what, const std::optional<bool> &interactive) {
+  const bool tty = interactive.value_or(::isatty(::fileno(stderr)) != 0);
+  auto start = std::chrono::steady_clock::now();
+  auto lastDraw = start - std::chrono::seconds(1);
+  int64_t lastTenth = 0;
+  return [=](int64_t done, int64_t total) mutable {
+    auto now = std::chrono::steady_clock::now();
+    const double elapsed = std::chrono::duration<double>(now - start).count();
+    const double eta = done > 0 ? elapsed * static_cast<double>(total - done) / static_cast<double>(done) : 0.0;
+    const int64_t tenth = total > 0 ? 10 * done / total : 10;
+    const bool finished = done >= total;
+    if (tty) {
+      if (!finished && now - lastDraw < std::chrono::milliseconds(100))
+        return;
+      lastDraw = now;
+      std::fprintf(stderr, "\r  %s %lld/%lld (%d%%) ETA %s   ", what.c_str(), static_cast<long long>(done),
+                   static_cast<long long>(total), static_cast<int>(100 * done / std::max<int64_t>(total, 1)),
+                   fwp::train::formatDuration(eta).c_str());
+      if (finished)
+        std::fprintf(stderr, "\n");
+    } else if (tenth > lastTenth || finished) {
+      lastTenth = tenth;
+      std::fprintf(stderr, "  %s %lld/%lld batches, %s elapsed, ETA %s\n", what.c_str(),
+                   static_cast<long long>(done), static_cast<long long>(total),
+                   fwp::train::formatDuration(elapsed).c_str(), fwp::train::formatDuration(eta).c_str());
+    }
+    std::fflush(stderr);
+  };
+}
+
+Metrics runEvaluations(WordModelImpl &model, const torch::Tensor &allTokens, const EvalSettings &settings,
+                       std::ostream &log, const std::string &splitName, const std::optional<bool> &interactive) {
+  Metrics metrics;
+  torch::Tensor tokens = allTokens;
+  if (settings.maxTokens > 0 && settings.maxTokens < tokens.size(0))
+    tokens = tokens.narrow(0, 0, settings.maxTokens);
+  model.eval();
+  for (const auto &mode : settings.modes) {
+    Perplexity p;
+    const ProgressFn progress = evaluationProgress(splitName + " " + mode, interactive);
+    std::string how;
+    if (mode == "sliding") {
+      p = evaluateSlidingWindow(model, tokens, settings.context, settings.windows, progress);
+      how = "sliding window of " + std::to_string(settings.context);
+    } else if (mode == "carry") {
+      p = evaluateCarryOver(model, tokens, settings.carryBatch, settings.context, progress);
+      how = "state carried over " + std::to_string(settings.carryBatch) + " row(s), segments of " +
+            std::to_string(settings.context);
+    } else {
+      p = evaluateSegments(model, tokens, settings.segmentBatch, settings.context, false, 0,
+                           progress);
+      how = "independent segments of " + std::to_string(settings.context);
+    }
+    metrics[mode + "_ppl"] = p.perplexity();
+    metrics[mode + "_loss"] = p.loss();
+    metrics[mode + "_tokens"] = static_cast<double>(p.tokens);
+    metrics[mode + "_seconds"] = p.seconds;
+    log << splitName << " " << mode << ": ppl " << std::fixed << std::setprecision(2) << p.perplexity()
+        << " (loss " << std::setprecision(4) << p.loss() << ", " << p.tokens << " tokens, " << how << ", "
+        << std::setprecision(1) << p.seconds << " s)" << std::defaultfloat << std::setprecision(6) << "\n";
+  }
+  return metrics;
+}
+
+void writeJson(const std::filesystem::path &path, const nlohmann::json &json) {
+  const auto temp = path.string() + ".tmp";
+  {
+    std::ofstream out(temp);
+    out << json.dump(2) << "\n";
+    if (!out)
+      throw Error("cannot write " + temp);
+  }
+  std::filesystem::rename(temp, path);
+}
+
+} // namespace
+
+Metrics trainLanguageModel(const LmTrainRequest &request, std::ostream &log) {
+  Config config = Config::fromFile(request.configPath);
+  applyRequest(config, request.overrides, request.device);
+  if (request.reference)
+    config.set("model.reference=true");
+  if (!config.has("train.select_metric"))
+    config.set("train.select_metric=ppl");
+  if (!config.has("train.select_higher"))
+    config.set("train.select_higher=false");
+
+  const uint64_t seed = static_cast<uint64_t>(config.getInt("train.seed", 1));
+  torch::manual_seed(seed);
+  const torch::Device device = fwp::train::parseDevice(config.getString("train.device", "cpu"));
+  Corpus corpus = Corpus::open(corpusOptionsFromConfig(config));
+  const int64_t vocabSize = corpus.vocab().size();
+
+  WordModelOptions modelOptions = wordModelOptionsFromConfig(config, vocabSize);
+  WordModel model(modelOptions, device);
+  auto optimizer = fwp::train::makeAdam(model->parameters(), fwp::train::adamOptionsFromConfig(config));
+  const double baseLr = fwp::train::adamOptionsFromConfig(config).lr;
+  fwp::train::LoopOptions loopOptions = fwp::train::loopOptionsFromConfig(config);
+  loopOptions.interactive = request.interactive;
+  const TrainSettings settings = trainSettingsFromConfig(config);
+  const EvalSettings evalSettings = evalSettingsFromConfig(config, settings.context);
+  config.checkUnused();
+
+  const auto &effective = model->io().boundaries();
+  log << "corpus " << corpus.cachePath() << ": vocabulary " << vocabSize << ", train "
+      << corpus.numTokens(Split::Train) << " tokens; adaptive softmax clusters " << effective.size() - 1 << " (";
+  for (size_t i = 1; i + 1 < effective.size(); ++i)
+    log << (i > 1 ? ", " : "") << effective[i];
+  log << (effective.size() > 2 ? "" : "no cutoff") << ")\n";
+  log << "model " << modelOptions.stack.kind
+      << (modelOptions.stack.kind == "fwp" ? " " + modelOptions.stack.layer.name : std::string()) << ": "
+      << fwp::train::countParameters(*model) << " parameters on " << device << "\n";
+
+  fwp::train::TrainingLoop loop(*model, *optimizer, loopOptions, config.toToml());
+  loop.extra()["vocab_size"] = vocabSize;
+  loop.extra()["train_hash"] = std::to_string(corpus.fileInfo(Split::Train).hash);
+  if (request.resume || !request.resumeFrom.empty()) {
+    auto from = request.resumeFrom.empty() ? loopOptions.runDir / "last.pt" : std::filesystem::path(request.resumeFrom);
+    loop.resumeFrom(from, device);
+    log << "resumed from " << from.string() << " at step " << loop.step() << "\n";
+  }
+
+  OrderedBatches batches(corpus.tokens(Split::Train), settings.batch, settings.context);
+  const torch::Tensor validTokens = corpus.tokens(Split::Valid);
+  LmState state;
+  int64_t stateStep = -1; // the step whose final state `state` holds
+  auto step = [&](int64_t s) -> fwp::train::StepResult {
+    const double lr = learningRate(settings.schedule, baseLr, settings.minLr, settings.warmup, loopOptions.steps, s);
+    for (auto &group : optimizer->param_groups())
+      static_cast<torch::optim::AdamOptions &>(group.options()).lr(lr);
+    const int64_t index = s % batches.numSegments();
+    // The state goes on only from the segment just before (not across an
+    // epoch boundary, nor into a resumed run).
+    if (!settings.carryOver || index == 0 || stateStep != s - 1)
+      state.clear();
+    auto segment = batches.segment(index);
+    auto [hidden, final] = model->hidden(segment.inputs.to(device), state);
+    auto loss = model->nll(hidden.reshape({-1, hidden.size(-1)}), segment.targets.reshape({-1}).to(device)).mean();
+    if (settings.carryOver) {
+      state = detachState(final);
+      stateStep = s;
+    }
+    return {loss, {{"lr", lr}}};
+  };
+  auto validate = [&]() -> Metrics {
+    Perplexity p = evaluateSegments(*model, validTokens, settings.evalBatch, settings.context, settings.carryOver,
+                                    settings.evalSegments);
+    return {{"ppl", p.perplexity()}, {"loss", p.loss()}};
+  };
+  loop.run(step, validate);
+
+  // Score the best checkpoint on the test split.
+  auto best = loopOptions.runDir / "best.pt";
+  if (std::filesystem::exists(best)) {
+    fwp::train::loadCheckpoint(best, *model, nullptr, device, false);
+    log << "test of " << best.string() << " (step " << fwp::train::readCheckpointMeta(best).step << "):\n";
+  } else {
+    log << "no best.pt (train.eval_every = 0): testing the final model\n";
+  }
+  Metrics metrics = runEvaluations(*model, corpus.tokens(Split::Test), evalSettings, log, "test", request.interactive);
+  nlohmann::json json(metrics);
+  json["checkpoint"] = best.string();
+  writeJson(loopOptions.runDir / "test.json", json);
+  return metrics;
+}
+
+Metrics evaluateLanguageModel(const LmEvalRequest &request, std::ostream &log) {
+  auto meta = fwp::train::readCheckpointMeta(request.checkpoint);
+  Config config = Config::fromString(meta.config, request.checkpoint);
+  applyRequest(config, request.overrides, request.device);
+  const torch::Device device = fwp::train::parseDevice(config.getString("train.device", "cpu"));
+  Corpus corpus = Corpus::open(corpusOptionsFromConfig(config));
+  const int64_t vocabSize = corpus.vocab().size();
+  if (meta.extra.contains("vocab_size") && meta.extra["vocab_size"].get<int64_t>() != vocabSize)
+    throw Error(request.checkpoint + " was trained with a vocabulary of " +
+                std::to_string(meta.extra["vocab_size"].get<int64_t>()) + " words, " + corpus.cachePath() +
+                " has " + std::to_string(vocabSize) + " (data.dir changed?)");
+  WordModel model(wordModelOptionsFromConfig(config, vocabSize), device);
+  fwp::train::loadCheckpoint(request.checkpoint, *model, nullptr, device, false);
+  const TrainSettings settings = trainSettingsFromConfig(config);
+  EvalSettings evalSettings = evalSettingsFromConfig(config, settings.context);
+  if (!request.modes.empty()) {
+    evalSettings.modes = request.modes;
+    for (const auto &mode : evalSettings.modes)
+      if (mode != "sliding" && mode != "carry" && mode != "segments")
+        throw Error("--mode " + mode + ": expected sliding, carry or segments");
+  }
+  if (request.maxTokens)
+    evalSettings.maxTokens = *request.maxTokens;
+  log << request.checkpoint << " (step " << meta.step << "), " << request.split << " split of " << corpus.cachePath()
+      << "\n";
+  Metrics metrics = runEvaluations(*model, corpus.tokens(parseSplit(request.split)), evalSettings, log,
+                                   request.split, std::nullopt);
+  if (!request.jsonPath.empty()) {
+    nlohmann::json json(metrics);
+    json["checkpoint"] = request.checkpoint;
+    json["split"] = request.split;
+    json["step"] = meta.step;
+    writeJson(request.jsonPath, json);
+  }
+  return metrics;
+}
+
+} // namespace fwp::lm

@@ -1,0 +1,150 @@
+// fwp-lm: word-level language modelling (docs/language-modelling.md).
+//
+//   fwp-lm prepare --data DIR [--cache-dir DIR] [--skip-empty-lines] [--json FILE]
+//       builds (or validates) the token cache and prints corpus statistics.
+//   fwp-lm train --config FILE [--set key=value]... [--device D] [--resume | --resume-from CKPT]
+//                [--reference] [--no-progress-bar]
+//       trains per the config, then scores best.pt on the test split.
+//   fwp-lm eval --checkpoint CKPT [--split test] [--mode sliding|carry|segments]...
+//               [--max-tokens N] [--set key=value]... [--device D] [--json FILE]
+
+#include "fwp/lm/Corpus.h"
+#include "fwp/lm/Run.h"
+#include "fwp/runtime/Layer.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <sys/resource.h>
+
+namespace {
+
+int64_t peakRssMiB() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / 1024;
+}
+
+void writeJsonAtomically(const std::string &path, const nlohmann::json &json) {
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp);
+    if (!out)
+      throw fwp::Error("cannot write " + temp);
+    out << json.dump(2) << "\n";
+    if (!out)
+      throw fwp::Error("cannot write " + temp);
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0)
+    throw fwp::Error("cannot write " + path);
+}
+
+int prepare(const fwp::lm::CorpusOptions &options, const std::string &jsonPath) {
+  const auto start = std::chrono::steady_clock::now();
+  fwp::lm::Corpus corpus = fwp::lm::Corpus::open(options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto &vocab = corpus.vocab();
+  nlohmann::json json;
+  json["cache"] = corpus.cachePath();
+  json["loaded_from_cache"] = corpus.loadedFromCache();
+  if (!corpus.loadedFromCache())
+    json["rebuild_reason"] = corpus.rebuildReason();
+  json["seconds"] = seconds;
+  json["peak_rss_mib"] = peakRssMiB();
+  json["vocab_size"] = vocab.size();
+  for (auto split : {fwp::lm::Split::Train, fwp::lm::Split::Valid, fwp::lm::Split::Test}) {
+    const auto &info = corpus.fileInfo(split);
+    json["splits"][fwp::lm::splitName(split)] = {{"file", info.path},
+                                                 {"bytes", info.size},
+                                                 {"tokens", corpus.numTokens(split)},
+                                                 {"hash", info.hash}};
+  }
+  nlohmann::json top = nlohmann::json::array();
+  for (int64_t id = 0; id < std::min<int64_t>(10, vocab.size()); ++id)
+    top.push_back({vocab.symbol(id), vocab.count(id)});
+  json["most_frequent"] = top;
+  std::cout << (corpus.loadedFromCache() ? "loaded " : "built ") << corpus.cachePath() << " in " << seconds
+            << " s (peak RSS " << peakRssMiB() << " MiB)\n"
+            << "vocabulary " << vocab.size() << "; tokens train " << corpus.numTokens(fwp::lm::Split::Train)
+            << ", valid " << corpus.numTokens(fwp::lm::Split::Valid) << ", test "
+            << corpus.numTokens(fwp::lm::Split::Test) << "\n";
+  if (!jsonPath.empty())
+    writeJsonAtomically(jsonPath, json);
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  CLI::App app{"fwp-lm: word-level language-modelling utilities"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  fwp::lm::CorpusOptions options;
+  std::string jsonPath;
+  auto *prepareCmd = app.add_subcommand("prepare", "build or validate the token cache of a corpus");
+  prepareCmd->add_option("--data", options.dataDir, "folder with wiki.{train,valid,test}.tokens")->required();
+  prepareCmd->add_option("--cache-dir", options.cacheDir, "where the cache goes (default: --data)");
+  prepareCmd->add_flag("--skip-empty-lines", options.skipEmptyLines, "empty lines yield no <eos>");
+  prepareCmd->add_option("--json", jsonPath, "also write the statistics as JSON here");
+
+  fwp::lm::LmTrainRequest train;
+  std::string trainDevice;
+  bool noBar = false;
+  auto *trainCmd = app.add_subcommand("train", "train a language model from a TOML config");
+  trainCmd->add_option("--config", train.configPath, "run configuration (models/configs/wt103_*.toml)")->required();
+  trainCmd->add_option("--set", train.overrides, "override a config key: --set train.steps=100");
+  trainCmd->add_option("--device", trainDevice, "cpu, cuda or cuda:<n> (overrides train.device)");
+  auto *resume = trainCmd->add_flag("--resume", train.resume, "continue from <run_dir>/last.pt");
+  trainCmd->add_option("--resume-from", train.resumeFrom, "continue from this checkpoint")->excludes(resume);
+  trainCmd->add_flag("--reference", train.reference, "use the eager reference fast-weight layer");
+  trainCmd->add_flag("--no-progress-bar", noBar, "plain progress lines even on a terminal");
+
+  fwp::lm::LmEvalRequest eval;
+  std::string evalDevice;
+  int64_t maxTokens = 0;
+  auto *evalCmd = app.add_subcommand("eval", "perplexity of a checkpoint on a split");
+  evalCmd->add_option("--checkpoint", eval.checkpoint, "a best.pt / last.pt of fwp-lm train")->required();
+  evalCmd->add_option("--split", eval.split, "train, valid or test")->capture_default_str();
+  evalCmd->add_option("--mode", eval.modes, "sliding, carry or segments (repeatable; default: eval.modes)");
+  evalCmd->add_option("--max-tokens", maxTokens, "score only the first N tokens of the split");
+  evalCmd->add_option("--set", eval.overrides, "override a key of the checkpoint's config");
+  evalCmd->add_option("--device", evalDevice, "cpu, cuda or cuda:<n>");
+  evalCmd->add_option("--json", eval.jsonPath, "also write the result as JSON here");
+
+  int threads = 0;
+  app.add_option("--threads", threads, "intra-op CPU threads (default: LibTorch's; 1 on a busy machine)");
+
+  CLI11_PARSE(app, argc, argv);
+  if (threads > 0)
+    torch::set_num_threads(threads);
+  try {
+    options.verbose = true;
+    if (*prepareCmd)
+      return prepare(options, jsonPath);
+    if (*trainCmd) {
+      if (!trainDevice.empty())
+        train.device = trainDevice;
+      if (noBar)
+        train.interactive = false;
+      fwp::lm::trainLanguageModel(train, std::cout);
+      return 0;
+    }
+    if (*evalCmd) {
+      if (!evalDevice.empty())
+        eval.device = evalDevice;
+      if (maxTokens > 0)
+        eval.maxTokens = maxTokens;
+      fwp::lm::evaluateLanguageModel(eval, std::cout);
+      return 0;
+    }
+  } catch (const fwp::Error &e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,206 @@
+//===- fwp-atari.cpp - train / test IMPALA agents on Atari; env benchmark -===//
+//
+//   fwp-atari train --config models/configs/atari_pong_lstm.toml --run-dir runs/pong_lstm
+//   fwp-atari test  --checkpoint runs/pong_lstm/checkpoint.pt --episodes 30
+//   fwp-atari test  --policy random --game breakout --episodes 10
+//   fwp-atari bench-env --game pong --actors 1,2 --envs-per-actor 8 --seconds 10
+//
+// Errors print "error: ..." and exit with code 2. See docs/atari.md.
+//
+//===----------------------------------------------------------------------===//
+#include "fwp/rl/Impala.h"
+#include "fwp/runtime/Layer.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <csignal>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+
+using namespace fwp::rl;
+
+namespace {
+
+std::atomic<bool> interrupted{false};
+void onSigint(int) { interrupted = true; }
+
+struct Summary {
+  double mean = 0, std = 0;
+};
+Summary summarize(const std::vector<EpisodeResult> &results) {
+  Summary s;
+  if (results.empty())
+    return s;
+  for (const auto &r : results)
+    s.mean += r.score / results.size();
+  for (const auto &r : results)
+    s.std += (r.score - s.mean) * (r.score - s.mean) / results.size();
+  s.std = std::sqrt(s.std);
+  return s;
+}
+
+/// The 1-minute load average (Linux), so shared-machine numbers say how
+/// shared the machine was; -1 where unknown.
+double loadAverage() {
+  std::ifstream in("/proc/loadavg");
+  double load = -1;
+  in >> load;
+  return load;
+}
+
+std::vector<int> parseCounts(const std::string &list) {
+  std::vector<int> counts;
+  std::stringstream in(list);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      size_t used = 0;
+      const int v = std::stoi(item, &used);
+      if (used != item.size() || v <= 0)
+        throw std::invalid_argument(item);
+      counts.push_back(v);
+    } catch (const std::exception &) {
+      throw fwp::Error("--actors: '" + item + "' is not a positive integer");
+    }
+  }
+  if (counts.empty())
+    throw fwp::Error("--actors: empty list");
+  return counts;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  CLI::App app{"fwp-atari: IMPALA/V-trace agents with LSTM or fast-weight memory on Atari 2600 "
+               "(ALE)"};
+  app.require_subcommand(1);
+
+  auto *trainCmd = app.add_subcommand("train", "train (or resume) an agent");
+  std::string configPath, runDir;
+  bool fresh = false;
+  std::vector<std::string> overrides;
+  trainCmd->add_option("--config", configPath, "TOML config (docs/atari.md)")->required();
+  trainCmd->add_option("--run-dir", runDir, "output dir: checkpoint.pt, config.toml, *.jsonl")
+      ->required();
+  trainCmd->add_flag("--fresh", fresh, "start over even if run-dir holds a checkpoint");
+  trainCmd->add_option("--set", overrides, "override a config value: section.key=value");
+
+  auto *testCmd = app.add_subcommand("test", "play full games and report the scores");
+  std::string checkpoint, policy = "greedy", game, outPath;
+  int episodes = 30;
+  uint64_t seed = 12345;
+  testCmd->add_option("--checkpoint", checkpoint, "checkpoint.pt written by train");
+  testCmd->add_option("--policy", policy, "greedy (argmax, default), sample, or random")
+      ->check(CLI::IsMember({"greedy", "sample", "random"}));
+  testCmd->add_option("--game", game, "game for --policy random (else the checkpoint's)");
+  testCmd->add_option("--episodes", episodes, "number of games")->check(CLI::PositiveNumber);
+  testCmd->add_option("--seed", seed, "environment seed");
+  testCmd->add_option("--out", outPath, "write the per-episode scores as JSON here");
+  int threads = 1;
+  testCmd->add_option("--threads", threads, "LibTorch intra-op threads")->check(CLI::PositiveNumber);
+
+  auto *benchCmd = app.add_subcommand("bench-env", "environment throughput, random actions");
+  std::string benchGame = "pong", actorList = "1,2";
+  int envsPerActor = 8;
+  double seconds = 10;
+  benchCmd->add_option("--game", benchGame, "ROM name");
+  benchCmd->add_option("--actors", actorList, "comma-separated actor (thread) counts");
+  benchCmd->add_option("--envs-per-actor", envsPerActor, "envs stepped by each actor")
+      ->check(CLI::PositiveNumber);
+  benchCmd->add_option("--seconds", seconds, "seconds per measurement")
+      ->check(CLI::PositiveNumber);
+  benchCmd->add_option("--out", outPath, "write the results as JSON here");
+
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (*trainCmd) {
+      ImpalaConfig config = applyOverrides(loadConfig(configPath), overrides);
+      std::signal(SIGINT, onSigint);
+      TrainOptions options;
+      options.runDir = runDir;
+      options.fresh = fresh;
+      options.log = &std::cout;
+      options.stopRequested = &interrupted;
+      train(config, options);
+      return 0;
+    }
+    if (*testCmd) {
+      at::set_num_threads(threads);
+      EvaluateOptions options;
+      options.episodes = episodes;
+      options.policy = policy;
+      options.seed = seed;
+      options.log = &std::cout;
+      AtariEnvConfig env;
+      std::optional<ImpalaNet> model;
+      if (!checkpoint.empty()) {
+        const ImpalaConfig config = readCheckpointConfig(checkpoint);
+        env = config.env;
+        model.emplace(config.model);
+        loadCheckpointModel(checkpoint, *model);
+        std::cout << "[test] " << checkpoint << ": " << env.game << ", core "
+                  << config.model.core << ", policy " << policy << "\n";
+      } else if (policy != "random") {
+        throw fwp::Error("test: --checkpoint is required unless --policy random");
+      }
+      if (!game.empty())
+        env.game = game;
+      if (checkpoint.empty() && game.empty())
+        throw fwp::Error("test --policy random: --game is required without --checkpoint");
+      const auto results = evaluate(env, model ? &*model : nullptr, options);
+      const Summary s = summarize(results);
+      std::cout << std::fixed << std::setprecision(2) << "[test] " << env.game << ": mean score "
+                << s.mean << ", std " << s.std << " over " << results.size() << " episodes\n";
+      if (!outPath.empty()) {
+        nlohmann::json out = {{"game", env.game},      {"checkpoint", checkpoint},
+                              {"policy", policy},      {"seed", seed},
+                              {"mean_score", s.mean},  {"std_score", s.std},
+                              {"episodes", nlohmann::json::array()}};
+        for (const auto &r : results)
+          out["episodes"].push_back({{"score", r.score}, {"steps", r.steps}, {"frames", r.frames}});
+        writeFileAtomic(outPath, out.dump(2) + "\n");
+      }
+      return 0;
+    }
+    if (*benchCmd) {
+      AtariEnvConfig env;
+      env.game = benchGame;
+      nlohmann::json out = {{"benchmark", "atari-env-throughput"},
+                            {"game", benchGame},
+                            {"envs_per_actor", envsPerActor},
+                            {"seconds_per_point", seconds},
+                            {"hardware_threads", std::thread::hardware_concurrency()},
+                            {"preprocessing", "torchbeast: noop 30, skip 4 + max, episodic life, "
+                                              "fire reset, 84x84 gray, stack 4"},
+                            {"policy", "uniform random"},
+                            {"results", nlohmann::json::array()}};
+      for (int actors : parseCounts(actorList)) {
+        const EnvThroughput r = benchmarkEnvironment(env, actors, envsPerActor, seconds);
+        std::cout << std::fixed << std::setprecision(0) << "[bench-env] " << benchGame << ": "
+                  << actors << " actor(s) x " << envsPerActor << " envs: " << r.framesPerSecond()
+                  << " frames/s (" << r.steps / r.seconds << " agent steps/s)" << std::endl;
+        out["results"].push_back({{"actors", actors},
+                                  {"load_average_1min_after", loadAverage()},
+                                  {"frames", r.frames},
+                                  {"steps", r.steps},
+                                  {"seconds", r.seconds},
+                                  {"frames_per_second", r.framesPerSecond()},
+                                  {"steps_per_second", r.steps / r.seconds}});
+      }
+      if (!outPath.empty())
+        writeFileAtomic(outPath, out.dump(2) + "\n");
+      return 0;
+    }
+  } catch (const fwp::Error &e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  } catch (const c10::Error &e) {
+    std::cerr << "error: " << e.what_without_backtrace() << "\n";
+    return 2;
+  }
+  return 0;
+}

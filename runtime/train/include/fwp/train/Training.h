@@ -1,0 +1,181 @@
+//===- Training.h - Reusable training-loop pieces --------------*- C++ -*-===//
+//
+// Task-independent parts of fwp-train, for every runtime tool that trains:
+//   makeAdam            Adam from [train] (lr, betas, eps, weight_decay)
+//   save/loadCheckpoint atomic checkpoints: model, optimizer, RNG states,
+//                       step, best validation value, the run's config text
+//   Progress            a one-line bar on a terminal, plain lines otherwise
+//   MetricsLog          metrics as JSON lines (metrics.jsonl)
+//   TrainingLoop        steps -> backward -> clip -> Adam, periodic
+//                       validation, best.pt / last.pt, exact resume
+// The task supplies two callbacks: the loss of step s (its batch must be a
+// pure function of s, so that a resumed run sees the same data) and a
+// validation pass.
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include "fwp/runtime/Layer.h"
+#include "fwp/train/Config.h"
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace fwp::train {
+
+using Metrics = std::map<std::string, double>;
+
+struct AdamOptions {
+  double lr = 3e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.995;
+  double eps = 1e-9;
+  double weightDecay = 0.0;
+};
+
+/// train.lr, train.betas ([b1, b2]), train.eps, train.weight_decay.
+AdamOptions adamOptionsFromConfig(const Config &config);
+std::unique_ptr<torch::optim::Adam> makeAdam(const std::vector<torch::Tensor> &params,
+                                             const AdamOptions &options);
+
+/// What a checkpoint holds besides tensors.
+struct CheckpointMeta {
+  int64_t step = 0;               ///< optimizer steps taken
+  std::optional<double> best;     ///< best validation value so far
+  int64_t bestStep = -1;
+  std::string config;             ///< the run's TOML (after overrides)
+  nlohmann::json extra = nlohmann::json::object(); ///< tool-specific
+};
+
+/// Writes model parameters and buffers, the optimizer's state (when given),
+/// the CPU (and, when CUDA is present, every CUDA) generator state and
+/// `meta` to `path` through a temporary file and a rename.
+void saveCheckpoint(const std::filesystem::path &path, torch::nn::Module &model,
+                    torch::optim::Optimizer *optimizer, const CheckpointMeta &meta);
+
+/// Only the meta of a checkpoint (e.g. to rebuild the model from its config).
+CheckpointMeta readCheckpointMeta(const std::filesystem::path &path);
+
+/// Loads parameters into `model` (tensors go to `device`), the optimizer
+/// state when `optimizer` is given, and the RNG states when `restoreRng`.
+/// Throws fwp::Error naming the file when it does not fit the model.
+CheckpointMeta loadCheckpoint(const std::filesystem::path &path,
+                              torch::nn::Module &model,
+                              torch::optim::Optimizer *optimizer,
+                              const torch::Device &device, bool restoreRng);
+
+/// "1h02m", "3m07s", "12s".
+std::string formatDuration(double seconds);
+
+/// Progress of a run: on a terminal a bar redrawn in place (at most ~10 times
+/// a second), otherwise one plain line every `logEvery` steps.
+class Progress {
+public:
+  Progress(int64_t totalSteps, int64_t firstStep, int64_t logEvery,
+           std::FILE *out = stderr, std::optional<bool> interactive = std::nullopt);
+  ~Progress();
+  /// After step `step` (1-based count of steps done) with its train metrics.
+  void update(int64_t step, const Metrics &metrics);
+  /// Prints a full line (e.g. validation results) without garbling the bar.
+  void note(const std::string &line);
+  /// Ends the bar's line.
+  void finish();
+  /// Steps per second over this session's training time.
+  double stepsPerSecond() const;
+  /// Excludes time spent outside training steps (validation, checkpoints).
+  void pause();
+  void resume();
+
+private:
+  void draw(int64_t step, bool force);
+  int64_t total_, first_, logEvery_, last_ = 0;
+  std::FILE *out_;
+  bool interactive_;
+  bool barShown_ = false;
+  Metrics window_;   // sums since the last plain line
+  int64_t windowSteps_ = 0;
+  Metrics smooth_;   // moving averages for the bar
+  double activeSeconds_ = 0;
+  std::chrono::steady_clock::time_point since_;
+  bool paused_ = false;
+  std::chrono::steady_clock::time_point lastDraw_;
+};
+
+/// Appends JSON objects, one per line, flushed at once.
+class MetricsLog {
+public:
+  /// With `keepUpToStep` >= 0 (resuming), records with a larger "step" are
+  /// dropped first, so the log reads as if the run had never stopped.
+  explicit MetricsLog(const std::filesystem::path &path, int64_t keepUpToStep = -1);
+  void write(const nlohmann::json &record);
+
+private:
+  std::ofstream out_;
+};
+
+struct LoopOptions {
+  int64_t steps = 1000;
+  int64_t logEvery = 50;         ///< train metrics line/JSON every N steps
+  int64_t evalEvery = 500;       ///< validation every N steps and at the end; 0: never
+  int64_t checkpointEvery = 500; ///< last.pt every N steps and at the end; 0: end only
+  double clipNorm = 0.0;         ///< global gradient-norm clip; 0: none
+  std::filesystem::path runDir;  ///< last.pt, best.pt, metrics.jsonl
+  std::string selectMetric = "acc"; ///< validation metric that picks best.pt
+  bool higherIsBetter = true;
+  std::optional<bool> interactive; ///< progress bar; default: stderr is a tty
+};
+
+/// train.steps, log_every, eval_every, checkpoint_every, clip, run_dir
+/// (default runs/<name>), select_metric.
+LoopOptions loopOptionsFromConfig(const Config &config);
+
+struct StepResult {
+  torch::Tensor loss;  ///< scalar to minimise
+  Metrics metrics;     ///< shown and logged (e.g. "acc" of the batch); "loss" is added
+};
+
+class TrainingLoop {
+public:
+  using StepFn = std::function<StepResult(int64_t step)>;
+  using ValidateFn = std::function<Metrics()>;
+
+  TrainingLoop(torch::nn::Module &model, torch::optim::Optimizer &optimizer,
+               LoopOptions options, std::string configText);
+
+  /// Continues from a checkpoint (model, optimizer, RNG, step, best).
+  void resumeFrom(const std::filesystem::path &checkpoint, const torch::Device &device);
+  /// Runs steps [step(), options.steps). `step` is called in train mode,
+  /// `validate` in eval mode under NoGradGuard. Returns the last validation.
+  Metrics run(const StepFn &step, const ValidateFn &validate);
+
+  int64_t step() const { return step_; }
+  std::optional<double> best() const { return best_; }
+  /// Free-form JSON stored in every checkpoint this loop writes.
+  nlohmann::json &extra() { return extra_; }
+
+private:
+  void save(const std::filesystem::path &path);
+
+  torch::nn::Module &model_;
+  torch::optim::Optimizer &optimizer_;
+  LoopOptions options_;
+  std::string configText_;
+  int64_t step_ = 0;
+  std::optional<double> best_;
+  int64_t bestStep_ = -1;
+  double bestLoss_ = std::numeric_limits<double>::infinity(); ///< tie-breaker
+  nlohmann::json extra_ = nlohmann::json::object();
+};
+
+} // namespace fwp::train

@@ -1,0 +1,561 @@
+//===- Training.cpp - Reusable training-loop pieces ----------------------===//
+
+#include "fwp/train/Training.h"
+
+#include "fwp/train/DataFormat.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <unistd.h>
+
+namespace fwp::train {
+
+//===----------------------------------------------------------------------===//
+// Optimizer
+//===----------------------------------------------------------------------===//
+
+AdamOptions adamOptionsFromConfig(const Config &config) {
+  AdamOptions options;
+  options.lr = config.getDouble("train.lr", options.lr);
+  std::vector<double> betas =
+      config.getDoubles("train.betas", std::vector<double>{options.beta1, options.beta2});
+  if (betas.size() != 2)
+    throw Error(config.source() + ": train.betas must hold two numbers");
+  options.beta1 = betas[0];
+  options.beta2 = betas[1];
+  options.eps = config.getDouble("train.eps", options.eps);
+  options.weightDecay = config.getDouble("train.weight_decay", options.weightDecay);
+  if (!(options.lr > 0))
+    throw Error(config.source() + ": train.lr must be positive");
+  return options;
+}
+
+std::unique_ptr<torch::optim::Adam> makeAdam(const std::vector<torch::Tensor> &params,
+                                             const AdamOptions &options) {
+  return std::make_unique<torch::optim::Adam>(
+      params, torch::optim::AdamOptions(options.lr)
+                  .betas({options.beta1, options.beta2})
+                  .eps(options.eps)
+                  .weight_decay(options.weightDecay));
+}
+
+//===----------------------------------------------------------------------===//
+// Checkpoints
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// Every parameter and buffer of `model` by its dotted name.
+std::vector<std::pair<std::string, torch::Tensor>> namedTensors(torch::nn::Module &model) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto &item : model.named_parameters(true))
+    tensors.emplace_back(item.key(), item.value());
+  for (const auto &item : model.named_buffers(true))
+    tensors.emplace_back(item.key(), item.value());
+  return tensors;
+}
+
+std::string firstLine(const std::string &text) {
+  return text.substr(0, text.find('\n'));
+}
+
+nlohmann::json metaToJson(const CheckpointMeta &meta) {
+  nlohmann::json json;
+  json["format"] = "fwp-checkpoint";
+  json["version"] = 1;
+  json["step"] = meta.step;
+  json["best"] = meta.best ? nlohmann::json(*meta.best) : nlohmann::json(nullptr);
+  json["best_step"] = meta.bestStep;
+  json["config"] = meta.config;
+  json["extra"] = meta.extra;
+  return json;
+}
+
+CheckpointMeta metaFromArchive(torch::serialize::InputArchive &archive,
+                               const std::string &file) {
+  c10::IValue value;
+  if (!archive.try_read("meta", value) || !value.isString())
+    throw Error(file + ": not an fwp checkpoint (no meta record)");
+  nlohmann::json json;
+  try {
+    json = nlohmann::json::parse(value.toStringRef());
+  } catch (const nlohmann::json::exception &e) {
+    throw Error(file + ": corrupt checkpoint meta: " + e.what());
+  }
+  if (json.value("format", "") != "fwp-checkpoint" || json.value("version", 0) != 1)
+    throw Error(file + ": not an fwp checkpoint of format version 1");
+  CheckpointMeta meta;
+  meta.step = json.at("step").get<int64_t>();
+  if (!json.at("best").is_null())
+    meta.best = json.at("best").get<double>();
+  meta.bestStep = json.at("best_step").get<int64_t>();
+  meta.config = json.at("config").get<std::string>();
+  meta.extra = json.at("extra");
+  return meta;
+}
+
+void loadArchive(torch::serialize::InputArchive &archive, const std::string &file,
+                 std::optional<torch::Device> device) {
+  if (!std::filesystem::exists(file))
+    throw Error(file + ": no such checkpoint");
+  try {
+    archive.load_from(file, device);
+  } catch (const c10::Error &e) {
+    throw Error(file + ": not a readable checkpoint: " + firstLine(e.what_without_backtrace()));
+  }
+}
+
+std::vector<torch::Device> cudaDevices() {
+  std::vector<torch::Device> devices;
+  if (torch::cuda::is_available())
+    for (int i = 0; i < static_cast<int>(torch::cuda::device_count()); ++i)
+      devices.emplace_back(torch::kCUDA, static_cast<c10::DeviceIndex>(i));
+  return devices;
+}
+
+} // namespace
+
+void saveCheckpoint(const std::filesystem::path &path, torch::nn::Module &model,
+                    torch::optim::Optimizer *optimizer, const CheckpointMeta &meta) {
+  torch::serialize::OutputArchive root;
+  c10::Dict<std::string, at::Tensor> tensors;
+  for (const auto &[name, tensor] : namedTensors(model))
+    tensors.insert(name, tensor.detach());
+  root.write("model", c10::IValue(tensors));
+  if (optimizer) {
+    torch::serialize::OutputArchive optimizerArchive;
+    optimizer->save(optimizerArchive);
+    root.write("optimizer", optimizerArchive);
+  }
+  {
+    at::Generator cpu = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(cpu.mutex());
+    root.write("rng_cpu", cpu.get_state());
+  }
+  for (const auto &device : cudaDevices()) {
+    at::Generator gen = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    root.write("rng_cuda" + std::to_string(device.index()), gen.get_state());
+  }
+  root.write("meta", c10::IValue(metaToJson(meta).dump()));
+
+  if (path.has_parent_path())
+    std::filesystem::create_directories(path.parent_path());
+  std::filesystem::path tmp = path;
+  tmp += ".tmp." + std::to_string(::getpid());
+  try {
+    root.save_to(tmp.string());
+  } catch (const c10::Error &e) {
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    throw Error(path.string() + ": cannot write the checkpoint: " +
+                firstLine(e.what_without_backtrace()));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    throw Error(path.string() + ": cannot move the checkpoint into place");
+  }
+}
+
+CheckpointMeta readCheckpointMeta(const std::filesystem::path &path) {
+  torch::serialize::InputArchive archive;
+  loadArchive(archive, path.string(), torch::Device(torch::kCPU));
+  return metaFromArchive(archive, path.string());
+}
+
+CheckpointMeta loadCheckpoint(const std::filesystem::path &path,
+                              torch::nn::Module &model,
+                              torch::optim::Optimizer *optimizer,
+                              const torch::Device &device, bool restoreRng) {
+  const std::string file = path.string();
+  // RNG states must stay CPU byte tensors; model and optimizer tensors go
+  // straight to the training device.
+  torch::serialize::InputArchive cpuArchive;
+  loadArchive(cpuArchive, file, torch::Device(torch::kCPU));
+  CheckpointMeta meta = metaFromArchive(cpuArchive, file);
+
+  c10::IValue modelValue;
+  if (!cpuArchive.try_read("model", modelValue) || !modelValue.isGenericDict())
+    throw Error(file + ": the checkpoint holds no model tensors");
+  c10::Dict<c10::IValue, c10::IValue> stored = modelValue.toGenericDict();
+  {
+    torch::NoGradGuard noGrad;
+    size_t matched = 0;
+    for (auto &[name, tensor] : namedTensors(model)) {
+      auto it = stored.find(name);
+      if (it == stored.end())
+        throw Error(file + ": the checkpoint has no tensor '" + name +
+                    "' (it was written for a different model)");
+      const at::Tensor &saved = it->value().toTensor();
+      if (saved.sizes() != tensor.sizes())
+        throw Error(file + ": tensor '" + name + "' has shape " +
+                    c10::str(saved.sizes()) + " in the checkpoint but " +
+                    c10::str(tensor.sizes()) + " in the model");
+      tensor.copy_(saved);
+      ++matched;
+    }
+    if (matched != stored.size())
+      throw Error(file + ": the checkpoint holds " + std::to_string(stored.size()) +
+                  " tensors, the model " + std::to_string(matched) +
+                  " (it was written for a different model)");
+  }
+
+  if (optimizer) {
+    torch::serialize::InputArchive deviceArchive;
+    if (!device.is_cpu())
+      loadArchive(deviceArchive, file, device);
+    torch::serialize::InputArchive &source = device.is_cpu() ? cpuArchive : deviceArchive;
+    torch::serialize::InputArchive optimizerArchive;
+    if (!source.try_read("optimizer", optimizerArchive))
+      throw Error(file + ": the checkpoint holds no optimizer state (cannot resume)");
+    try {
+      optimizer->load(optimizerArchive);
+    } catch (const c10::Error &e) {
+      throw Error(file + ": the optimizer state does not fit: " +
+                  firstLine(e.what_without_backtrace()));
+    }
+  }
+
+  if (restoreRng) {
+    torch::Tensor state;
+    if (!cpuArchive.try_read("rng_cpu", state))
+      throw Error(file + ": the checkpoint holds no RNG state");
+    at::Generator cpu = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(cpu.mutex());
+    cpu.set_state(state);
+    for (const auto &cuda : cudaDevices()) {
+      torch::Tensor cudaState;
+      if (cpuArchive.try_read("rng_cuda" + std::to_string(cuda.index()), cudaState)) {
+        at::Generator gen = at::globalContext().defaultGenerator(cuda);
+        std::lock_guard<std::mutex> cudaLock(gen.mutex());
+        gen.set_state(cudaState);
+      }
+    }
+  }
+  return meta;
+}
+
+//===----------------------------------------------------------------------===//
+// Progress and metrics
+//===----------------------------------------------------------------------===//
+
+std::string formatDuration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0)
+    return "?";
+  int64_t s = static_cast<int64_t>(std::llround(seconds));
+  char buffer[32];
+  if (s >= 3600)
+    std::snprintf(buffer, sizeof buffer, "%lldh%02lldm", (long long)(s / 3600),
+                  (long long)(s % 3600 / 60));
+  else if (s >= 60)
+    std::snprintf(buffer, sizeof buffer, "%lldm%02llds", (long long)(s / 60),
+                  (long long)(s % 60));
+  else
+    std::snprintf(buffer, sizeof buffer, "%llds", (long long)s);
+  return buffer;
+}
+
+Progress::Progress(int64_t totalSteps, int64_t firstStep, int64_t logEvery,
+                   std::FILE *out, std::optional<bool> interactive)
+    : total_(totalSteps), first_(firstStep), logEvery_(std::max<int64_t>(1, logEvery)),
+      last_(firstStep), out_(out),
+      interactive_(interactive ? *interactive : ::isatty(::fileno(out)) != 0),
+      since_(std::chrono::steady_clock::now()), lastDraw_(since_) {}
+
+Progress::~Progress() {
+  if (barShown_)
+    std::fputc('\n', out_);
+}
+
+void Progress::pause() {
+  if (!paused_) {
+    activeSeconds_ +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - since_).count();
+    paused_ = true;
+  }
+}
+
+void Progress::resume() {
+  if (paused_) {
+    since_ = std::chrono::steady_clock::now();
+    paused_ = false;
+  }
+}
+
+double Progress::stepsPerSecond() const {
+  double seconds = activeSeconds_;
+  if (!paused_)
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - since_).count();
+  return seconds > 0 ? static_cast<double>(last_ - first_) / seconds : 0.0;
+}
+
+namespace {
+
+std::string formatMetrics(const Metrics &metrics, double divisor) {
+  std::string text;
+  char buffer[64];
+  // loss first, then the rest alphabetically.
+  if (auto it = metrics.find("loss"); it != metrics.end()) {
+    std::snprintf(buffer, sizeof buffer, "loss %.4f", it->second / divisor);
+    text += buffer;
+  }
+  for (const auto &[name, value] : metrics) {
+    if (name == "loss")
+      continue;
+    std::snprintf(buffer, sizeof buffer, "%s%s %.4f", text.empty() ? "" : "  ",
+                  name.c_str(), value / divisor);
+    text += buffer;
+  }
+  return text;
+}
+
+} // namespace
+
+void Progress::update(int64_t step, const Metrics &metrics) {
+  last_ = step;
+  for (const auto &[name, value] : metrics) {
+    window_[name] += value;
+    auto it = smooth_.find(name);
+    if (it == smooth_.end())
+      smooth_[name] = value;
+    else
+      it->second = 0.9 * it->second + 0.1 * value;
+  }
+  ++windowSteps_;
+  if (interactive_) {
+    draw(step, step == total_);
+  } else if (step % logEvery_ == 0 || step == total_) {
+    double rate = stepsPerSecond();
+    std::fprintf(out_, "step %lld/%lld  %s  %.2f steps/s  ETA %s\n", (long long)step,
+                 (long long)total_, formatMetrics(window_, windowSteps_).c_str(), rate,
+                 formatDuration(rate > 0 ? (total_ - step) / rate : -1).c_str());
+    std::fflush(out_);
+    window_.clear();
+    windowSteps_ = 0;
+  }
+}
+
+void Progress::draw(int64_t step, bool force) {
+  auto now = std::chrono::steady_clock::now();
+  if (!force && now - lastDraw_ < std::chrono::milliseconds(100))
+    return;
+  lastDraw_ = now;
+  constexpr int kWidth = 24;
+  double fraction = total_ > 0 ? static_cast<double>(step) / total_ : 1.0;
+  int filled = static_cast<int>(fraction * kWidth);
+  std::string bar(filled, '#');
+  bar += std::string(kWidth - filled, '.');
+  double rate = stepsPerSecond();
+  std::fprintf(out_, "\r\033[2Kstep %lld/%lld [%s] %3d%%  %s  %.2f steps/s  ETA %s",
+               (long long)step, (long long)total_, bar.c_str(),
+               static_cast<int>(fraction * 100), formatMetrics(smooth_, 1.0).c_str(),
+               rate, formatDuration(rate > 0 ? (total_ - step) / rate : -1).c_str());
+  std::fflush(out_);
+  barShown_ = true;
+}
+
+void Progress::note(const std::string &line) {
+  if (barShown_)
+    std::fputs("\r\033[2K", out_);
+  std::fprintf(out_, "%s\n", line.c_str());
+  if (barShown_)
+    draw(last_, true);
+  std::fflush(out_);
+}
+
+void Progress::finish() {
+  if (barShown_) {
+    std::fputc('\n', out_);
+    barShown_ = false;
+  }
+  std::fflush(out_);
+}
+
+MetricsLog::MetricsLog(const std::filesystem::path &path, int64_t keepUpToStep) {
+  if (path.has_parent_path())
+    std::filesystem::create_directories(path.parent_path());
+  if (keepUpToStep >= 0 && std::filesystem::exists(path)) {
+    std::vector<std::string> kept;
+    for (const auto &line : readLines(path)) {
+      try {
+        nlohmann::json record = nlohmann::json::parse(line);
+        if (record.value("step", int64_t{0}) <= keepUpToStep)
+          kept.push_back(line);
+      } catch (const nlohmann::json::exception &) {
+        // a line cut short by a crash: drop it
+      }
+    }
+    writeFileAtomically(path, [&](std::ostream &out) {
+      for (const auto &line : kept)
+        out << line << '\n';
+    });
+  } else if (keepUpToStep < 0) {
+    std::filesystem::remove(path);
+  }
+  out_.open(path, std::ios::app);
+  if (!out_)
+    throw Error(path.string() + ": cannot open the metrics log");
+}
+
+void MetricsLog::write(const nlohmann::json &record) {
+  out_ << record.dump() << '\n';
+  out_.flush();
+}
+
+//===----------------------------------------------------------------------===//
+// The loop
+//===----------------------------------------------------------------------===//
+
+LoopOptions loopOptionsFromConfig(const Config &config) {
+  LoopOptions options;
+  options.steps = config.getInt("train.steps", options.steps);
+  options.logEvery = config.getInt("train.log_every", options.logEvery);
+  options.evalEvery = config.getInt("train.eval_every", options.evalEvery);
+  options.checkpointEvery = config.getInt("train.checkpoint_every", options.checkpointEvery);
+  options.clipNorm = config.getDouble("train.clip", options.clipNorm);
+  std::string name = config.getString("name", "run");
+  options.runDir = config.getString("train.run_dir", "runs/" + name);
+  options.selectMetric = config.getString("train.select_metric", options.selectMetric);
+  options.higherIsBetter =
+      config.getBool("train.select_higher", options.selectMetric != "loss");
+  if (options.steps < 1)
+    throw Error(config.source() + ": train.steps must be positive");
+  if (options.logEvery < 1)
+    throw Error(config.source() + ": train.log_every must be positive");
+  if (options.evalEvery < 0 || options.checkpointEvery < 0)
+    throw Error(config.source() +
+                ": train.eval_every and train.checkpoint_every must be >= 0");
+  return options;
+}
+
+TrainingLoop::TrainingLoop(torch::nn::Module &model, torch::optim::Optimizer &optimizer,
+                           LoopOptions options, std::string configText)
+    : model_(model), optimizer_(optimizer), options_(std::move(options)),
+      configText_(std::move(configText)) {}
+
+void TrainingLoop::resumeFrom(const std::filesystem::path &checkpoint,
+                              const torch::Device &device) {
+  CheckpointMeta meta = loadCheckpoint(checkpoint, model_, &optimizer_, device, true);
+  step_ = meta.step;
+  best_ = meta.best;
+  bestLoss_ = meta.extra.value("best_loss", std::numeric_limits<double>::infinity());
+  bestStep_ = meta.bestStep;
+  extra_ = meta.extra;
+}
+
+void TrainingLoop::save(const std::filesystem::path &path) {
+  CheckpointMeta meta;
+  meta.step = step_;
+  meta.best = best_;
+  meta.bestStep = bestStep_;
+  meta.config = configText_;
+  meta.extra = extra_;
+  if (std::isfinite(bestLoss_))
+    meta.extra["best_loss"] = bestLoss_;
+  saveCheckpoint(path, model_, &optimizer_, meta);
+}
+
+Metrics TrainingLoop::run(const StepFn &stepFn, const ValidateFn &validate) {
+  const auto &o = options_;
+  MetricsLog log(o.runDir / "metrics.jsonl", step_ > 0 ? step_ : -1);
+  Progress progress(o.steps, step_, o.logEvery, stderr, o.interactive);
+  Metrics window;
+  int64_t windowSteps = 0;
+  Metrics lastValidation;
+  auto wallStart = std::chrono::steady_clock::now();
+  auto trainable = model_.parameters();
+
+  model_.train();
+  while (step_ < o.steps) {
+    optimizer_.zero_grad();
+    StepResult result = stepFn(step_);
+    if (!result.loss.defined() || result.loss.numel() != 1)
+      throw Error("training step " + std::to_string(step_) +
+                  " returned no scalar loss");
+    result.loss.backward();
+    if (o.clipNorm > 0)
+      torch::nn::utils::clip_grad_norm_(trainable, o.clipNorm);
+    optimizer_.step();
+    ++step_;
+
+    double loss = result.loss.item<double>();
+    if (!std::isfinite(loss))
+      throw Error("the training loss became " + std::to_string(loss) + " at step " +
+                  std::to_string(step_) + "; lower train.lr or set train.clip");
+    result.metrics["loss"] = loss;
+    for (const auto &[name, value] : result.metrics)
+      window[name] += value;
+    ++windowSteps;
+    progress.update(step_, result.metrics);
+
+    if (step_ % o.logEvery == 0 || step_ == o.steps) {
+      nlohmann::json record = {{"step", step_}, {"split", "train"}};
+      for (const auto &[name, value] : window)
+        record[name] = value / windowSteps;
+      record["steps_per_s"] = progress.stepsPerSecond();
+      record["elapsed_s"] = std::chrono::duration<double>(
+                                std::chrono::steady_clock::now() - wallStart)
+                                .count();
+      log.write(record);
+      window.clear();
+      windowSteps = 0;
+    }
+
+    const bool last = step_ == o.steps;
+    if (validate && o.evalEvery > 0 && (step_ % o.evalEvery == 0 || last)) {
+      progress.pause();
+      model_.eval();
+      {
+        torch::NoGradGuard noGrad;
+        lastValidation = validate();
+      }
+      model_.train();
+      auto it = lastValidation.find(o.selectMetric);
+      if (it == lastValidation.end())
+        throw Error("validation gives no metric '" + o.selectMetric +
+                    "' (train.select_metric)");
+      // Ties on the selection metric (common early on: sequence accuracy 0)
+      // go to the lower validation loss.
+      auto loss = lastValidation.find("loss");
+      bool better = !best_ || (o.higherIsBetter ? it->second > *best_
+                                                 : it->second < *best_);
+      if (best_ && it->second == *best_ && loss != lastValidation.end() &&
+          o.selectMetric != "loss")
+        better = loss->second < bestLoss_;
+      if (better) {
+        best_ = it->second;
+        bestStep_ = step_;
+        if (loss != lastValidation.end())
+          bestLoss_ = loss->second;
+      }
+      nlohmann::json record = {{"step", step_}, {"split", "valid"}, {"best", better}};
+      for (const auto &[name, value] : lastValidation)
+        record[name] = value;
+      log.write(record);
+      std::ostringstream line;
+      line << "valid @ step " << step_ << ":";
+      for (const auto &[name, value] : lastValidation)
+        line << "  " << name << " " << value;
+      if (better)
+        line << "  (best so far, saved best.pt)";
+      progress.note(line.str());
+      if (better)
+        save(o.runDir / "best.pt");
+      progress.resume();
+    }
+    if ((o.checkpointEvery > 0 && step_ % o.checkpointEvery == 0) || last) {
+      progress.pause();
+      save(o.runDir / "last.pt");
+      progress.resume();
+    }
+  }
+  progress.finish();
+  return lastValidation;
+}
+
+} // namespace fwp::train
