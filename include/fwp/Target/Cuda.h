@@ -33,6 +33,10 @@ struct CudaOptions {
   int64_t blockSize = 0;
   /// Also assemble a cubin for `chip` when ptxas is found.
   bool emitCubin = true;
+  /// With blockSize 0 and ptxas found: also try half and twice the
+  /// lowering's block size when ptxas spills registers, and keep the one
+  /// that spills least.
+  bool tuneBlockSize = true;
   /// ptxas to use; empty: PATH, then /usr/local/cuda/bin.
   std::string ptxasPath;
 };
@@ -48,6 +52,9 @@ struct CudaKernel {
   std::string cubin;  ///< ELF image for `chip`, empty without ptxas
   int64_t blockSize = 0;
   int64_t sharedBytes = 0; ///< dynamic shared memory per block
+  /// ptxas's report (0 when ptxas was not run): registers per thread and
+  /// bytes of spill stores + stack frame.
+  int64_t registers = 0, spillBytes = 0;
   /// [{"role", "name", "shape"}] in argument order; shapes use "B", "H" and
   /// -1 for T. Three i64 arguments B, H, T follow the buffers.
   llvm::json::Array args;
@@ -70,7 +77,9 @@ struct CudaKernel {
 /// compileScansForCuda appends them itself.
 void registerCudaTargetDialects(mlir::DialectRegistry &registry);
 
-/// Compiles every fwp.scan of `module` (left unchanged) to one kernel.
+/// Compiles every fwp.scan of `module` (left unchanged) to one kernel. Run
+/// it after the front end (fwp-differentiate, fwp-fuse: see
+/// buildFrontEndPipeline), as for the CPU.
 /// Emits a diagnostic and fails on an op without a GPU lowering, a
 /// configuration no GPU can run, PTX that would need libdevice, or a ptxas
 /// error.
