@@ -30,6 +30,7 @@ struct ConvertFwpToGPUPass
   void runOnOperation() override {
     GpuLoweringOptions options;
     options.blockSize = blockSize;
+    options.prefetch = prefetch;
     if (failed(lowerScansToGpu(getOperation(), options)))
       return signalPassFailure();
     // The emitter builds index arithmetic naively; fold and share it.
@@ -157,8 +158,9 @@ void mlir::fwp::registerFwpGpuPasses() {
       "fwp-gpu-to-ptx",
       "fwp scans -> one GPU kernel each -> NVVM -> gpu.binary holding PTX",
       [](OpPassManager &pm, const GpuToPtxPipelineOptions &options) {
-        pm.addPass(createConvertFwpToGPU(
-            ConvertFwpToGPUOptions{options.blockSize}));
+        ConvertFwpToGPUOptions lowering;
+        lowering.blockSize = options.blockSize;
+        pm.addPass(createConvertFwpToGPU(lowering));
         PtxOptions ptx;
         ptx.chip = options.chip;
         ptx.features = options.features;

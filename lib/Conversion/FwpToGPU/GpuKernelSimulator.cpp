@@ -412,7 +412,10 @@ constexpr double kBufferStride = 4294967296.0;
 class Simulator {
 public:
   Simulator(gpu::GPUFuncOp func, Launch &launch, int64_t blockSize)
-      : func(func), launch(launch), NT(blockSize) {}
+      : func(func), launch(launch), NT(blockSize) {
+    auto dtype = func->getAttrOfType<StringAttr>(kGpuDtypeAttr);
+    elementBytes = dtype && dtype.getValue() == "f64" ? 8 : 4;
+  }
 
   std::string error;
 
@@ -603,6 +606,7 @@ private:
   gpu::GPUFuncOp func;
   Launch &launch;
   int64_t NT;
+  unsigned elementBytes = 4;
   int64_t block = 0;
   /// Values by SSA value; a node map keeps references valid while the map
   /// grows.
@@ -832,6 +836,19 @@ LogicalResult Simulator::exec(Operation *op, const std::vector<char> &mask) {
       })
       .Case<LLVM::InlineAsmOp>([&](LLVM::InlineAsmOp o) {
         StringRef text = o.getAsmString();
+        if (text == kPtxPrefetchL1) {
+          // No effect, but the address must be inside a buffer.
+          const SimValue &ptr = env.at(o.getOperands()[0]);
+          for (int64_t th = 0; th < NT; ++th) {
+            if (!mask[th])
+              continue;
+            int64_t buffer, element;
+            if (failed(globalAddress(o, ptr.data[th], elementBytes, buffer,
+                                     element)))
+              return failure();
+          }
+          return success();
+        }
         if (text == kPtxSqrt)
           return elementwise(o, mask, [](Args a) { return std::sqrt(a[0]); });
         if (text == kPtxAbs)

@@ -46,6 +46,8 @@ using namespace mlir::fwp;
 namespace {
 
 constexpr int64_t kWarpSize = 32;
+/// Scans with more seq inputs than this are not prefetched.
+constexpr unsigned kMaxPrefetchedInputs = 12;
 /// The dynamic shared memory of every kernel.
 constexpr llvm::StringLiteral kSharedSymbol = "fwp_shared";
 /// The largest dynamic shared memory a block may have (H100: 227 KiB).
@@ -164,9 +166,9 @@ enum class ReduceKind { Add, Max };
 
 class KernelEmitter {
 public:
-  KernelEmitter(ScanOp scan, int64_t blockSize)
+  KernelEmitter(ScanOp scan, const GpuLoweringOptions &options)
       : scan(scan), loc(scan.getLoc()), b(scan.getContext()),
-        NT(blockSize) {}
+        NT(options.blockSize), prefetch(options.prefetch) {}
 
   /// Builds the gpu.module (inserted before the scan); fails with a
   /// diagnostic on an unsupported op or type.
@@ -279,6 +281,8 @@ private:
   void releaseDead(Operation *op);
   LogicalResult emitStep(Block::BlockArgListType iterArgs,
                          SmallVectorImpl<Value> &yielded);
+  /// Prefetches the next step's seq rows into L1 (PTX prefetch.L1).
+  void prefetchNextStep();
   void writeOutputsAndStates(YieldOp yield);
   ArrayAttr buildArgsAttr();
 
@@ -286,6 +290,7 @@ private:
   Location loc;
   OpBuilder b;
   int64_t NT;
+  bool prefetch;
   Type elemType;
   SharedArena arena;
   /// A shared-memory access to [begin, end). Owned accesses give address
@@ -1282,9 +1287,57 @@ ArrayAttr KernelEmitter::buildArgsAttr() {
   return b.getArrayAttr(args);
 }
 
+void KernelEmitter::prefetchNextStep() {
+  // The next step's seq rows go to L1 now, so that its loads do not wait
+  // for memory: step t+1 (t-1 when reversed) exists unless t is the last.
+  Value hasNext =
+      scan.getReverse()
+          ? arith::CmpIOp::create(b, loc, arith::CmpIPredicate::uge, t,
+                                  cIndex(1))
+                .getResult()
+          : ult(add(t, cIndex(1)), T);
+  Value next = scan.getReverse()
+                   ? arith::SubIOp::create(b, loc, t, cIndex(1)).getResult()
+                   : add(t, cIndex(1));
+  OpBuilder::InsertionGuard guard(b);
+  auto ifNext = scf::IfOp::create(b, loc, hasNext, false);
+  b.setInsertionPoint(ifNext.thenBlock()->getTerminator());
+  int64_t lineElements = 128 / (elemType.getIntOrFloatBitWidth() / 8);
+  Value row = add(mul(bh, T), next);
+  for (auto [i, arg] : llvm::enumerate(scan.getSeqArgs())) {
+    int64_t n = 1;
+    if (auto vector = dyn_cast<VectorType>(arg.getType()))
+      n = vector.getDimSize(0);
+    else if (auto w = dyn_cast<FastWeightType>(arg.getType()))
+      n = w.getKeyDim() * w.getValueDim();
+    // One thread per 128-byte line of the row (which may straddle one more).
+    int64_t lines = ceilDiv(n, lineElements) + (n > 1 ? 1 : 0);
+    OpBuilder::InsertionGuard inner(b);
+    auto ifThread = scf::IfOp::create(b, loc, ult(tid, cIndex(std::min(lines, NT))), false);
+    b.setInsertionPoint(ifThread.thenBlock()->getTerminator());
+    // Thread j touches element min(j * lineElements, n - 1) of the row.
+    Value element = arith::MinUIOp::create(
+        b, loc, mul(tid, cIndex(lineElements)), cIndex(n - 1));
+    Value index = add(mul(row, cIndex(n)), element);
+    Value i64 = arith::IndexCastOp::create(b, loc, b.getI64Type(), index);
+    Value addr = LLVM::GEPOp::create(b, loc, seqPtrs[i].getType(), elemType,
+                                     seqPtrs[i], ValueRange{i64});
+    // Inline PTX: LLVM selects llvm.nvvm.prefetch.L1 for sm_90 only.
+    LLVM::InlineAsmOp::create(
+        b, loc, Type(), ValueRange{addr}, b.getStringAttr(kPtxPrefetchL1),
+        b.getStringAttr("l"), b.getUnitAttr(), UnitAttr(),
+        LLVM::TailCallKindAttr(), LLVM::AsmDialectAttr(), ArrayAttr());
+  }
+}
+
 LogicalResult KernelEmitter::emitStep(Block::BlockArgListType iterArgs,
                                       SmallVectorImpl<Value> &yielded) {
   Block &body = scan.getBodyBlock();
+  // Each prefetched input keeps an address live across the loop: skip it
+  // when there are many (ptxas then spills instead).
+  if (prefetch && scan.getNumSeq() > 0 &&
+      scan.getNumSeq() <= kMaxPrefetchedInputs)
+    prefetchNextStep();
   // Seq inputs at step t, read in place from global memory.
   for (auto [i, arg] : llvm::enumerate(scan.getSeqArgs())) {
     Value rowIndex = add(mul(bh, T), t);
@@ -1631,7 +1684,7 @@ LogicalResult mlir::fwp::lowerScansToGpu(ModuleOp module,
                                          const GpuLoweringOptions &options) {
   SmallVector<ScanOp> scans(module.getOps<ScanOp>());
   for (ScanOp scan : scans) {
-    KernelEmitter emitter(scan, options.blockSize);
+    KernelEmitter emitter(scan, options);
     if (failed(emitter.emit()))
       return failure();
   }

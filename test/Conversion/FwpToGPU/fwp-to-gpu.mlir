@@ -26,6 +26,8 @@
 // CHECK-NEXT: gpu.barrier
 // Time is the loop; the matrix is carried in registers.
 // CHECK: %[[FINAL:.*]] = scf.for %{{.*}} = %c0 to %{{.*}} step %c1 iter_args(%[[WI:.*]] = %[[W0]]) -> (vector<1xf32>)
+// The next step's inputs are prefetched into L1 while this one computes.
+// CHECK: llvm.inline_asm has_side_effects "prefetch.L1 [$0];", "l"
 // The delta write: the column's dot product reduced over its 4 lanes by
 // butterfly shuffles, then an FMA; no barrier needed.
 // CHECK-NOT: gpu.barrier

@@ -10,6 +10,7 @@
 // CHECK-SAME: .extern .shared .align 16 .b8 fwp_shared[];
 // CHECK-SAME: .visible .entry delta_net_kernel(
 // CHECK-SAME: .maxntid 32, 1, 1
+// CHECK-SAME: prefetch.L1
 // Column reductions are butterfly shuffles; barriers are bar.sync.
 // CHECK-SAME: shfl.sync.bfly.b32
 // CHECK-SAME: bar.sync

@@ -50,11 +50,15 @@ inline constexpr llvm::StringLiteral kGpuArgsAttr = "fwp.args";
 inline constexpr llvm::StringLiteral kPtxSqrt = "sqrt.rn.f32 $0, $1;";
 inline constexpr llvm::StringLiteral kPtxFloor = "cvt.rmi.f32.f32 $0, $1;";
 inline constexpr llvm::StringLiteral kPtxAbs = "abs.f32 $0, $1;";
+/// The inline PTX convert-fwp-to-gpu uses to prefetch the next step's inputs.
+inline constexpr llvm::StringLiteral kPtxPrefetchL1 = "prefetch.L1 [$0];";
 
 struct GpuLoweringOptions {
   /// Threads per block: a power of two in [32, 1024], or 0 to choose from
   /// the size of the fast-weight state.
   int64_t blockSize = 0;
+  /// Prefetch each step's seq rows into L1 one step ahead (PTX prefetch.L1).
+  bool prefetch = true;
 };
 
 /// Lowers every fwp.scan of `module` to `gpu.module @<scan>_gpu` holding

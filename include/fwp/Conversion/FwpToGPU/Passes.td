@@ -32,7 +32,9 @@ def ConvertFwpToGPU : Pass<"convert-fwp-to-gpu", "mlir::ModuleOp"> {
   let options = [
     Option<"blockSize", "block-size", "int64_t", /*default=*/"0",
            "threads per block (a power of two, 32 to 1024); 0 chooses from "
-           "the size of the fast-weight state">
+           "the size of the fast-weight state">,
+    Option<"prefetch", "prefetch", "bool", /*default=*/"true",
+           "prefetch the next step's seq rows into L1 (PTX prefetch.L1)">
   ];
   let dependentDialects = [
     "::mlir::gpu::GPUDialect", "::mlir::scf::SCFDialect",
