@@ -196,6 +196,8 @@ std::vector<ModelCase> modelCases() {
           {"rdn_d7", "rdn", {{"d", 7}}}};
 }
 
+void PrintTo(const ModelCase &c, std::ostream *os) { *os << c.bundle; }
+
 std::string modelCaseName(const testing::TestParamInfo<ModelCase> &info) {
   return info.param.bundle;
 }
