@@ -19,6 +19,8 @@
 #include "mlir/Target/LLVMIR/Dialect/All.h"
 #include "llvm/ADT/ScopeExit.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Program.h"
 #include "llvm/Support/raw_ostream.h"
@@ -31,6 +33,7 @@ llvm::json::Object CudaKernel::manifestEntry() const {
   llvm::json::Object entry{
       {"kernel", kernel},
       {"scan", scan},
+      {"dtype", dtype},
       {"ptx_symbol", ptxSymbol()},
       {"chip", chip},
       {"block", llvm::json::Array{blockSize, 1, 1}},
@@ -63,9 +66,17 @@ std::string findPtxas(const CudaOptions &options) {
   return llvm::sys::fs::can_execute(fallback) ? fallback : "";
 }
 
-/// Assembles `ptx` for `chip` with ptxas; the cubin bytes, or an error text.
-static FailureOr<std::string> assemble(StringRef ptxas, StringRef ptx,
-                                       StringRef chip, std::string &error) {
+/// What ptxas made of a kernel.
+struct Assembled {
+  std::string cubin;
+  int64_t registers = 0;
+  int64_t spillBytes = 0; ///< spill stores + stack frame
+};
+
+/// Assembles `ptx` for `chip` with ptxas -v; the cubin and its register
+/// use, or an error text.
+static FailureOr<Assembled> assemble(StringRef ptxas, StringRef ptx,
+                                     StringRef chip, std::string &error) {
   SmallString<128> ptxPath, cubinPath, logPath;
   if (llvm::sys::fs::createTemporaryFile("fwp", "ptx", ptxPath) ||
       llvm::sys::fs::createTemporaryFile("fwp", "cubin", cubinPath) ||
@@ -88,14 +99,15 @@ static FailureOr<std::string> assemble(StringRef ptxas, StringRef ptx,
     os << ptx;
   }
   std::string arch = ("-arch=" + chip).str();
-  SmallVector<StringRef> argv{ptxas, arch, "-O3", ptxPath, "-o", cubinPath};
+  SmallVector<StringRef> argv{ptxas, arch, "-O3", "-v", ptxPath, "-o", cubinPath};
   std::optional<StringRef> redirects[] = {std::nullopt, StringRef(logPath),
                                           StringRef(logPath)};
   int rc = llvm::sys::ExecuteAndWait(ptxas, argv, std::nullopt, redirects);
+  auto log = llvm::MemoryBuffer::getFile(logPath);
+  StringRef text = log ? (*log)->getBuffer() : StringRef();
   if (rc != 0) {
-    auto log = llvm::MemoryBuffer::getFile(logPath);
     error = ("ptxas failed (exit " + Twine(rc) + "): " +
-             (log ? (*log)->getBuffer() : StringRef("no output")))
+             (text.empty() ? StringRef("no output") : text))
                 .str();
     return failure();
   }
@@ -104,44 +116,64 @@ static FailureOr<std::string> assemble(StringRef ptxas, StringRef ptx,
     error = "ptxas wrote no cubin";
     return failure();
   }
-  return (*cubin)->getBuffer().str();
+  Assembled out;
+  out.cubin = (*cubin)->getBuffer().str();
+  // "Used 242 registers", "688 bytes stack frame, 1200 bytes spill stores".
+  auto numberBefore = [&](StringRef marker) -> int64_t {
+    size_t at = text.find(marker);
+    if (at == StringRef::npos)
+      return 0;
+    StringRef head = text.take_front(at).rtrim();
+    size_t space = head.find_last_of(" \t");
+    int64_t value = 0;
+    head.drop_front(space == StringRef::npos ? 0 : space + 1).getAsInteger(10, value);
+    return value;
+  };
+  size_t used = text.find("Used ");
+  if (used != StringRef::npos)
+    text.drop_front(used + 5).take_until([](char c) { return c == ' '; })
+        .getAsInteger(10, out.registers);
+  out.spillBytes = numberBefore(" bytes spill stores") +
+                   numberBefore(" bytes stack frame");
+  return out;
 }
 
-FailureOr<std::vector<CudaKernel>>
-compileScansForCuda(ModuleOp module, const CudaOptions &options) {
-  MLIRContext *context = module.getContext();
-  DialectRegistry registry;
-  registerCudaTargetDialects(registry);
-  context->appendDialectRegistry(registry);
+namespace {
+/// One scan compiled at one block size.
+struct Compiled {
+  CudaKernel kernel;
+  Assembled assembled; ///< empty without ptxas
+};
+} // namespace
 
-  // Work on a module of copies of the scans only: the caller's module may
-  // already hold other lowerings.
-  OwningOpRef<ModuleOp> work = ModuleOp::create(module.getLoc());
+/// Lowers `scan` alone to one kernel at `blockSize` (0: the lowering's own
+/// choice) and serialises it to PTX (and a cubin with `ptxas`).
+static FailureOr<Compiled> compileScan(mlir::fwp::ScanOp scan,
+                                       const CudaOptions &options,
+                                       int64_t blockSize, StringRef ptxas) {
+  MLIRContext *context = scan.getContext();
+  OwningOpRef<ModuleOp> work = ModuleOp::create(scan.getLoc());
   OpBuilder builder(context);
   builder.setInsertionPointToEnd(work->getBody());
-  for (auto scan : module.getOps<mlir::fwp::ScanOp>())
-    builder.clone(*scan.getOperation());
-  if (work->getBody()->empty()) {
-    module.emitError("no fwp.scan to compile for CUDA");
-    return failure();
-  }
+  builder.clone(*scan.getOperation());
 
   PassManager lower(context);
   lower.addPass(mlir::fwp::createConvertFwpToGPU(
-      mlir::fwp::ConvertFwpToGPUOptions{options.blockSize}));
+      mlir::fwp::ConvertFwpToGPUOptions{blockSize}));
   if (failed(lower.run(*work)))
     return failure();
 
-  std::vector<CudaKernel> kernels;
-  DenseMap<StringRef, size_t> byModule;
+  Compiled out;
+  CudaKernel &k = out.kernel;
   for (auto gpuModule : work->getOps<gpu::GPUModuleOp>()) {
     for (auto func : gpuModule.getOps<gpu::GPUFuncOp>()) {
-      CudaKernel k;
       k.scan = cast<StringAttr>(func->getAttr(mlir::fwp::kGpuScanAttr)).str();
       k.role =
           cast<StringAttr>(func->getAttr(mlir::fwp::kGpuKernelRoleAttr)).str();
       k.kernel = func.getName().str();
       k.chip = options.chip;
+      k.dtype =
+          cast<StringAttr>(func->getAttr(mlir::fwp::kGpuDtypeAttr)).str();
       k.blockSize =
           cast<IntegerAttr>(func->getAttr(mlir::fwp::kGpuBlockSizeAttr))
               .getInt();
@@ -163,8 +195,6 @@ compileScansForCuda(ModuleOp module, const CudaOptions &options) {
             {"name", cast<StringAttr>(arg.get("name")).str()},
             {"shape", std::move(shape)}});
       }
-      byModule[gpuModule.getName()] = kernels.size();
-      kernels.push_back(std::move(k));
     }
   }
 
@@ -176,40 +206,79 @@ compileScansForCuda(ModuleOp module, const CudaOptions &options) {
   mlir::fwp::buildGpuToPtxPipeline(serialize, ptxOptions);
   if (failed(serialize.run(*work)))
     return failure();
-
-  for (auto binary : work->getOps<gpu::BinaryOp>()) {
-    auto it = byModule.find(binary.getName());
-    if (it == byModule.end() || binary.getObjects().empty())
-      continue;
-    CudaKernel &k = kernels[it->second];
-    k.ptx = cast<gpu::ObjectAttr>(binary.getObjects()[0]).getObject().str();
+  for (auto binary : work->getOps<gpu::BinaryOp>())
+    if (!binary.getObjects().empty())
+      k.ptx = cast<gpu::ObjectAttr>(binary.getObjects()[0]).getObject().str();
+  if (k.ptx.empty()) {
+    scan.emitError() << "no PTX was produced for kernel " << k.kernel;
+    return failure();
   }
-  std::string ptxas = options.emitCubin ? findPtxas(options) : "";
-  for (CudaKernel &k : kernels) {
-    if (k.ptx.empty()) {
-      module.emitError() << "no PTX was produced for kernel " << k.kernel;
+  // A call left to libdevice (f64 math without libdevice at compile time)
+  // would fail to load on the GPU machine: refuse it here.
+  size_t external = k.ptx.find(".extern .func");
+  if (external != std::string::npos) {
+    size_t end = k.ptx.find('(', external);
+    scan.emitError() << "kernel " << k.kernel << " calls an external function ("
+                     << StringRef(k.ptx).slice(external, end).trim()
+                     << "); f64 math needs CUDA's libdevice where fwp-compile "
+                        "runs";
+    return failure();
+  }
+  if (ptxas.empty())
+    return out;
+  std::string error;
+  FailureOr<Assembled> assembled = assemble(ptxas, k.ptx, k.chip, error);
+  if (failed(assembled)) {
+    scan.emitError() << "kernel " << k.kernel << ": " << error;
+    return failure();
+  }
+  out.assembled = std::move(*assembled);
+  return out;
+}
+
+FailureOr<std::vector<CudaKernel>>
+compileScansForCuda(ModuleOp module, const CudaOptions &options) {
+  MLIRContext *context = module.getContext();
+  DialectRegistry registry;
+  registerCudaTargetDialects(registry);
+  context->appendDialectRegistry(registry);
+
+  SmallVector<mlir::fwp::ScanOp> scans(module.getOps<mlir::fwp::ScanOp>());
+  if (scans.empty()) {
+    module.emitError("no fwp.scan to compile for CUDA");
+    return failure();
+  }
+  std::string ptxas = findPtxas(options);
+  bool tune = options.blockSize == 0 && options.tuneBlockSize && !ptxas.empty();
+  std::vector<CudaKernel> kernels;
+  for (mlir::fwp::ScanOp scan : scans) {
+    FailureOr<Compiled> best =
+        compileScan(scan, options, options.blockSize, tune || options.emitCubin
+                                                          ? ptxas
+                                                          : "");
+    if (failed(best))
       return failure();
+    if (tune) {
+      // The lowering's choice, or half or twice as many threads if ptxas
+      // then spills less (registers per thread shrink as blocks grow).
+      int64_t chosen = best->kernel.blockSize;
+      for (int64_t candidate : {chosen / 2, chosen * 2}) {
+        if (candidate < 32 || candidate > 1024 ||
+            best->assembled.spillBytes == 0)
+          continue;
+        FailureOr<Compiled> other = compileScan(scan, options, candidate, ptxas);
+        if (failed(other))
+          return failure();
+        if (other->assembled.spillBytes < best->assembled.spillBytes)
+          best = std::move(other);
+      }
     }
-    // A call left to libdevice (f64 math without libdevice at compile
-    // time) would fail to load on the GPU machine: refuse it here.
-    size_t external = k.ptx.find(".extern .func");
-    if (external != std::string::npos) {
-      size_t end = k.ptx.find('(', external);
-      module.emitError()
-          << "kernel " << k.kernel << " calls an external function ("
-          << StringRef(k.ptx).slice(external, end).trim()
-          << "); f64 math needs CUDA's libdevice where fwp-compile runs";
-      return failure();
-    }
-    if (ptxas.empty())
-      continue;
-    std::string error;
-    FailureOr<std::string> cubin = assemble(ptxas, k.ptx, k.chip, error);
-    if (failed(cubin)) {
-      module.emitError() << "kernel " << k.kernel << ": " << error;
-      return failure();
-    }
-    k.cubin = std::move(*cubin);
+    CudaKernel kernel = std::move(best->kernel);
+    if (options.emitCubin)
+      kernel.cubin = std::move(best->assembled.cubin);
+    kernel.registers = best->assembled.registers;
+    kernel.spillBytes = best->assembled.spillBytes;
+    kernels.push_back(std::move(kernel));
   }
   return kernels;
 }
@@ -219,6 +288,65 @@ llvm::json::Object cudaManifestKernels(const std::vector<CudaKernel> &kernels) {
   for (const CudaKernel &k : kernels)
     cuda[k.role] = k.manifestEntry();
   return cuda;
+}
+
+LogicalResult writeCudaBundle(ModuleOp module,
+                              const std::vector<CudaKernel> &kernels,
+                              StringRef dir) {
+  if (std::error_code ec = llvm::sys::fs::create_directories(dir)) {
+    module.emitError() << "cannot create " << dir << ": " << ec.message();
+    return failure();
+  }
+  auto write = [&](StringRef name, StringRef bytes) -> LogicalResult {
+    SmallString<128> path(dir);
+    llvm::sys::path::append(path, name);
+    // Temp file + rename: a reader never sees half a file.
+    SmallString<128> temp(path);
+    temp += ".tmp";
+    {
+      std::error_code ec;
+      llvm::raw_fd_ostream os(temp, ec);
+      if (!ec) {
+        os << bytes;
+        os.close();
+        ec = os.error();
+      }
+      if (ec) {
+        module.emitError() << "cannot write " << temp << ": " << ec.message();
+        return failure();
+      }
+    }
+    if (std::error_code ec = llvm::sys::fs::rename(temp, path)) {
+      module.emitError() << "cannot write " << path << ": " << ec.message();
+      return failure();
+    }
+    return success();
+  };
+  llvm::json::Object dims;
+  std::string layer;
+  for (auto scan : module.getOps<mlir::fwp::ScanOp>()) {
+    if (scan->hasAttr("fwp.role"))
+      continue;
+    layer = scan.getSymName().str();
+    for (NamedAttribute dim : scan.getDims())
+      dims[dim.getName().getValue()] =
+          cast<IntegerAttr>(dim.getValue()).getInt();
+  }
+  llvm::json::Object bundle{{"layer", layer},
+                            {"dims", std::move(dims)},
+                            {"cuda", cudaManifestKernels(kernels)}};
+  std::string json;
+  llvm::raw_string_ostream os(json);
+  os << llvm::formatv("{0:2}", llvm::json::Value(std::move(bundle))) << "\n";
+  if (failed(write("kernels.json", json)))
+    return failure();
+  for (const CudaKernel &k : kernels) {
+    if (failed(write(k.kernel + ".ptx", k.ptx)))
+      return failure();
+    if (!k.cubin.empty() && failed(write(k.kernel + ".cubin", k.cubin)))
+      return failure();
+  }
+  return success();
 }
 
 //===----------------------------------------------------------------------===//
@@ -243,9 +371,13 @@ struct TestCudaCompilePass
     CudaOptions options;
     options.chip = chip;
     options.emitCubin = cubin;
+    options.blockSize = blockSize;
+    options.tuneBlockSize = tune;
     FailureOr<std::vector<CudaKernel>> kernels =
         compileScansForCuda(getOperation(), options);
     if (failed(kernels))
+      return signalPassFailure();
+    if (!dir.empty() && failed(writeCudaBundle(getOperation(), *kernels, dir)))
       return signalPassFailure();
     // One line per kernel: its role and manifest entry, then what was built.
     llvm::json::Object cuda = cudaManifestKernels(*kernels);
@@ -258,13 +390,23 @@ struct TestCudaCompilePass
                    << (image.empty()                  ? "none"
                        : image.starts_with("\x7f" "ELF") ? "elf"
                                                         : "not elf")
-                   << "\n";
+                   << ", block " << k.blockSize << ", registers "
+                   << k.registers << ", spill " << k.spillBytes << "\n";
     }
   }
   Option<std::string> chip{*this, "chip", llvm::cl::desc("sm_XX"),
                            llvm::cl::init("sm_90")};
   Option<bool> cubin{*this, "cubin", llvm::cl::desc("assemble with ptxas"),
                      llvm::cl::init(false)};
+  Option<std::string> dir{*this, "dir",
+                          llvm::cl::desc("write a kernel bundle here"),
+                          llvm::cl::init("")};
+  Option<bool> tune{*this, "tune",
+                    llvm::cl::desc("let ptxas's spills choose the block size"),
+                    llvm::cl::init(false)};
+  Option<int64_t> blockSize{*this, "block-size",
+                            llvm::cl::desc("threads per block (0: automatic)"),
+                            llvm::cl::init(0)};
 };
 } // namespace
 

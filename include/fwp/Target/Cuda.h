@@ -33,6 +33,10 @@ struct CudaOptions {
   int64_t blockSize = 0;
   /// Also assemble a cubin for `chip` when ptxas is found.
   bool emitCubin = true;
+  /// With blockSize 0 and ptxas found: also try half and twice the
+  /// lowering's block size when ptxas spills registers, and keep the one
+  /// that spills least.
+  bool tuneBlockSize = true;
   /// ptxas to use; empty: PATH, then /usr/local/cuda/bin.
   std::string ptxasPath;
 };
@@ -43,10 +47,14 @@ struct CudaKernel {
   std::string role;   ///< "forward", "forward_train" or "backward"
   std::string kernel; ///< the PTX entry, e.g. "delta_net_grad_kernel"
   std::string chip;   ///< the sm_XX the PTX (and cubin) target
+  std::string dtype;  ///< "f32" or "f64"
   std::string ptx;    ///< NUL-free PTX text
   std::string cubin;  ///< ELF image for `chip`, empty without ptxas
   int64_t blockSize = 0;
   int64_t sharedBytes = 0; ///< dynamic shared memory per block
+  /// ptxas's report (0 when ptxas was not run): registers per thread and
+  /// bytes of spill stores + stack frame.
+  int64_t registers = 0, spillBytes = 0;
   /// [{"role", "name", "shape"}] in argument order; shapes use "B", "H" and
   /// -1 for T. Three i64 arguments B, H, T follow the buffers.
   llvm::json::Array args;
@@ -57,7 +65,7 @@ struct CudaKernel {
   std::string cubinSymbol() const { return "fwp_cubin_" + kernel; }
 
   /// The manifest entry `kernels.cuda.<role>`:
-  /// {"kernel", "scan", "ptx_symbol", ["cubin_symbol"], "chip",
+  /// {"kernel", "scan", "dtype", "ptx_symbol", ["cubin_symbol"], "chip",
   ///  "block": [NT, 1, 1], "grid": ["B*H", 1, 1], "shared_bytes",
   ///  "args": [...], "scalar_args": ["B", "H", "T"]}.
   llvm::json::Object manifestEntry() const;
@@ -69,7 +77,9 @@ struct CudaKernel {
 /// compileScansForCuda appends them itself.
 void registerCudaTargetDialects(mlir::DialectRegistry &registry);
 
-/// Compiles every fwp.scan of `module` (left unchanged) to one kernel.
+/// Compiles every fwp.scan of `module` (left unchanged) to one kernel. Run
+/// it after the front end (fwp-differentiate, fwp-fuse: see
+/// buildFrontEndPipeline), as for the CPU.
 /// Emits a diagnostic and fails on an op without a GPU lowering, a
 /// configuration no GPU can run, PTX that would need libdevice, or a ptxas
 /// error.
@@ -83,8 +93,16 @@ llvm::json::Object cudaManifestKernels(const std::vector<CudaKernel> &kernels);
 /// The ptxas to run, or "" when there is none.
 std::string findPtxas(const CudaOptions &options);
 
+/// Writes a kernel bundle to `dir`: kernels.json ({"layer", "dims",
+/// "cuda": cudaManifestKernels}) and <kernel>.ptx (and <kernel>.cubin) per
+/// kernel; the runtime's tests and benchmark read it (fwp::cuda::
+/// KernelBundle). Emits a diagnostic on `module` and fails on I/O errors.
+mlir::LogicalResult writeCudaBundle(mlir::ModuleOp module,
+                                    const std::vector<CudaKernel> &kernels,
+                                    llvm::StringRef dir);
+
 /// Registers `test-fwp-cuda-compile` (prints what compileScansForCuda
-/// returns; for lit tests).
+/// returns; with dir=..., writes a kernel bundle).
 void registerCudaTestPasses();
 
 } // namespace fwp

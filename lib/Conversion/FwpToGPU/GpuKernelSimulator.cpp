@@ -980,12 +980,14 @@ LogicalResult Simulator::exec(Operation *op, const std::vector<char> &mask) {
         }
         return success();
       })
-      .Case<gpu::DynamicSharedMemoryOp>([&](auto o) {
+      .Case<memref::GetGlobalOp>([&](auto o) {
         env[o.getResult()] = uniform(0.0);
         return success();
       })
-      .Case<memref::ViewOp>([&](memref::ViewOp o) {
+      .Case<memref::ReinterpretCastOp>([&](memref::ReinterpretCastOp o) {
         auto type = o.getType();
+        if (type.getRank() != 1)
+          return fail(o, "only 1-D shared arenas are simulated");
         int64_t size = type.hasStaticShape()
                            ? type.getNumElements()
                            : int64_t(env.at(o.getSizes()[0]).data[0]);

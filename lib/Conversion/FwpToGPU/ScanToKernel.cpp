@@ -46,6 +46,8 @@ using namespace mlir::fwp;
 namespace {
 
 constexpr int64_t kWarpSize = 32;
+/// The dynamic shared memory of every kernel.
+constexpr llvm::StringLiteral kSharedSymbol = "fwp_shared";
 /// The largest dynamic shared memory a block may have (H100: 227 KiB).
 constexpr int64_t kMaxSharedBytes = 232448;
 
@@ -1472,17 +1474,29 @@ LogicalResult KernelEmitter::emit() {
   head = arith::RemUIOp::create(b, loc, bh, H);
   lane = arith::RemUIOp::create(b, loc, tid, cIndex(kWarpSize));
   warp = arith::DivUIOp::create(b, loc, tid, cIndex(kWarpSize));
-  auto rawType = MemRefType::get(
-      {ShapedType::kDynamic}, b.getI8Type(), MemRefLayoutAttrInterface{},
-      gpu::AddressSpaceAttr::get(b.getContext(),
-                                 gpu::GPUDialect::getWorkgroupAddressSpace()));
-  Value raw = gpu::DynamicSharedMemoryOp::create(b, loc, rawType);
+  // Dynamic shared memory: a public zero-sized workgroup global becomes
+  // `.extern .shared .b8 fwp_shared[]` in PTX. (gpu.dynamic_shared_memory
+  // makes an internal global, which NVPTX demotes to a 1-byte static one.)
+  Attribute workgroup = gpu::AddressSpaceAttr::get(
+      b.getContext(), gpu::GPUDialect::getWorkgroupAddressSpace());
+  auto globalType =
+      MemRefType::get({0}, elemType, MemRefLayoutAttrInterface{}, workgroup);
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPoint(func);
+    memref::GlobalOp::create(b, loc, b.getStringAttr(kSharedSymbol),
+                             b.getStringAttr("public"),
+                             TypeAttr::get(globalType), Attribute(),
+                             UnitAttr(), b.getI64IntegerAttr(16));
+  }
+  Value global = memref::GetGlobalOp::create(b, loc, globalType, kSharedSymbol);
   arenaSizeConst = arith::ConstantOp::create(b, loc, b.getIndexAttr(0));
   auto arenaType = MemRefType::get({ShapedType::kDynamic}, elemType,
-                                   MemRefLayoutAttrInterface{},
-                                   rawType.getMemorySpace());
-  arenaMem = memref::ViewOp::create(b, loc, arenaType, raw, cIndex(0),
-                                    ValueRange{arenaSizeConst.getResult()});
+                                   MemRefLayoutAttrInterface{}, workgroup);
+  arenaMem = memref::ReinterpretCastOp::create(
+      b, loc, arenaType, global, OpFoldResult(b.getIndexAttr(0)),
+      ArrayRef<OpFoldResult>{arenaSizeConst.getResult()},
+      ArrayRef<OpFoldResult>{b.getIndexAttr(1)});
 
   // Params: vectors are read in place, matrices and scalars loaded once.
   for (auto [i, arg] : llvm::enumerate(scan.getParamArgs())) {
@@ -1604,6 +1618,7 @@ LogicalResult KernelEmitter::emit() {
     role = roleAttr.getValue();
   func->setAttr(kGpuScanAttr, b.getStringAttr(scan.getSymName()));
   func->setAttr(kGpuKernelRoleAttr, b.getStringAttr(role));
+  func->setAttr(kGpuDtypeAttr, b.getStringAttr(elemType.isF64() ? "f64" : "f32"));
   func->setAttr(kGpuBlockSizeAttr, b.getI64IntegerAttr(NT));
   func->setAttr(kGpuSharedBytesAttr, b.getI64IntegerAttr(sharedBytes));
   func->setAttr(kGpuArgsAttr, buildArgsAttr());

@@ -5,15 +5,17 @@
 // pointers, then B, H, T; its ABI is recorded on the kernel.
 // CHECK: module attributes {gpu.container_module}
 // CHECK-LABEL: gpu.module @lt_gpu
+// Dynamic shared memory (vectors live there): a public zero-sized global.
+// CHECK: memref.global "public" @fwp_shared : memref<0xf32, #gpu.address_space<workgroup>> {alignment = 16 : i64}
 // CHECK: gpu.func @lt_kernel(%[[K:.*]]: !llvm.ptr, %[[V:.*]]: !llvm.ptr, %[[B:.*]]: !llvm.ptr, %[[W:.*]]: !llvm.ptr, %[[H:.*]]: !llvm.ptr, %[[Y:.*]]: !llvm.ptr, %{{.*}}: i64, %{{.*}}: i64, %[[T:.*]]: i64) kernel
 // CHECK-SAME: fwp.args = [{name = "k", role = "seq", shape = ["B", "H", -1, 4]}, {name = "v", role = "seq", shape = ["B", "H", -1, 8]}, {name = "b", role = "seq", shape = ["B", "H", -1]}, {name = "W", role = "state", shape = ["B", "H", 4, 8]}, {name = "h", role = "state", shape = ["B", "H", 8]}, {name = "y", role = "output", shape = ["B", "H", -1, 8]}]
-// CHECK-SAME: fwp.block_size = 32 : i64, fwp.kernel_role = "forward", fwp.scan = "lt", fwp.shared_bytes = 128 : i64
+// CHECK-SAME: fwp.block_size = 32 : i64, fwp.dtype = "f32", fwp.kernel_role = "forward", fwp.scan = "lt", fwp.shared_bytes = 128 : i64
 // CHECK-SAME: known_block_size = array<i32: 32, 1, 1>
 // A 4x8 matrix on 32 threads: S = 4 threads per column, s = tid % 4.
 // CHECK: %[[TID:.*]] = gpu.thread_id x
 // CHECK: %[[S:.*]] = arith.remui %[[TID]], %c4
 // CHECK: %[[BH:.*]] = gpu.block_id x
-// CHECK: %[[ARENA:.*]] = memref.view {{.*}} to memref<32xf32, #gpu.address_space<workgroup>>
+// CHECK: %[[ARENA:.*]] = memref.reinterpret_cast %{{.*}} to offset: [0], sizes: [32], strides: [1] : memref<0xf32, #gpu.address_space<workgroup>> to memref<32xf32, strided<[1]>, #gpu.address_space<workgroup>>
 // The matrix state is loaded into registers once...
 // CHECK: llvm.getelementptr %[[W]]
 // CHECK: %[[W0:.*]] = vector.broadcast %{{.*}} : f32 to vector<1xf32>

@@ -6,6 +6,8 @@
 // CHECK: gpu.binary @delta_net_gpu [#gpu.object<#nvvm.target<O = 3, chip = "sm_90", features = "+ptx80">
 // CHECK-SAME: .version 8.0
 // CHECK-SAME: .target sm_90
+// The vectors' shared memory is the launch's dynamic shared memory.
+// CHECK-SAME: .extern .shared .align 16 .b8 fwp_shared[];
 // CHECK-SAME: .visible .entry delta_net_kernel(
 // CHECK-SAME: .maxntid 32, 1, 1
 // Column reductions are butterfly shuffles; barriers are bar.sync.

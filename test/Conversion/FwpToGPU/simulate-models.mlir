@@ -33,6 +33,15 @@
 // RDN: @rdn_train_kernel ok
 // RDN: @rdn_grad_kernel ok
 //
+// After fwp-compile's whole front end (fwp-fuse rewrites reads of old
+// fast weights through the writes).
+// RUN: fwp-opt %models/linear_transformer.mlir --canonicalize --fwp-differentiate --canonicalize --cse --fwp-fuse --canonicalize --cse --test-fwp-gpu-kernels -o /dev/null | FileCheck %s --check-prefix=LT
+// RUN: fwp-opt %models/delta_net.mlir --canonicalize --fwp-differentiate --canonicalize --cse --fwp-fuse --canonicalize --cse --test-fwp-gpu-kernels -o /dev/null | FileCheck %s --check-prefix=DN
+// RUN: fwp-opt %models/delta_mlp.mlir --canonicalize --fwp-differentiate --canonicalize --cse --fwp-fuse --canonicalize --cse --test-fwp-gpu-kernels -o /dev/null | FileCheck %s --check-prefix=MLP
+// RUN: fwp-opt %models/delta_rnn.mlir --canonicalize --fwp-differentiate --canonicalize --cse --fwp-fuse --canonicalize --cse --test-fwp-gpu-kernels -o /dev/null | FileCheck %s --check-prefix=RNN
+// RUN: fwp-opt %models/delta_lstm.mlir --canonicalize --fwp-differentiate --canonicalize --cse --fwp-fuse --canonicalize --cse --test-fwp-gpu-kernels -o /dev/null | FileCheck %s --check-prefix=LSTM
+// RUN: fwp-opt %models/rdn.mlir --canonicalize --fwp-differentiate --canonicalize --cse --fwp-fuse --canonicalize --cse --test-fwp-gpu-kernels -o /dev/null | FileCheck %s --check-prefix=RDN
+//
 // With exp and tanh as the polynomials that the PTX really computes.
 // RUN: fwp-opt %models/delta_lstm.mlir --fwp-differentiate --test-fwp-gpu-kernels="expand-math=1" -o /dev/null | FileCheck %s --check-prefix=LSTM
 // RUN: fwp-opt %models/rdn.mlir --fwp-differentiate --test-fwp-gpu-kernels="expand-math=1 seed=7" -o /dev/null | FileCheck %s --check-prefix=RDN

@@ -38,6 +38,8 @@ inline constexpr llvm::StringLiteral kGpuScanAttr = "fwp.scan";
 /// "forward", "forward_train" or "backward" (the scan's fwp.role).
 inline constexpr llvm::StringLiteral kGpuKernelRoleAttr = "fwp.kernel_role";
 inline constexpr llvm::StringLiteral kGpuBlockSizeAttr = "fwp.block_size";
+/// "f32" or "f64": the element type of every buffer.
+inline constexpr llvm::StringLiteral kGpuDtypeAttr = "fwp.dtype";
 /// Bytes of dynamic shared memory a launch must request.
 inline constexpr llvm::StringLiteral kGpuSharedBytesAttr = "fwp.shared_bytes";
 /// The buffer arguments in order: [{role, name, shape}], shape entries being
