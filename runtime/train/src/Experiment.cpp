@@ -206,7 +206,17 @@ Metrics trainRun(const TrainRequest &request, std::ostream &log) {
                       [&](std::ostream &out) { out << c.toToml() << '\n'; });
 
   TrainingLoop loop(*model, *optimizer, loopOptions, c.toToml());
-  if (request.resume || !request.resumeFrom.empty()) {
+  const bool resuming = request.resume || !request.resumeFrom.empty();
+  if (!resuming) {
+    // A fresh run must not report (or resume from) a previous run's files.
+    bool replaced = false;
+    for (const char *file : {"best.pt", "last.pt", "test.json"})
+      replaced = std::filesystem::remove(loopOptions.runDir / file) || replaced;
+    if (replaced)
+      log << "note: starting a new run in " << loopOptions.runDir.string()
+          << "; its previous checkpoints were removed (use --resume to continue one)\n";
+  }
+  if (resuming) {
     std::filesystem::path from = request.resumeFrom.empty()
                                      ? loopOptions.runDir / "last.pt"
                                      : std::filesystem::path(request.resumeFrom);

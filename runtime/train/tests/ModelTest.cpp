@@ -174,3 +174,37 @@ TEST(Model, ConfigErrorsAreClear) {
   fwp::train::test::expectErrorContaining<fwp::Error>(
       [&] { makeStack(artifact, torch::kCPU); }, "build/delta_net.fwpk");
 }
+
+TEST(Model, EveryReferenceLayerRunsInTheStack) {
+  for (const auto &name : fwp::referenceLayerNames()) {
+    SCOPED_TRACE(name);
+    torch::manual_seed(4);
+    ModelOptions options = smallOptions("fwp");
+    options.stack.layers = 1;
+    options.stack.hidden = 8;
+    options.stack.heads = 2; // d = 4
+    options.layer.name = name;
+    options.fastFeedForward = 6;
+    TokenModel model(options, torch::kCPU);
+    torch::Tensor tokens = torch::randint(1, 20, {2, 6}, torch::kLong);
+    torch::Tensor logits = model->forward(tokens);
+    ASSERT_EQ(logits.sizes(), torch::IntArrayRef({2, 6, 7}));
+    ASSERT_TRUE(torch::isfinite(logits).all().item<bool>());
+    logits.pow(2).sum().backward();
+    for (const auto &p : model->named_parameters()) {
+      ASSERT_TRUE(p.value().grad().defined()) << p.key();
+      // Vectors that start at 0 can get a zero gradient in the first step
+      // (e.g. a LayerNorm bias feeding a sum-normalisation); matrices cannot.
+      if (p.value().dim() >= 2 && p.key().find("embedding") == std::string::npos)
+        EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << p.key();
+    }
+    // Two halves with the state carried over equal one pass.
+    model->eval();
+    torch::NoGradGuard noGrad;
+    StackState mid, end;
+    torch::Tensor whole = model->forward(tokens);
+    torch::Tensor first = model->forward(tokens.narrow(1, 0, 2), nullptr, &mid);
+    torch::Tensor second = model->forward(tokens.narrow(1, 2, 4), &mid, &end);
+    EXPECT_TRUE(torch::allclose(torch::cat({first, second}, 1), whole, 1e-4, 1e-5));
+  }
+}

@@ -53,7 +53,8 @@ int main(int argc, char **argv) {
   for (const auto &[flag, key] : shorthandKeys)
     app.add_option(flag, shorthands[flag], "shorthand for --set " + key + "=...");
   app.add_flag("--reference", request.reference,
-               "use the eager reference fast-weight layer (ignore model.artifact)");
+               "use the eager reference fast-weight layer (ignore model.artifact)")
+      ->excludes("--artifact");
   app.add_flag("--resume", request.resume, "continue from <run_dir>/last.pt");
   app.add_option("--resume-from", request.resumeFrom, "continue from this checkpoint");
   app.add_flag("--plain", plain, "plain progress lines even on a terminal");
@@ -88,7 +89,9 @@ int main(int argc, char **argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {
-    return app.exit(e);
+    // --help exits 0; a bad command line exits 2 like every other error.
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
   }
 
   try {
@@ -136,6 +139,9 @@ int main(int argc, char **argv) {
     for (const auto &[flag, key] : shorthandKeys)
       if (app.get_option(flag)->count() > 0)
         request.overrides.push_back(key + "=" + shorthands[flag]);
+    // An explicit artifact wins over a config's "reference = true".
+    if (app.get_option("--artifact")->count() > 0)
+      request.overrides.push_back("model.reference=false");
     if (!device.empty())
       request.device = device;
     if (threads > 0)
