@@ -33,6 +33,8 @@ using Rows = std::vector<std::vector<double>>;
 /// per-head params (unlisted are zero), and the expected y per step and the
 /// expected states (row-major) after step 1 and after step 2.
 struct HandCase {
+  HandCase(std::string layerName, Dims layerDims)
+      : layer(std::move(layerName)), dims(std::move(layerDims)) {}
   std::string layer;
   Dims dims;
   std::map<std::string, Rows> seq;
@@ -140,7 +142,7 @@ TEST(Hand, DeltaMlp) {
   // d = 2, d_ff = 3 (so W1 is 2×3 and W2 is 3×2: a transposition cannot pass).
   // ε = 1e-5; c = 1/√(1 + ε) (LayerNorm of a centred [±1, ∓1] has variance 1).
   // ln_weight = [1, 0.5], ln_bias = [0, 1].
-  const double eps = 1e-5, c = 1 / std::sqrt(1 + eps);
+  const double eps = 1e-5;
   HandCase h{"delta_mlp", {{"d", 2}, {"d_ff", 3}}};
   h.params = {{"ln_weight", {1, 0.5}}, {"ln_bias", {0, 1}}};
   // t=1: q=[3,1]: mean 2, centred [1,−1], LN = [c, −0.5c + 1];
