@@ -17,6 +17,7 @@
 #include <iomanip>
 #include <ostream>
 #include <sstream>
+#include <tuple>
 
 #include <unistd.h>
 
@@ -185,6 +186,36 @@ Metrics runEvaluations(WordModelImpl &model, const torch::Tensor &allTokens, con
   return metrics;
 }
 
+// The carried state in a checkpoint's extra tensors: "lm_state.step" (the
+// step that produced it), "lm_state.layers", "lm_state.<layer>.<name>".
+void packState(const LmState &state, int64_t step, TensorMap &out) {
+  out.clear();
+  out["lm_state.step"] = torch::tensor({step}, torch::kInt64);
+  out["lm_state.layers"] = torch::tensor({static_cast<int64_t>(state.size())}, torch::kInt64);
+  for (size_t layer = 0; layer < state.size(); ++layer)
+    for (const auto &[name, tensor] : state[layer])
+      out["lm_state." + std::to_string(layer) + "." + name] = tensor;
+}
+
+std::pair<LmState, int64_t> unpackState(const TensorMap &in) {
+  auto step = in.find("lm_state.step");
+  auto layers = in.find("lm_state.layers");
+  if (step == in.end() || layers == in.end())
+    return {LmState{}, -1};
+  LmState state(static_cast<size_t>(layers->second.item<int64_t>()));
+  for (const auto &[key, tensor] : in) {
+    if (key.rfind("lm_state.", 0) != 0 || key == "lm_state.step" || key == "lm_state.layers")
+      continue;
+    const std::string rest = key.substr(9);
+    const size_t dot = rest.find('.');
+    const size_t layer = dot == std::string::npos ? state.size() : std::stoul(rest.substr(0, dot));
+    if (layer >= state.size())
+      throw Error("checkpoint tensor " + key + " names no layer of the carried state");
+    state[layer][rest.substr(dot + 1)] = tensor;
+  }
+  return {std::move(state), step->second.item<int64_t>()};
+}
+
 void writeJson(const std::filesystem::path &path, const nlohmann::json &json) {
   const auto temp = path.string() + ".tmp";
   {
@@ -247,6 +278,8 @@ Metrics trainLanguageModel(const LmTrainRequest &request, std::ostream &log) {
   const torch::Tensor validTokens = corpus.tokens(Split::Valid);
   LmState state;
   int64_t stateStep = -1; // the step whose final state `state` holds
+  if (settings.carryOver)
+    std::tie(state, stateStep) = unpackState(loop.extraTensors());
   auto step = [&](int64_t s) -> fwp::train::StepResult {
     const double lr = learningRate(settings.schedule, baseLr, settings.minLr, settings.warmup, loopOptions.steps, s);
     for (auto &group : optimizer->param_groups())
@@ -262,6 +295,7 @@ Metrics trainLanguageModel(const LmTrainRequest &request, std::ostream &log) {
     if (settings.carryOver) {
       state = detachState(final);
       stateStep = s;
+      packState(state, stateStep, loop.extraTensors()); // goes into every checkpoint
     }
     return {loss, {{"lr", lr}}};
   };

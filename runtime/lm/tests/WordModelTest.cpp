@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 using namespace fwp::lm;
@@ -125,11 +126,11 @@ void writeLearnableCorpus(const TempDir &dir) {
   dir.write("wiki.test.tokens", make(12, 3));
 }
 
-std::string tinyRunConfig(const TempDir &dir, const std::string &runDir, int steps) {
+std::string tinyRunConfig(const TempDir &dir, const std::string &runDir, int steps, bool carryOver = false) {
   return "name = \"tiny\"\n[data]\ndir = \"" + dir.path() +
          "\"\n[model]\nkind = \"fwp\"\nlayer = \"delta_net\"\nlayers = 1\nhidden = 16\nheads = 2\nff_mult = 2\n"
          "dropout = 0.0\npos_encoding = true\n[lm]\ncutoffs = [4]\n[train]\ndevice = \"cpu\"\nseed = 4\n"
-         "batch = 4\ncontext = 16\nsteps = " +
+         "batch = 4\ncontext = 16\ncarry_over = " + std::string(carryOver ? "true" : "false") + "\nsteps = " +
          std::to_string(steps) +
          "\nlr = 1e-2\nwarmup = 3\nschedule = \"constant\"\nclip = 0.25\nlog_every = 5\neval_every = 10\ncheckpoint_every = 10\n"
          "eval_batch = 2\nrun_dir = \"" +
@@ -146,34 +147,62 @@ std::map<std::string, torch::Tensor> checkpointParameters(const std::string &pat
   return out;
 }
 
+bool sameParameters(const std::map<std::string, torch::Tensor> &a, const std::map<std::string, torch::Tensor> &b) {
+  bool same = a.size() == b.size();
+  for (const auto &[name, tensor] : a)
+    same = same && b.count(name) && torch::allclose(tensor, b.at(name), 1e-6, 1e-7);
+  return same;
+}
+
+LmTrainRequest request(const std::string &config, std::vector<std::string> overrides = {}, bool resume = false) {
+  LmTrainRequest r;
+  r.configPath = config;
+  r.overrides = std::move(overrides);
+  r.resume = resume;
+  r.interactive = false;
+  return r;
+}
+
+/// Trains run A 30 steps straight and run B 10 steps, then resumes B to 30.
+/// `betweenRuns` may tamper with B's last.pt before the resume.
+void trainStraightAndResumed(const TempDir &dir, bool carryOver, std::ostringstream &log,
+                             const std::function<void(const std::string &)> &betweenRuns = {}) {
+  dir.write("a.toml", tinyRunConfig(dir, dir.file("run-a"), 30, carryOver));
+  dir.write("b.toml", tinyRunConfig(dir, dir.file("run-b"), 30, carryOver));
+  trainLanguageModel(request(dir.file("a.toml")), log);
+  // The constant schedule does not depend on train.steps, so 10 + 20 steps
+  // see the same learning rates as 30.
+  trainLanguageModel(request(dir.file("b.toml"), {"train.steps=10"}), log);
+  if (betweenRuns)
+    betweenRuns(dir.file("run-b") + "/last.pt");
+  trainLanguageModel(request(dir.file("b.toml"), {}, /*resume=*/true), log);
+}
+
 } // namespace
 
-TEST(LmTraining, LearnsAndResumesExactly) {
+TEST(LmTraining, LearnsWritesMetricsAndResumesExactly) {
   TempDir dir;
   writeLearnableCorpus(dir);
-  const std::string runA = dir.file("run-a"), runB = dir.file("run-b");
-  dir.write("a.toml", tinyRunConfig(dir, runA, 30));
-  dir.write("b.toml", tinyRunConfig(dir, runB, 30));
   std::ostringstream log;
-  LmTrainRequest request;
-  request.configPath = dir.file("a.toml");
-  request.interactive = false;
-  auto metrics = trainLanguageModel(request, log);
-  // Vocabulary: <eos>, 7 words and "dog" = 9 types... plus nothing else.
-  // Uniform guessing over 9 words would give ppl 9; the cycle is learnable.
-  EXPECT_LT(metrics.at("segments_ppl"), 4.0) << log.str();
-  EXPECT_LT(metrics.at("sliding_ppl"), 4.0);
-  EXPECT_GT(metrics.at("sliding_tokens"), 150);
+  trainStraightAndResumed(dir, /*carryOver=*/false, log);
+  const std::string runA = dir.file("run-a");
+  std::ifstream testJson(runA + "/test.json");
+  ASSERT_TRUE(testJson.good());
+  auto metrics = nlohmann::json::parse(testJson);
+  // 9 types (<eos>, 7 words, "dog"): uniform guessing is ppl 9; the cycle is learnable.
+  EXPECT_LT(metrics["segments_ppl"].get<double>(), 4.0) << log.str();
+  EXPECT_LT(metrics["sliding_ppl"].get<double>(), 4.0);
+  EXPECT_GT(metrics["sliding_tokens"].get<double>(), 150);
 
-  // metrics.jsonl: train lines every 5 steps, validation every 10.
+  // metrics.jsonl: train lines every 5 steps, validation every 10, improving.
   std::ifstream jsonl(runA + "/metrics.jsonl");
   int trainLines = 0, validLines = 0;
   double firstValid = 0, lastValid = 0;
   for (std::string line; std::getline(jsonl, line);) {
     auto record = nlohmann::json::parse(line);
-    if (record["split"] == "train")
+    if (record["split"] == "train") {
       ++trainLines;
-    else if (record["split"] == "valid") {
+    } else if (record["split"] == "valid") {
       lastValid = record["ppl"].get<double>();
       if (validLines++ == 0)
         firstValid = lastValid;
@@ -182,25 +211,41 @@ TEST(LmTraining, LearnsAndResumesExactly) {
   EXPECT_EQ(trainLines, 6);
   EXPECT_EQ(validLines, 3);
   EXPECT_LT(lastValid, firstValid);
-  std::ifstream testJson(runA + "/test.json");
-  EXPECT_TRUE(testJson.good());
 
-  // Run B stops at step 10 and resumes to 30: the same parameters as run A
-  // (the constant schedule does not depend on train.steps).
-  LmTrainRequest shortRun;
-  shortRun.configPath = dir.file("b.toml");
-  shortRun.overrides = {"train.steps=10"};
-  shortRun.interactive = false;
-  trainLanguageModel(shortRun, log);
-  LmTrainRequest resumed;
-  resumed.configPath = dir.file("b.toml");
-  resumed.resume = true;
-  resumed.interactive = false;
-  trainLanguageModel(resumed, log);
-  EXPECT_NE(log.str().find("resumed from " + runB + "/last.pt at step 10"), std::string::npos) << log.str();
-  auto a = checkpointParameters(runA + "/last.pt", dir.file("a.toml"));
-  auto b = checkpointParameters(runB + "/last.pt", dir.file("b.toml"));
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto &[name, tensor] : a)
-    EXPECT_TRUE(torch::allclose(tensor, b.at(name), 1e-6, 1e-7)) << name;
+  EXPECT_NE(log.str().find("resumed from " + dir.file("run-b") + "/last.pt at step 10"), std::string::npos)
+      << log.str();
+  EXPECT_TRUE(sameParameters(checkpointParameters(runA + "/last.pt", dir.file("a.toml")),
+                             checkpointParameters(dir.file("run-b") + "/last.pt", dir.file("b.toml"))));
+}
+
+TEST(LmTraining, CarryOverResumesWithTheCarriedState) {
+  TempDir dir;
+  writeLearnableCorpus(dir);
+  std::ostringstream log;
+  trainStraightAndResumed(dir, /*carryOver=*/true, log, [](const std::string &checkpoint) {
+    Config config = Config::fromString(fwp::train::readCheckpointMeta(checkpoint).config, checkpoint);
+    WordModel model(wordModelOptionsFromConfig(config, 9), torch::kCPU);
+    auto meta = fwp::train::loadCheckpoint(checkpoint, *model, nullptr, torch::kCPU, false);
+    ASSERT_TRUE(meta.tensors.count("lm_state.step")) << "no carried state in " << checkpoint;
+    EXPECT_EQ(meta.tensors.at("lm_state.step").item<int64_t>(), 9);
+    EXPECT_TRUE(meta.tensors.count("lm_state.0.W"));
+  });
+  auto straight = checkpointParameters(dir.file("run-a") + "/last.pt", dir.file("a.toml"));
+  EXPECT_TRUE(sameParameters(straight, checkpointParameters(dir.file("run-b") + "/last.pt", dir.file("b.toml"))));
+
+  // Without the state in last.pt (a checkpoint re-saved without it) the
+  // resumed run starts from zeros and ends elsewhere: the state mattered.
+  TempDir other;
+  writeLearnableCorpus(other);
+  trainStraightAndResumed(other, /*carryOver=*/true, log, [](const std::string &checkpoint) {
+    Config config = Config::fromString(fwp::train::readCheckpointMeta(checkpoint).config, checkpoint);
+    WordModel model(wordModelOptionsFromConfig(config, 9), torch::kCPU);
+    auto optimizer = fwp::train::makeAdam(model->parameters(), fwp::train::adamOptionsFromConfig(config));
+    auto meta = fwp::train::loadCheckpoint(checkpoint, *model, optimizer.get(), torch::kCPU, true);
+    meta.tensors.clear();
+    fwp::train::saveCheckpoint(checkpoint, *model, optimizer.get(), meta);
+  });
+  EXPECT_FALSE(sameParameters(
+      checkpointParameters(other.file("run-a") + "/last.pt", other.file("a.toml")),
+      checkpointParameters(other.file("run-b") + "/last.pt", other.file("b.toml"))));
 }

@@ -119,7 +119,12 @@ int main(int argc, char **argv) {
   int threads = 0;
   app.add_option("--threads", threads, "intra-op CPU threads (default: LibTorch's; 1 on a busy machine)");
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError &e) {
+    const int code = app.exit(e); // prints help or the parse error
+    return code == 0 ? 0 : 2;
+  }
   if (threads > 0)
     torch::set_num_threads(threads);
   try {

@@ -140,6 +140,10 @@ void saveCheckpoint(const std::filesystem::path &path, torch::nn::Module &model,
     std::lock_guard<std::mutex> lock(gen.mutex());
     root.write("rng_cuda" + std::to_string(device.index()), gen.get_state());
   }
+  c10::Dict<std::string, at::Tensor> extraTensors;
+  for (const auto &[name, tensor] : meta.tensors)
+    extraTensors.insert(name, tensor.detach().cpu());
+  root.write("extra_tensors", c10::IValue(extraTensors));
   root.write("meta", c10::IValue(metaToJson(meta).dump()));
 
   if (path.has_parent_path())
@@ -220,6 +224,11 @@ CheckpointMeta loadCheckpoint(const std::filesystem::path &path,
                   firstLine(e.what_without_backtrace()));
     }
   }
+
+  c10::IValue extraValue;
+  if (cpuArchive.try_read("extra_tensors", extraValue) && extraValue.isGenericDict())
+    for (const auto &entry : extraValue.toGenericDict())
+      meta.tensors.emplace(entry.key().toStringRef(), entry.value().toTensor().to(device));
 
   if (restoreRng) {
     torch::Tensor state;
@@ -446,6 +455,7 @@ void TrainingLoop::resumeFrom(const std::filesystem::path &checkpoint,
   bestLoss_ = meta.extra.value("best_loss", std::numeric_limits<double>::infinity());
   bestStep_ = meta.bestStep;
   extra_ = meta.extra;
+  extraTensors_ = meta.tensors;
 }
 
 void TrainingLoop::save(const std::filesystem::path &path) {
@@ -455,6 +465,7 @@ void TrainingLoop::save(const std::filesystem::path &path) {
   meta.bestStep = bestStep_;
   meta.config = configText_;
   meta.extra = extra_;
+  meta.tensors = extraTensors_;
   if (std::isfinite(bestLoss_))
     meta.extra["best_loss"] = bestLoss_;
   saveCheckpoint(path, model_, &optimizer_, meta);

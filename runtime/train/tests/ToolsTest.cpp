@@ -90,6 +90,8 @@ TEST(Tools, ErrorsExitWithCode2) {
       {train + " --resume-from " + (dir / "nothing.pt").string(), "does not exist"},
       {std::string(FWP_EVAL_PATH) + " --checkpoint " + (dir / "tiny.toml").string(),
        "not a readable checkpoint"},
+      {train + " --bogus-flag", "--bogus-flag"},
+      {std::string(FWP_TRAIN_PATH) + " --plain", "--config is required"},
   };
   if (std::system("nvidia-smi > /dev/null 2>&1") != 0)
     cases.push_back({train + " --device cuda", "error: --device cuda: CUDA is not available"});

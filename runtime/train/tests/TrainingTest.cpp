@@ -252,6 +252,7 @@ TEST(Training, CheckpointErrorsNameTheFile) {
   meta.step = 12;
   meta.best = 0.25;
   meta.config = "x = 1\n";
+  meta.tensors["carry.h"] = torch::arange(6, torch::kFloat).view({2, 3});
   saveCheckpoint(dir / "a.pt", *model, nullptr, meta);
   for (const auto &entry : std::filesystem::directory_iterator(dir.path()))
     EXPECT_EQ(entry.path().filename(), "a.pt") << "no temporary file may remain";
@@ -259,6 +260,20 @@ TEST(Training, CheckpointErrorsNameTheFile) {
   EXPECT_EQ(back.step, 12);
   EXPECT_DOUBLE_EQ(*back.best, 0.25);
   EXPECT_EQ(back.config, "x = 1\n");
+  {
+    // Parameters and extra tensors come back as saved.
+    torch::NoGradGuard noGrad;
+    TokenModel copy(tinyOptions("lstm", task), torch::kCPU);
+    for (auto &p : copy->parameters())
+      p.zero_();
+    CheckpointMeta loaded = loadCheckpoint(dir / "a.pt", *copy, nullptr, torch::kCPU, false);
+    auto a = model->parameters(), b = copy->parameters();
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_TRUE(torch::equal(a[i], b[i]));
+    ASSERT_EQ(loaded.tensors.count("carry.h"), 1u);
+    EXPECT_TRUE(torch::equal(loaded.tensors["carry.h"],
+                             torch::arange(6, torch::kFloat).view({2, 3})));
+  }
 
   ModelOptions wider = tinyOptions("lstm", task);
   wider.stack.hidden = 48;

@@ -37,7 +37,9 @@ int main(int argc, char **argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {
-    return app.exit(e);
+    // --help exits 0; a bad command line exits 2 like every other error.
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
   }
   try {
     if (!device.empty())

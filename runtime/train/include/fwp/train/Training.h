@@ -56,6 +56,9 @@ struct CheckpointMeta {
   int64_t bestStep = -1;
   std::string config;             ///< the run's TOML (after overrides)
   nlohmann::json extra = nlohmann::json::object(); ///< tool-specific
+  /// Tool-specific tensors (e.g. a language model's carried-over state),
+  /// stored on the CPU and loaded onto the training device.
+  TensorMap tensors;
 };
 
 /// Writes model parameters and buffers, the optimizer's state (when given),
@@ -163,6 +166,9 @@ public:
   std::optional<double> best() const { return best_; }
   /// Free-form JSON stored in every checkpoint this loop writes.
   nlohmann::json &extra() { return extra_; }
+  /// Tensors stored in every checkpoint this loop writes and restored by
+  /// resumeFrom() (e.g. recurrent state carried across training segments).
+  TensorMap &extraTensors() { return extraTensors_; }
 
 private:
   void save(const std::filesystem::path &path);
@@ -176,6 +182,7 @@ private:
   int64_t bestStep_ = -1;
   double bestLoss_ = std::numeric_limits<double>::infinity(); ///< tie-breaker
   nlohmann::json extra_ = nlohmann::json::object();
+  TensorMap extraTensors_;
 };
 
 } // namespace fwp::train
