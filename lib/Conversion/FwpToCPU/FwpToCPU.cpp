@@ -147,6 +147,30 @@ private:
                    })
         .getResult(0);
   }
+  /// DPFP's rectified input r = [relu(x), relu(-x)].
+  Value dpfpRectified(Value x) {
+    auto type = cast<VectorType>(x.getType());
+    Value zero = constant(type, 0.0);
+    Value pos = arith::MaximumFOp::create(b, loc, x, zero);
+    Value neg = arith::MaximumFOp::create(
+        b, loc, arith::NegFOp::create(b, loc, x), zero);
+    SmallVector<int64_t> concat;
+    for (int64_t i = 0; i < 2 * type.getDimSize(0); ++i)
+      concat.push_back(i);
+    return vector::ShuffleOp::create(b, loc, pos, neg, concat);
+  }
+  /// Layer-norm statistics: returns ((x - mean) * rstd, rstd).
+  std::pair<Value, Value> normalize(Value x, double eps) {
+    Type type = x.getType();
+    Type element = getElementTypeOrSelf(type);
+    Value count = constant(element, cast<VectorType>(type).getDimSize(0));
+    Value mean = div(sum(x), count);
+    Value centered = sub(x, splat(type, mean));
+    Value var = div(dot(centered, centered), count);
+    Value rstd =
+        math::RsqrtOp::create(b, loc, add(var, constant(element, eps)));
+    return {mul(centered, splat(type, rstd)), rstd};
+  }
   Value readTransposedMatrix(Value matrix, Value x) {
     // y[e] = sum_m W[e, m] x[m]
     auto type = cast<MemRefType>(matrix.getType());
@@ -238,18 +262,11 @@ LogicalResult ScanLowering::lowerOp(Operation *op) {
         // r = [relu(x), relu(-x)]; out_s[i] = r[i] r[(i + s) mod 2n].
         Value x = in(o.getX());
         auto type = cast<VectorType>(x.getType());
-        int64_t n = type.getDimSize(0), n2 = 2 * n;
-        Value zero = constant(type, 0.0);
-        Value pos = arith::MaximumFOp::create(b, loc, x, zero);
-        Value neg = arith::MaximumFOp::create(
-            b, loc, arith::NegFOp::create(b, loc, x), zero);
-        SmallVector<int64_t> concat;
-        for (int64_t i = 0; i < n2; ++i)
-          concat.push_back(i);
-        Value r = vector::ShuffleOp::create(b, loc, pos, neg, concat);
+        int64_t n2 = 2 * type.getDimSize(0);
+        Value r = dpfpRectified(x);
         auto resultType = cast<VectorType>(o.getResult().getType());
         Value result = constant(resultType, 0.0);
-        for (int64_t s = 1; s <= o.getNu(); ++s) {
+        for (int64_t s = 1, nu = o.getNu(); s <= nu; ++s) {
           SmallVector<int64_t> rolled;
           for (int64_t i = 0; i < n2; ++i)
             rolled.push_back((i + s) % n2);
@@ -267,15 +284,9 @@ LogicalResult ScanLowering::lowerOp(Operation *op) {
         int64_t n = type.getDimSize(0), n2 = 2 * n;
         auto rType = VectorType::get({n2}, type.getElementType());
         Value zero = constant(type, 0.0);
-        Value pos = arith::MaximumFOp::create(b, loc, x, zero);
-        Value neg = arith::MaximumFOp::create(
-            b, loc, arith::NegFOp::create(b, loc, x), zero);
-        SmallVector<int64_t> concat;
-        for (int64_t i = 0; i < n2; ++i)
-          concat.push_back(i);
-        Value r = vector::ShuffleOp::create(b, loc, pos, neg, concat);
+        Value r = dpfpRectified(x);
         Value dr = constant(rType, 0.0);
-        for (int64_t s = 1; s <= o.getNu(); ++s) {
+        for (int64_t s = 1, nu = o.getNu(); s <= nu; ++s) {
           SmallVector<int64_t> forward, backward;
           for (int64_t i = 0; i < n2; ++i) {
             forward.push_back((i + s) % n2);
@@ -350,16 +361,8 @@ LogicalResult ScanLowering::lowerOp(Operation *op) {
         return success();
       })
       .Case([&](LayerNormOp o) {
-        Value x = in(o.getX());
-        Type type = x.getType();
-        int64_t n = cast<VectorType>(type).getDimSize(0);
-        Type element = getElementTypeOrSelf(type);
-        Value mean = div(sum(x), constant(element, n));
-        Value centered = sub(x, splat(type, mean));
-        Value var = div(dot(centered, centered), constant(element, n));
-        Value rstd = math::RsqrtOp::create(
-            b, loc, add(var, constant(element, o.getEps().convertToDouble())));
-        Value normed = mul(centered, splat(type, rstd));
+        auto [normed, rstd] =
+            normalize(in(o.getX()), o.getEps().convertToDouble());
         set(o, add(mul(normed, in(o.getWeight())), in(o.getBias())));
         return success();
       })
@@ -369,12 +372,7 @@ LogicalResult ScanLowering::lowerOp(Operation *op) {
         int64_t n = cast<VectorType>(type).getDimSize(0);
         Type element = getElementTypeOrSelf(type);
         Value count = constant(element, n);
-        Value mean = div(sum(x), count);
-        Value centered = sub(x, splat(type, mean));
-        Value var = div(dot(centered, centered), count);
-        Value rstd = math::RsqrtOp::create(
-            b, loc, add(var, constant(element, o.getEps().convertToDouble())));
-        Value normed = mul(centered, splat(type, rstd));
+        auto [normed, rstd] = normalize(x, o.getEps().convertToDouble());
         Value dNormed = mul(g, w);
         Value meanD = div(sum(dNormed), count);
         Value meanDN = div(dot(dNormed, normed), count);

@@ -112,7 +112,7 @@ ParseResult ScanOp::parse(OpAsmParser &parser, OperationState &result) {
     if (parser.parseCommaSeparatedList(
             OpAsmParser::Delimiter::Paren, [&]() -> ParseResult {
               std::string key;
-              int64_t value;
+              int64_t value = 0;
               if (parser.parseKeywordOrString(&key) || parser.parseEqual() ||
                   parser.parseInteger(value))
                 return failure();
@@ -297,48 +297,35 @@ LogicalResult ScanOp::verify() {
                            << elementType;
     return success();
   };
-  for (auto [arg, name] : llvm::zip(getSeqArgs(), getSeqNames())) {
-    StringRef seqName = cast<StringAttr>(name).getValue();
-    if (!isSeqOrOutputType(arg.getType()))
-      return emitOpError() << "seq input '" << seqName
-                           << "' must be a float scalar or a 1-D vector, got "
-                           << arg.getType();
-    if (failed(checkElementType(arg.getType(), "seq input", seqName)))
+  // Seq inputs are per-step scalars or vectors; params, states and outputs
+  // may also be matrices.
+  auto checkKind = [&](Type type, StringRef what, Attribute name,
+                       bool allowMatrix) -> LogicalResult {
+    StringRef nameText = cast<StringAttr>(name).getValue();
+    bool ok = isSeqOrOutputType(type) ||
+              (allowMatrix && isa<FastWeightType>(type));
+    if (!ok) {
+      InFlightDiagnostic diag = emitOpError() << what << " '" << nameText << "' must be ";
+      if (allowMatrix)
+        diag << "a scalar, a 1-D vector or a !fwp.fast_weight";
+      else
+        diag << "a float scalar or a 1-D vector";
+      return diag << ", got " << type;
+    }
+    return checkElementType(type, what, nameText);
+  };
+  for (auto [arg, name] : llvm::zip(getSeqArgs(), getSeqNames()))
+    if (failed(checkKind(arg.getType(), "seq input", name, false)))
       return failure();
-  }
-  for (auto [arg, name] : llvm::zip(getParamArgs(), getParamNames())) {
-    StringRef paramName = cast<StringAttr>(name).getValue();
-    if (!isSeqOrOutputType(arg.getType()) &&
-        !isa<FastWeightType>(arg.getType()))
-      return emitOpError() << "param '" << paramName
-                           << "' must be a scalar, a 1-D vector or a "
-                              "!fwp.fast_weight, got "
-                           << arg.getType();
-    if (failed(checkElementType(arg.getType(), "param", paramName)))
+  for (auto [arg, name] : llvm::zip(getParamArgs(), getParamNames()))
+    if (failed(checkKind(arg.getType(), "param", name, true)))
       return failure();
-  }
-  for (auto [arg, name] : llvm::zip(getStateArgs(), getStateNames())) {
-    StringRef stateName = cast<StringAttr>(name).getValue();
-    if (!isSeqOrOutputType(arg.getType()) &&
-        !isa<FastWeightType>(arg.getType()))
-      return emitOpError() << "state '" << stateName
-                           << "' must be a scalar, a 1-D vector or a "
-                              "!fwp.fast_weight, got "
-                           << arg.getType();
-    if (failed(checkElementType(arg.getType(), "state", stateName)))
+  for (auto [arg, name] : llvm::zip(getStateArgs(), getStateNames()))
+    if (failed(checkKind(arg.getType(), "state", name, true)))
       return failure();
-  }
-  for (auto [type, name] : llvm::zip(getOutputTypes(), getOutputNames())) {
-    StringRef outputName = cast<StringAttr>(name).getValue();
-    Type outputType = cast<TypeAttr>(type).getValue();
-    if (!isSeqOrOutputType(outputType) && !isa<FastWeightType>(outputType))
-      return emitOpError() << "output '" << outputName
-                           << "' must be a scalar, a 1-D vector or a "
-                              "!fwp.fast_weight, got "
-                           << outputType;
-    if (failed(checkElementType(outputType, "output", outputName)))
+  for (auto [type, name] : llvm::zip(getOutputTypes(), getOutputNames()))
+    if (failed(checkKind(cast<TypeAttr>(type).getValue(), "output", name, true)))
       return failure();
-  }
   return success();
 }
 
