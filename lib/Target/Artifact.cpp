@@ -249,7 +249,8 @@ static std::unique_ptr<llvm::TargetMachine> makeTargetMachine(StringRef cpu,
 
 FailureOr<std::unique_ptr<llvm::Module>>
 translateToOptimizedLLVM(ModuleOp module, llvm::LLVMContext &context,
-                              StringRef manifestJson, StringRef cpu) {
+                              StringRef manifestJson, StringRef cpu,
+                              ArrayRef<EmbeddedData> embedded) {
   std::unique_ptr<llvm::Module> llvmModule =
       translateModuleToLLVMIR(module, context, "fwp");
   if (!llvmModule) {
@@ -265,11 +266,15 @@ translateToOptimizedLLVM(ModuleOp module, llvm::LLVMContext &context,
   llvmModule->setTargetTriple(llvm::Triple(kTriple));
   llvmModule->setDataLayout(machine->createDataLayout());
 
-  auto *manifest = llvm::ConstantDataArray::getString(context, manifestJson,
-                                                      /*AddNull=*/true);
-  new llvm::GlobalVariable(*llvmModule, manifest->getType(), /*isConstant=*/true,
-                           llvm::GlobalValue::ExternalLinkage, manifest,
-                           "fwp_manifest");
+  auto exportBytes = [&](StringRef symbol, StringRef bytes) {
+    auto *data = llvm::ConstantDataArray::getString(context, bytes,
+                                                    /*AddNull=*/true);
+    new llvm::GlobalVariable(*llvmModule, data->getType(), /*isConstant=*/true,
+                             llvm::GlobalValue::ExternalLinkage, data, symbol);
+  };
+  exportBytes("fwp_manifest", manifestJson);
+  for (const EmbeddedData &data : embedded)
+    exportBytes(data.symbol, data.bytes);
 
   // Every function computes in place on the runtime's buffers; let LLVM
   // vectorise and unroll at -O3 for the chosen processor.

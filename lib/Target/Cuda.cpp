@@ -41,8 +41,10 @@ llvm::json::Object CudaKernel::manifestEntry() const {
       {"shared_bytes", sharedBytes},
       {"args", llvm::json::Array(args)},
       {"scalar_args", llvm::json::Array{"B", "H", "T"}}};
-  if (!cubin.empty())
+  if (!cubin.empty()) {
     entry["cubin_symbol"] = cubinSymbol();
+    entry["cubin_bytes"] = static_cast<int64_t>(cubin.size());
+  }
   return entry;
 }
 
@@ -84,7 +86,7 @@ static FailureOr<Assembled> assemble(StringRef ptxas, StringRef ptx,
     error = "cannot create temporary files for ptxas";
     return failure();
   }
-  auto cleanup = llvm::make_scope_exit([&] {
+  llvm::scope_exit cleanup([&] {
     llvm::sys::fs::remove(ptxPath);
     llvm::sys::fs::remove(cubinPath);
     llvm::sys::fs::remove(logPath);

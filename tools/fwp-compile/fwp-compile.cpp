@@ -3,12 +3,15 @@
 //   fwp-compile models/rdn.mlir -o rdn.fwpk [--dim d=32] [--emit=STAGE]
 //
 // Stages: mlir (differentiated fwp IR), llvm-mlir (LLVM dialect), llvm
-// (optimised LLVM IR), manifest (JSON), obj (object file), fwpk (default).
+// (optimised LLVM IR), ptx (the GPU kernels), manifest (JSON), obj (object
+// file), fwpk (default). An f32 layer also gets CUDA kernels (PTX, and a
+// cubin when ptxas is installed) embedded next to the CPU code.
 //
 //===----------------------------------------------------------------------===//
 
 #include "fwp/InitAll.h"
 #include "fwp/Target/Artifact.h"
+#include "fwp/Target/Cuda.h"
 
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/BuiltinOps.h"
@@ -40,13 +43,14 @@ static cl::opt<std::string> outputFile("o", cl::desc("output file"),
 static cl::list<std::string>
     dims("dim", cl::desc("override a named size of the model: --dim d=32"),
          cl::value_desc("name=value"));
-enum class Stage { Mlir, LlvmMlir, Llvm, Manifest, Object, Artifact };
+enum class Stage { Mlir, LlvmMlir, Llvm, Ptx, Manifest, Object, Artifact };
 static cl::opt<Stage> emit(
     "emit", cl::desc("stop after a stage and write its output"),
     cl::values(clEnumValN(Stage::Mlir, "mlir", "fwp IR after differentiation"),
                clEnumValN(Stage::LlvmMlir, "llvm-mlir",
                           "the LLVM dialect after the CPU lowering"),
                clEnumValN(Stage::Llvm, "llvm", "optimised LLVM IR"),
+               clEnumValN(Stage::Ptx, "ptx", "the CUDA kernels' PTX"),
                clEnumValN(Stage::Manifest, "manifest", "the JSON manifest"),
                clEnumValN(Stage::Object, "obj", "the object file"),
                clEnumValN(Stage::Artifact, "fwpk", "the artifact (default)")),
@@ -59,6 +63,24 @@ static cl::opt<std::string>
     cpu("cpu", cl::desc("x86-64 processor to generate code for (a name such "
                         "as x86-64-v3, or 'native')"),
         cl::init("x86-64-v3"));
+
+enum class CudaMode { Auto, On, Off };
+static cl::opt<CudaMode> cudaMode(
+    "cuda", cl::desc("also compile CUDA kernels into the artifact"),
+    cl::values(clEnumValN(CudaMode::Auto, "auto",
+                          "when the layer computes in f32 (default)"),
+               clEnumValN(CudaMode::On, "on", "always (an error if impossible)"),
+               clEnumValN(CudaMode::Off, "off", "CPU kernels only")),
+    cl::init(CudaMode::Auto));
+static cl::opt<std::string>
+    cudaChip("cuda-chip",
+             cl::desc("GPU architecture of the CUDA kernels (sm_80, sm_90, "
+                      "...); PTX for sm_XX runs on that and newer GPUs"),
+             cl::init("sm_90"));
+static cl::opt<int64_t> cudaBlockSize(
+    "cuda-block-size",
+    cl::desc("threads per block of every CUDA kernel (0: chosen per kernel)"),
+    cl::init(0));
 
 static int fail(const llvm::Twine &message) {
   llvm::errs() << "fwp-compile: error: " << message << "\n";
@@ -89,6 +111,7 @@ int main(int argc, char **argv) {
 
   DialectRegistry registry;
   fwp::registerAllDialects(registry);
+  ::fwp::registerCudaTargetDialects(registry);
   registerBuiltinDialectTranslation(registry);
   registerLLVMDialectTranslation(registry);
   MLIRContext context(registry);
@@ -135,7 +158,7 @@ int main(int argc, char **argv) {
     }
   std::string output = outputFile;
   if (output.empty()) {
-    static const char *extensions[] = {".mlir", ".mlir", ".ll",
+    static const char *extensions[] = {".mlir", ".mlir", ".ll",  ".ptx",
                                        ".json", ".o",    ".fwpk"};
     output = layerName + extensions[static_cast<int>(emit.getValue())];
   }
@@ -150,6 +173,45 @@ int main(int argc, char **argv) {
   FailureOr<llvm::json::Object> manifest = fwp::buildManifest(*module);
   if (failed(manifest))
     return 1;
+
+  // The GPU half works on a copy of the differentiated module; it needs f32
+  // math (f64 would call libdevice), so `auto` leaves f64 layers CPU-only.
+  std::vector<::fwp::CudaKernel> cudaKernels;
+  std::string layerDtype;
+  if (std::optional<StringRef> value = manifest->getString("dtype"))
+    layerDtype = value->str();
+  bool wantCuda = cudaMode == CudaMode::On ||
+                  (cudaMode == CudaMode::Auto && layerDtype == "f32") ||
+                  emit == Stage::Ptx;
+  if (wantCuda && cudaMode != CudaMode::Off) {
+    ::fwp::CudaOptions options;
+    options.chip = cudaChip;
+    options.blockSize = cudaBlockSize;
+    FailureOr<std::vector<::fwp::CudaKernel>> kernels =
+        ::fwp::compileScansForCuda(*module, options);
+    if (failed(kernels))
+      return fail("cannot compile CUDA kernels for '" + layerName +
+                  "' (--cuda=off compiles the CPU kernels only)");
+    cudaKernels = std::move(*kernels);
+    (*manifest->getObject("kernels"))["cuda"] =
+        ::fwp::cudaManifestKernels(cudaKernels);
+  } else if (emit == Stage::Ptx) {
+    return fail("--emit=ptx needs CUDA kernels (not --cuda=off)");
+  }
+  if (emit == Stage::Ptx) {
+    std::string text;
+    for (const ::fwp::CudaKernel &kernel : cudaKernels)
+      text += "// ---- " + kernel.role + ": " + kernel.kernel + " (" +
+              kernel.chip + ", block " + std::to_string(kernel.blockSize) +
+              ") ----\n" + kernel.ptx;
+    return failed(writeText(output, text)) ? 1 : 0;
+  }
+  std::vector<::fwp::EmbeddedData> embedded;
+  for (const ::fwp::CudaKernel &kernel : cudaKernels) {
+    embedded.push_back({kernel.ptxSymbol(), kernel.ptx});
+    if (!kernel.cubin.empty())
+      embedded.push_back({kernel.cubinSymbol(), kernel.cubin});
+  }
   std::string manifestJson;
   {
     llvm::raw_string_ostream os(manifestJson);
@@ -173,7 +235,8 @@ int main(int argc, char **argv) {
 
   llvm::LLVMContext llvmContext;
   FailureOr<std::unique_ptr<llvm::Module>> llvmModule =
-      fwp::translateToOptimizedLLVM(*module, llvmContext, manifestJson, cpu);
+      fwp::translateToOptimizedLLVM(*module, llvmContext, manifestJson, cpu,
+                                    embedded);
   if (failed(llvmModule))
     return 1;
   if (emit == Stage::Llvm) {

@@ -33,12 +33,20 @@ void registerFwpPipelines();
 /// and fails when the module does not hold exactly one layer.
 mlir::FailureOr<llvm::json::Object> buildManifest(mlir::ModuleOp module);
 
+/// A constant byte string the artifact exports as a global (`symbol`), with
+/// a NUL appended: the GPU kernels' PTX and cubin images.
+struct EmbeddedData {
+  std::string symbol;
+  std::string bytes;
+};
+
 /// Translates an LLVM-dialect module to LLVM IR for x86-64 (`cpu` names the
 /// processor, e.g. "x86-64-v3" or "native"), adds the `fwp_manifest`
-/// global and optimises at -O3.
+/// global and the `embedded` data, and optimises at -O3.
 mlir::FailureOr<std::unique_ptr<llvm::Module>>
 translateToOptimizedLLVM(mlir::ModuleOp module, llvm::LLVMContext &context,
-                         llvm::StringRef manifestJson, llvm::StringRef cpu);
+                         llvm::StringRef manifestJson, llvm::StringRef cpu,
+                         llvm::ArrayRef<EmbeddedData> embedded = {});
 
 /// Writes an object file for `module`.
 mlir::LogicalResult emitObjectFile(llvm::Module &module, llvm::StringRef cpu,

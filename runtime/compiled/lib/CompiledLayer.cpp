@@ -194,6 +194,8 @@ struct CallHolder : torch::CustomClassHolder {
 
 struct CallContext {
   std::shared_ptr<const Artifact> artifact;
+  /// The artifact's CUDA kernels for the call's device (CUDA calls only).
+  const cuda::KernelBundle *cuda = nullptr;
   std::vector<std::string> inputNames; ///< order of the autograd inputs
   int64_t batch = 0, heads = 0, steps = 0;
 };
@@ -248,6 +250,67 @@ ForwardResult runForward(const Artifact &artifact, const CpuKernel &kernel,
     result.finals.push_back(finals.at(state.name));
   return result;
 }
+
+/// The CUDA twin of CompiledScanFunction: forward_train records the tape on
+/// the device, backward rebuilds the states from the final ones.
+class CudaScanFunction : public torch::autograd::Function<CudaScanFunction> {
+public:
+  static torch::autograd::variable_list
+  forward(torch::autograd::AutogradContext *ctx, at::TensorList inputs,
+          std::shared_ptr<CallContext> call) {
+    const Artifact &artifact = *call->artifact;
+    TensorMap named;
+    for (size_t i = 0; i < inputs.size(); ++i)
+      named[call->inputNames[i]] = inputs[i].detach();
+    TensorMap results = cuda::runForward(*call->cuda, named, /*train=*/true);
+    torch::autograd::variable_list outputs{results.at("y")};
+    torch::autograd::variable_list saved(inputs.begin(), inputs.end());
+    for (const TensorSpec &state : artifact.signature().states) {
+      outputs.push_back(results.at(finalName(state.name)));
+      saved.push_back(results.at(finalName(state.name)));
+    }
+    for (const TensorSpec &spec : artifact.tape())
+      saved.push_back(results.at(spec.name));
+    ctx->save_for_backward(saved);
+    ctx->saved_data["call"] =
+        c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
+    return outputs;
+  }
+
+  static torch::autograd::variable_list
+  backward(torch::autograd::AutogradContext *ctx,
+           torch::autograd::variable_list gradOutputs) {
+    std::shared_ptr<CallContext> call =
+        c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
+            ->call;
+    const Artifact &artifact = *call->artifact;
+    const LayerSignature &signature = artifact.signature();
+    auto saved = ctx->get_saved_variables();
+    TensorMap inputs, forwardResults, grads;
+    size_t next = 0;
+    for (const std::string &name : call->inputNames)
+      inputs[name] = saved[next++].detach();
+    for (const TensorSpec &state : signature.states)
+      forwardResults[finalName(state.name)] = saved[next++].detach();
+    for (const TensorSpec &spec : artifact.tape())
+      forwardResults[spec.name] = saved[next++].detach();
+    if (gradOutputs[0].defined())
+      grads["grad.y"] = gradOutputs[0].to(artifact.dtype());
+    for (size_t i = 0; i < signature.states.size(); ++i)
+      if (gradOutputs[1 + i].defined())
+        grads["grad." + finalName(signature.states[i].name)] =
+            gradOutputs[1 + i].to(artifact.dtype());
+    TensorMap results = cuda::runBackward(*call->cuda, inputs, forwardResults, grads);
+
+    torch::autograd::variable_list gradInputs;
+    for (const std::string &name : call->inputNames) {
+      const torch::Tensor &input = inputs.at(name);
+      gradInputs.push_back(results.at("grad." + name).view(input.sizes()).to(input.dtype()));
+    }
+    gradInputs.emplace_back(); // the CallContext argument
+    return gradInputs;
+  }
+};
 
 // The inputs travel as an at::TensorList: autograd tracks the tensors of a
 // TensorList argument, but not those of a std::vector.
@@ -431,7 +494,79 @@ void parseKernel(const ManifestReader &reader, const json &kernels,
   kernel.entry = reinterpret_cast<void (*)(int64_t, void **)>(symbol);
 }
 
+/// The CUDA half of an artifact: the kernels with their PTX, and with their
+/// cubins when every kernel has one.
+struct CudaImages {
+  std::optional<cuda::KernelBundle> ptx, cubin;
+  std::string chip;
+};
+
+CudaImages loadCudaKernels(const ManifestReader &reader, const json &cuda,
+                           void *handle, const std::string &path,
+                           torch::ScalarType dtype) {
+  if (!cuda.is_object())
+    reader.fail("kernels.cuda", "must be an object");
+  std::map<std::string, std::string> ptx, cubins;
+  std::string chip;
+  bool allCubins = true;
+  for (const char *role : {"forward", "forward_train", "backward"}) {
+    std::string field = std::string("kernels.cuda.") + role;
+    const json &entry = reader.member(cuda, "kernels.cuda", role);
+    std::string kernel = reader.string(entry, field, "kernel");
+    std::string symbol = reader.string(entry, field, "ptx_symbol");
+    dlerror();
+    auto *text = static_cast<const char *>(dlsym(handle, symbol.c_str()));
+    if (!text)
+      reader.fail(field + ".ptx_symbol",
+                  "names '" + symbol + "', which the library does not export");
+    ptx[kernel] = text;
+    if (ptx[kernel].find(".entry " + kernel) == std::string::npos)
+      reader.fail(field + ".ptx_symbol",
+                  "names PTX without the entry '" + kernel + "'");
+    chip = reader.string(entry, field, "chip");
+    auto cubinSymbol = entry.find("cubin_symbol");
+    if (cubinSymbol == entry.end()) {
+      allCubins = false;
+      continue;
+    }
+    const json &bytes = reader.member(entry, field, "cubin_bytes");
+    if (!cubinSymbol->is_string() || !bytes.is_number_integer() || bytes.get<int64_t>() <= 0)
+      reader.fail(field + ".cubin_symbol",
+                  "must be a symbol name with a positive cubin_bytes");
+    auto *image = static_cast<const char *>(
+        dlsym(handle, cubinSymbol->get<std::string>().c_str()));
+    if (!image)
+      reader.fail(field + ".cubin_symbol", "names '" + cubinSymbol->get<std::string>() +
+                                               "', which the library does not export");
+    std::string cubin(image, image + bytes.get<int64_t>());
+    if (cubin.compare(0, 4, ELFMAG) != 0)
+      reader.fail(field + ".cubin_symbol", "does not name an ELF image");
+    cubins[kernel] = std::move(cubin);
+  }
+  CudaImages images;
+  images.ptx = cuda::KernelBundle::fromManifest(cuda, std::move(ptx), path);
+  if (allCubins)
+    images.cubin = cuda::KernelBundle::fromManifest(cuda, std::move(cubins), path);
+  images.chip = chip;
+  for (const cuda::KernelSpec *spec :
+       {&images.ptx->forward, &images.ptx->forwardTrain, &images.ptx->backward})
+    if (spec->dtype != dtype)
+      reader.fail("kernels.cuda", "kernel " + spec->kernel + " computes in " +
+                                      c10::toString(spec->dtype) +
+                                      ", not in the layer's dtype");
+  return images;
+}
+
 } // namespace
+
+const cuda::KernelBundle &Artifact::cudaKernels(const std::string &chip) const {
+  if (!cudaPtx_)
+    throw Error(path_ + ": this artifact has CPU kernels only (compile it with an f32 "
+                        "dtype, or fwp-compile --cuda=on, for CUDA tensors)");
+  if (cudaCubin_ && chip == cudaChip_)
+    return *cudaCubin_;
+  return *cudaPtx_;
+}
 
 std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
   checkElfFile(path);
@@ -505,6 +640,14 @@ std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
   parseKernel(reader, cpu, "forward_train", artifact->handle_, artifact->forwardTrain_);
   parseKernel(reader, cpu, "backward", artifact->handle_, artifact->backward_);
 
+  if (auto cuda = kernels.find("cuda"); cuda != kernels.end()) {
+    CudaImages images =
+        loadCudaKernels(reader, *cuda, artifact->handle_, path, artifact->dtype_);
+    artifact->cudaPtx_ = std::move(images.ptx);
+    artifact->cudaCubin_ = std::move(images.cubin);
+    artifact->cudaChip_ = std::move(images.chip);
+  }
+
   // Every kernel argument must agree with the layer's tensors.
   auto specShape = [&](const std::vector<TensorSpec> &specs,
                        const std::string &name) -> std::optional<std::vector<int64_t>> {
@@ -574,12 +717,18 @@ TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
     throw Error(artifact_->path() + ": the layer was compiled for " +
                 (artifact_->dtype() == torch::kFloat ? "float32" : "float64") +
                 " tensors, got " + c10::toString(call.dtype));
-  if (!call.device.is_cpu())
-    throw Error(artifact_->path() + ": this artifact has CPU kernels only; got tensors on " +
-                call.device.str());
-
   auto context = std::make_shared<CallContext>();
   context->artifact = artifact_;
+  if (call.device.is_cuda()) {
+    if (!artifact_->hasCuda())
+      throw Error(artifact_->path() + ": this artifact has CPU kernels only; got tensors on " +
+                  call.device.str() + " (recompile it with fwp-compile --cuda=on)");
+    context->cuda =
+        &artifact_->cudaKernels(cuda::deviceLimits(call.device.index()).chip);
+  } else if (!call.device.is_cpu()) {
+    throw Error(artifact_->path() + ": compiled layers run on CPU or CUDA tensors, got " +
+                call.device.str());
+  }
   context->batch = call.batch;
   context->heads = call.heads;
   context->steps = call.steps;
@@ -603,10 +752,18 @@ TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
   TensorMap outputs;
   if (needsGrad && torch::GradMode::is_enabled()) {
     torch::autograd::variable_list results =
-        CompiledScanFunction::apply(at::TensorList(autogradInputs), context);
+        context->cuda ? CudaScanFunction::apply(at::TensorList(autogradInputs), context)
+                      : CompiledScanFunction::apply(at::TensorList(autogradInputs), context);
     outputs["y"] = results[0];
     for (size_t i = 0; i < signature.states.size(); ++i)
       outputs[finalName(signature.states[i].name)] = results[1 + i];
+    return outputs;
+  }
+  if (context->cuda) {
+    TensorMap results = cuda::runForward(*context->cuda, inputs, /*train=*/false);
+    outputs["y"] = results.at("y");
+    for (const TensorSpec &state : signature.states)
+      outputs[finalName(state.name)] = results.at(finalName(state.name));
     return outputs;
   }
   ForwardResult result = runForward(*artifact_, artifact_->forward(), inputs,

@@ -6,6 +6,9 @@
 // shapes (T = 1, T not a multiple of anything, d_key != d_value, odd d) and
 // with and without initial states.
 //
+// The same artifacts' CUDA kernels are checked the same way on a GPU (the
+// reference then runs in float64 on the CPU); without one those tests skip.
+//
 //===----------------------------------------------------------------------===//
 
 #include "fwp/runtime/CompiledLayer.h"
@@ -33,6 +36,10 @@ bool haveArtifacts() { return fs::exists(artifactPath("delta_net")); }
   if (!haveArtifacts())                                                        \
   GTEST_SKIP() << "no artifacts in " FWP_TEST_ARTIFACTS                        \
                   " (the build has no compiler: FWP_ENABLE_COMPILER=OFF)"
+
+#define REQUIRE_CUDA()                                                         \
+  if (!torch::cuda::is_available())                                            \
+  GTEST_SKIP() << "no CUDA device (LibTorch sees no GPU)"
 
 /// Inputs of one call: every seq input and param, and optionally every
 /// initial state, drawn from a fixed seed.
@@ -79,6 +86,11 @@ struct Case {
   int64_t batch, heads, steps;
   bool withInit;
 };
+
+void PrintTo(const Case &c, std::ostream *os) {
+  *os << c.artifact << " B=" << c.batch << " H=" << c.heads << " T=" << c.steps
+      << (c.withInit ? " with initial states" : "");
+}
 
 std::string caseName(const testing::TestParamInfo<Case> &info) {
   const Case &c = info.param;
@@ -145,6 +157,7 @@ std::vector<Case> cases() {
   }
   for (const char *model : {"delta_net_d5", "delta_mlp_d6_ff10", "rdn_d7", "delta_lstm_d3"})
     out.push_back({model, 2, 2, 19, true});
+  out.push_back({"delta_net_d128", 1, 2, 9, true});
   for (const char *model : {"linear_transformer_f64", "delta_net_f64", "delta_mlp_f64",
                             "delta_rnn_f64", "delta_lstm_f64", "rdn_f64"}) {
     out.push_back({model, 2, 2, 9, true});
@@ -155,6 +168,106 @@ std::vector<Case> cases() {
 
 INSTANTIATE_TEST_SUITE_P(AllModels, CompiledMatchesReference, testing::ValuesIn(cases()),
                          caseName);
+
+/// The CUDA kernels of the f32 artifacts against the reference layer run in
+/// float64 on the CPU: outputs, final states and every gradient.
+class CompiledCudaMatchesReference : public testing::TestWithParam<Case> {};
+
+TEST_P(CompiledCudaMatchesReference, OutputsFinalStatesAndGradients) {
+  REQUIRE_ARTIFACTS();
+  REQUIRE_CUDA();
+  const Case &c = GetParam();
+  auto artifact = fwp::Artifact::load(artifactPath(c.artifact));
+  ASSERT_TRUE(artifact->hasCuda()) << c.artifact << " has no CUDA kernels";
+  fwp::CompiledLayer compiled(artifact);
+  auto reference = fwp::makeReferenceLayer(artifact->signature().layer, artifact->dims());
+  fwp::TensorMap inputs =
+      makeInputs(compiled, c.batch, c.heads, c.steps, c.withInit, torch::kFloat, 4321);
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> leavesCuda, leavesReference;
+  fwp::TensorMap cudaInputs, referenceInputs;
+  for (const auto &[name, value] : inputs) {
+    names.push_back(name);
+    leavesCuda.push_back(value.to(torch::kCUDA).requires_grad_(true));
+    leavesReference.push_back(value.to(torch::kDouble).requires_grad_(true));
+    cudaInputs[name] = leavesCuda.back();
+    referenceInputs[name] = leavesReference.back();
+  }
+  fwp::TensorMap got = compiled.forward(cudaInputs);
+  fwp::TensorMap want = reference->forward(referenceInputs);
+  ASSERT_EQ(got.size(), want.size());
+  torch::manual_seed(77);
+  torch::Tensor lossCuda = torch::zeros({}, torch::TensorOptions().device(torch::kCUDA));
+  torch::Tensor lossReference = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble));
+  for (const auto &[name, value] : want) {
+    ASSERT_TRUE(got.count(name)) << "compiled layer lacks output " << name;
+    ASSERT_TRUE(got[name].is_cuda()) << name << " is not on the GPU";
+    ASSERT_EQ(got[name].sizes(), value.sizes()) << name;
+    EXPECT_LE(relativeError(got[name].detach().cpu().to(torch::kDouble), value.detach()), 1e-4)
+        << "output " << name;
+    torch::Tensor cotangent = torch::randn(value.sizes(), torch::TensorOptions().dtype(torch::kDouble));
+    lossCuda = lossCuda + (got[name] * cotangent.to(torch::kFloat).to(torch::kCUDA)).sum();
+    lossReference = lossReference + (value * cotangent).sum();
+  }
+  auto gradsCuda = torch::autograd::grad({lossCuda}, leavesCuda);
+  auto gradsReference = torch::autograd::grad({lossReference}, leavesReference);
+  for (size_t i = 0; i < names.size(); ++i) {
+    ASSERT_TRUE(gradsCuda[i].defined()) << "no gradient for " << names[i];
+    EXPECT_LE(relativeError(gradsCuda[i].cpu().to(torch::kDouble), gradsReference[i]), 1e-4)
+        << "gradient of " << names[i];
+  }
+}
+
+std::vector<Case> cudaCases() {
+  std::vector<Case> out;
+  for (const Case &c : cases())
+    if (c.artifact.find("_f64") == std::string::npos)
+      out.push_back(c);
+  for (const char *model : {"delta_net", "rdn"})
+    out.push_back({model, 3, 5, 300, true}); // longer than a block's step tile
+  out.push_back({"delta_net_d128", 2, 3, 40, true});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllModels, CompiledCudaMatchesReference,
+                         testing::ValuesIn(cudaCases()), caseName);
+
+/// What a CPU-only machine can check of the CUDA half: f32 artifacts carry
+/// PTX (and cubins when ptxas was found) for all three kernels, the runtime
+/// picks the cubin only for its chip, and f64 artifacts are CPU-only.
+TEST(CompiledLayer, CarriesCudaKernelsForF32Layers) {
+  REQUIRE_ARTIFACTS();
+  for (const char *model : {"linear_transformer", "delta_net", "delta_mlp", "delta_rnn",
+                            "delta_lstm", "rdn", "delta_net_d128"}) {
+    auto artifact = fwp::Artifact::load(artifactPath(model));
+    ASSERT_TRUE(artifact->hasCuda()) << model;
+    const fwp::cuda::KernelBundle &ptx = artifact->cudaKernels("sm_00");
+    for (const fwp::cuda::KernelSpec *spec : {&ptx.forward, &ptx.forwardTrain, &ptx.backward}) {
+      const std::string &image = ptx.image(*spec);
+      EXPECT_NE(image.find(".entry " + spec->kernel), std::string::npos) << spec->kernel;
+      EXPECT_NE(image.find(".target sm_90"), std::string::npos) << spec->kernel;
+      EXPECT_EQ(spec->dtype, torch::kFloat);
+      EXPECT_GE(spec->blockSize, 32);
+    }
+    EXPECT_EQ(ptx.forwardTrain.scan, ptx.forward.scan + "_train");
+    EXPECT_EQ(ptx.backward.scan, ptx.forward.scan + "_grad");
+    const fwp::cuda::KernelBundle &native = artifact->cudaKernels("sm_90");
+    const std::string &image = native.image(native.backward);
+    if (&native != &ptx)
+      EXPECT_EQ(image.compare(0, 4, "\x7f" "ELF"), 0) << model << ": the sm_90 image is no cubin";
+  }
+  for (const char *model : {"delta_net_f64", "rdn_f64"}) {
+    auto artifact = fwp::Artifact::load(artifactPath(model));
+    EXPECT_FALSE(artifact->hasCuda()) << model;
+    try {
+      artifact->cudaKernels("sm_90");
+      ADD_FAILURE() << model << ": cudaKernels did not throw";
+    } catch (const fwp::Error &error) {
+      EXPECT_NE(std::string(error.what()).find("CPU kernels only"), std::string::npos)
+          << error.what();
+    }
+  }
+}
 
 TEST(CompiledLayer, InferenceForwardMatchesTrainingForward) {
   REQUIRE_ARTIFACTS();
@@ -287,22 +400,21 @@ TEST_F(ArtifactFile, RejectsMissingGarbageTruncatedAndForeignFiles) {
 
 namespace {
 
-/// fwp-run --artifact X.fwpk and fwp-run --layer <its layer> agree on a
-/// forward + backward round trip through safetensors files.
-TEST(FwpRunArtifact, MatchesTheReferenceLayer) {
-  REQUIRE_ARTIFACTS();
+/// fwp-run --artifact X.fwpk [--device cuda] and fwp-run --layer <its layer>
+/// agree on a forward + backward round trip through safetensors files.
+void expectFwpRunMatchesReference(const std::string &device) {
   std::string dir = fs::temp_directory_path().string();
   for (const char *model : {"linear_transformer", "delta_net", "delta_mlp", "delta_rnn",
                             "delta_lstm", "rdn"}) {
     fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath(model)));
     fwp::TensorMap tensors = makeInputs(layer, 2, 2, 5, true, torch::kFloat, 21);
-    fwp::TensorMap outputs = layer.forward(tensors);
     torch::manual_seed(5);
-    for (const auto &[name, value] : outputs)
+    for (const auto &[name, value] : fwp::makeReferenceLayer(model, layer.dims())->forward(tensors))
       tensors["grad." + name] = torch::randn(value.sizes());
-    std::string in = dir + "/fwp-run-in-" + model + ".safetensors";
-    std::string outReference = dir + "/fwp-run-ref-" + model + ".safetensors";
-    std::string outCompiled = dir + "/fwp-run-fwpk-" + model + ".safetensors";
+    std::string tag = std::string(model) + "-" + device;
+    std::string in = dir + "/fwp-run-in-" + tag + ".safetensors";
+    std::string outReference = dir + "/fwp-run-ref-" + tag + ".safetensors";
+    std::string outCompiled = dir + "/fwp-run-fwpk-" + tag + ".safetensors";
     fwp::writeSafetensors(in, tensors);
     std::string common = " --inputs " + in + " --backward > /dev/null";
     ASSERT_EQ(std::system((std::string(FWP_RUN_PATH) + " --layer " + model + " --out " +
@@ -310,7 +422,7 @@ TEST(FwpRunArtifact, MatchesTheReferenceLayer) {
                               .c_str()),
               0);
     ASSERT_EQ(std::system((std::string(FWP_RUN_PATH) + " --artifact " + artifactPath(model) +
-                           " --out " + outCompiled + common)
+                           " --device " + device + " --out " + outCompiled + common)
                               .c_str()),
               0);
     fwp::TensorMap want = fwp::readSafetensors(outReference).tensors;
@@ -323,6 +435,17 @@ TEST(FwpRunArtifact, MatchesTheReferenceLayer) {
     for (const std::string &path : {in, outReference, outCompiled})
       std::remove(path.c_str());
   }
+}
+
+TEST(FwpRunArtifact, MatchesTheReferenceLayer) {
+  REQUIRE_ARTIFACTS();
+  expectFwpRunMatchesReference("cpu");
+}
+
+TEST(FwpRunArtifact, CudaMatchesTheReferenceLayer) {
+  REQUIRE_ARTIFACTS();
+  REQUIRE_CUDA();
+  expectFwpRunMatchesReference("cuda");
 }
 
 TEST(FwpRunArtifact, RejectsDimsTheArtifactWasNotCompiledWith) {

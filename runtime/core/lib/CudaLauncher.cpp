@@ -203,9 +203,10 @@ DeviceLimits queryLimits(const Driver &driver, int index) {
     return value;
   };
   DeviceLimits limits;
-  limits.device = "cuda:" + std::to_string(index) + " (sm_" +
-                  std::to_string(attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)) +
-                  std::to_string(attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)) + ")";
+  limits.chip = "sm_" +
+                std::to_string(attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)) +
+                std::to_string(attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR));
+  limits.device = "cuda:" + std::to_string(index) + " (" + limits.chip + ")";
   limits.maxThreadsPerBlock = attribute(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK);
   limits.maxGridX = attribute(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X);
   limits.maxSharedBytesPerBlock =

@@ -78,13 +78,9 @@ torch::Device parseDevice(const std::string &device) {
   return torch::Device(torch::kCUDA, 0);
 }
 
-// ===----------------------------------------------------------------------===
-// The single place where the command line becomes a layer. The compiled
-// artifact loader (`--artifact X.fwpk`, a FastWeightLayer of its own) hooks in
-// HERE: when an artifact is given, return loadCompiledLayer(path, device)
-// instead of a reference layer; everything after this function only uses the
-// FastWeightLayer interface.
-// ===----------------------------------------------------------------------===
+// The single place where the command line becomes a layer: a compiled
+// artifact (`--artifact X.fwpk`, CPU or CUDA kernels) or a reference layer;
+// everything after this function only uses the FastWeightLayer interface.
 std::unique_ptr<fwp::FastWeightLayer> makeLayer(const Options &options,
                                                 const TensorMap &layerInputs,
                                                 torch::Device /*device*/) {

@@ -4,14 +4,18 @@
 // and one C entry point per kernel. CompiledLayer loads it, validates the
 // manifest and every call's tensors against it, and runs the kernels as a
 // torch autograd function: forward (or forward_train, which also records the
-// tape, when gradients are needed) and backward.
+// tape, when gradients are needed) and backward. An artifact compiled with
+// CUDA kernels (`kernels.cuda` in the manifest, PTX and cubin images as
+// exported symbols) runs the same way on CUDA tensors.
 //
 //===----------------------------------------------------------------------===//
 #pragma once
 
+#include "fwp/runtime/CudaScan.h"
 #include "fwp/runtime/Layer.h"
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,6 +54,13 @@ public:
   const CpuKernel &forward() const { return forward_; }
   const CpuKernel &forwardTrain() const { return forwardTrain_; }
   const CpuKernel &backward() const { return backward_; }
+  /// Whether the artifact carries CUDA kernels.
+  bool hasCuda() const { return cudaPtx_.has_value(); }
+  /// The CUDA kernels for a device of architecture `chip` (e.g. "sm_90"):
+  /// the cubins when they were assembled for `chip`, else the PTX (which
+  /// the driver compiles once per process). Throws fwp::Error without CUDA
+  /// kernels.
+  const cuda::KernelBundle &cudaKernels(const std::string &chip) const;
 
 private:
   Artifact() = default;
@@ -60,6 +71,8 @@ private:
   torch::ScalarType dtype_ = torch::kFloat;
   std::vector<TensorSpec> tape_;
   CpuKernel forward_, forwardTrain_, backward_;
+  std::optional<cuda::KernelBundle> cudaPtx_, cudaCubin_;
+  std::string cudaChip_;
 };
 
 class CompiledLayer : public FastWeightLayer {

@@ -61,6 +61,7 @@ struct DeviceLimits {
   int64_t maxGridX = 2147483647;
   /// The kernel's own limit (registers); 0 when not known.
   int64_t kernelMaxThreadsPerBlock = 0;
+  std::string chip; ///< e.g. "sm_90"; empty when not known
 };
 
 /// Elements of argument `arg` at (B, H, T).

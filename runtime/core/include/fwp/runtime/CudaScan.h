@@ -6,8 +6,8 @@
 // "y", "final.<state>", the tape; gradients "grad.<seq>", "grad.<param>",
 // "grad.init.<state>". The kernels come from a kernel bundle (a folder that
 // `fwp-opt --fwp-differentiate --test-fwp-cuda-compile=dir=...` writes:
-// kernels.json and one .ptx per kernel); the tests and the GPU benchmark
-// use it until .fwpk artifacts carry the PTX (docs/gpu.md).
+// kernels.json and one .ptx per kernel), or from a .fwpk's manifest and
+// embedded images (fwp::CompiledLayer; docs/gpu.md).
 //
 //===----------------------------------------------------------------------===//
 #pragma once
