@@ -125,6 +125,7 @@ ImpalaConfig configFromTable(const toml::table &root, const std::string &source)
   m.ff = model.get("ff", m.ff);
   m.backprop = model.get("backprop", m.backprop);
   m.lastActionInput = model.get("last_action_input", m.lastActionInput);
+  m.artifact = model.get("artifact", m.artifact);
   model.rejectUnknownKeys();
   m.validate();
 
@@ -211,6 +212,8 @@ std::string modelToToml(const ImpalaConfig &config) {
       << "ff = " << m.ff << "\n"
       << "backprop = " << quoted(m.backprop) << "\n"
       << "last_action_input = " << (m.lastActionInput ? "true" : "false") << "\n";
+  if (!m.artifact.empty())
+    out << "artifact = " << quoted(m.artifact) << "\n";
   return out.str();
 }
 

@@ -4,6 +4,7 @@
 #include "fwp/rl/AtariEnv.h" // frame sizes
 
 #include "fwp/runtime/Layer.h"
+#include "fwp/train/Model.h"
 
 #include <algorithm>
 #include <cmath>
@@ -97,7 +98,8 @@ class FastWeightCoreImpl : public MemoryCoreImpl {
 public:
   FastWeightCoreImpl(const NetworkConfig &config, int64_t inputSize)
       : config_(config), dims_{{"d", config.headDim}},
-        layer_(makeReferenceLayer(config.core, dims_)), truncate_(config.resolvedBackprop() == "truncated") {
+        layer_(train::makeFastWeightLayer({config.core, config.artifact}, dims_, torch::kCPU)),
+        truncate_(config.resolvedBackprop() == "truncated") {
     const LayerSignature &signature = layer_->signature();
     for (const TensorSpec &spec : signature.seq) {
       int64_t size = 1;
@@ -206,7 +208,7 @@ private:
 
   NetworkConfig config_;
   Dims dims_;
-  std::unique_ptr<FastWeightLayer> layer_;
+  std::shared_ptr<const FastWeightLayer> layer_;
   bool truncate_;
   std::vector<std::pair<std::string, int64_t>> seqSizes_;
   int64_t perHead_ = 0;

@@ -157,6 +157,63 @@ TEST(MemoryCore, StateCarriesAcrossCallsLikeOneLongCall) {
     EXPECT_TRUE(torch::allclose(whole[i], split[i], 1e-5, 1e-6)) << "state " << i;
 }
 
+/// A core running the compiled layer (fwp-compile --dim d=8) computes what
+/// the same core with the eager reference layer computes: outputs, final
+/// states and input gradients through an unroll with an episode reset.
+class CompiledCore : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CompiledCore, MatchesTheReferenceCore) {
+  const fs::path artifact = fs::path(FWP_TEST_ARTIFACTS) / (GetParam() + "_d8.fwpk");
+  if (!fs::exists(artifact))
+    GTEST_SKIP() << artifact << " is missing (a build without the compiler)";
+  NetworkConfig config;
+  config.core = GetParam();
+  config.backprop = "full";
+  config.hidden = 16, config.heads = 2, config.headDim = 8, config.ff = 32;
+  torch::manual_seed(3);
+  auto reference = makeMemoryCore(config, 12);
+  config.artifact = artifact.string();
+  torch::manual_seed(3);
+  auto compiled = makeMemoryCore(config, 12);
+  const torch::Tensor input = torch::randn({5, 3, 12});
+  torch::Tensor notDone = torch::ones({5, 3});
+  notDone[2][1] = 0;
+  CoreState stateReference = reference->initialState(3), stateCompiled;
+  for (auto &s : stateReference)
+    s.uniform_(0, 0.1);
+  for (const auto &s : stateReference)
+    stateCompiled.push_back(s.clone());
+  torch::Tensor inputReference = input.clone().requires_grad_(true);
+  torch::Tensor inputCompiled = input.clone().requires_grad_(true);
+  const torch::Tensor outReference = reference->forward(inputReference, notDone, stateReference);
+  const torch::Tensor outCompiled = compiled->forward(inputCompiled, notDone, stateCompiled);
+  EXPECT_TRUE(torch::allclose(outCompiled, outReference, 1e-4, 1e-5));
+  for (size_t i = 0; i < stateReference.size(); ++i)
+    EXPECT_TRUE(torch::allclose(stateCompiled[i], stateReference[i], 1e-4, 1e-5)) << "state " << i;
+  const torch::Tensor weights = torch::randn(outReference.sizes());
+  (outReference * weights).sum().backward();
+  (outCompiled * weights).sum().backward();
+  EXPECT_TRUE(torch::allclose(inputCompiled.grad(), inputReference.grad(), 1e-4, 1e-5))
+      << (inputCompiled.grad() - inputReference.grad()).abs().max().item<double>();
+}
+
+INSTANTIATE_TEST_SUITE_P(Cores, CompiledCore,
+                         ::testing::Values("linear_transformer", "delta_net", "delta_rnn", "rdn"));
+
+TEST(CompiledCore, RejectsAnArtifactOfAnotherLayerOrSize) {
+  const fs::path artifact = fs::path(FWP_TEST_ARTIFACTS) / "delta_net_d8.fwpk";
+  if (!fs::exists(artifact))
+    GTEST_SKIP() << artifact << " is missing (a build without the compiler)";
+  NetworkConfig config;
+  config.hidden = 16, config.heads = 2, config.headDim = 8, config.ff = 32;
+  config.artifact = artifact.string();
+  config.core = "rdn";
+  EXPECT_THROW(makeMemoryCore(config, 12), fwp::Error);
+  config.core = "delta_net";
+  config.hidden = 32, config.headDim = 16;
+  EXPECT_THROW(makeMemoryCore(config, 12), fwp::Error);
+}
+
 class LearnerSteps : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(LearnerSteps, UpdatesRunOnCpuAndChangeTheWeights) {

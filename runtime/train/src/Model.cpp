@@ -5,6 +5,7 @@
 #include "fwp/runtime/CompiledLayer.h"
 
 #include <cmath>
+#include <unistd.h>
 #include <numeric>
 
 namespace fwp::train {
@@ -21,6 +22,12 @@ makeFastWeightLayer(const FastWeightLayerSource &source, const Dims &dims,
     // A layer compiled by fwp-compile (config key model.artifact). Its
     // kernels check the tensors' device on every call.
     (void)device;
+    if (::access(source.artifact.c_str(), R_OK) != 0)
+      throw Error("model.artifact = \"" + source.artifact +
+                  "\": no such file (compile it with fwp-compile models/" +
+                  (source.name.empty() ? std::string("<layer>") : source.name) +
+                  ".mlir -o " + source.artifact +
+                  ", run scripts/main.sh, or use the eager layer: --reference)");
     layer = loadCompiledLayer(source.artifact);
   } else {
     layer = makeReferenceLayer(source.name, dims);

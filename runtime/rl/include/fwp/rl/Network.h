@@ -43,6 +43,9 @@ struct NetworkConfig {
   int64_t ff = 512;
   std::string backprop = "auto"; ///< auto | truncated | full
   bool lastActionInput = true;
+  /// A .fwpk compiled by fwp-compile for `core` with d = headDim (CPU or
+  /// CUDA kernels); empty: the eager reference layer.
+  std::string artifact;
 
   /// "truncated" or "full" after resolving "auto" for this core.
   std::string resolvedBackprop() const;
@@ -80,7 +83,8 @@ public:
 };
 
 /// The core `config.core` names for inputs of `inputSize` (nullptr for
-/// "none"). Fast-weight cores build their layer with fwp::makeReferenceLayer.
+/// "none"). Fast-weight cores run the compiled layer of `config.artifact`,
+/// or the eager reference layer (fwp::train::makeFastWeightLayer).
 std::shared_ptr<MemoryCoreImpl> makeMemoryCore(const NetworkConfig &config, int64_t inputSize);
 
 class ImpalaNetImpl : public torch::nn::Module {
