@@ -711,6 +711,21 @@ const LayerSignature &CompiledLayer::signature() const { return artifact_->signa
 const Dims &CompiledLayer::dims() const { return artifact_->dims(); }
 
 TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
+  // bfloat16 tensors meet f32 kernels at the boundary: the layer computes
+  // and keeps its state in f32 and hands back bfloat16 (autograd casts the
+  // gradients back the same way).
+  if (artifact_->dtype() == torch::kFloat && !inputs.empty() &&
+      std::all_of(inputs.begin(), inputs.end(), [](const auto &entry) {
+        return entry.second.scalar_type() == torch::kBFloat16;
+      })) {
+    TensorMap widened;
+    for (const auto &[name, tensor] : inputs)
+      widened[name] = tensor.to(torch::kFloat);
+    TensorMap outputs = forward(widened);
+    for (auto &[name, tensor] : outputs)
+      tensor = tensor.to(torch::kBFloat16);
+    return outputs;
+  }
   const LayerSignature &signature = artifact_->signature();
   CallShape call = validateInputs(signature, artifact_->dims(), inputs);
   if (call.dtype != artifact_->dtype())

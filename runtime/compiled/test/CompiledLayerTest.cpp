@@ -305,6 +305,36 @@ TEST(CompiledLayer, CarriedStatesEqualOneLongCall) {
               1e-5);
 }
 
+/// bfloat16 inputs run through the f32 kernels: the result equals the f32
+/// layer on the same (rounded) inputs, rounded to bfloat16, and gradients
+/// come back in bfloat16.
+TEST(CompiledLayer, TakesBfloat16InputsThroughTheF32Kernels) {
+  REQUIRE_ARTIFACTS();
+  fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("delta_rnn")));
+  fwp::TensorMap inputs = makeInputs(layer, 2, 2, 6, true, torch::kFloat, 17);
+  fwp::TensorMap half, rounded;
+  std::vector<torch::Tensor> leaves;
+  for (const auto &[name, value] : inputs) {
+    leaves.push_back(value.to(torch::kBFloat16).requires_grad_(true));
+    half[name] = leaves.back();
+    rounded[name] = value.to(torch::kBFloat16).to(torch::kFloat);
+  }
+  fwp::TensorMap got = layer.forward(half);
+  fwp::TensorMap want = layer.forward(rounded);
+  torch::Tensor loss = torch::zeros({}, torch::kFloat);
+  for (const auto &[name, value] : want) {
+    ASSERT_EQ(got[name].scalar_type(), torch::kBFloat16) << name;
+    EXPECT_TRUE(torch::equal(got[name].detach(), value.to(torch::kBFloat16))) << name;
+    loss = loss + got[name].to(torch::kFloat).sum();
+  }
+  auto grads = torch::autograd::grad({loss}, leaves);
+  for (const torch::Tensor &grad : grads) {
+    ASSERT_TRUE(grad.defined());
+    EXPECT_EQ(grad.scalar_type(), torch::kBFloat16);
+    EXPECT_GT(grad.abs().sum().item<double>(), 0);
+  }
+}
+
 TEST(CompiledLayer, RejectsMismatchedTensors) {
   REQUIRE_ARTIFACTS();
   fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("delta_net")));

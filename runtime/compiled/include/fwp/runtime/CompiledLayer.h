@@ -6,7 +6,8 @@
 // torch autograd function: forward (or forward_train, which also records the
 // tape, when gradients are needed) and backward. An artifact compiled with
 // CUDA kernels (`kernels.cuda` in the manifest, PTX and cubin images as
-// exported symbols) runs the same way on CUDA tensors.
+// exported symbols) runs the same way on CUDA tensors. An f32 artifact also
+// takes all-bfloat16 inputs: cast to f32 for the kernels, outputs cast back.
 //
 //===----------------------------------------------------------------------===//
 #pragma once
