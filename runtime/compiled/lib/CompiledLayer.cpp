@@ -251,6 +251,16 @@ ForwardResult runForward(const Artifact &artifact, const CpuKernel &kernel,
   return result;
 }
 
+/// The call's context rides along in the autograd context.
+void saveCall(torch::autograd::AutogradContext *ctx, std::shared_ptr<CallContext> call) {
+  ctx->saved_data["call"] =
+      c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
+}
+std::shared_ptr<CallContext> savedCall(torch::autograd::AutogradContext *ctx) {
+  return c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
+      ->call;
+}
+
 /// The CUDA twin of CompiledScanFunction: forward_train records the tape on
 /// the device, backward rebuilds the states from the final ones.
 class CudaScanFunction : public torch::autograd::Function<CudaScanFunction> {
@@ -272,17 +282,14 @@ public:
     for (const TensorSpec &spec : artifact.tape())
       saved.push_back(results.at(spec.name));
     ctx->save_for_backward(saved);
-    ctx->saved_data["call"] =
-        c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
+    saveCall(ctx, std::move(call));
     return outputs;
   }
 
   static torch::autograd::variable_list
   backward(torch::autograd::AutogradContext *ctx,
            torch::autograd::variable_list gradOutputs) {
-    std::shared_ptr<CallContext> call =
-        c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
-            ->call;
+    std::shared_ptr<CallContext> call = savedCall(ctx);
     const Artifact &artifact = *call->artifact;
     const LayerSignature &signature = artifact.signature();
     auto saved = ctx->get_saved_variables();
@@ -336,17 +343,14 @@ public:
     for (const TensorSpec &spec : artifact.tape())
       saved.push_back(result.tape.at(spec.name));
     ctx->save_for_backward(saved);
-    ctx->saved_data["call"] =
-        c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
+    saveCall(ctx, std::move(call));
     return outputs;
   }
 
   static torch::autograd::variable_list
   backward(torch::autograd::AutogradContext *ctx,
            torch::autograd::variable_list gradOutputs) {
-    std::shared_ptr<CallContext> call =
-        c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
-            ->call;
+    std::shared_ptr<CallContext> call = savedCall(ctx);
     const Artifact &artifact = *call->artifact;
     const LayerSignature &signature = artifact.signature();
     auto saved = ctx->get_saved_variables();

@@ -12,6 +12,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "fwp/runtime/CompiledLayer.h"
+#include "fwp/runtime/ToolMain.h"
 #include "fwp/runtime/Layer.h"
 #include "fwp/runtime/Safetensors.h"
 
@@ -232,14 +233,5 @@ int main(int argc, char **argv) {
     return kExitFailure;
   }
 
-  try {
-    return run(options);
-  } catch (const Error &e) {
-    std::cerr << "error: " << e.what() << '\n';
-  } catch (const c10::Error &e) {
-    std::cerr << "error: " << e.what_without_backtrace() << '\n';
-  } catch (const std::exception &e) {
-    std::cerr << "error: " << e.what() << '\n';
-  }
-  return kExitFailure;
+  return fwp::runReportingErrors([&] { return run(options); });
 }

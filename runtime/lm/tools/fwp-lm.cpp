@@ -9,6 +9,7 @@
 //               [--max-tokens N] [--set key=value]... [--device D] [--json FILE]
 
 #include "fwp/lm/Corpus.h"
+#include "fwp/runtime/ToolMain.h"
 #include "fwp/lm/Run.h"
 #include "fwp/runtime/Layer.h"
 
@@ -127,7 +128,7 @@ int main(int argc, char **argv) {
   }
   if (threads > 0)
     torch::set_num_threads(threads);
-  try {
+  return fwp::runReportingErrors([&]() -> int {
     options.verbose = true;
     if (*prepareCmd)
       return prepare(options, jsonPath);
@@ -147,9 +148,6 @@ int main(int argc, char **argv) {
       fwp::lm::evaluateLanguageModel(eval, std::cout);
       return 0;
     }
-  } catch (const fwp::Error &e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  }
-  return 0;
+    return 0;
+  });
 }

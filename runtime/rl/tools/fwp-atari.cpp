@@ -9,6 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "fwp/rl/Impala.h"
+#include "fwp/runtime/ToolMain.h"
 #include "fwp/runtime/Layer.h"
 
 #include <CLI/CLI.hpp>
@@ -116,7 +117,7 @@ int main(int argc, char **argv) {
 
   CLI11_PARSE(app, argc, argv);
 
-  try {
+  return fwp::runReportingErrors([&]() -> int {
     if (*trainCmd) {
       ImpalaConfig config = applyOverrides(loadConfig(configPath), overrides);
       std::signal(SIGINT, onSigint);
@@ -195,12 +196,6 @@ int main(int argc, char **argv) {
         writeFileAtomic(outPath, out.dump(2) + "\n");
       return 0;
     }
-  } catch (const fwp::Error &e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  } catch (const c10::Error &e) {
-    std::cerr << "error: " << e.what_without_backtrace() << "\n";
-    return 2;
-  }
-  return 0;
+    return 0;
+  });
 }

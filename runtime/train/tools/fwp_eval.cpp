@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "fwp/train/Experiment.h"
+#include "fwp/runtime/ToolMain.h"
 
 #include <CLI/CLI.hpp>
 
@@ -41,7 +42,7 @@ int main(int argc, char **argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
-  try {
+  return fwp::runReportingErrors([&]() -> int {
     if (!device.empty())
       request.device = device;
     if (threads > 0)
@@ -60,14 +61,5 @@ int main(int argc, char **argv) {
       std::cout << "\n";
     }
     return 0;
-  } catch (const fwp::Error &e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  } catch (const c10::Error &e) {
-    std::cerr << "error: " << e.what_without_backtrace() << "\n";
-    return 2;
-  } catch (const std::exception &e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  }
+  });
 }

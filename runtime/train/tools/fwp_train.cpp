@@ -8,6 +8,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "fwp/train/Experiment.h"
+#include "fwp/runtime/ToolMain.h"
 
 #include <CLI/CLI.hpp>
 
@@ -94,7 +95,7 @@ int main(int argc, char **argv) {
     return code == 0 ? 0 : 2;
   }
 
-  try {
+  return fwp::runReportingErrors([&]() -> int {
     if (gen->parsed()) {
       DataSpec spec;
       if (!genConfig.empty()) {
@@ -150,14 +151,5 @@ int main(int argc, char **argv) {
       request.interactive = false;
     trainRun(request, std::cerr);
     return 0;
-  } catch (const fwp::Error &e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  } catch (const c10::Error &e) {
-    std::cerr << "error: " << e.what_without_backtrace() << "\n";
-    return 2;
-  } catch (const std::exception &e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  }
+  });
 }
