@@ -3,13 +3,18 @@
 //   fwp-lm-bench [--config-dir models/configs] [--setting small] [--models a,b,...]
 //                [--batch 8] [--context 256] [--steps 3] [--warmup-steps 1]
 //                [--vocab 267735] [--device cpu] [--json FILE]
+//                [--layers reference|compiled|both] [--artifact-dir build/artifacts]
 //
 // For each model it builds the model of models/configs/wt103_<model>_<setting>.toml
-// (eager reference layers; batch, context and vocabulary as given: random
-// Zipf-distributed tokens stand in for the corpus) and times full training steps: forward,
-// adaptive softmax, backward, clipping, Adam. Not a test: numbers only.
+// (with the eager reference layers, the compiled <artifact-dir>/<layer>.fwpk, or
+// both in turn; batch, context and vocabulary as given: random Zipf-distributed
+// tokens stand in for the corpus) and times full training steps: forward,
+// adaptive softmax, backward, clipping, Adam. With --layers both, each fast-weight
+// model's record has the compiled/reference speed ratio, measured in this process.
+// Not a test: numbers only.
 
 #include "fwp/lm/Run.h"
+#include "fwp/runtime/ToolMain.h"
 #include "fwp/lm/WordModel.h"
 #include "fwp/train/Config.h"
 #include "fwp/train/Model.h"
@@ -68,6 +73,7 @@ std::vector<std::string> splitList(const std::string &text) {
 int main(int argc, char **argv) {
   CLI::App app{"fwp-lm-bench: training throughput of the WikiText-103 models"};
   std::string configDir = "models/configs", setting = "small", device = "cpu", jsonPath, configFile;
+  std::string layers = "reference", artifactDir = "build/artifacts";
   std::string models = "linear_transformer,delta_net,delta_mlp,delta_rnn,delta_lstm,rdn,transformer";
   int64_t batch = 8, context = 256, steps = 3, warmupSteps = 1, vocab = 267735;
   app.add_option("--config-dir", configDir, "folder of the wt103_*.toml configs");
@@ -81,16 +87,33 @@ int main(int argc, char **argv) {
   app.add_option("--device", device, "cpu or cuda");
   app.add_option("--json", jsonPath, "write the results here");
   app.add_option("--config", configFile, "time this one config instead (its model, not its data)");
+  app.add_option("--layers", layers, "fast-weight layers: reference, compiled or both")
+      ->check(CLI::IsMember({"reference", "compiled", "both"}));
+  app.add_option("--artifact-dir", artifactDir, "where the compiled <layer>.fwpk are (scripts/main.sh)");
   CLI11_PARSE(app, argc, argv);
-  try {
+  return fwp::runReportingErrors([&]() -> int {
     const torch::Device dev = fwp::train::parseDevice(device);
     nlohmann::json results = nlohmann::json::array();
     const auto names = configFile.empty() ? splitList(models) : std::vector<std::string>{configFile};
-    for (const auto &name : names) {
+    std::vector<std::string> modes = {layers};
+    if (layers == "both")
+      modes = {"reference", "compiled"};
+    std::map<std::string, double> referenceSpeed;
+    for (const auto &name : names)
+    for (const auto &mode : modes) {
       const std::string path =
           configFile.empty() ? configDir + "/wt103_" + name + "_" + setting + ".toml" : configFile;
       auto config = fwp::train::Config::fromFile(path);
-      config.set("model.reference=true");
+      const bool fastWeights = config.getString("model.kind", "fwp") == "fwp";
+      if (!fastWeights && mode == "compiled" && modes.size() > 1)
+        continue; // a baseline has no fast-weight layer to compile: timed once
+      if (fastWeights && mode == "compiled") {
+        config.set("model.reference=false");
+        config.set("model.artifact=" + artifactDir + "/" + config.getString("model.layer", "") +
+                   ".fwpk");
+      } else {
+        config.set("model.reference=true");
+      }
       torch::manual_seed(1);
       fwp::lm::WordModel model(fwp::lm::wordModelOptionsFromConfig(config, vocab), dev);
       auto optimizer = fwp::train::makeAdam(model->parameters(), fwp::train::adamOptionsFromConfig(config));
@@ -126,6 +149,7 @@ int main(int argc, char **argv) {
       const double tokensPerSecond = static_cast<double>(batch * context * steps) / seconds;
       nlohmann::json record = {{"model", name},
                                {"config", path},
+                               {"layers", fastWeights ? mode : "none"},
                                {"parameters", fwp::train::countParameters(*model)},
                                {"tokens_per_s", tokensPerSecond},
                                {"seconds_per_step", seconds / static_cast<double>(steps)},
@@ -134,7 +158,11 @@ int main(int argc, char **argv) {
                                {"loss", lastLoss}};
       if (paperWordsPerSecond(name) > 0)
         record["paper_words_per_s"] = paperWordsPerSecond(name);
-      std::cout << name << ": " << static_cast<int64_t>(tokensPerSecond) << " tokens/s ("
+      if (fastWeights && mode == "reference")
+        referenceSpeed[name] = tokensPerSecond;
+      if (fastWeights && mode == "compiled" && referenceSpeed.count(name))
+        record["speedup_vs_reference"] = tokensPerSecond / referenceSpeed[name];
+      std::cout << name << " (" << record["layers"].get<std::string>() << "): " << static_cast<int64_t>(tokensPerSecond) << " tokens/s ("
                 << seconds / static_cast<double>(steps) << " s/step wall, "
                 << cpuSeconds / static_cast<double>(steps) << " s/step CPU, " << record["parameters"]
                 << " parameters)" << std::endl;
@@ -144,7 +172,7 @@ int main(int argc, char **argv) {
                           {"context", context},   {"steps", steps},
                           {"vocab", vocab},       {"device", device},
                           {"threads", torch::get_num_threads()},
-                          {"layers", "reference"}, {"results", results}};
+                          {"layers", layers},     {"results", results}};
     if (!jsonPath.empty()) {
       std::ofstream file(jsonPath + ".tmp");
       file << out.dump(2) << "\n";
@@ -152,9 +180,6 @@ int main(int argc, char **argv) {
       if (!file || std::rename((jsonPath + ".tmp").c_str(), jsonPath.c_str()) != 0)
         throw fwp::Error("cannot write " + jsonPath);
     }
-  } catch (const fwp::Error &e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 2;
-  }
-  return 0;
+    return 0;
+  });
 }
