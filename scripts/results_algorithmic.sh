@@ -23,7 +23,7 @@ runs=()
 for model in lstm transformer linear_transformer delta_net delta_rnn rdn delta_mlp delta_lstm; do
   runs+=("listops10 $model 1500 250")
 done
-for model in lstm transformer linear_transformer delta_net delta_rnn rdn; do
+for model in lstm transformer linear_transformer delta_net delta_rnn rdn delta_mlp delta_lstm; do
   runs+=("codeexec3 $model 600 200")
 done
 run_one() {

@@ -437,8 +437,8 @@ public:
 
 /// Checks that `path` is a complete x86-64 ELF shared library before it is
 /// handed to dlopen: the loader maps segments past the end of a truncated
-/// file and dies of SIGBUS instead of failing.
-void checkElfFile(const std::string &path) {
+/// file and dies of SIGBUS instead of failing. Returns the file's size.
+uint64_t checkElfFile(const std::string &path) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
     throw Error(path + ": cannot open the artifact");
@@ -471,6 +471,7 @@ void checkElfFile(const std::string &path) {
   }
   if (header.e_shoff + uint64_t(header.e_shnum) * header.e_shentsize > size)
     fail("section headers past the end of the file: truncated?");
+  return size;
 }
 
 void parseKernel(const ManifestReader &reader, const json &kernels,
@@ -506,7 +507,7 @@ struct CudaImages {
 };
 
 CudaImages loadCudaKernels(const ManifestReader &reader, const json &cuda,
-                           void *handle, const std::string &path,
+                           void *handle, const std::string &path, uint64_t fileSize,
                            torch::ScalarType dtype) {
   if (!cuda.is_object())
     reader.fail("kernels.cuda", "must be an object");
@@ -534,9 +535,10 @@ CudaImages loadCudaKernels(const ManifestReader &reader, const json &cuda,
       continue;
     }
     const json &bytes = reader.member(entry, field, "cubin_bytes");
-    if (!cubinSymbol->is_string() || !bytes.is_number_integer() || bytes.get<int64_t>() <= 0)
+    if (!cubinSymbol->is_string() || !bytes.is_number_integer() || bytes.get<int64_t>() <= 0 ||
+        bytes.get<uint64_t>() > fileSize)
       reader.fail(field + ".cubin_symbol",
-                  "must be a symbol name with a positive cubin_bytes");
+                  "must be a symbol name with a cubin_bytes between 1 and the file's size");
     auto *image = static_cast<const char *>(
         dlsym(handle, cubinSymbol->get<std::string>().c_str()));
     if (!image)
@@ -573,7 +575,7 @@ const cuda::KernelBundle &Artifact::cudaKernels(const std::string &chip) const {
 }
 
 std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
-  checkElfFile(path);
+  const uint64_t fileSize = checkElfFile(path);
   std::shared_ptr<Artifact> artifact(new Artifact());
   artifact->path_ = path;
   // RTLD_LOCAL: two artifacts define the same helper symbols.
@@ -646,7 +648,7 @@ std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
 
   if (auto cuda = kernels.find("cuda"); cuda != kernels.end()) {
     CudaImages images =
-        loadCudaKernels(reader, *cuda, artifact->handle_, path, artifact->dtype_);
+        loadCudaKernels(reader, *cuda, artifact->handle_, path, fileSize, artifact->dtype_);
     artifact->cudaPtx_ = std::move(images.ptx);
     artifact->cudaCubin_ = std::move(images.cubin);
     artifact->cudaChip_ = std::move(images.chip);
