@@ -235,6 +235,11 @@ private:
   Value threadMBase(const MatrixLayout &l);
   Value rowIndex(const MatrixLayout &l, int64_t r);
   Value colIndex(const MatrixLayout &l, int64_t c);
+  /// Stores `value`, reduced over the column's S threads, as entry m_c of
+  /// the shared vector `v`: thread s = 0 of the column stores it, and only
+  /// for a column inside V.
+  void storeColumnResult(const MatrixLayout &l, int64_t c, const VecRef &v,
+                         Value value);
   /// The thread's entries k[s + S r] of a key-side vector (0 where masked).
   Value gatherRows(const VecRef &v, const MatrixLayout &l);
   /// The thread's entry v[m_c] of a value-side vector (0 where masked).
@@ -350,6 +355,28 @@ void KernelEmitter::storeShared(const VecRef &v, Value i, Value value) {
   checkFlushed();
   memref::StoreOp::create(b, loc, value, arenaMem,
                           ValueRange{add(cIndex(v.offset), i)});
+}
+
+void KernelEmitter::storeColumnResult(const MatrixLayout &l, int64_t c,
+                                     const VecRef &v, Value value) {
+  Value m = colIndex(l, c);
+  Value cond;
+  if (l.S > 1)
+    cond = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, threadS(l),
+                                 cIndex(0));
+  if (l.colsMasked) {
+    Value valid = ult(m, cIndex(l.V));
+    cond = cond ? arith::AndIOp::create(b, loc, cond, valid) : valid;
+  }
+  flush();
+  if (!cond) {
+    storeShared(v, m, value);
+    return;
+  }
+  OpBuilder::InsertionGuard guard(b);
+  auto ifOp = scf::IfOp::create(b, loc, cond, false);
+  b.setInsertionPoint(ifOp.thenBlock()->getTerminator());
+  storeShared(v, m, value);
 }
 
 VecRef KernelEmitter::newShared(int64_t size, bool persistent) {
@@ -720,24 +747,7 @@ Lowered KernelEmitter::lowerRead(ReadOp op) {
         b, loc, vector::CombiningKind::ADD, products, Value(),
         arith::FastMathFlags::reassoc);
     Value sum = groupReduce(partial, l.S);
-    Value m = colIndex(l, c);
-    Value cond;
-    if (l.S > 1)
-      cond = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
-                                   threadS(l), cIndex(0));
-    if (l.colsMasked) {
-      Value valid = ult(m, cIndex(l.V));
-      cond = cond ? arith::AndIOp::create(b, loc, cond, valid) : valid;
-    }
-    flush();
-    if (!cond) {
-      storeShared(out.vec, m, sum);
-      continue;
-    }
-    OpBuilder::InsertionGuard guard(b);
-    auto ifOp = scf::IfOp::create(b, loc, cond, false);
-    b.setInsertionPoint(ifOp.thenBlock()->getTerminator());
-    storeShared(out.vec, m, sum);
+    storeColumnResult(l, c, out.vec, sum);
   }
   return out;
 }
@@ -864,24 +874,7 @@ void KernelEmitter::lowerWriteDelta(WriteDeltaOp op) {
     out.cols.push_back(vector::FMAOp::create(b, loc, kv, us, w.cols[c]));
     if (!keepRetrieved)
       continue;
-    Value m = colIndex(l, c);
-    Value cond;
-    if (l.S > 1)
-      cond = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
-                                   threadS(l), cIndex(0));
-    if (l.colsMasked) {
-      Value valid = ult(m, cIndex(l.V));
-      cond = cond ? arith::AndIOp::create(b, loc, cond, valid) : valid;
-    }
-    flush();
-    if (!cond) {
-      storeShared(retrieved.vec, m, vbar);
-      continue;
-    }
-    OpBuilder::InsertionGuard guard(b);
-    auto ifOp = scf::IfOp::create(b, loc, cond, false);
-    b.setInsertionPoint(ifOp.thenBlock()->getTerminator());
-    storeShared(retrieved.vec, m, vbar);
+    storeColumnResult(l, c, retrieved.vec, vbar);
   }
   setValue(op.getNewWeight(), out);
   if (keepRetrieved)
