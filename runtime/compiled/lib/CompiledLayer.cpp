@@ -251,14 +251,43 @@ ForwardResult runForward(const Artifact &artifact, const CpuKernel &kernel,
   return result;
 }
 
-/// The call's context rides along in the autograd context.
-void saveCall(torch::autograd::AutogradContext *ctx, std::shared_ptr<CallContext> call) {
+/// What a backward pass needs of its forward: the call, the inputs by name,
+/// the final states in signature order (the backward rebuilds the states
+/// from them) and the tape by name.
+struct SavedForward {
+  std::shared_ptr<CallContext> call;
+  TensorMap inputs;
+  std::vector<torch::Tensor> finals;
+  TensorMap tape;
+};
+
+void saveForward(torch::autograd::AutogradContext *ctx, at::TensorList inputs,
+                 const std::vector<torch::Tensor> &finals, const TensorMap &tape,
+                 std::shared_ptr<CallContext> call) {
+  torch::autograd::variable_list saved(inputs.begin(), inputs.end());
+  for (const torch::Tensor &final : finals)
+    saved.push_back(final.detach());
+  for (const TensorSpec &spec : call->artifact->tape())
+    saved.push_back(tape.at(spec.name));
+  ctx->save_for_backward(saved);
   ctx->saved_data["call"] =
       c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
 }
-std::shared_ptr<CallContext> savedCall(torch::autograd::AutogradContext *ctx) {
-  return c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
-      ->call;
+
+SavedForward restoreForward(torch::autograd::AutogradContext *ctx) {
+  SavedForward out;
+  out.call = c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
+                 ->call;
+  const Artifact &artifact = *out.call->artifact;
+  auto saved = ctx->get_saved_variables();
+  size_t next = 0;
+  for (const std::string &name : out.call->inputNames)
+    out.inputs[name] = saved[next++].detach();
+  for (size_t i = 0; i < artifact.signature().states.size(); ++i)
+    out.finals.push_back(saved[next++].detach());
+  for (const TensorSpec &spec : artifact.tape())
+    out.tape[spec.name] = saved[next++].detach();
+  return out;
 }
 
 /// The CUDA twin of CompiledScanFunction: forward_train records the tape on
@@ -274,33 +303,24 @@ public:
       named[call->inputNames[i]] = inputs[i].detach();
     TensorMap results = cuda::runForward(*call->cuda, named, /*train=*/true);
     torch::autograd::variable_list outputs{results.at("y")};
-    torch::autograd::variable_list saved(inputs.begin(), inputs.end());
-    for (const TensorSpec &state : artifact.signature().states) {
+    for (const TensorSpec &state : artifact.signature().states)
       outputs.push_back(results.at(finalName(state.name)));
-      saved.push_back(results.at(finalName(state.name)));
-    }
-    for (const TensorSpec &spec : artifact.tape())
-      saved.push_back(results.at(spec.name));
-    ctx->save_for_backward(saved);
-    saveCall(ctx, std::move(call));
+    std::vector<torch::Tensor> finals(outputs.begin() + 1, outputs.end());
+    saveForward(ctx, inputs, finals, results, std::move(call));
     return outputs;
   }
 
   static torch::autograd::variable_list
   backward(torch::autograd::AutogradContext *ctx,
            torch::autograd::variable_list gradOutputs) {
-    std::shared_ptr<CallContext> call = savedCall(ctx);
+    SavedForward saved = restoreForward(ctx);
+    const std::shared_ptr<CallContext> &call = saved.call;
     const Artifact &artifact = *call->artifact;
     const LayerSignature &signature = artifact.signature();
-    auto saved = ctx->get_saved_variables();
-    TensorMap inputs, forwardResults, grads;
-    size_t next = 0;
-    for (const std::string &name : call->inputNames)
-      inputs[name] = saved[next++].detach();
-    for (const TensorSpec &state : signature.states)
-      forwardResults[finalName(state.name)] = saved[next++].detach();
-    for (const TensorSpec &spec : artifact.tape())
-      forwardResults[spec.name] = saved[next++].detach();
+    const TensorMap &inputs = saved.inputs;
+    TensorMap forwardResults = saved.tape, grads;
+    for (size_t i = 0; i < signature.states.size(); ++i)
+      forwardResults[finalName(signature.states[i].name)] = saved.finals[i];
     if (gradOutputs[0].defined())
       grads["grad.y"] = gradOutputs[0].to(artifact.dtype());
     for (size_t i = 0; i < signature.states.size(); ++i)
@@ -335,35 +355,22 @@ public:
     torch::autograd::variable_list outputs{result.y};
     for (const torch::Tensor &final : result.finals)
       outputs.push_back(final);
-    // Saved for the backward: the inputs, the final states (where the
-    // backward starts rebuilding) and the tape.
-    torch::autograd::variable_list saved(inputs.begin(), inputs.end());
-    for (const torch::Tensor &final : result.finals)
-      saved.push_back(final.detach());
-    for (const TensorSpec &spec : artifact.tape())
-      saved.push_back(result.tape.at(spec.name));
-    ctx->save_for_backward(saved);
-    saveCall(ctx, std::move(call));
+    saveForward(ctx, inputs, result.finals, result.tape, std::move(call));
     return outputs;
   }
 
   static torch::autograd::variable_list
   backward(torch::autograd::AutogradContext *ctx,
            torch::autograd::variable_list gradOutputs) {
-    std::shared_ptr<CallContext> call = savedCall(ctx);
+    SavedForward saved = restoreForward(ctx);
+    const std::shared_ptr<CallContext> &call = saved.call;
     const Artifact &artifact = *call->artifact;
     const LayerSignature &signature = artifact.signature();
-    auto saved = ctx->get_saved_variables();
-    size_t numInputs = call->inputNames.size();
-    TensorMap named;
-    for (size_t i = 0; i < numInputs; ++i)
-      named[call->inputNames[i]] = saved[i].detach();
-    TensorMap finals, tape;
-    size_t next = numInputs;
-    for (const TensorSpec &state : signature.states)
-      finals[state.name] = saved[next++];
-    for (const TensorSpec &spec : artifact.tape())
-      tape[spec.name] = saved[next++];
+    const TensorMap &named = saved.inputs;
+    const TensorMap &tape = saved.tape;
+    TensorMap finals;
+    for (size_t i = 0; i < signature.states.size(); ++i)
+      finals[signature.states[i].name] = saved.finals[i];
 
     auto options = torch::TensorOptions().dtype(artifact.dtype());
     int64_t batch = call->batch, heads = call->heads, steps = call->steps;
