@@ -14,6 +14,8 @@
 #include "fwp/runtime/CompiledLayer.h"
 #include "fwp/runtime/Safetensors.h"
 
+#include "TestSupport.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -32,14 +34,16 @@ std::string artifactPath(const std::string &name) {
 
 bool haveArtifacts() { return fs::exists(artifactPath("delta_net")); }
 
+// Skips, or fails under FWP_REQUIRE_GPU=1 (TestSupport.h): a GPU run must
+// test the artifacts on the device.
 #define REQUIRE_ARTIFACTS()                                                    \
   if (!haveArtifacts())                                                        \
-  GTEST_SKIP() << "no artifacts in " FWP_TEST_ARTIFACTS                        \
-                  " (the build has no compiler: FWP_ENABLE_COMPILER=OFF)"
+  FWP_GPU_SKIP("no artifacts in " FWP_TEST_ARTIFACTS                           \
+               " (the build has no compiler: FWP_ENABLE_COMPILER=OFF)")
 
 #define REQUIRE_CUDA()                                                         \
   if (!torch::cuda::is_available())                                            \
-  GTEST_SKIP() << "no CUDA device (LibTorch sees no GPU)"
+  FWP_GPU_SKIP("no CUDA device (LibTorch sees no GPU)")
 
 /// Inputs of one call: every seq input and param, and optionally every
 /// initial state, drawn from a fixed seed.
@@ -476,6 +480,14 @@ TEST(FwpRunArtifact, CudaMatchesTheReferenceLayer) {
   REQUIRE_ARTIFACTS();
   REQUIRE_CUDA();
   expectFwpRunMatchesReference("cuda");
+}
+
+// FWP_REQUIRE_GPU=1 turns the skip of a compiled layer's GPU test into a
+// failure (docs/gpu.md); checked by running it in a child.
+TEST(RequireGpu, TurnsTheGpuTestsSkipIntoAFailure) {
+  fwp::test::expectRequireGpuTurnsSkipIntoFailure(
+      "FwpRunArtifact.CudaMatchesTheReferenceLayer",
+      torch::cuda::is_available() && haveArtifacts());
 }
 
 TEST(FwpRunArtifact, RejectsDimsTheArtifactWasNotCompiledWith) {

@@ -176,8 +176,8 @@ bool haveBundle(const std::string &name) {
 
 #define REQUIRE_BUNDLE(name)                                                   \
   if (!haveBundle(name))                                                       \
-  GTEST_SKIP() << "no kernel bundle " << kernelsDir() << "/" << name           \
-               << " (build with the compiler, or set FWP_CUDA_KERNELS)"
+  FWP_GPU_SKIP("no kernel bundle " << kernelsDir() << "/" << name             \
+               << " (build with the compiler, or set FWP_CUDA_KERNELS)")
 
 struct ModelCase {
   std::string bundle, layer;
@@ -246,10 +246,10 @@ TEST_P(CudaBundle, KernelsMatchTheReferenceLayerOnTheGpu) {
   const ModelCase &c = GetParam();
   REQUIRE_BUNDLE(c.bundle);
   if (!torch::cuda::is_available())
-    GTEST_SKIP() << "no CUDA device";
+    FWP_GPU_SKIP("no CUDA device");
   std::string why;
   if (!driverAvailable(&why))
-    GTEST_SKIP() << "no CUDA driver: " << why;
+    FWP_GPU_SKIP("no CUDA driver: " << why);
   KernelBundle bundle = KernelBundle::load(kernelsDir() + "/" + c.bundle);
   auto reference = makeReferenceLayer(c.layer, c.dims);
   torch::Device gpu(torch::kCUDA, 0);
@@ -308,6 +308,15 @@ TEST_P(CudaBundle, KernelsMatchTheReferenceLayerOnTheGpu) {
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaBundle, testing::ValuesIn(modelCases()),
                          modelCaseName);
+
+// FWP_REQUIRE_GPU=1 turns this GPU test's skip into a failure (docs/gpu.md):
+// checked here, on a machine without a GPU, by running it in a child.
+TEST(RequireGpu, TurnsTheGpuTestsSkipIntoAFailure) {
+  std::string why;
+  fwp::test::expectRequireGpuTurnsSkipIntoFailure(
+      "Models/CudaBundle.KernelsMatchTheReferenceLayerOnTheGpu/delta_net",
+      torch::cuda::is_available() && driverAvailable(&why) && haveBundle("delta_net"));
+}
 
 TEST(CudaBundleFile, MissingOrBrokenBundlesAreClearErrors) {
   EXPECT_TRUE(throwsWith([] { KernelBundle::load("/nonexistent/bundle"); },

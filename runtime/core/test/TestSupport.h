@@ -6,11 +6,38 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace fwp::test {
+
+/// FWP_REQUIRE_GPU set (and not "0"): a GPU run, where a GPU test that
+/// would skip (no device, no driver, no kernel bundle, no artifact) must
+/// fail instead, so that a run that tested nothing cannot pass (docs/gpu.md).
+inline bool gpuRequired() {
+  const char *value = std::getenv("FWP_REQUIRE_GPU");
+  return value != nullptr && *value != '\0' && std::string(value) != "0";
+}
+
+/// Skips the current GPU test with the streamed `reason`, or fails it when
+/// FWP_REQUIRE_GPU is set. Use instead of GTEST_SKIP in every test that needs
+/// a GPU or what a GPU run needs (bundles, artifacts).
+#define FWP_GPU_SKIP(reason)                                                   \
+  do {                                                                         \
+    std::ostringstream fwpGpuSkipReason_;                                      \
+    fwpGpuSkipReason_ << reason;                                               \
+    if (::fwp::test::gpuRequired())                                            \
+      GTEST_FAIL() << "FWP_REQUIRE_GPU is set, but this GPU test would skip: " \
+                   << fwpGpuSkipReason_.str();                                 \
+    GTEST_SKIP() << fwpGpuSkipReason_.str();                                   \
+  } while (false)
 
 /// Deletes `path` and everything below it. Not std::filesystem::remove_all:
 /// the LibTorch wheel's libtorch.so exports its own copy of it, which calls a
@@ -21,6 +48,44 @@ inline void removeTree(const std::filesystem::path &path) {
     for (const auto &entry : std::filesystem::directory_iterator(path))
       removeTree(entry.path());
   std::remove(path.c_str());
+}
+
+/// Runs the GPU test `filter` of this very test binary in a child process,
+/// without and with FWP_REQUIRE_GPU=1, and checks the switch: with no GPU
+/// (`haveGpu` false) the plain run skips and exits 0, the FWP_REQUIRE_GPU=1
+/// run fails and says why; with a GPU both runs pass. `filter` must name
+/// exactly one test.
+inline void expectRequireGpuTurnsSkipIntoFailure(const std::string &filter, bool haveGpu) {
+  const std::string log = std::filesystem::temp_directory_path().string() +
+                          "/fwp-require-gpu-" + std::to_string(::getpid()) + ".log";
+  char self[4096] = {};
+  ASSERT_GT(::readlink("/proc/self/exe", self, sizeof self - 1), 0) << "cannot read /proc/self/exe";
+  auto run = [&](const std::string &env, std::string &output) {
+    const std::string command = env + " '" + self + "' --gtest_filter='" + filter + "' > " +
+                                log + " 2>&1";
+    const int status = std::system(command.c_str());
+    std::ifstream file(log);
+    output.assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+    std::remove(log.c_str());
+    return status;
+  };
+  std::string plain, required;
+  const int plainStatus = run("env -u FWP_REQUIRE_GPU", plain);
+  const int requiredStatus = run("env FWP_REQUIRE_GPU=1", required);
+  ASSERT_NE(plain.find("1 test from 1 test suite ran"), std::string::npos)
+      << "the filter must select exactly one test:\n" << plain;
+  if (haveGpu) {
+    EXPECT_EQ(plainStatus, 0) << plain;
+    EXPECT_EQ(requiredStatus, 0) << required;
+    EXPECT_NE(required.find("[  PASSED  ] 1 test."), std::string::npos) << required;
+    return;
+  }
+  EXPECT_EQ(plainStatus, 0) << plain;
+  EXPECT_NE(plain.find("[  SKIPPED ] 1 test"), std::string::npos) << plain;
+  EXPECT_NE(requiredStatus, 0) << "FWP_REQUIRE_GPU=1 without a GPU passed:\n" << required;
+  EXPECT_NE(required.find("FWP_REQUIRE_GPU is set, but this GPU test would skip"),
+            std::string::npos)
+      << required;
 }
 
 /// [B, H, T, ...] / [H, ...] / [B, H, ...] shape of a spec at the layer's dims.
