@@ -44,7 +44,7 @@ die() { echo "gpu_bundle: error: $*" >&2; exit 1; }
 
 compile="$build/bin/fwp-compile"
 [ -f "$build/build.ninja" ] || die "no build in $build: run scripts/build.sh first"
-ninja -C "$build" -t targets all 2>/dev/null | grep -q '^fwp-compile:' ||
+ninja -C "$build" -t query fwp-compile >/dev/null 2>&1 ||
   die "$build has no fwp-compile (a build with the compiler, MLIR 22, is needed)"
 start=$(date +%s)
 say "building the artifacts and kernel bundles in $build"
