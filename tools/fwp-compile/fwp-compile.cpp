@@ -12,6 +12,7 @@
 #include "fwp/InitAll.h"
 #include "fwp/Target/Artifact.h"
 #include "fwp/Target/Cuda.h"
+#include "fwp/Tools/CommandLine.h"
 
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/BuiltinOps.h"
@@ -35,14 +36,29 @@
 using namespace mlir;
 namespace cl = llvm::cl;
 
+// --help shows these categories (and LLVM's generic options) only; every
+// other option of LLVM and MLIR is hidden (--help-hidden lists them).
+static cl::OptionCategory outputCategory("Output");
+static cl::OptionCategory modelCategory("The layer");
+static cl::OptionCategory targetCategory("Code generation");
+static cl::OptionCategory debugCategory("Debugging");
+
+static cl::extrahelp examples(R"(
+EXAMPLES:
+  fwp-compile models/rdn.mlir -o rdn.fwpk          # CPU + CUDA kernels, forward + backward
+  fwp-compile models/delta_mlp.mlir --dim d=32 --dim d_ff=128 -o mlp.fwpk
+)");
+
 static cl::opt<std::string> inputFile(cl::Positional,
                                       cl::desc("<layer .mlir file>"),
-                                      cl::Required);
-static cl::opt<std::string> outputFile("o", cl::desc("output file"),
-                                       cl::value_desc("path"), cl::init(""));
+                                      cl::Required, cl::cat(outputCategory));
+static cl::opt<std::string>
+    outputFile("o",
+               cl::desc("output file ('-': stdout)"),
+               cl::value_desc("path"), cl::init(""), cl::cat(outputCategory));
 static cl::list<std::string>
     dims("dim", cl::desc("override a named size of the model: --dim d=32"),
-         cl::value_desc("name=value"));
+         cl::value_desc("name=value"), cl::cat(modelCategory));
 enum class Stage { Mlir, LlvmMlir, Llvm, Ptx, Manifest, Object, Artifact };
 static cl::opt<Stage> emit(
     "emit", cl::desc("stop after a stage and write its output"),
@@ -50,19 +66,20 @@ static cl::opt<Stage> emit(
                clEnumValN(Stage::LlvmMlir, "llvm-mlir",
                           "the LLVM dialect after the CPU lowering"),
                clEnumValN(Stage::Llvm, "llvm", "optimised LLVM IR"),
-               clEnumValN(Stage::Ptx, "ptx", "the CUDA kernels' PTX"),
+               clEnumValN(Stage::Ptx, "ptx",
+                          "the CUDA kernels' PTX"),
                clEnumValN(Stage::Manifest, "manifest", "the JSON manifest"),
                clEnumValN(Stage::Object, "obj", "the object file"),
                clEnumValN(Stage::Artifact, "fwpk", "the artifact (default)")),
-    cl::init(Stage::Artifact));
+    cl::init(Stage::Artifact), cl::cat(outputCategory));
 static cl::opt<std::string>
     dtype("dtype", cl::desc("compute in this float type instead of the "
                             "model's (f32 or f64)"),
-          cl::init(""));
+          cl::init(""), cl::cat(modelCategory));
 static cl::opt<std::string>
-    cpu("cpu", cl::desc("x86-64 processor to generate code for (a name such "
-                        "as x86-64-v3, or 'native')"),
-        cl::init("x86-64-v3"));
+    cpu("cpu", cl::desc("x86-64 processor of the CPU code (x86-64-v3, "
+                        "native, ...)"),
+        cl::init("x86-64-v3"), cl::cat(targetCategory));
 
 enum class CudaMode { Auto, On, Off };
 static cl::opt<CudaMode> cudaMode(
@@ -71,16 +88,16 @@ static cl::opt<CudaMode> cudaMode(
                           "when the layer computes in f32 (default)"),
                clEnumValN(CudaMode::On, "on", "always (an error if impossible)"),
                clEnumValN(CudaMode::Off, "off", "CPU kernels only")),
-    cl::init(CudaMode::Auto));
+    cl::init(CudaMode::Auto), cl::cat(targetCategory));
 static cl::opt<std::string>
     cudaChip("cuda-chip",
              cl::desc("GPU architecture of the CUDA kernels (sm_80, sm_90, "
-                      "...); PTX for sm_XX runs on that and newer GPUs"),
-             cl::init("sm_90"));
+                      "...)"),
+             cl::init("sm_90"), cl::cat(targetCategory));
 static cl::opt<int64_t> cudaBlockSize(
     "cuda-block-size",
     cl::desc("threads per block of every CUDA kernel (0: chosen per kernel)"),
-    cl::init(0));
+    cl::init(0), cl::cat(targetCategory));
 
 static int fail(const llvm::Twine &message) {
   llvm::errs() << "fwp-compile: error: " << message << "\n";
@@ -105,6 +122,11 @@ int main(int argc, char **argv) {
   registerMLIRContextCLOptions();
   registerPassManagerCLOptions();
   fwp::registerAllPasses();
+  fwp::moveOptionsTo(debugCategory,
+                     {"mlir-print-ir-after-all", "mlir-print-ir-before-all",
+                      "mlir-print-ir-after-failure"});
+  fwp::hideOptionsOutside(
+      {&outputCategory, &modelCategory, &targetCategory, &debugCategory});
   cl::ParseCommandLineOptions(argc, argv,
                               "fwp-compile: compile a fast-weight layer (fwp "
                               "dialect) into a .fwpk artifact\n");
