@@ -3,9 +3,10 @@
 //   fwp-compile models/rdn.mlir -o rdn.fwpk [--dim d=32] [--emit=STAGE]
 //
 // Stages: mlir (differentiated fwp IR), llvm-mlir (LLVM dialect), llvm
-// (optimised LLVM IR), ptx (the GPU kernels), manifest (JSON), obj (object
-// file), fwpk (default). An f32 layer also gets CUDA kernels (PTX, and a
-// cubin when ptxas is installed) embedded next to the CPU code.
+// (optimised LLVM IR), ptx (a folder with one PTX file per CUDA kernel),
+// manifest (JSON), obj (object file), fwpk (default). An f32 layer also gets
+// CUDA kernels (PTX, and a cubin when ptxas is installed) embedded next to the
+// CPU code.
 //
 //===----------------------------------------------------------------------===//
 
@@ -46,7 +47,8 @@ static cl::OptionCategory debugCategory("Debugging");
 static cl::extrahelp examples(R"(
 EXAMPLES:
   fwp-compile models/rdn.mlir -o rdn.fwpk          # CPU + CUDA kernels, forward + backward
-  fwp-compile models/delta_mlp.mlir --dim d=32 --dim d_ff=128 -o mlp.fwpk
+  fwp-compile models/delta_mlp.mlir --dim d=32 --dim d_ff=128 --emit=ptx -o mlp_ptx
+                                                   # mlp_ptx/<kernel>.ptx, one per kernel
 )");
 
 static cl::opt<std::string> inputFile(cl::Positional,
@@ -54,7 +56,7 @@ static cl::opt<std::string> inputFile(cl::Positional,
                                       cl::Required, cl::cat(outputCategory));
 static cl::opt<std::string>
     outputFile("o",
-               cl::desc("output file ('-': stdout)"),
+               cl::desc("output file ('-': stdout; a folder for --emit=ptx)"),
                cl::value_desc("path"), cl::init(""), cl::cat(outputCategory));
 static cl::list<std::string>
     dims("dim", cl::desc("override a named size of the model: --dim d=32"),
@@ -67,7 +69,7 @@ static cl::opt<Stage> emit(
                           "the LLVM dialect after the CPU lowering"),
                clEnumValN(Stage::Llvm, "llvm", "optimised LLVM IR"),
                clEnumValN(Stage::Ptx, "ptx",
-                          "the CUDA kernels' PTX"),
+                          "the CUDA kernels, one .ptx file each, in a folder"),
                clEnumValN(Stage::Manifest, "manifest", "the JSON manifest"),
                clEnumValN(Stage::Object, "obj", "the object file"),
                clEnumValN(Stage::Artifact, "fwpk", "the artifact (default)")),
@@ -180,7 +182,7 @@ int main(int argc, char **argv) {
     }
   std::string output = outputFile;
   if (output.empty()) {
-    static const char *extensions[] = {".mlir", ".mlir", ".ll",  ".ptx",
+    static const char *extensions[] = {".mlir", ".mlir", ".ll",  "_ptx",
                                        ".json", ".o",    ".fwpk"};
     output = layerName + extensions[static_cast<int>(emit.getValue())];
   }
@@ -220,13 +222,22 @@ int main(int argc, char **argv) {
   } else if (emit == Stage::Ptx) {
     return fail("--emit=ptx needs CUDA kernels (not --cuda=off)");
   }
-  if (emit == Stage::Ptx) {
+  if (emit == Stage::Ptx && output == "-") {
+    // For reading only: several PTX modules in one text are no valid PTX.
     std::string text;
     for (const ::fwp::CudaKernel &kernel : cudaKernels)
       text += "// ---- " + kernel.role + ": " + kernel.kernel + " (" +
               kernel.chip + ", block " + std::to_string(kernel.blockSize) +
               ") ----\n" + kernel.ptx;
     return failed(writeText(output, text)) ? 1 : 0;
+  }
+  if (emit == Stage::Ptx) {
+    // One PTX module per kernel, each a valid input of ptxas.
+    if (llvm::sys::fs::is_regular_file(output))
+      return fail("--emit=ptx writes one file per kernel into a folder, and '" +
+                  output + "' is a file");
+    return failed(::fwp::writeCudaBundle(*module, cudaKernels, output)) ? 1
+                                                                       : 0;
   }
   std::vector<::fwp::EmbeddedData> embedded;
   for (const ::fwp::CudaKernel &kernel : cudaKernels) {
