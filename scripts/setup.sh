@@ -40,6 +40,14 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.s
 else
   echo "[setup] torch $torch_version present"
 fi
+# fwp-plot (tools/fwp-plot) draws with matplotlib; its tests run under pytest.
+plot_packages=(matplotlib==3.11.2 pytest==9.2.0)
+if ! "$venv/bin/python" -c "import matplotlib, pytest" 2>/dev/null; then
+  echo "[setup] pip install ${plot_packages[*]}"
+  "$venv/bin/python" -m pip install -q "${plot_packages[@]}"
+else
+  echo "[setup] matplotlib, pytest present"
+fi
 # The Arcade Learning Environment (C++ library + ROMs from the ale-py sdist on
 # PyPI) for the Atari task; cached in .deps/ale, a no-op once built.
 bash "$root/scripts/setup_ale.sh"

@@ -3,15 +3,17 @@
 //   fwp-compile models/rdn.mlir -o rdn.fwpk [--dim d=32] [--emit=STAGE]
 //
 // Stages: mlir (differentiated fwp IR), llvm-mlir (LLVM dialect), llvm
-// (optimised LLVM IR), ptx (the GPU kernels), manifest (JSON), obj (object
-// file), fwpk (default). An f32 layer also gets CUDA kernels (PTX, and a
-// cubin when ptxas is installed) embedded next to the CPU code.
+// (optimised LLVM IR), ptx (a folder with one PTX file per CUDA kernel),
+// manifest (JSON), obj (object file), fwpk (default). An f32 layer also gets
+// CUDA kernels (PTX, and a cubin when ptxas is installed) embedded next to the
+// CPU code.
 //
 //===----------------------------------------------------------------------===//
 
 #include "fwp/InitAll.h"
 #include "fwp/Target/Artifact.h"
 #include "fwp/Target/Cuda.h"
+#include "fwp/Tools/CommandLine.h"
 
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/BuiltinOps.h"
@@ -35,14 +37,30 @@
 using namespace mlir;
 namespace cl = llvm::cl;
 
+// --help shows these categories (and LLVM's generic options) only; every
+// other option of LLVM and MLIR is hidden (--help-hidden lists them).
+static cl::OptionCategory outputCategory("Output");
+static cl::OptionCategory modelCategory("The layer");
+static cl::OptionCategory targetCategory("Code generation");
+static cl::OptionCategory debugCategory("Debugging");
+
+static cl::extrahelp examples(R"(
+EXAMPLES:
+  fwp-compile models/rdn.mlir -o rdn.fwpk          # CPU + CUDA kernels, forward + backward
+  fwp-compile models/delta_mlp.mlir --dim d=32 --dim d_ff=128 --emit=ptx -o mlp_ptx
+                                                   # mlp_ptx/<kernel>.ptx, one per kernel
+)");
+
 static cl::opt<std::string> inputFile(cl::Positional,
                                       cl::desc("<layer .mlir file>"),
-                                      cl::Required);
-static cl::opt<std::string> outputFile("o", cl::desc("output file"),
-                                       cl::value_desc("path"), cl::init(""));
+                                      cl::Required, cl::cat(outputCategory));
+static cl::opt<std::string>
+    outputFile("o",
+               cl::desc("output file ('-': stdout; a folder for --emit=ptx)"),
+               cl::value_desc("path"), cl::init(""), cl::cat(outputCategory));
 static cl::list<std::string>
     dims("dim", cl::desc("override a named size of the model: --dim d=32"),
-         cl::value_desc("name=value"));
+         cl::value_desc("name=value"), cl::cat(modelCategory));
 enum class Stage { Mlir, LlvmMlir, Llvm, Ptx, Manifest, Object, Artifact };
 static cl::opt<Stage> emit(
     "emit", cl::desc("stop after a stage and write its output"),
@@ -50,19 +68,20 @@ static cl::opt<Stage> emit(
                clEnumValN(Stage::LlvmMlir, "llvm-mlir",
                           "the LLVM dialect after the CPU lowering"),
                clEnumValN(Stage::Llvm, "llvm", "optimised LLVM IR"),
-               clEnumValN(Stage::Ptx, "ptx", "the CUDA kernels' PTX"),
+               clEnumValN(Stage::Ptx, "ptx",
+                          "the CUDA kernels, one .ptx file each, in a folder"),
                clEnumValN(Stage::Manifest, "manifest", "the JSON manifest"),
                clEnumValN(Stage::Object, "obj", "the object file"),
                clEnumValN(Stage::Artifact, "fwpk", "the artifact (default)")),
-    cl::init(Stage::Artifact));
+    cl::init(Stage::Artifact), cl::cat(outputCategory));
 static cl::opt<std::string>
     dtype("dtype", cl::desc("compute in this float type instead of the "
                             "model's (f32 or f64)"),
-          cl::init(""));
+          cl::init(""), cl::cat(modelCategory));
 static cl::opt<std::string>
-    cpu("cpu", cl::desc("x86-64 processor to generate code for (a name such "
-                        "as x86-64-v3, or 'native')"),
-        cl::init("x86-64-v3"));
+    cpu("cpu", cl::desc("x86-64 processor of the CPU code (x86-64-v3, "
+                        "native, ...)"),
+        cl::init("x86-64-v3"), cl::cat(targetCategory));
 
 enum class CudaMode { Auto, On, Off };
 static cl::opt<CudaMode> cudaMode(
@@ -71,16 +90,16 @@ static cl::opt<CudaMode> cudaMode(
                           "when the layer computes in f32 (default)"),
                clEnumValN(CudaMode::On, "on", "always (an error if impossible)"),
                clEnumValN(CudaMode::Off, "off", "CPU kernels only")),
-    cl::init(CudaMode::Auto));
+    cl::init(CudaMode::Auto), cl::cat(targetCategory));
 static cl::opt<std::string>
     cudaChip("cuda-chip",
              cl::desc("GPU architecture of the CUDA kernels (sm_80, sm_90, "
-                      "...); PTX for sm_XX runs on that and newer GPUs"),
-             cl::init("sm_90"));
+                      "...)"),
+             cl::init("sm_90"), cl::cat(targetCategory));
 static cl::opt<int64_t> cudaBlockSize(
     "cuda-block-size",
     cl::desc("threads per block of every CUDA kernel (0: chosen per kernel)"),
-    cl::init(0));
+    cl::init(0), cl::cat(targetCategory));
 
 static int fail(const llvm::Twine &message) {
   llvm::errs() << "fwp-compile: error: " << message << "\n";
@@ -105,6 +124,11 @@ int main(int argc, char **argv) {
   registerMLIRContextCLOptions();
   registerPassManagerCLOptions();
   fwp::registerAllPasses();
+  fwp::moveOptionsTo(debugCategory,
+                     {"mlir-print-ir-after-all", "mlir-print-ir-before-all",
+                      "mlir-print-ir-after-failure"});
+  fwp::hideOptionsOutside(
+      {&outputCategory, &modelCategory, &targetCategory, &debugCategory});
   cl::ParseCommandLineOptions(argc, argv,
                               "fwp-compile: compile a fast-weight layer (fwp "
                               "dialect) into a .fwpk artifact\n");
@@ -158,7 +182,7 @@ int main(int argc, char **argv) {
     }
   std::string output = outputFile;
   if (output.empty()) {
-    static const char *extensions[] = {".mlir", ".mlir", ".ll",  ".ptx",
+    static const char *extensions[] = {".mlir", ".mlir", ".ll",  "_ptx",
                                        ".json", ".o",    ".fwpk"};
     output = layerName + extensions[static_cast<int>(emit.getValue())];
   }
@@ -198,13 +222,22 @@ int main(int argc, char **argv) {
   } else if (emit == Stage::Ptx) {
     return fail("--emit=ptx needs CUDA kernels (not --cuda=off)");
   }
-  if (emit == Stage::Ptx) {
+  if (emit == Stage::Ptx && output == "-") {
+    // For reading only: several PTX modules in one text are no valid PTX.
     std::string text;
     for (const ::fwp::CudaKernel &kernel : cudaKernels)
       text += "// ---- " + kernel.role + ": " + kernel.kernel + " (" +
               kernel.chip + ", block " + std::to_string(kernel.blockSize) +
               ") ----\n" + kernel.ptx;
     return failed(writeText(output, text)) ? 1 : 0;
+  }
+  if (emit == Stage::Ptx) {
+    // One PTX module per kernel, each a valid input of ptxas.
+    if (llvm::sys::fs::is_regular_file(output))
+      return fail("--emit=ptx writes one file per kernel into a folder, and '" +
+                  output + "' is a file");
+    return failed(::fwp::writeCudaBundle(*module, cudaKernels, output)) ? 1
+                                                                       : 0;
   }
   std::vector<::fwp::EmbeddedData> embedded;
   for (const ::fwp::CudaKernel &kernel : cudaKernels) {

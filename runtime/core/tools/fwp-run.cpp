@@ -203,6 +203,10 @@ int main(int argc, char **argv) {
 
   CLI::App app{"Run one fast-weight layer (forward, optionally backward) on the tensors of a "
                "safetensors file."};
+  app.footer("\nExamples:\n"
+             "  fwp-run --layer delta_rnn --inputs in.safetensors --out out.safetensors --backward\n"
+             "  fwp-run --artifact build/artifacts/rdn.fwpk --device cuda --inputs in.safetensors "
+             "--out out.safetensors");
   auto *layerOption = app.add_option("--layer", options.layer, "reference layer: " + layers);
   auto *artifactOption =
       app.add_option("--artifact", options.artifact, "a layer compiled by fwp-compile (.fwpk)");

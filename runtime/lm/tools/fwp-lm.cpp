@@ -85,9 +85,13 @@ int main(int argc, char **argv) {
   CLI::App app{"fwp-lm: word-level language-modelling utilities"};
   app.require_subcommand(1);
   app.fallthrough();
+  app.footer("\nExamples:\n"
+             "  fwp-lm prepare --data data/austen\n"
+             "  fwp-lm train --config models/configs/wt103_demo_austen.toml");
   fwp::lm::CorpusOptions options;
   std::string jsonPath;
   auto *prepareCmd = app.add_subcommand("prepare", "build or validate the token cache of a corpus");
+  prepareCmd->footer("\nExample:\n  fwp-lm prepare --data data/austen --json austen.json");
   prepareCmd->add_option("--data", options.dataDir, "folder with wiki.{train,valid,test}.tokens")->required();
   prepareCmd->add_option("--cache-dir", options.cacheDir, "where the cache goes (default: --data)");
   prepareCmd->add_flag("--skip-empty-lines", options.skipEmptyLines, "empty lines yield no <eos>");
@@ -97,6 +101,9 @@ int main(int argc, char **argv) {
   std::string trainDevice;
   bool noBar = false;
   auto *trainCmd = app.add_subcommand("train", "train a language model from a TOML config");
+  trainCmd->footer("\nExamples:\n"
+                   "  fwp-lm train --config models/configs/wt103_demo_austen.toml\n"
+                   "  fwp-lm train --config models/configs/wt103_delta_net_small.toml --device cuda");
   trainCmd->add_option("--config", train.configPath, "run configuration (models/configs/wt103_*.toml)")->required();
   trainCmd->add_option("--set", train.overrides, "override a config key: --set train.steps=100");
   trainCmd->add_option("--device", trainDevice, "cpu, cuda or cuda:<n> (overrides train.device)");
@@ -109,6 +116,8 @@ int main(int argc, char **argv) {
   std::string evalDevice;
   int64_t maxTokens = 0;
   auto *evalCmd = app.add_subcommand("eval", "perplexity of a checkpoint on a split");
+  evalCmd->footer("\nExample:\n"
+                  "  fwp-lm eval --checkpoint runs/wt103_demo_austen/best.pt --mode carry");
   evalCmd->add_option("--checkpoint", eval.checkpoint, "a best.pt / last.pt of fwp-lm train")->required();
   evalCmd->add_option("--split", eval.split, "train, valid or test")->capture_default_str();
   evalCmd->add_option("--mode", eval.modes, "sliding, carry or segments (repeatable; default: eval.modes)");

@@ -78,8 +78,15 @@ int main(int argc, char **argv) {
   CLI::App app{"fwp-atari: IMPALA/V-trace agents with LSTM or fast-weight memory on Atari 2600 "
                "(ALE)"};
   app.require_subcommand(1);
+  app.footer("\nExamples:\n"
+             "  fwp-atari train --config models/configs/atari_cpu_breakout_delta_net.toml "
+             "--run-dir runs/breakout\n"
+             "  fwp-atari test --checkpoint runs/breakout/checkpoint.pt --episodes 30");
 
   auto *trainCmd = app.add_subcommand("train", "train (or resume) an agent");
+  trainCmd->footer("\nExample:\n"
+                   "  fwp-atari train --config models/configs/atari_cpu_breakout_delta_net.toml "
+                   "--run-dir runs/breakout");
   std::string configPath, runDir;
   bool fresh = false;
   std::vector<std::string> overrides;
@@ -90,6 +97,9 @@ int main(int argc, char **argv) {
   trainCmd->add_option("--set", overrides, "override a config value: section.key=value");
 
   auto *testCmd = app.add_subcommand("test", "play full games and report the scores");
+  testCmd->footer("\nExamples:\n"
+                  "  fwp-atari test --checkpoint runs/breakout/checkpoint.pt --episodes 30\n"
+                  "  fwp-atari test --policy random --game breakout --episodes 10");
   std::string checkpoint, policy = "greedy", game, outPath;
   int episodes = 30;
   uint64_t seed = 12345;
@@ -104,6 +114,8 @@ int main(int argc, char **argv) {
   testCmd->add_option("--threads", threads, "LibTorch intra-op threads")->check(CLI::PositiveNumber);
 
   auto *benchCmd = app.add_subcommand("bench-env", "environment throughput, random actions");
+  benchCmd->footer("\nExample:\n"
+                   "  fwp-atari bench-env --game pong --actors 1,2 --seconds 10");
   std::string benchGame = "pong", actorList = "1,2";
   int envsPerActor = 8;
   double seconds = 10;

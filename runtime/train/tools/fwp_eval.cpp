@@ -18,6 +18,9 @@ using namespace fwp::train;
 
 int main(int argc, char **argv) {
   CLI::App app{"fwp-eval: evaluate a fwp-train checkpoint on a data split"};
+  app.footer("\nExamples:\n"
+             "  fwp-eval --checkpoint runs/readme_codeexec/best.pt --split test\n"
+             "  fwp-eval --checkpoint runs/codeexec3_rdn/best.pt --reference --json");
   EvalRequest request;
   std::string device;
   bool json = false;

@@ -36,6 +36,10 @@ int main(int argc, char **argv) {
   CLI::App app{"fwp-train: train a fast-weight model (or an LSTM/Transformer "
                "baseline) on code execution or ListOps"};
   app.require_subcommand(0, 1);
+  app.footer("\nExamples:\n"
+             "  fwp-train --config models/configs/codeexec_small.toml "
+             "--artifact build/artifacts/delta_net.fwpk\n"
+             "  fwp-train --config models/configs/listops10_rdn.toml --set train.steps=100");
 
   TrainRequest request;
   std::string device;
@@ -63,6 +67,9 @@ int main(int argc, char **argv) {
 
   CLI::App *gen = app.add_subcommand(
       "gen-data", "generate a data set (train/valid/test.txt) and exit");
+  gen->footer("\nExamples:\n"
+              "  fwp-train gen-data --task codeexec --vars 3 --out data/codeexec3\n"
+              "  fwp-train gen-data --config models/configs/listops10_rdn.toml");
   std::string genConfig, task, out, ops;
   int64_t seed = 1, nTrain = 10000, nValid = 1000, nTest = 1000;
   int vars = 3, statements = 100, maxConstant = 9, depth = 10, maxArgs = 5, maxLength = 0;

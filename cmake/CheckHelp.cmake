@@ -1,0 +1,35 @@
+# Checks a tool's --help: it exits 0, fits one screen (at most MAX_LINES
+# lines, none wider than 100 columns but the usage line) and contains every string of EXPECT
+# (its options and its examples). Run by ctest:
+#   cmake -DTOOL=<exe> "-DARGS=train;--help" "-DEXPECT=--config;Examples:"
+#         -DMAX_LINES=60 -P cmake/CheckHelp.cmake
+cmake_minimum_required(VERSION 3.20)
+if(NOT DEFINED MAX_LINES)
+  set(MAX_LINES 60)
+endif()
+execute_process(COMMAND ${TOOL} ${ARGS}
+                OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${TOOL} ${ARGS} exited with ${rc}:\n${out}${err}")
+endif()
+string(REGEX MATCHALL "\n" newlines "${out}")
+list(LENGTH newlines lines)
+if(lines GREATER MAX_LINES)
+  message(FATAL_ERROR "${TOOL} ${ARGS}: ${lines} lines, more than ${MAX_LINES}:\n${out}")
+endif()
+string(REPLACE ";" "\\;" escaped "${out}")
+string(REPLACE "\n" ";" rows "${escaped}")
+foreach(row IN LISTS rows)
+  string(LENGTH "${row}" width)
+  # (the usage line names the tool by its path, which can be long)
+  if(width GREATER 100 AND NOT row MATCHES "^Usage: ")
+    message(FATAL_ERROR "${TOOL} ${ARGS}: a line of ${width} columns:\n${row}")
+  endif()
+endforeach()
+foreach(expected IN LISTS EXPECT)
+  string(FIND "${out}" "${expected}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "${TOOL} ${ARGS}: the help lacks '${expected}':\n${out}")
+  endif()
+endforeach()
+message(STATUS "${TOOL} ${ARGS}: ${lines} lines")
