@@ -2,6 +2,7 @@
 # Installs everything fwp needs on a fresh Debian 12 machine, idempotently:
 #   - LLVM/MLIR 22 (compiler side), ninja, ccache, GoogleTest, TOML/CLI/JSON headers (apt-get)
 #   - LibTorch from the PyPI torch wheel, in a project-local virtualenv (.venv)
+#   - the fwp Python package (python/, editable) and pytest, in that venv
 # Re-running it is cheap: apt-get and pip skip what is already there.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,6 +40,19 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.s
   "$venv/bin/python" -m pip install -q "torch==$torch_version" numpy
 else
   echo "[setup] torch $torch_version present"
+fi
+# The fwp Python package (python/, installed editable: it loads the operator
+# library that scripts/build.sh builds into build/lib) and pytest for its tests
+# (docs/python.md).
+if ! "$venv/bin/python" -c "import pytest" 2>/dev/null; then
+  echo "[setup] pip install pytest"
+  "$venv/bin/python" -m pip install -q "pytest>=8,<10"
+fi
+if ! "$venv/bin/python" -c "import sys, fwp; sys.exit(0 if fwp.__file__.startswith('$root/python/') else 1)" 2>/dev/null; then
+  echo "[setup] pip install -e python/ (the fwp package)"
+  "$venv/bin/python" -m pip install -q --no-deps -e "$root/python"
+else
+  echo "[setup] fwp package present"
 fi
 # The Arcade Learning Environment (C++ library + ROMs from the ale-py sdist on
 # PyPI) for the Atari task; cached in .deps/ale, a no-op once built.
