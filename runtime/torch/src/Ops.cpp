@@ -52,18 +52,26 @@ std::string joined(const std::vector<std::string> &names) {
   return out;
 }
 
-/// The names of an operator's `inputs`: seq inputs, params, then (when
-/// given) "init.<state>" for every state.
-TensorMap nameInputs(const Artifact &artifact, at::TensorList inputs, const char *op) {
+/// The names of an operator's inputs: seq inputs, params, then
+/// "init.<state>" for every state.
+std::vector<std::string> inputNames(const Artifact &artifact) {
   const LayerSignature &signature = artifact.signature();
   std::vector<std::string> names;
   for (const TensorSpec &spec : signature.seq)
     names.push_back(spec.name);
   for (const TensorSpec &spec : signature.params)
     names.push_back(spec.name);
-  const size_t required = names.size();
   for (const TensorSpec &spec : signature.states)
     names.push_back(initName(spec.name));
+  return names;
+}
+
+/// Names an operator's `inputs` (the initial states are optional, all or
+/// none) and checks that each is a defined, contiguous tensor.
+TensorMap nameInputs(const Artifact &artifact, at::TensorList inputs, const char *op) {
+  const LayerSignature &signature = artifact.signature();
+  std::vector<std::string> names = inputNames(artifact);
+  const size_t required = signature.seq.size() + signature.params.size();
   if (inputs.size() != required && inputs.size() != names.size())
     throw Error(artifact.path() + ": fwp::" + op + " takes " + std::to_string(required) +
                 " tensors (" + joined(std::vector<std::string>(names.begin(), names.begin() + required)) + ") or " +
@@ -116,12 +124,27 @@ std::vector<at::Tensor> forwardMeta(const std::string &path, at::TensorList inpu
   return outputs;
 }
 
-/// Names `saved` (forward_train's outputs after y) and `grads` (of y and the
-/// final states) for runCompiledBackward.
-void nameBackward(const Artifact &artifact, const CallShape &call, at::TensorList saved,
-                  const c10::List<std::optional<at::Tensor>> &grads, TensorMap &forwardResults,
-                  TensorMap &gradients) {
-  auto shapes = compiledForwardShapes(artifact, call.batch, call.heads, call.steps, true);
+/// One backward call: its inputs, the saved forward results and the
+/// output gradients, named for runCompiledBackward, after the checks.
+struct BackwardCall {
+  std::shared_ptr<const Artifact> artifact;
+  std::vector<std::string> inputNames; ///< in the order of `inputs`
+  TensorMap inputs, forwardResults, gradients;
+};
+
+/// Names `inputs`, `saved` (forward_train's outputs after y) and `grads` (of
+/// y and the final states) and checks their counts and the inputs.
+BackwardCall prepareBackward(const std::string &path, at::TensorList inputs,
+                             at::TensorList saved,
+                             const c10::List<std::optional<at::Tensor>> &grads) {
+  BackwardCall call;
+  call.artifact = artifactAt(path);
+  const Artifact &artifact = *call.artifact;
+  call.inputs = nameInputs(artifact, inputs, "backward");
+  CallShape shape = checkCall(artifact, call.inputs);
+  call.inputNames = inputNames(artifact);
+  call.inputNames.resize(inputs.size());
+  auto shapes = compiledForwardShapes(artifact, shape.batch, shape.heads, shape.steps, true);
   const size_t outputs = 1 + artifact.signature().states.size();
   if (saved.size() + 1 != shapes.size())
     throw Error(artifact.path() + ": fwp::backward takes " + std::to_string(shapes.size() - 1) +
@@ -132,43 +155,31 @@ void nameBackward(const Artifact &artifact, const CallShape &call, at::TensorLis
                 " gradients (of y and of every final state; None for zero), got " +
                 std::to_string(grads.size()));
   for (size_t i = 0; i < saved.size(); ++i)
-    forwardResults[shapes[1 + i].first] = saved[i];
+    call.forwardResults[shapes[1 + i].first] = saved[i];
   for (size_t i = 0; i < outputs; ++i) {
     std::optional<at::Tensor> grad = grads.get(i);
     if (grad && grad->defined())
-      gradients["grad." + shapes[i].first] = *grad;
+      call.gradients["grad." + shapes[i].first] = *grad;
   }
+  return call;
 }
 
 std::vector<at::Tensor> backward(const std::string &path, at::TensorList inputs,
                                  at::TensorList saved,
                                  const c10::List<std::optional<at::Tensor>> &grads) {
-  std::shared_ptr<const Artifact> artifact = artifactAt(path);
-  TensorMap named = nameInputs(*artifact, inputs, "backward");
-  CallShape call = checkCall(*artifact, named);
-  TensorMap forwardResults, gradients;
-  nameBackward(*artifact, call, saved, grads, forwardResults, gradients);
-  TensorMap results = runCompiledBackward(*artifact, named, forwardResults, gradients);
-  const LayerSignature &signature = artifact->signature();
+  BackwardCall call = prepareBackward(path, inputs, saved, grads);
+  TensorMap results =
+      runCompiledBackward(*call.artifact, call.inputs, call.forwardResults, call.gradients);
   std::vector<at::Tensor> out;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    size_t seq = signature.seq.size(), params = signature.params.size();
-    std::string name = i < seq            ? signature.seq[i].name
-                       : i < seq + params ? signature.params[i - seq].name
-                                          : initName(signature.states[i - seq - params].name);
+  for (const std::string &name : call.inputNames)
     out.push_back(results.at("grad." + name));
-  }
   return out;
 }
 
 std::vector<at::Tensor> backwardMeta(const std::string &path, at::TensorList inputs,
                                      at::TensorList saved,
                                      const c10::List<std::optional<at::Tensor>> &grads) {
-  std::shared_ptr<const Artifact> artifact = artifactAt(path);
-  TensorMap named = nameInputs(*artifact, inputs, "backward");
-  CallShape call = checkCall(*artifact, named);
-  TensorMap forwardResults, gradients;
-  nameBackward(*artifact, call, saved, grads, forwardResults, gradients);
+  prepareBackward(path, inputs, saved, grads);
   std::vector<at::Tensor> out;
   for (const at::Tensor &input : inputs)
     out.push_back(at::empty(input.sizes(), input.options()));
