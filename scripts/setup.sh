@@ -50,7 +50,13 @@ if ! "$venv/bin/python" -c "import pytest" 2>/dev/null; then
 fi
 if ! "$venv/bin/python" -c "import sys, fwp; sys.exit(0 if fwp.__file__.startswith('$root/python/') else 1)" 2>/dev/null; then
   echo "[setup] pip install -e python/ (the fwp package)"
-  "$venv/bin/python" -m pip install -q --no-deps -e "$root/python"
+  if ! "$venv/bin/python" -m pip install -q --no-deps -e "$root/python"; then
+    # pip's isolated build needs setuptools from the index; without one, put
+    # python/ on the venv's path directly (the same as an editable install).
+    site="$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")"
+    echo "[setup] pip could not install python/; adding it to $site/fwp-local.pth"
+    echo "$root/python" > "$site/fwp-local.pth"
+  fi
 else
   echo "[setup] fwp package present"
 fi
