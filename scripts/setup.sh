@@ -2,6 +2,7 @@
 # Installs everything fwp needs on a fresh Debian 12 machine, idempotently:
 #   - LLVM/MLIR 22 (compiler side), ninja, ccache, GoogleTest, TOML/CLI/JSON headers (apt-get)
 #   - LibTorch from the PyPI torch wheel, in a project-local virtualenv (.venv)
+#   - the fwp Python package (python/, editable) and pytest, in that venv
 # Re-running it is cheap: apt-get and pip skip what is already there.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,6 +48,21 @@ if ! "$venv/bin/python" -c "import matplotlib, pytest" 2>/dev/null; then
   "$venv/bin/python" -m pip install -q "${plot_packages[@]}"
 else
   echo "[setup] matplotlib, pytest present"
+fi
+# The fwp Python package (python/, installed editable: it loads the operator
+# library that scripts/build.sh builds into build/lib) and pytest for its tests
+# (docs/python.md); pytest comes with fwp-plot's packages above.
+if ! "$venv/bin/python" -c "import sys, fwp; sys.exit(0 if fwp.__file__.startswith('$root/python/') else 1)" 2>/dev/null; then
+  echo "[setup] pip install -e python/ (the fwp package)"
+  if ! "$venv/bin/python" -m pip install -q --no-deps -e "$root/python"; then
+    # pip's isolated build needs setuptools from the index; without one, put
+    # python/ on the venv's path directly (the same as an editable install).
+    site="$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")"
+    echo "[setup] pip could not install python/; adding it to $site/fwp-local.pth"
+    echo "$root/python" > "$site/fwp-local.pth"
+  fi
+else
+  echo "[setup] fwp package present"
 fi
 # The Arcade Learning Environment (C++ library + ROMs from the ale-py sdist on
 # PyPI) for the Atari task; cached in .deps/ale, a no-op once built.

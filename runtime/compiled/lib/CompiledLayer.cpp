@@ -184,43 +184,21 @@ std::vector<int64_t> tensorShape(const KernelArg &arg, int64_t batch,
   return out;
 }
 
-struct CallContext;
-
-/// Carries the call's context through the autograd graph (IValue capsule).
-struct CallHolder : torch::CustomClassHolder {
-  explicit CallHolder(std::shared_ptr<CallContext> call) : call(std::move(call)) {}
-  std::shared_ptr<CallContext> call;
-};
-
-struct CallContext {
-  std::shared_ptr<const Artifact> artifact;
-  /// The artifact's CUDA kernels for the call's device (CUDA calls only).
-  const cuda::KernelBundle *cuda = nullptr;
-  std::vector<std::string> inputNames; ///< order of the autograd inputs
-  int64_t batch = 0, heads = 0, steps = 0;
-};
-
-/// The forward pass: runs `kernel` (forward or forward_train) and returns
-/// y, final states (in signature order) and, for forward_train, the tape.
-struct ForwardResult {
-  torch::Tensor y;
-  std::vector<torch::Tensor> finals;
-  TensorMap tape;
-};
-
-ForwardResult runForward(const Artifact &artifact, const CpuKernel &kernel,
-                         const TensorMap &inputs, int64_t batch, int64_t heads,
-                         int64_t steps) {
+/// The forward pass on CPU: runs `kernel` (forward or forward_train) and
+/// returns "y", "final.<state>" and, for forward_train, the tape by name.
+TensorMap runCpuForward(const Artifact &artifact, const CpuKernel &kernel,
+                        const TensorMap &inputs, int64_t batch, int64_t heads,
+                        int64_t steps) {
   auto options = torch::TensorOptions().dtype(artifact.dtype());
-  ForwardResult result;
-  TensorMap finals;
+  TensorMap results;
   for (const TensorSpec &state : artifact.signature().states) {
     auto init = inputs.find(initName(state.name));
     std::vector<int64_t> shape{batch, heads};
     for (int64_t size : resolveShape(state, artifact.dims()))
       shape.push_back(size);
-    finals[state.name] = init != inputs.end()
-                             ? init->second.detach().contiguous().clone().view(shape)
+    // In/out: the kernel overwrites it with the final state.
+    results[finalName(state.name)] =
+        init != inputs.end() ? init->second.detach().contiguous().clone().view(shape)
                              : torch::zeros(shape, options);
   }
   std::vector<Buffer> buffers;
@@ -232,13 +210,10 @@ ForwardResult runForward(const Artifact &artifact, const CpuKernel &kernel,
       buffer.tensor = inputs.at(arg.name).detach().contiguous();
       buffer.perHead = true;
     } else if (arg.role == "state") {
-      buffer.tensor = finals.at(arg.name);
-    } else if (arg.role == "output") {
-      result.y = torch::empty(tensorShape(arg, batch, heads, steps), options);
-      buffer.tensor = result.y;
-    } else if (arg.role == "tape") {
+      buffer.tensor = results.at(finalName(arg.name));
+    } else if (arg.role == "output" || arg.role == "tape") {
       buffer.tensor = torch::empty(tensorShape(arg, batch, heads, steps), options);
-      result.tape[arg.name] = buffer.tensor;
+      results[arg.name] = buffer.tensor;
     } else {
       throw Error(artifact.path() + ": kernel " + kernel.symbol +
                   " has an argument of role '" + arg.role + "' in a forward kernel");
@@ -246,88 +221,152 @@ ForwardResult runForward(const Artifact &artifact, const CpuKernel &kernel,
     buffers.push_back(std::move(buffer));
   }
   runKernel(kernel, buffers, batch, heads, steps);
-  for (const TensorSpec &state : artifact.signature().states)
-    result.finals.push_back(finals.at(state.name));
-  return result;
+  return results;
 }
 
-/// What a backward pass needs of its forward: the call, the inputs by name,
-/// the final states in signature order (the backward rebuilds the states
-/// from them) and the tape by name.
-struct SavedForward {
-  std::shared_ptr<CallContext> call;
-  TensorMap inputs;
-  std::vector<torch::Tensor> finals;
-  TensorMap tape;
+/// The backward pass on CPU (see runCompiledBackward); `forwardResults` and
+/// `grads` are already checked and in the artifact's dtype.
+TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
+                         const TensorMap &forwardResults, const TensorMap &grads,
+                         int64_t batch, int64_t heads, int64_t steps) {
+  auto options = torch::TensorOptions().dtype(artifact.dtype());
+  TensorMap results;
+  std::vector<Buffer> buffers;
+  const CpuKernel &kernel = artifact.backward();
+  for (const KernelArg &arg : kernel.args) {
+    Buffer buffer;
+    std::vector<int64_t> shape = tensorShape(arg, batch, heads, steps);
+    if (arg.role == "seq") {
+      buffer.tensor = inputs.at(arg.name).detach().contiguous();
+    } else if (arg.role == "param") {
+      buffer.tensor = inputs.at(arg.name).detach().contiguous();
+      buffer.perHead = true;
+    } else if (arg.role == "tape") {
+      buffer.tensor = forwardResults.at(arg.name).contiguous();
+    } else if (arg.role == "grad_output") {
+      auto grad = grads.find("grad." + arg.name);
+      buffer.tensor = grad != grads.end() ? grad->second.contiguous()
+                                          : torch::zeros(shape, options);
+    } else if (arg.role == "state") {
+      // The backward rebuilds the states in place: start from a copy.
+      buffer.tensor =
+          forwardResults.at(finalName(arg.name)).clone(at::MemoryFormat::Contiguous);
+    } else if (arg.role == "grad_state") {
+      // In/out: the final state's gradient in, the initial state's out.
+      auto grad = grads.find("grad." + finalName(arg.name));
+      buffer.tensor = grad != grads.end()
+                          ? grad->second.clone(at::MemoryFormat::Contiguous).view(shape)
+                          : torch::zeros(shape, options);
+      results["grad." + initName(arg.name)] = buffer.tensor;
+    } else if (arg.role == "grad_param") {
+      // One accumulator per (batch, head); summed over the batch below.
+      std::vector<int64_t> accumulatorShape{batch, heads};
+      accumulatorShape.insert(accumulatorShape.end(), arg.shape.begin(), arg.shape.end());
+      buffer.tensor = torch::zeros(accumulatorShape, options);
+      results["grad." + arg.name] = buffer.tensor;
+    } else if (arg.role == "grad_seq") {
+      buffer.tensor = torch::empty(shape, options);
+      results["grad." + arg.name] = buffer.tensor;
+    } else {
+      throw Error(artifact.path() + ": role '" + arg.role + "' in the backward kernel");
+    }
+    buffers.push_back(std::move(buffer));
+  }
+  runKernel(kernel, buffers, batch, heads, steps);
+  for (const KernelArg &arg : kernel.args)
+    if (arg.role == "grad_param")
+      results["grad." + arg.name] = results["grad." + arg.name].sum(0);
+  return results;
+}
+
+/// Validates one call's inputs against the artifact and picks its kernels:
+/// the CUDA kernels for the tensors' device (null on CPU).
+struct PreparedCall {
+  CallShape shape;
+  const cuda::KernelBundle *cuda = nullptr;
 };
 
-void saveForward(torch::autograd::AutogradContext *ctx, at::TensorList inputs,
-                 const std::vector<torch::Tensor> &finals, const TensorMap &tape,
-                 std::shared_ptr<CallContext> call) {
-  torch::autograd::variable_list saved(inputs.begin(), inputs.end());
-  for (const torch::Tensor &final : finals)
-    saved.push_back(final.detach());
-  for (const TensorSpec &spec : call->artifact->tape())
-    saved.push_back(tape.at(spec.name));
-  ctx->save_for_backward(saved);
-  ctx->saved_data["call"] =
-      c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
+PreparedCall prepareCall(const Artifact &artifact, const TensorMap &inputs) {
+  PreparedCall prepared;
+  prepared.shape = validateInputs(artifact.signature(), artifact.dims(), inputs);
+  const CallShape &call = prepared.shape;
+  if (call.dtype != artifact.dtype())
+    throw Error(artifact.path() + ": the layer was compiled for " +
+                (artifact.dtype() == torch::kFloat ? "float32" : "float64") +
+                " tensors, got " + c10::toString(call.dtype));
+  if (call.device.is_cuda()) {
+    if (!artifact.hasCuda())
+      throw Error(artifact.path() + ": this artifact has CPU kernels only; got tensors on " +
+                  call.device.str() + " (recompile it with fwp-compile --cuda=on)");
+    prepared.cuda = &artifact.cudaKernels(cuda::deviceLimits(call.device.index()).chip);
+  } else if (!call.device.is_cpu()) {
+    throw Error(artifact.path() + ": compiled layers run on CPU or CUDA tensors, got " +
+                call.device.str());
+  }
+  return prepared;
 }
 
-SavedForward restoreForward(torch::autograd::AutogradContext *ctx) {
-  SavedForward out;
-  out.call = c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
-                 ->call;
-  const Artifact &artifact = *out.call->artifact;
-  auto saved = ctx->get_saved_variables();
-  size_t next = 0;
-  for (const std::string &name : out.call->inputNames)
-    out.inputs[name] = saved[next++].detach();
-  for (size_t i = 0; i < artifact.signature().states.size(); ++i)
-    out.finals.push_back(saved[next++].detach());
-  for (const TensorSpec &spec : artifact.tape())
-    out.tape[spec.name] = saved[next++].detach();
-  return out;
-}
+/// The call's artifact and the order of its autograd inputs.
+struct CallContext {
+  std::shared_ptr<const Artifact> artifact;
+  std::vector<std::string> inputNames;
+};
 
-/// The CUDA twin of CompiledScanFunction: forward_train records the tape on
-/// the device, backward rebuilds the states from the final ones.
-class CudaScanFunction : public torch::autograd::Function<CudaScanFunction> {
+/// Carries the call's context through the autograd graph (IValue capsule).
+struct CallHolder : torch::CustomClassHolder {
+  explicit CallHolder(std::shared_ptr<CallContext> call) : call(std::move(call)) {}
+  std::shared_ptr<CallContext> call;
+};
+
+// The inputs travel as an at::TensorList: autograd tracks the tensors of a
+// TensorList argument, but not those of a std::vector. forward_train records
+// the tape (on CPU or on the device); backward rebuilds the states from the
+// final ones.
+class CompiledScanFunction : public torch::autograd::Function<CompiledScanFunction> {
 public:
-  static torch::autograd::variable_list
-  forward(torch::autograd::AutogradContext *ctx, at::TensorList inputs,
-          std::shared_ptr<CallContext> call) {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext *ctx,
+                                                at::TensorList inputs,
+                                                std::shared_ptr<CallContext> call) {
     const Artifact &artifact = *call->artifact;
     TensorMap named;
     for (size_t i = 0; i < inputs.size(); ++i)
       named[call->inputNames[i]] = inputs[i].detach();
-    TensorMap results = cuda::runForward(*call->cuda, named, /*train=*/true);
-    torch::autograd::variable_list outputs{results.at("y")};
-    for (const TensorSpec &state : artifact.signature().states)
+    TensorMap results = runCompiledForward(artifact, named, /*train=*/true);
+    torch::autograd::variable_list outputs{results.at("y")}, saved(inputs.begin(), inputs.end());
+    for (const TensorSpec &state : artifact.signature().states) {
       outputs.push_back(results.at(finalName(state.name)));
-    std::vector<torch::Tensor> finals(outputs.begin() + 1, outputs.end());
-    saveForward(ctx, inputs, finals, results, std::move(call));
+      saved.push_back(outputs.back().detach());
+    }
+    for (const TensorSpec &spec : artifact.tape())
+      saved.push_back(results.at(spec.name));
+    ctx->save_for_backward(saved);
+    ctx->saved_data["call"] =
+        c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
     return outputs;
   }
 
-  static torch::autograd::variable_list
-  backward(torch::autograd::AutogradContext *ctx,
-           torch::autograd::variable_list gradOutputs) {
-    SavedForward saved = restoreForward(ctx);
-    const std::shared_ptr<CallContext> &call = saved.call;
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list gradOutputs) {
+    std::shared_ptr<CallContext> call =
+        c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
+            ->call;
     const Artifact &artifact = *call->artifact;
     const LayerSignature &signature = artifact.signature();
-    const TensorMap &inputs = saved.inputs;
-    TensorMap forwardResults = saved.tape, grads;
-    for (size_t i = 0; i < signature.states.size(); ++i)
-      forwardResults[finalName(signature.states[i].name)] = saved.finals[i];
+    auto saved = ctx->get_saved_variables();
+    size_t next = 0;
+    TensorMap inputs, forwardResults, grads;
+    for (const std::string &name : call->inputNames)
+      inputs[name] = saved[next++].detach();
+    for (const TensorSpec &state : signature.states)
+      forwardResults[finalName(state.name)] = saved[next++].detach();
+    for (const TensorSpec &spec : artifact.tape())
+      forwardResults[spec.name] = saved[next++].detach();
     if (gradOutputs[0].defined())
-      grads["grad.y"] = gradOutputs[0].to(artifact.dtype());
+      grads["grad.y"] = gradOutputs[0];
     for (size_t i = 0; i < signature.states.size(); ++i)
       if (gradOutputs[1 + i].defined())
-        grads["grad." + finalName(signature.states[i].name)] =
-            gradOutputs[1 + i].to(artifact.dtype());
-    TensorMap results = cuda::runBackward(*call->cuda, inputs, forwardResults, grads);
+        grads["grad." + finalName(signature.states[i].name)] = gradOutputs[1 + i];
+    TensorMap results = runCompiledBackward(artifact, inputs, forwardResults, grads);
 
     torch::autograd::variable_list gradInputs;
     for (const std::string &name : call->inputNames) {
@@ -338,110 +377,6 @@ public:
     return gradInputs;
   }
 };
-
-// The inputs travel as an at::TensorList: autograd tracks the tensors of a
-// TensorList argument, but not those of a std::vector.
-class CompiledScanFunction : public torch::autograd::Function<CompiledScanFunction> {
-public:
-  static torch::autograd::variable_list
-  forward(torch::autograd::AutogradContext *ctx,
-          at::TensorList inputs, std::shared_ptr<CallContext> call) {
-    const Artifact &artifact = *call->artifact;
-    TensorMap named;
-    for (size_t i = 0; i < inputs.size(); ++i)
-      named[call->inputNames[i]] = inputs[i];
-    ForwardResult result = runForward(artifact, artifact.forwardTrain(), named,
-                                      call->batch, call->heads, call->steps);
-    torch::autograd::variable_list outputs{result.y};
-    for (const torch::Tensor &final : result.finals)
-      outputs.push_back(final);
-    saveForward(ctx, inputs, result.finals, result.tape, std::move(call));
-    return outputs;
-  }
-
-  static torch::autograd::variable_list
-  backward(torch::autograd::AutogradContext *ctx,
-           torch::autograd::variable_list gradOutputs) {
-    SavedForward saved = restoreForward(ctx);
-    const std::shared_ptr<CallContext> &call = saved.call;
-    const Artifact &artifact = *call->artifact;
-    const LayerSignature &signature = artifact.signature();
-    const TensorMap &named = saved.inputs;
-    const TensorMap &tape = saved.tape;
-    TensorMap finals;
-    for (size_t i = 0; i < signature.states.size(); ++i)
-      finals[signature.states[i].name] = saved.finals[i];
-
-    auto options = torch::TensorOptions().dtype(artifact.dtype());
-    int64_t batch = call->batch, heads = call->heads, steps = call->steps;
-    TensorMap gradState, gradParam, gradSeq;
-    std::vector<Buffer> buffers;
-    const CpuKernel &kernel = artifact.backward();
-    for (const KernelArg &arg : kernel.args) {
-      Buffer buffer;
-      std::vector<int64_t> shape = tensorShape(arg, batch, heads, steps);
-      if (arg.role == "seq") {
-        buffer.tensor = named.at(arg.name).contiguous();
-      } else if (arg.role == "param") {
-        buffer.tensor = named.at(arg.name).contiguous();
-        buffer.perHead = true;
-      } else if (arg.role == "tape") {
-        buffer.tensor = tape.at(arg.name);
-      } else if (arg.role == "grad_output") {
-        const torch::Tensor &grad = gradOutputs[0];
-        buffer.tensor = grad.defined() ? grad.to(artifact.dtype()).contiguous()
-                                       : torch::zeros(shape, options);
-      } else if (arg.role == "state") {
-        // The backward rebuilds the states in place: start from a copy.
-        buffer.tensor = finals.at(arg.name).clone();
-      } else if (arg.role == "grad_state") {
-        size_t index = 0;
-        while (signature.states[index].name != arg.name)
-          ++index;
-        const torch::Tensor &grad = gradOutputs[1 + index];
-        std::vector<int64_t> stateShape{batch, heads};
-        for (int64_t size : arg.shape)
-          stateShape.push_back(size);
-        buffer.tensor = grad.defined()
-                            ? grad.to(artifact.dtype()).contiguous().clone().view(stateShape)
-                            : torch::zeros(stateShape, options);
-        gradState[arg.name] = buffer.tensor;
-      } else if (arg.role == "grad_param") {
-        // One accumulator per (batch, head); summed over the batch below.
-        std::vector<int64_t> accumulatorShape{batch, heads};
-        for (int64_t size : arg.shape)
-          accumulatorShape.push_back(size);
-        buffer.tensor = torch::zeros(accumulatorShape, options);
-        gradParam[arg.name] = buffer.tensor;
-      } else if (arg.role == "grad_seq") {
-        buffer.tensor = torch::empty(shape, options);
-        gradSeq[arg.name] = buffer.tensor;
-      } else {
-        throw Error(artifact.path() + ": role '" + arg.role +
-                    "' in the backward kernel");
-      }
-      buffers.push_back(std::move(buffer));
-    }
-    runKernel(kernel, buffers, batch, heads, steps);
-
-    torch::autograd::variable_list grads;
-    for (const std::string &name : call->inputNames) {
-      const torch::Tensor &input = named.at(name);
-      torch::Tensor grad;
-      if (gradSeq.count(name))
-        grad = gradSeq.at(name);
-      else if (gradParam.count(name))
-        grad = gradParam.at(name).sum(0);
-      else if (name.rfind("init.", 0) == 0)
-        grad = gradState.at(name.substr(5));
-      grads.push_back(grad.view(input.sizes()).to(input.dtype()));
-    }
-    grads.emplace_back(); // the CallContext argument
-    return grads;
-  }
-
-};
-
 /// Checks that `path` is a complete x86-64 ELF shared library before it is
 /// handed to dlopen: the loader maps segments past the end of a truncated
 /// file and dies of SIGBUS instead of failing. Returns the file's size.
@@ -740,26 +675,8 @@ TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
     return outputs;
   }
   const LayerSignature &signature = artifact_->signature();
-  CallShape call = validateInputs(signature, artifact_->dims(), inputs);
-  if (call.dtype != artifact_->dtype())
-    throw Error(artifact_->path() + ": the layer was compiled for " +
-                (artifact_->dtype() == torch::kFloat ? "float32" : "float64") +
-                " tensors, got " + c10::toString(call.dtype));
   auto context = std::make_shared<CallContext>();
   context->artifact = artifact_;
-  if (call.device.is_cuda()) {
-    if (!artifact_->hasCuda())
-      throw Error(artifact_->path() + ": this artifact has CPU kernels only; got tensors on " +
-                  call.device.str() + " (recompile it with fwp-compile --cuda=on)");
-    context->cuda =
-        &artifact_->cudaKernels(cuda::deviceLimits(call.device.index()).chip);
-  } else if (!call.device.is_cpu()) {
-    throw Error(artifact_->path() + ": compiled layers run on CPU or CUDA tensors, got " +
-                call.device.str());
-  }
-  context->batch = call.batch;
-  context->heads = call.heads;
-  context->steps = call.steps;
   torch::autograd::variable_list autogradInputs;
   bool needsGrad = false;
   auto add = [&](const std::string &name) {
@@ -768,7 +685,7 @@ TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
       return;
     context->inputNames.push_back(name);
     autogradInputs.push_back(it->second);
-    needsGrad |= it->second.requires_grad();
+    needsGrad |= it->second.defined() && it->second.requires_grad();
   };
   for (const TensorSpec &spec : signature.seq)
     add(spec.name);
@@ -777,29 +694,103 @@ TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
   for (const TensorSpec &spec : signature.states)
     add(initName(spec.name));
 
+  if (!needsGrad || !torch::GradMode::is_enabled())
+    return runCompiledForward(*artifact_, inputs, /*train=*/false);
+  torch::autograd::variable_list results =
+      CompiledScanFunction::apply(at::TensorList(autogradInputs), context);
   TensorMap outputs;
-  if (needsGrad && torch::GradMode::is_enabled()) {
-    torch::autograd::variable_list results =
-        context->cuda ? CudaScanFunction::apply(at::TensorList(autogradInputs), context)
-                      : CompiledScanFunction::apply(at::TensorList(autogradInputs), context);
-    outputs["y"] = results[0];
-    for (size_t i = 0; i < signature.states.size(); ++i)
-      outputs[finalName(signature.states[i].name)] = results[1 + i];
-    return outputs;
-  }
-  if (context->cuda) {
-    TensorMap results = cuda::runForward(*context->cuda, inputs, /*train=*/false);
-    outputs["y"] = results.at("y");
-    for (const TensorSpec &state : signature.states)
-      outputs[finalName(state.name)] = results.at(finalName(state.name));
-    return outputs;
-  }
-  ForwardResult result = runForward(*artifact_, artifact_->forward(), inputs,
-                                    call.batch, call.heads, call.steps);
-  outputs["y"] = result.y;
+  outputs["y"] = results[0];
   for (size_t i = 0; i < signature.states.size(); ++i)
-    outputs[finalName(signature.states[i].name)] = result.finals[i];
+    outputs[finalName(signature.states[i].name)] = results[1 + i];
   return outputs;
+}
+
+TensorMap runCompiledForward(const Artifact &artifact, const TensorMap &inputs, bool train) {
+  PreparedCall call = prepareCall(artifact, inputs);
+  TensorMap results;
+  if (call.cuda) {
+    TensorMap all = cuda::runForward(*call.cuda, inputs, train);
+    for (const auto &[name, shape] : compiledForwardShapes(
+             artifact, call.shape.batch, call.shape.heads, call.shape.steps, train))
+      results[name] = all.at(name);
+    return results;
+  }
+  return runCpuForward(artifact, train ? artifact.forwardTrain() : artifact.forward(), inputs,
+                       call.shape.batch, call.shape.heads, call.shape.steps);
+}
+
+TensorMap runCompiledBackward(const Artifact &artifact, const TensorMap &inputs,
+                              const TensorMap &forwardResults, const TensorMap &grads) {
+  PreparedCall call = prepareCall(artifact, inputs);
+  const CallShape &shape = call.shape;
+  // The kernels trust every buffer's size: check what the caller kept of the
+  // forward and the gradients it hands in.
+  auto check = [&](const TensorMap &map, const std::string &name,
+                   const std::vector<int64_t> &want, bool required) -> std::optional<torch::Tensor> {
+    auto it = map.find(name);
+    if (it == map.end() || !it->second.defined()) {
+      if (required)
+        throw Error(artifact.path() + ": the backward needs the forward result '" + name + "'");
+      return std::nullopt;
+    }
+    const torch::Tensor &tensor = it->second;
+    if (tensor.sizes().vec() != want)
+      throw Error(artifact.path() + ": tensor '" + name + "' has shape " +
+                  shapeText(tensor.sizes().vec()) + " but the backward needs " + shapeText(want));
+    if (tensor.device() != shape.device)
+      throw Error(artifact.path() + ": tensor '" + name + "' is on " + tensor.device().str() +
+                  " but the inputs are on " + shape.device.str());
+    if (!tensor.is_floating_point())
+      throw Error(artifact.path() + ": tensor '" + name + "' has dtype " +
+                  c10::toString(tensor.scalar_type()) + "; expected a floating-point dtype");
+    return tensor.detach().to(artifact.dtype()).contiguous();
+  };
+  TensorMap results, checkedGrads;
+  for (const auto &[name, want] :
+       compiledForwardShapes(artifact, shape.batch, shape.heads, shape.steps, /*train=*/true)) {
+    if (name != "y")
+      results[name] = *check(forwardResults, name, want, /*required=*/true);
+    std::string gradName = "grad." + name;
+    if (name == "y" || name.rfind("final.", 0) == 0)
+      if (auto grad = check(grads, gradName, want, /*required=*/false))
+        checkedGrads[gradName] = *grad;
+  }
+  for (const auto &[name, tensor] : grads)
+    if (!checkedGrads.count(name) && tensor.defined())
+      throw Error(artifact.path() + ": unexpected gradient '" + name +
+                  "' (expected grad.y and grad.final.<state>)");
+  TensorMap all = call.cuda ? cuda::runBackward(*call.cuda, inputs, results, checkedGrads)
+                            : runCpuBackward(artifact, inputs, results, checkedGrads,
+                                             shape.batch, shape.heads, shape.steps);
+  TensorMap gradients;
+  for (const auto &[name, tensor] : inputs)
+    gradients["grad." + name] = all.at("grad." + name).view(tensor.sizes());
+  return gradients;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>>
+compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, int64_t steps,
+                      bool train) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+  const CpuKernel &kernel = train ? artifact.forwardTrain() : artifact.forward();
+  auto argShape = [&](const std::string &role, const std::string &name) {
+    for (const KernelArg &arg : kernel.args)
+      if (arg.role == role && arg.name == name)
+        return tensorShape(arg, batch, heads, steps);
+    throw Error(artifact.path() + ": kernel " + kernel.symbol + " has no " + role + " '" +
+                name + "'");
+  };
+  shapes.emplace_back("y", argShape("output", "y"));
+  for (const TensorSpec &state : artifact.signature().states) {
+    std::vector<int64_t> shape{batch, heads};
+    for (int64_t size : resolveShape(state, artifact.dims()))
+      shape.push_back(size);
+    shapes.emplace_back(finalName(state.name), shape);
+  }
+  if (train)
+    for (const TensorSpec &spec : artifact.tape())
+      shapes.emplace_back(spec.name, argShape("tape", spec.name));
+  return shapes;
 }
 
 std::unique_ptr<FastWeightLayer> loadCompiledLayer(const std::string &path) {

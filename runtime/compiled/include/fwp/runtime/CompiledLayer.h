@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fwp {
@@ -87,6 +88,30 @@ public:
 private:
   std::shared_ptr<const Artifact> artifact_;
 };
+
+/// The kernels of `artifact` without autograd, on CPU or CUDA tensors: what
+/// CompiledLayer's autograd function runs, and what the torch.ops.fwp
+/// operators wrap (runtime/torch, docs/python.md). `inputs` as for
+/// FastWeightLayer::forward, validated the same way (fwp::Error otherwise).
+/// Returns "y", "final.<state>" for every state and, with `train`
+/// (forward_train), every tape entry under its manifest name.
+TensorMap runCompiledForward(const Artifact &artifact, const TensorMap &inputs, bool train);
+
+/// The backward kernel: from the forward's `inputs`, the results of
+/// runCompiledForward(train = true) (`final.<state>` and the tape) and the
+/// output gradients "grad.y" and "grad.final.<state>" (each optional: zero
+/// when absent), returns "grad.<name>" for every tensor of `inputs`
+/// (params' gradients summed over the batch). Checks the shapes, dtypes and
+/// devices of the forward results and gradients (fwp::Error).
+TensorMap runCompiledBackward(const Artifact &artifact, const TensorMap &inputs,
+                              const TensorMap &forwardResults, const TensorMap &grads);
+
+/// Names and shapes of what runCompiledForward returns for a call of
+/// `batch` x `heads` x `steps`, in order: "y", "final.<state>" in the
+/// signature's order, then (with `train`) the tape in the manifest's order.
+std::vector<std::pair<std::string, std::vector<int64_t>>>
+compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, int64_t steps,
+                      bool train);
 
 /// Loads a .fwpk as a FastWeightLayer (throws fwp::Error).
 std::unique_ptr<FastWeightLayer> loadCompiledLayer(const std::string &path);
