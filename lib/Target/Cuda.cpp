@@ -18,11 +18,14 @@
 #include "mlir/Target/LLVM/NVVM/Target.h"
 #include "mlir/Target/LLVMIR/Dialect/All.h"
 #include "llvm/ADT/ScopeExit.h"
+#include "llvm/MC/MCSubtargetInfo.h"
+#include "llvm/MC/TargetRegistry.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Program.h"
+#include "llvm/Support/TargetSelect.h"
 #include "llvm/Support/raw_ostream.h"
 
 using namespace mlir;
@@ -413,5 +416,23 @@ struct TestCudaCompilePass
 } // namespace
 
 void registerCudaTestPasses() { PassRegistration<TestCudaCompilePass>(); }
+
+LogicalResult checkCudaChip(StringRef chip, std::string &error) {
+  LLVMInitializeNVPTXTargetInfo();
+  LLVMInitializeNVPTXTargetMC();
+  llvm::Triple triple("nvptx64-nvidia-cuda");
+  const llvm::Target *target = llvm::TargetRegistry::lookupTarget(triple, error);
+  if (!target)
+    return failure();
+  std::unique_ptr<llvm::MCSubtargetInfo> subtarget(
+      target->createMCSubtargetInfo(triple, "", ""));
+  if (!chip.starts_with("sm_") || !subtarget ||
+      !subtarget->isCPUStringValid(chip)) {
+    error = "unknown GPU architecture '" + chip.str() +
+            "' (--cuda-chip takes a name such as sm_80, sm_90 or sm_90a)";
+    return failure();
+  }
+  return success();
+}
 
 } // namespace fwp
