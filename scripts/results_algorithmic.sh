@@ -36,7 +36,7 @@ run_one() {
   echo "$task $model: $steps steps -> $dir"
   # shellcheck disable=SC2086
   nice -n 10 "$build/runtime/train/fwp-train" --config "models/configs/${task}_${model}.toml" \
-    $size $common --steps "$steps" --set train.eval_every="$every" --run-dir "$dir" \
+    $size $common --steps "$steps" --set train.eval_every="$every" --run-dir "$dir" --overwrite \
     --set data.dir="data/$task" > "$dir/log.txt" 2>&1 && touch "$dir/done"
   echo "$task $model: $(grep '^test' "$dir/log.txt" | tail -1)"
 }

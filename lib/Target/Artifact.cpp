@@ -9,6 +9,7 @@
 #include "mlir/Pass/PassRegistry.h"
 #include "mlir/Target/LLVMIR/Export.h"
 #include "llvm/IR/LegacyPassManager.h"
+#include "llvm/MC/MCSubtargetInfo.h"
 #include "llvm/MC/TargetRegistry.h"
 #include "llvm/Passes/PassBuilder.h"
 #include "llvm/Support/FileSystem.h"
@@ -242,9 +243,35 @@ static std::unique_ptr<llvm::TargetMachine> makeTargetMachine(StringRef cpu,
   std::unique_ptr<llvm::TargetMachine> machine(target->createTargetMachine(
       triple, cpuName, features, options, llvm::Reloc::PIC_, std::nullopt,
       llvm::CodeGenOptLevel::Aggressive));
-  if (!machine)
+  if (!machine) {
     error = "cannot create a target machine for cpu '" + cpu.str() + "'";
+    return nullptr;
+  }
+  // An unknown name would only warn and fall back to a generic processor.
+  if (!machine->getMCSubtargetInfo()->isCPUStringValid(cpuName)) {
+    error = "unknown x86-64 processor '" + cpu.str() +
+            "' (--cpu takes a name such as x86-64, x86-64-v2, x86-64-v3, "
+            "x86-64-v4, skylake or znver3, or 'native')";
+    return nullptr;
+  }
   return machine;
+}
+
+FailureOr<llvm::json::Object> describeCpuTarget(StringRef cpu,
+                                                std::string &error) {
+  std::unique_ptr<llvm::TargetMachine> machine = makeTargetMachine(cpu, error);
+  if (!machine)
+    return failure();
+  const llvm::MCSubtargetInfo &subtarget = *machine->getMCSubtargetInfo();
+  llvm::json::Array features;
+  for (const llvm::SubtargetFeatureKV &feature :
+       subtarget.getAllProcessorFeatures())
+    if (subtarget.getFeatureBits().test(feature.Value))
+      features.push_back(std::string(feature.Key));
+  // Owned strings: the target machine's go away with it.
+  return llvm::json::Object{{"triple", std::string(kTriple)},
+                            {"cpu", machine->getTargetCPU().str()},
+                            {"features", std::move(features)}};
 }
 
 FailureOr<std::unique_ptr<llvm::Module>>
@@ -303,16 +330,12 @@ translateToOptimizedLLVM(ModuleOp module, llvm::LLVMContext &context,
 }
 
 LogicalResult emitObjectFile(llvm::Module &module, StringRef cpu,
-                                  StringRef path, std::string &error) {
+                             llvm::SmallVectorImpl<char> &object,
+                             std::string &error) {
   std::unique_ptr<llvm::TargetMachine> machine = makeTargetMachine(cpu, error);
   if (!machine)
     return failure();
-  std::error_code ec;
-  llvm::raw_fd_ostream out(path, ec, llvm::sys::fs::OF_None);
-  if (ec) {
-    error = "cannot write '" + path.str() + "': " + ec.message();
-    return failure();
-  }
+  llvm::raw_svector_ostream out(object);
   llvm::legacy::PassManager codegen;
   if (machine->addPassesToEmitFile(codegen, out, nullptr,
                                    llvm::CodeGenFileType::ObjectFile)) {
@@ -320,12 +343,11 @@ LogicalResult emitObjectFile(llvm::Module &module, StringRef cpu,
     return failure();
   }
   codegen.run(module);
-  out.flush();
   return success();
 }
 
 LogicalResult linkSharedLibrary(StringRef objectPath, StringRef outputPath,
-                                     std::string &error) {
+                                std::string &error) {
   llvm::ErrorOr<std::string> driver = llvm::sys::findProgramByName("cc");
   if (!driver)
     driver = llvm::sys::findProgramByName("gcc");
@@ -333,22 +355,18 @@ LogicalResult linkSharedLibrary(StringRef objectPath, StringRef outputPath,
     error = "no C compiler driver ('cc') on PATH to link the shared library";
     return failure();
   }
-  std::string temporary = (outputPath + ".tmp").str();
-  SmallVector<StringRef> args{*driver, "-shared", "-o", temporary, objectPath,
-                              "-lm"};
+  // -nostartfiles: no crt objects, so the library has no initializers or
+  // finalizers (the runtime refuses images that have any).
+  SmallVector<StringRef> args{*driver,        "-shared", "-nostartfiles",
+                              "-Wl,-z,noexecstack", "-o", outputPath,
+                              objectPath,     "-lm"};
   std::string message;
   int status = llvm::sys::ExecuteAndWait(*driver, args, std::nullopt, {}, 0, 0,
                                          &message);
   if (status != 0) {
-    llvm::sys::fs::remove(temporary);
     error = "linking failed (" + *driver + " exited with " +
             std::to_string(status) + (message.empty() ? "" : ": " + message) +
             ")";
-    return failure();
-  }
-  if (std::error_code ec = llvm::sys::fs::rename(temporary, outputPath)) {
-    llvm::sys::fs::remove(temporary);
-    error = "cannot write '" + outputPath.str() + "': " + ec.message();
     return failure();
   }
   return success();

@@ -1,6 +1,7 @@
 //===- Cuda.cpp - Compiling fwp scans to CUDA kernels ---------------------===//
 
 #include "fwp/Target/Cuda.h"
+#include "fwp/Target/Container.h"
 
 #include "fwp/Conversion/FwpToGPU/FwpToGPU.h"
 #include "fwp/Dialect/Fwp/IR/FwpDialect.h"
@@ -18,11 +19,14 @@
 #include "mlir/Target/LLVM/NVVM/Target.h"
 #include "mlir/Target/LLVMIR/Dialect/All.h"
 #include "llvm/ADT/ScopeExit.h"
+#include "llvm/MC/MCSubtargetInfo.h"
+#include "llvm/MC/TargetRegistry.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Program.h"
+#include "llvm/Support/TargetSelect.h"
 #include "llvm/Support/raw_ostream.h"
 
 using namespace mlir;
@@ -302,24 +306,9 @@ LogicalResult writeCudaBundle(ModuleOp module,
   auto write = [&](StringRef name, StringRef bytes) -> LogicalResult {
     SmallString<128> path(dir);
     llvm::sys::path::append(path, name);
-    // Temp file + rename: a reader never sees half a file.
-    SmallString<128> temp(path);
-    temp += ".tmp";
-    {
-      std::error_code ec;
-      llvm::raw_fd_ostream os(temp, ec);
-      if (!ec) {
-        os << bytes;
-        os.close();
-        ec = os.error();
-      }
-      if (ec) {
-        module.emitError() << "cannot write " << temp << ": " << ec.message();
-        return failure();
-      }
-    }
-    if (std::error_code ec = llvm::sys::fs::rename(temp, path)) {
-      module.emitError() << "cannot write " << path << ": " << ec.message();
+    std::string error;
+    if (failed(writeOutputFile(path, bytes, error))) {
+      module.emitError() << error;
       return failure();
     }
     return success();
@@ -413,5 +402,23 @@ struct TestCudaCompilePass
 } // namespace
 
 void registerCudaTestPasses() { PassRegistration<TestCudaCompilePass>(); }
+
+LogicalResult checkCudaChip(StringRef chip, std::string &error) {
+  LLVMInitializeNVPTXTargetInfo();
+  LLVMInitializeNVPTXTargetMC();
+  llvm::Triple triple("nvptx64-nvidia-cuda");
+  const llvm::Target *target = llvm::TargetRegistry::lookupTarget(triple, error);
+  if (!target)
+    return failure();
+  std::unique_ptr<llvm::MCSubtargetInfo> subtarget(
+      target->createMCSubtargetInfo(triple, "", ""));
+  if (!chip.starts_with("sm_") || !subtarget ||
+      !subtarget->isCPUStringValid(chip)) {
+    error = "unknown GPU architecture '" + chip.str() +
+            "' (--cuda-chip takes a name such as sm_80, sm_90 or sm_90a)";
+    return failure();
+  }
+  return success();
+}
 
 } // namespace fwp

@@ -5,10 +5,8 @@
 // RUN: fwp-compile %models/delta_net.mlir --dtype=f64 --emit=manifest -o - | FileCheck %s --check-prefix=NOCUDA
 // RUN: fwp-compile %models/delta_net.mlir --cuda=off --emit=manifest -o - | FileCheck %s --check-prefix=NOCUDA
 // RUN: not fwp-compile %models/delta_net.mlir --cuda=off --emit=ptx -o - 2>&1 | FileCheck %s --check-prefix=NOPTX
-// RUN: fwp-compile %models/rdn.mlir -o %t.fwpk
-// RUN: llvm-nm -D %t.fwpk | FileCheck %s --check-prefix=SYMBOLS
-// RUN: fwp-compile %models/rdn.mlir --cuda=off -o %t.cpu.fwpk
-// RUN: llvm-nm -D %t.cpu.fwpk | FileCheck %s --check-prefix=CPUONLY
+// RUN: fwp-compile %models/rdn.mlir --emit=manifest -o - | FileCheck %s --check-prefix=SECTIONS
+// RUN: fwp-compile %models/rdn.mlir --cuda=off --emit=manifest -o - | FileCheck %s --check-prefix=CPUONLY
 
 // CHECK: "kernels": {
 // CHECK: "cpu": {
@@ -45,12 +43,15 @@
 
 // NOPTX: error: --emit=ptx needs CUDA kernels
 
-// SYMBOLS-DAG: R fwp_manifest
-// SYMBOLS-DAG: R fwp_ptx_rdn_kernel
-// SYMBOLS-DAG: R fwp_ptx_rdn_train_kernel
-// SYMBOLS-DAG: R fwp_ptx_rdn_grad_kernel
-// SYMBOLS-DAG: T fwp_rdn_grad
+// The PTX texts are sections of the container, each with its digest.
+// SECTIONS: "sections": [
+// SECTIONS: "kind": "ptx",
+// SECTIONS-NEXT: "name": "fwp_ptx_rdn_kernel",
+// SECTIONS-NEXT: "sha256": "{{[0-9a-f]+}}",
+// SECTIONS-NEXT: "size": {{[1-9][0-9]*}}
+// SECTIONS: "name": "fwp_ptx_rdn_train_kernel",
+// SECTIONS: "name": "fwp_ptx_rdn_grad_kernel",
 
 // CPUONLY-NOT: fwp_ptx
-// CPUONLY: fwp_manifest
+// CPUONLY: "sections": []
 // CPUONLY-NOT: fwp_ptx

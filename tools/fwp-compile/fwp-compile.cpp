@@ -5,13 +5,15 @@
 // Stages: mlir (differentiated fwp IR), llvm-mlir (LLVM dialect), llvm
 // (optimised LLVM IR), ptx (a folder with one PTX file per CUDA kernel),
 // manifest (JSON), obj (object file), fwpk (default). An f32 layer also gets
-// CUDA kernels (PTX, and a cubin when ptxas is installed) embedded next to the
-// CPU code.
+// CUDA kernels (PTX, and a cubin when ptxas is installed) as sections next to
+// the CPU code. The .fwpk container (docs/design.md) lists every section with
+// its SHA-256 digest; outputs are written by fwp::writeOutputFile (Container.h).
 //
 //===----------------------------------------------------------------------===//
 
 #include "fwp/InitAll.h"
 #include "fwp/Target/Artifact.h"
+#include "fwp/Target/Container.h"
 #include "fwp/Target/Cuda.h"
 #include "fwp/Tools/CommandLine.h"
 
@@ -25,6 +27,7 @@
 #include "mlir/Support/FileUtilities.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "llvm/ADT/ScopeExit.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FileUtilities.h"
@@ -106,16 +109,51 @@ static int fail(const llvm::Twine &message) {
   return 1;
 }
 
+/// Every output goes through fwp::writeOutputFile: never through a symlink,
+/// never replacing a device or FIFO, via an exclusive temporary file.
 static LogicalResult writeText(StringRef path, StringRef text) {
   std::string error;
-  auto out = openOutputFile(path, &error);
-  if (!out) {
+  if (failed(fwp::writeOutputFile(path, text, error))) {
     llvm::errs() << "fwp-compile: error: " << error << "\n";
     return failure();
   }
-  out->os() << text;
-  out->keep();
   return success();
+}
+
+/// Links the object code into a shared library in a private temporary
+/// folder and returns the library's bytes.
+static FailureOr<std::string> linkInPrivateFolder(StringRef layerName,
+                                                  StringRef object,
+                                                  std::string &error) {
+  llvm::SmallString<128> folder;
+  if (std::error_code ec =
+          llvm::sys::fs::createUniqueDirectory("fwp-compile", folder)) {
+    error = "cannot create a temporary folder: " + ec.message();
+    return failure();
+  }
+  // Destroyed last: the folder goes after the files in it.
+  llvm::scope_exit removeFolder([&] { llvm::sys::fs::remove(folder); });
+  llvm::SmallString<128> objectPath(folder), libraryPath(folder);
+  llvm::sys::path::append(objectPath, "layer.o");
+  llvm::sys::path::append(libraryPath, "layer.so");
+  llvm::FileRemover removeObject(objectPath), removeLibrary(libraryPath);
+  {
+    std::error_code ec;
+    llvm::raw_fd_ostream out(objectPath, ec, llvm::sys::fs::OF_None);
+    if (ec) {
+      error = "cannot write a temporary object file: " + ec.message();
+      return failure();
+    }
+    out << object;
+  }
+  if (failed(fwp::linkSharedLibrary(objectPath, libraryPath, error)))
+    return failure();
+  auto library = llvm::MemoryBuffer::getFile(libraryPath);
+  if (!library) {
+    error = "cannot read the linked library: " + library.getError().message();
+    return failure();
+  }
+  return (*library)->getBuffer().str();
 }
 
 int main(int argc, char **argv) {
@@ -142,6 +180,13 @@ int main(int argc, char **argv) {
   context.loadAllAvailableDialects();
 
   std::string error;
+  // The target's description goes into the manifest; an unknown --cpu is
+  // reported before any work.
+  FailureOr<llvm::json::Object> target = fwp::describeCpuTarget(cpu, error);
+  if (failed(target))
+    return fail(error);
+  if (cudaMode != CudaMode::Off && failed(::fwp::checkCudaChip(cudaChip, error)))
+    return fail(error);
   std::unique_ptr<llvm::MemoryBuffer> input =
       openInputFile(inputFile, &error);
   if (!input)
@@ -239,16 +284,20 @@ int main(int argc, char **argv) {
     return failed(::fwp::writeCudaBundle(*module, cudaKernels, output)) ? 1
                                                                        : 0;
   }
-  std::vector<::fwp::EmbeddedData> embedded;
+  // The PTX and cubins become sections of the container; the manifest the
+  // CPU code carries lists them with their digests (all but its own).
+  std::vector<::fwp::ContainerSection> sections;
   for (const ::fwp::CudaKernel &kernel : cudaKernels) {
-    embedded.push_back({kernel.ptxSymbol(), kernel.ptx});
+    sections.push_back({kernel.ptxSymbol(), "ptx", kernel.ptx});
     if (!kernel.cubin.empty())
-      embedded.push_back({kernel.cubinSymbol(), kernel.cubin});
+      sections.push_back({kernel.cubinSymbol(), "cubin", kernel.cubin});
   }
+  (*manifest)["target"] = std::move(*target);
+  (*manifest)["sections"] = ::fwp::sectionEntries(sections);
   std::string manifestJson;
   {
     llvm::raw_string_ostream os(manifestJson);
-    os << llvm::formatv("{0:2}", llvm::json::Value(std::move(*manifest)));
+    os << llvm::formatv("{0:2}", llvm::json::Value(llvm::json::Object(*manifest)));
   }
   if (emit == Stage::Manifest)
     return failed(writeText(output, manifestJson + "\n")) ? 1 : 0;
@@ -268,8 +317,7 @@ int main(int argc, char **argv) {
 
   llvm::LLVMContext llvmContext;
   FailureOr<std::unique_ptr<llvm::Module>> llvmModule =
-      fwp::translateToOptimizedLLVM(*module, llvmContext, manifestJson, cpu,
-                                    embedded);
+      fwp::translateToOptimizedLLVM(*module, llvmContext, manifestJson, cpu);
   if (failed(llvmModule))
     return 1;
   if (emit == Stage::Llvm) {
@@ -279,18 +327,18 @@ int main(int argc, char **argv) {
     return failed(writeText(output, text)) ? 1 : 0;
   }
 
-  if (emit == Stage::Object)
-    return failed(fwp::emitObjectFile(**llvmModule, cpu, output, error))
-               ? fail(error)
-               : 0;
-
-  llvm::SmallString<128> objectPath;
-  if (std::error_code ec = llvm::sys::fs::createTemporaryFile(
-          "fwp-" + layerName, "o", objectPath))
-    return fail("cannot create a temporary object file: " + ec.message());
-  llvm::FileRemover removeObject(objectPath);
-  if (failed(fwp::emitObjectFile(**llvmModule, cpu, objectPath, error)) ||
-      failed(fwp::linkSharedLibrary(objectPath, output, error)))
+  llvm::SmallString<0> object;
+  if (failed(fwp::emitObjectFile(**llvmModule, cpu, object, error)))
     return fail(error);
-  return 0;
+  if (emit == Stage::Object)
+    return failed(writeText(output, object)) ? 1 : 0;
+
+  FailureOr<std::string> library = linkInPrivateFolder(layerName, object, error);
+  if (failed(library))
+    return fail(error);
+  sections.push_back({::fwp::kCpuSectionName.str(), "elf", std::move(*library)});
+  return failed(writeText(output, ::fwp::buildContainer(std::move(*manifest),
+                                                        sections)))
+             ? 1
+             : 0;
 }

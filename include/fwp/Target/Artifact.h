@@ -1,7 +1,8 @@
 //===- Artifact.h - Building .fwpk artifacts --------------------*- C++ -*-===//
 //
 // The steps of fwp-compile: front end (differentiation), manifest, CPU
-// lowering to LLVM, code generation and linking into a shared library.
+// lowering to LLVM, code generation and linking into a shared library (the
+// CPU section of the .fwpk container, Container.h).
 // docs/design.md describes the artifact and its manifest.
 //
 //===----------------------------------------------------------------------===//
@@ -19,7 +20,7 @@
 namespace fwp {
 
 /// Version of the artifact format; the runtime refuses other versions.
-inline constexpr int kArtifactFormatVersion = 1;
+inline constexpr int kArtifactFormatVersion = 2;
 
 /// Canonicalise and differentiate: afterwards the module holds the forward
 /// scan @L, @L_train and @L_grad.
@@ -48,12 +49,20 @@ translateToOptimizedLLVM(mlir::ModuleOp module, llvm::LLVMContext &context,
                          llvm::StringRef manifestJson, llvm::StringRef cpu,
                          llvm::ArrayRef<EmbeddedData> embedded = {});
 
-/// Writes an object file for `module`.
-mlir::LogicalResult emitObjectFile(llvm::Module &module, llvm::StringRef cpu,
-                                   llvm::StringRef path, std::string &error);
+/// The manifest's "target" for `cpu`: the triple, the processor and its
+/// features (LLVM's names); fails with `error` for an unknown processor.
+mlir::FailureOr<llvm::json::Object> describeCpuTarget(llvm::StringRef cpu,
+                                                      std::string &error);
 
-/// Links `objectPath` into the shared library `outputPath` with the system C
-/// compiler driver; the output appears atomically (temp file + rename).
+/// Generates the object code of `module` into `object`.
+mlir::LogicalResult emitObjectFile(llvm::Module &module, llvm::StringRef cpu,
+                                   llvm::SmallVectorImpl<char> &object,
+                                   std::string &error);
+
+/// Links `objectPath` into the shared library `outputPath` (a path in a
+/// private temporary folder: the caller puts the library into the .fwpk
+/// container) with the system C compiler driver, without start files, so
+/// that the library has no initializers.
 mlir::LogicalResult linkSharedLibrary(llvm::StringRef objectPath,
                                       llvm::StringRef outputPath,
                                       std::string &error);

@@ -90,6 +90,10 @@ compileScansForCuda(mlir::ModuleOp module, const CudaOptions &options);
 /// ..., "backward": ...} from the kernels' roles.
 llvm::json::Object cudaManifestKernels(const std::vector<CudaKernel> &kernels);
 
+/// Fails with `error` unless `chip` is a GPU architecture that LLVM's NVPTX
+/// back end knows (sm_80, sm_90a, ...).
+mlir::LogicalResult checkCudaChip(llvm::StringRef chip, std::string &error);
+
 /// The ptxas to run, or "" when there is none.
 std::string findPtxas(const CudaOptions &options);
 

@@ -6,10 +6,17 @@
 #include <nlohmann/json.hpp>
 #include <torch/autograd.h>
 
+#include "fwp/runtime/ArtifactContainer.h"
+
 #include <dlfcn.h>
 #include <elf.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -20,7 +27,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = kArtifactFormatVersion;
 
 const std::set<std::string> &knownRoles() {
   static const std::set<std::string> roles = {
@@ -377,47 +384,146 @@ public:
     return gradInputs;
   }
 };
-/// Checks that `path` is a complete x86-64 ELF shared library before it is
-/// handed to dlopen: the loader maps segments past the end of a truncated
-/// file and dies of SIGBUS instead of failing. Returns the file's size.
-uint64_t checkElfFile(const std::string &path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw Error(path + ": cannot open the artifact");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto fail = [&](const std::string &why) -> void {
-    throw Error(path + ": not a .fwpk artifact (" + why + ")");
-  };
-  if (bytes.size() < 4 || bytes.compare(0, 4, "\x7f" "ELF") != 0)
-    fail("no ELF header");
-  if (bytes.size() < sizeof(Elf64_Ehdr))
-    fail("truncated ELF header");
-  Elf64_Ehdr header;
-  std::memcpy(&header, bytes.data(), sizeof header);
-  if (header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_ident[EI_DATA] != ELFDATA2LSB ||
-      header.e_machine != EM_X86_64)
-    fail("not a 64-bit x86-64 ELF file");
-  if (header.e_type != ET_DYN)
-    fail("not a shared library");
-  uint64_t size = bytes.size();
-  uint64_t tableEnd = header.e_phoff + uint64_t(header.e_phnum) * sizeof(Elf64_Phdr);
-  if (header.e_phentsize != sizeof(Elf64_Phdr) || tableEnd > size)
-    fail("program headers past the end of the file: truncated?");
-  for (unsigned i = 0; i < header.e_phnum; ++i) {
-    Elf64_Phdr segment;
-    std::memcpy(&segment, bytes.data() + header.e_phoff + i * sizeof segment, sizeof segment);
-    if (segment.p_type == PT_LOAD && segment.p_offset + segment.p_filesz > size)
-      fail("segment " + std::to_string(i) + " ends at byte " +
-           std::to_string(segment.p_offset + segment.p_filesz) + " but the file has " +
-           std::to_string(size) + ": truncated?");
+/// The CPU features (LLVM's names) that this process can check, and whether
+/// the host has them. Features LLVM lists that are not here (tuning flags
+/// such as "fast-gather", and rarer instructions) are not checked.
+std::optional<bool> hostHasFeature(const std::string &feature) {
+#define FWP_FEATURE(llvmName, gccName)                                                        \
+  if (feature == llvmName)                                                                   \
+    return __builtin_cpu_supports(gccName) != 0;
+  FWP_FEATURE("cmov", "cmov")
+  FWP_FEATURE("mmx", "mmx")
+  FWP_FEATURE("popcnt", "popcnt")
+  FWP_FEATURE("sse", "sse")
+  FWP_FEATURE("sse2", "sse2")
+  FWP_FEATURE("sse3", "sse3")
+  FWP_FEATURE("ssse3", "ssse3")
+  FWP_FEATURE("sse4.1", "sse4.1")
+  FWP_FEATURE("sse4.2", "sse4.2")
+  FWP_FEATURE("avx", "avx")
+  FWP_FEATURE("avx2", "avx2")
+  FWP_FEATURE("fma", "fma")
+  FWP_FEATURE("bmi", "bmi")
+  FWP_FEATURE("bmi2", "bmi2")
+  FWP_FEATURE("aes", "aes")
+  FWP_FEATURE("pclmul", "pclmul")
+  FWP_FEATURE("avx512f", "avx512f")
+  FWP_FEATURE("avx512vl", "avx512vl")
+  FWP_FEATURE("avx512bw", "avx512bw")
+  FWP_FEATURE("avx512dq", "avx512dq")
+  FWP_FEATURE("avx512cd", "avx512cd")
+#undef FWP_FEATURE
+  return std::nullopt;
+}
+
+/// The manifest's "target": the code runs only on a host with its features.
+void checkTarget(const ManifestReader &reader, const json &manifest) {
+  const json &target = reader.member(manifest, "manifest", "target");
+  std::string triple = reader.string(target, "target", "triple");
+  if (triple.rfind("x86_64-", 0) != 0)
+    reader.fail("target.triple", "is '" + triple + "'; this runtime runs x86-64 code");
+  std::string cpu = reader.string(target, "target", "cpu");
+  const json &features = reader.array(target, "target", "features");
+  std::string missing;
+  for (const json &feature : features) {
+    if (!feature.is_string())
+      reader.fail("target.features", "must be an array of strings");
+    std::optional<bool> has = hostHasFeature(feature.get<std::string>());
+    if (has && !*has)
+      missing += (missing.empty() ? "" : ", ") + feature.get<std::string>();
   }
-  if (header.e_shoff + uint64_t(header.e_shnum) * header.e_shentsize > size)
-    fail("section headers past the end of the file: truncated?");
-  return size;
+  if (!missing.empty())
+    reader.fail("target", "says the code was compiled for the processor '" + cpu +
+                              "', which has features this machine lacks (" + missing +
+                              "); recompile with fwp-compile --cpu=native or an older --cpu");
+}
+
+/// The CPU image carries the manifest it was compiled with (less its own
+/// section entry): a manifest cannot be paired with other code.
+void checkCodeMatchesManifest(const ArtifactContainer &container, const CpuImageInfo &image) {
+  json expected = container.manifest;
+  json sections = json::array();
+  for (const json &entry : expected["sections"])
+    if (entry.value("name", "") != kCpuSectionName)
+      sections.push_back(entry);
+  expected["sections"] = sections;
+  if (image.embeddedManifest == expected)
+    return;
+  std::string fields;
+  if (!image.embeddedManifest.is_object())
+    fields = "all";
+  else
+    for (const auto &[key, value] : expected.items())
+      if (!image.embeddedManifest.contains(key) || image.embeddedManifest[key] != value)
+        fields += (fields.empty() ? "" : ", ") + key;
+  std::string hint;
+  if (image.embeddedManifest.is_object())
+    hint = " (the code is for layer " + image.embeddedManifest.value("layer", std::string("?")) +
+           " with dims " + image.embeddedManifest.value("dims", json::object()).dump() + ", " +
+           image.embeddedManifest.value("dtype", std::string("?")) + ")";
+  throw Error(container.path + ": the manifest does not describe the CPU code it holds: "
+              "fields that differ: " + fields + hint);
+}
+
+/// Maps a verified CPU image: written to a sealed memfd and loaded from
+/// there, so what runs is exactly the verified bytes, and no library search
+/// is involved. The image has been checked to run no code when loaded.
+void *mapImage(const std::string &image, const std::string &path, int &fdOut) {
+  int fd = memfd_create("fwpk", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0)
+    throw Error(path + ": cannot load the artifact: memfd_create: " + std::strerror(errno));
+  size_t done = 0;
+  while (done < image.size()) {
+    ssize_t wrote = ::write(fd, image.data() + done, image.size() - done);
+    if (wrote < 0 && errno == EINTR)
+      continue;
+    if (wrote <= 0) {
+      ::close(fd);
+      throw Error(path + ": cannot load the artifact: writing its code to memory failed");
+    }
+    done += size_t(wrote);
+  }
+  fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+  std::string name = "/proc/self/fd/" + std::to_string(fd);
+  // RTLD_LOCAL: two artifacts define the same helper symbols.
+  void *handle = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!handle) {
+    const char *why = dlerror();
+    ::close(fd);
+    throw Error(path + ": cannot load the artifact: " + (why ? why : "unknown error"));
+  }
+  fdOut = fd;
+  return handle;
+}
+
+/// Whether `address` lies in a mapping of the file open as `fd` (so that a
+/// stale library of the same /proc/self/fd name can never be called).
+bool mappedFrom(const void *address, int fd) {
+  struct stat info {};
+  if (fstat(fd, &info) != 0)
+    return false;
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  auto target = reinterpret_cast<uintptr_t>(address);
+  while (std::getline(maps, line)) {
+    std::istringstream fields(line);
+    std::string range, perms, offset, device;
+    unsigned long long inode = 0;
+    fields >> range >> perms >> offset >> device >> inode;
+    size_t dash = range.find('-');
+    if (dash == std::string::npos)
+      continue;
+    uintptr_t begin = std::stoull(range.substr(0, dash), nullptr, 16);
+    uintptr_t end = std::stoull(range.substr(dash + 1), nullptr, 16);
+    if (target >= begin && target < end)
+      return inode == info.st_ino;
+  }
+  return false;
 }
 
 void parseKernel(const ManifestReader &reader, const json &kernels,
-                 const std::string &role, void *handle, CpuKernel &kernel) {
+                 const std::string &role, const std::vector<std::string> &functions,
+                 CpuKernel &kernel) {
   std::string field = "kernels.cpu." + role;
   const json &entry = reader.member(kernels, "kernels.cpu", role);
   kernel.symbol = reader.string(entry, field, "symbol");
@@ -433,11 +539,17 @@ void parseKernel(const ManifestReader &reader, const json &kernels,
                              argField + ".shape");
     kernel.args.push_back(std::move(arg));
   }
+  if (std::find(functions.begin(), functions.end(), kernel.symbol) == functions.end())
+    reader.fail(field + ".symbol", "names '" + kernel.symbol +
+                                       "', which the CPU code does not export");
+}
+
+/// Resolves a kernel's entry point in the mapped image.
+void resolveKernel(void *handle, int fd, const std::string &path, CpuKernel &kernel) {
   dlerror();
   void *symbol = dlsym(handle, kernel.symbol.c_str());
-  if (!symbol)
-    reader.fail(field + ".symbol", "names '" + kernel.symbol +
-                                       "', which the library does not export");
+  if (!symbol || !mappedFrom(symbol, fd))
+    throw Error(path + ": the loaded CPU code does not provide '" + kernel.symbol + "'");
   kernel.entry = reinterpret_cast<void (*)(int64_t, void **)>(symbol);
 }
 
@@ -449,52 +561,59 @@ struct CudaImages {
 };
 
 CudaImages loadCudaKernels(const ManifestReader &reader, const json &cuda,
-                           void *handle, const std::string &path, uint64_t fileSize,
-                           torch::ScalarType dtype) {
+                           const ArtifactContainer &container, torch::ScalarType dtype) {
   if (!cuda.is_object())
     reader.fail("kernels.cuda", "must be an object");
   std::map<std::string, std::string> ptx, cubins;
+  std::set<std::string> used;
   std::string chip;
   bool allCubins = true;
+  // The PTX and cubin images are sections; "ptx_symbol" and "cubin_symbol"
+  // name them (the names the symbols of format version 1 had).
+  auto sectionOf = [&](const std::string &field, const std::string &name,
+                       const std::string &kind) -> const ArtifactSection & {
+    const ArtifactSection *section = container.section(name);
+    if (!section || section->kind != kind)
+      reader.fail(field, "names '" + name + "', which is not a " + kind + " section");
+    if (!used.insert(name).second)
+      reader.fail(field, "names the section '" + name + "' a second time");
+    return *section;
+  };
   for (const char *role : {"forward", "forward_train", "backward"}) {
     std::string field = std::string("kernels.cuda.") + role;
     const json &entry = reader.member(cuda, "kernels.cuda", role);
     std::string kernel = reader.string(entry, field, "kernel");
     std::string symbol = reader.string(entry, field, "ptx_symbol");
-    dlerror();
-    auto *text = static_cast<const char *>(dlsym(handle, symbol.c_str()));
-    if (!text)
-      reader.fail(field + ".ptx_symbol",
-                  "names '" + symbol + "', which the library does not export");
-    ptx[kernel] = text;
-    if (ptx[kernel].find(".entry " + kernel) == std::string::npos)
+    const std::string &text = sectionOf(field + ".ptx_symbol", symbol, "ptx").bytes;
+    if (text.find('\0') != std::string::npos ||
+        text.find(".entry " + kernel + "(") == std::string::npos)
       reader.fail(field + ".ptx_symbol",
                   "names PTX without the entry '" + kernel + "'");
+    ptx[kernel] = text;
     chip = reader.string(entry, field, "chip");
     auto cubinSymbol = entry.find("cubin_symbol");
     if (cubinSymbol == entry.end()) {
       allCubins = false;
       continue;
     }
+    if (!cubinSymbol->is_string())
+      reader.fail(field + ".cubin_symbol", "must be a string");
+    const ArtifactSection &cubin =
+        sectionOf(field + ".cubin_symbol", cubinSymbol->get<std::string>(), "cubin");
     const json &bytes = reader.member(entry, field, "cubin_bytes");
-    if (!cubinSymbol->is_string() || !bytes.is_number_integer() || bytes.get<int64_t>() <= 0 ||
-        bytes.get<uint64_t>() > fileSize)
-      reader.fail(field + ".cubin_symbol",
-                  "must be a symbol name with a cubin_bytes between 1 and the file's size");
-    auto *image = static_cast<const char *>(
-        dlsym(handle, cubinSymbol->get<std::string>().c_str()));
-    if (!image)
-      reader.fail(field + ".cubin_symbol", "names '" + cubinSymbol->get<std::string>() +
-                                               "', which the library does not export");
-    std::string cubin(image, image + bytes.get<int64_t>());
-    if (cubin.compare(0, 4, ELFMAG) != 0)
+    if (!bytes.is_number_unsigned() || bytes.get<uint64_t>() != cubin.bytes.size())
+      reader.fail(field + ".cubin_bytes", "is not the size of the section '" + cubin.name + "'");
+    if (cubin.bytes.compare(0, 4, ELFMAG) != 0)
       reader.fail(field + ".cubin_symbol", "does not name an ELF image");
-    cubins[kernel] = std::move(cubin);
+    cubins[kernel] = cubin.bytes;
   }
+  for (const ArtifactSection &section : container.sections)
+    if (section.kind != "elf" && !used.count(section.name))
+      reader.fail("sections", "lists '" + section.name + "', which no kernel uses");
   CudaImages images;
-  images.ptx = cuda::KernelBundle::fromManifest(cuda, std::move(ptx), path);
+  images.ptx = cuda::KernelBundle::fromManifest(cuda, std::move(ptx), container.path);
   if (allCubins)
-    images.cubin = cuda::KernelBundle::fromManifest(cuda, std::move(cubins), path);
+    images.cubin = cuda::KernelBundle::fromManifest(cuda, std::move(cubins), container.path);
   images.chip = chip;
   for (const cuda::KernelSpec *spec :
        {&images.ptx->forward, &images.ptx->forwardTrain, &images.ptx->backward})
@@ -517,21 +636,26 @@ const cuda::KernelBundle &Artifact::cudaKernels(const std::string &chip) const {
 }
 
 std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
-  const uint64_t fileSize = checkElfFile(path);
+  return loadImpl(path, /*mapCode=*/true);
+}
+
+std::string describeArtifact(const std::string &path) {
+  Artifact::loadImpl(path, /*mapCode=*/false);
+  return readArtifactContainer(path).manifestText;
+}
+
+std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCode) {
+  // Everything is verified before any code is mapped: the container (header,
+  // digests, layout), the CPU image (runs nothing when loaded), that the
+  // image was compiled with this manifest, the manifest's schema and every
+  // cross-reference.
+  const ArtifactContainer container = readArtifactContainer(path);
+  const ArtifactSection &code = *container.section(kCpuSectionName);
+  const CpuImageInfo image = checkCpuImage(code.bytes, path + " (section 'cpu')");
+  checkCodeMatchesManifest(container, image);
+  const json &manifest = container.manifest;
   std::shared_ptr<Artifact> artifact(new Artifact());
   artifact->path_ = path;
-  // RTLD_LOCAL: two artifacts define the same helper symbols.
-  artifact->handle_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!artifact->handle_) {
-    const char *why = dlerror();
-    throw Error(path + ": cannot load the artifact: " + (why ? why : "unknown error"));
-  }
-  auto *text = static_cast<const char *>(dlsym(artifact->handle_, "fwp_manifest"));
-  if (!text)
-    throw Error(path + ": not a .fwpk artifact (no fwp_manifest symbol)");
-  json manifest = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (manifest.is_discarded())
-    throw Error(path + ": the manifest is not valid JSON");
 
   ManifestReader reader(path);
   if (reader.string(manifest, "manifest", "format") != "fwpk")
@@ -584,13 +708,13 @@ std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
 
   const json &kernels = reader.member(manifest, "manifest", "kernels");
   const json &cpu = reader.member(kernels, "kernels", "cpu");
-  parseKernel(reader, cpu, "forward", artifact->handle_, artifact->forward_);
-  parseKernel(reader, cpu, "forward_train", artifact->handle_, artifact->forwardTrain_);
-  parseKernel(reader, cpu, "backward", artifact->handle_, artifact->backward_);
+  parseKernel(reader, cpu, "forward", image.functions, artifact->forward_);
+  parseKernel(reader, cpu, "forward_train", image.functions, artifact->forwardTrain_);
+  parseKernel(reader, cpu, "backward", image.functions, artifact->backward_);
+  checkTarget(reader, manifest);
 
   if (auto cuda = kernels.find("cuda"); cuda != kernels.end()) {
-    CudaImages images =
-        loadCudaKernels(reader, *cuda, artifact->handle_, path, fileSize, artifact->dtype_);
+    CudaImages images = loadCudaKernels(reader, *cuda, container, artifact->dtype_);
     artifact->cudaPtx_ = std::move(images.ptx);
     artifact->cudaCubin_ = std::move(images.cubin);
     artifact->cudaChip_ = std::move(images.chip);
@@ -644,12 +768,25 @@ std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
                                        " but the layer's tensor needs " + shapeText(want));
     }
   }
+  if (kernels.find("cuda") == kernels.end())
+    for (const ArtifactSection &section : container.sections)
+      if (section.kind != "elf")
+        reader.fail("sections", "lists '" + section.name + "', which no kernel uses");
+
+  if (!mapCode)
+    return artifact;
+  // Verified: map the code and resolve the entry points.
+  artifact->handle_ = mapImage(code.bytes, path, artifact->imageFd_);
+  for (CpuKernel *kernel : {&artifact->forward_, &artifact->forwardTrain_, &artifact->backward_})
+    resolveKernel(artifact->handle_, artifact->imageFd_, path, *kernel);
   return artifact;
 }
 
 Artifact::~Artifact() {
   if (handle_)
     dlclose(handle_);
+  if (imageFd_ >= 0)
+    ::close(imageFd_);
 }
 
 CompiledLayer::CompiledLayer(std::shared_ptr<const Artifact> artifact)

@@ -1,6 +1,8 @@
 //===- Safetensors.cpp - A validating safetensors reader and atomic writer ===//
 #include "fwp/runtime/Safetensors.h"
 
+#include "fwp/runtime/AtomicFile.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -276,30 +278,7 @@ void writeSafetensors(const std::string &path, const TensorMap &tensors,
   } catch (const Error &e) {
     throw Error(path + ": " + e.what());
   }
-  // A name unique to this process and call, in the target's own folder so
-  // that rename() stays within one file system and is atomic.
-  static std::atomic<unsigned> counter{0};
-  const std::string temporary =
-      path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out)
-      throw Error(path + ": cannot create '" + temporary + "': " + systemError());
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.close();
-    if (!out) {
-      const std::string reason = systemError();
-      std::remove(temporary.c_str());
-      throw Error(path + ": write failed: " + reason);
-    }
-  }
-  // Plain C I/O rather than std::filesystem: the LibTorch wheel exports its
-  // own, partly broken, copies of std::filesystem functions.
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const std::string reason = systemError();
-    std::remove(temporary.c_str());
-    throw Error(path + ": cannot rename '" + temporary + "' into place: " + reason);
-  }
+  writeFileAtomically(path, bytes);
 }
 
 } // namespace fwp

@@ -13,6 +13,7 @@
 // model's record has the compiled/reference speed ratio, measured in this process.
 // Not a test: numbers only.
 
+#include "fwp/runtime/AtomicFile.h"
 #include "fwp/lm/Run.h"
 #include "fwp/runtime/ToolMain.h"
 #include "fwp/lm/WordModel.h"
@@ -174,11 +175,7 @@ int main(int argc, char **argv) {
                           {"threads", torch::get_num_threads()},
                           {"layers", layers},     {"results", results}};
     if (!jsonPath.empty()) {
-      std::ofstream file(jsonPath + ".tmp");
-      file << out.dump(2) << "\n";
-      file.close();
-      if (!file || std::rename((jsonPath + ".tmp").c_str(), jsonPath.c_str()) != 0)
-        throw fwp::Error("cannot write " + jsonPath);
+      fwp::writeFileAtomically(jsonPath, out.dump(2) + "\n");
     }
     return 0;
   });

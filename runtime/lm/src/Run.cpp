@@ -2,6 +2,9 @@
 
 #include "fwp/lm/Run.h"
 
+#include "fwp/runtime/ArtifactContainer.h"
+#include "fwp/runtime/AtomicFile.h"
+
 #include "fwp/lm/Corpus.h"
 #include "fwp/lm/Evaluate.h"
 #include "fwp/lm/WordModel.h"
@@ -217,14 +220,7 @@ std::pair<LmState, int64_t> unpackState(const TensorMap &in) {
 }
 
 void writeJson(const std::filesystem::path &path, const nlohmann::json &json) {
-  const auto temp = path.string() + ".tmp";
-  {
-    std::ofstream out(temp);
-    out << json.dump(2) << "\n";
-    if (!out)
-      throw Error("cannot write " + temp);
-  }
-  std::filesystem::rename(temp, path);
+  fwp::writeFileAtomically(path.string(), json.dump(2) + "\n");
 }
 
 } // namespace
@@ -251,6 +247,7 @@ Metrics trainLanguageModel(const LmTrainRequest &request, std::ostream &log) {
   const double baseLr = fwp::train::adamOptionsFromConfig(config).lr;
   fwp::train::LoopOptions loopOptions = fwp::train::loopOptionsFromConfig(config);
   loopOptions.interactive = request.interactive;
+  loopOptions.trainer = "fwp-lm";
   const TrainSettings settings = trainSettingsFromConfig(config);
   const EvalSettings evalSettings = evalSettingsFromConfig(config, settings.context);
   config.checkUnused();
@@ -265,11 +262,17 @@ Metrics trainLanguageModel(const LmTrainRequest &request, std::ostream &log) {
       << (modelOptions.stack.kind == "fwp" ? " " + modelOptions.stack.layer.name : std::string()) << ": "
       << fwp::train::countParameters(*model) << " parameters on " << device << "\n";
 
+  if (modelOptions.stack.kind == "fwp" && !modelOptions.stack.layer.artifact.empty())
+    loopOptions.artifactDigest = fwp::artifactDigest(modelOptions.stack.layer.artifact);
   fwp::train::TrainingLoop loop(*model, *optimizer, loopOptions, config.toToml());
   loop.extra()["vocab_size"] = vocabSize;
   loop.extra()["train_hash"] = std::to_string(corpus.fileInfo(Split::Train).hash);
-  if (request.resume || !request.resumeFrom.empty()) {
+  const bool resuming = request.resume || !request.resumeFrom.empty();
+  fwp::train::prepareRunFolder(loopOptions.runDir, resuming, request.overwrite, log);
+  if (resuming) {
     auto from = request.resumeFrom.empty() ? loopOptions.runDir / "last.pt" : std::filesystem::path(request.resumeFrom);
+    fwp::train::checkResumeConfig(from, config.toToml(), loopOptions.artifactDigest, request.allowConfigChange,
+                                  log);
     loop.resumeFrom(from, device);
     log << "resumed from " << from.string() << " at step " << loop.step() << "\n";
   }
@@ -305,6 +308,8 @@ Metrics trainLanguageModel(const LmTrainRequest &request, std::ostream &log) {
     return {{"ppl", p.perplexity()}, {"loss", p.loss()}};
   };
   loop.run(step, validate);
+  if (loop.interrupted())
+    return {};
 
   // Score the best checkpoint on the test split.
   auto best = loopOptions.runDir / "best.pt";

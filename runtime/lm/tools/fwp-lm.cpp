@@ -9,6 +9,7 @@
 //               [--max-tokens N] [--set key=value]... [--device D] [--json FILE]
 
 #include "fwp/lm/Corpus.h"
+#include "fwp/runtime/AtomicFile.h"
 #include "fwp/runtime/ToolMain.h"
 #include "fwp/lm/Run.h"
 #include "fwp/runtime/Layer.h"
@@ -32,17 +33,7 @@ int64_t peakRssMiB() {
 }
 
 void writeJsonAtomically(const std::string &path, const nlohmann::json &json) {
-  const std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp);
-    if (!out)
-      throw fwp::Error("cannot write " + temp);
-    out << json.dump(2) << "\n";
-    if (!out)
-      throw fwp::Error("cannot write " + temp);
-  }
-  if (std::rename(temp.c_str(), path.c_str()) != 0)
-    throw fwp::Error("cannot write " + path);
+  fwp::writeFileAtomically(path, json.dump(2) + "\n");
 }
 
 int prepare(const fwp::lm::CorpusOptions &options, const std::string &jsonPath) {
@@ -109,6 +100,10 @@ int main(int argc, char **argv) {
   trainCmd->add_option("--device", trainDevice, "cpu, cuda or cuda:<n> (overrides train.device)");
   auto *resume = trainCmd->add_flag("--resume", train.resume, "continue from <run_dir>/last.pt");
   trainCmd->add_option("--resume-from", train.resumeFrom, "continue from this checkpoint")->excludes(resume);
+  trainCmd->add_flag("--overwrite", train.overwrite,
+                     "start over in a run folder that holds a run (removes its checkpoints)");
+  trainCmd->add_flag("--allow-config-change", train.allowConfigChange,
+                     "resume although the configuration differs from the checkpoint's");
   trainCmd->add_flag("--reference", train.reference, "use the eager reference fast-weight layer");
   trainCmd->add_flag("--no-progress-bar", noBar, "plain progress lines even on a terminal");
 
@@ -146,6 +141,7 @@ int main(int argc, char **argv) {
         train.device = trainDevice;
       if (noBar)
         train.interactive = false;
+      fwp::train::installStopHandlers(); // SIGTERM/SIGINT: finish the step, write last.pt
       fwp::lm::trainLanguageModel(train, std::cout);
       return 0;
     }

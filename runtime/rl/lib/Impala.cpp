@@ -2,7 +2,10 @@
 #include "fwp/rl/Impala.h"
 
 #include "fwp/rl/VTrace.h"
+#include "fwp/runtime/AtomicFile.h"
+#include "fwp/runtime/CheckpointFile.h"
 #include "fwp/runtime/Layer.h"
+#include "fwp/train/Training.h"
 
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
@@ -140,6 +143,9 @@ ImpalaConfig configFromTable(const toml::table &root, const std::string &source)
   t.rmspropAlpha = train.get("rmsprop_alpha", t.rmspropAlpha);
   t.rmspropEps = train.get("rmsprop_eps", t.rmspropEps);
   t.gradNormClip = train.get("grad_norm_clip", t.gradNormClip);
+  t.onNonFinite = train.get("on_nonfinite", t.onNonFinite);
+  if (t.onNonFinite != "stop" && t.onNonFinite != "skip")
+    throw Error(source + ": train.on_nonfinite must be \"stop\" or \"skip\"");
   t.discount = train.get("discount", t.discount);
   t.baselineCost = train.get("baseline_cost", t.baselineCost);
   t.entropyCost = train.get("entropy_cost", t.entropyCost);
@@ -255,6 +261,7 @@ std::string configToToml(const ImpalaConfig &config) {
       << "rmsprop_alpha = " << number(t.rmspropAlpha) << "\n"
       << "rmsprop_eps = " << number(t.rmspropEps) << "\n"
       << "grad_norm_clip = " << number(t.gradNormClip) << "\n"
+      << "on_nonfinite = \"" << t.onNonFinite << "\"\n"
       << "discount = " << number(t.discount) << "\n"
       << "baseline_cost = " << number(t.baselineCost) << "\n"
       << "entropy_cost = " << number(t.entropyCost) << "\n"
@@ -398,7 +405,21 @@ LearnerStats Learner::update(const Rollout &batch) {
   const LossTerms loss = impalaLoss(output, onDevice, config_);
   optimizer.zero_grad();
   loss.total.backward();
+  // The norm before clipping: non-finite if the loss or any gradient is.
   stats.gradNorm = torch::nn::utils::clip_grad_norm_(model->parameters(), config_.gradNormClip);
+  if (!std::isfinite(stats.gradNorm) || !std::isfinite(loss.total.item<double>())) {
+    optimizer.zero_grad();
+    if (config_.onNonFinite == "stop") {
+      stoppedOnNonFinite = true;
+      throw Error("the loss or a gradient is not finite at update " + std::to_string(updates + 1) +
+                  "; the checkpoint keeps the last good state. Lower train.learning_rate, or "
+                  "set train.on_nonfinite = \"skip\"");
+    }
+    stats.skipped = true;
+    ++skippedUpdates;
+    stepsDone += (batch.reward.size(0) - 1) * batch.reward.size(1);
+    return stats;
+  }
   optimizer.step();
 
   stepsDone += (batch.reward.size(0) - 1) * batch.reward.size(1);
@@ -412,20 +433,6 @@ LearnerStats Learner::update(const Rollout &batch) {
 
 // --- checkpoints -----------------------------------------------------------------
 
-void writeFileAtomic(const std::string &path, const std::string &content) {
-  const std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-    if (!out)
-      throw Error("cannot write '" + temp + "'");
-    out << content;
-    out.flush();
-    if (!out)
-      throw Error("error writing '" + temp + "'");
-  }
-  if (std::rename(temp.c_str(), path.c_str()) != 0)
-    throw Error("cannot rename '" + temp + "' to '" + path + "': " + std::strerror(errno));
-}
 
 void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner &learner) {
   torch::serialize::OutputArchive archive;
@@ -439,24 +446,31 @@ void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner
   archive.write("steps_done", torch::tensor(learner.stepsDone));
   archive.write("updates", torch::tensor(learner.updates));
   archive.write("episodes", torch::tensor(learner.episodes));
-  const std::string temp = path + ".tmp";
+  std::string bytes;
   try {
-    archive.save_to(temp);
+    archive.save_to([&](const void *data, size_t size) {
+      bytes.append(static_cast<const char *>(data), size);
+      return size;
+    });
   } catch (const c10::Error &e) {
-    throw Error("cannot write checkpoint '" + temp + "': " + e.what_without_backtrace());
+    throw Error("cannot write checkpoint '" + path + "': " + e.what_without_backtrace());
   }
-  if (std::rename(temp.c_str(), path.c_str()) != 0)
-    throw Error("cannot rename '" + temp + "' to '" + path + "': " + std::strerror(errno));
+  CheckpointHeader header;
+  header.trainer = "fwp-atari";
+  header.codeVersion = fwpCodeVersion();
+  header.config = configToToml(config);
+  header.step = learner.stepsDone;
+  writeCheckpointFile(path, header, bytes);
 }
 
 namespace {
 torch::serialize::InputArchive openCheckpoint(const std::string &path,
                                               const torch::Device &device = torch::kCPU) {
-  if (!fs::is_regular_file(path))
-    throw Error("checkpoint '" + path + "' does not exist");
+  // The envelope's digest is verified before the archive is parsed.
+  const CheckpointFile checkpoint = readCheckpointFile(path);
   torch::serialize::InputArchive archive;
   try {
-    archive.load_from(path, device);
+    archive.load_from(checkpoint.payload.data(), checkpoint.payload.size(), device);
     c10::IValue format;
     archive.read("format", format);
     if (!format.isString() || format.toStringRef() != "fwp-atari-checkpoint-1")
@@ -749,8 +763,14 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
     if (log)
       *log << "[train] resuming " << checkpointPath << " at step " << learner.stepsDone << " ("
            << learner.updates << " updates)\n";
+    // What was logged after the checkpoint is logged again: drop it.
+    fwp::train::truncateJsonLines(metricsPath, "steps", learner.stepsDone);
+    fwp::train::truncateJsonLines(episodesPath, "steps", learner.stepsDone);
+  } else {
+    fs::remove(metricsPath);
+    fs::remove(episodesPath);
   }
-  writeFileAtomic((fs::path(options.runDir) / "config.toml").string(), configToToml(config));
+  fwp::writeFileAtomically((fs::path(options.runDir) / "config.toml").string(), configToToml(config));
   if (learner.stepsDone >= tc.totalSteps) {
     if (log)
       *log << "[train] already at " << learner.stepsDone << " of " << tc.totalSteps
@@ -785,7 +805,8 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
   LearnerStats stats;
   try {
     while (learner.stepsDone < tc.totalSteps && !shared.stop &&
-           !(options.stopRequested && *options.stopRequested)) {
+           !(options.stopRequested && *options.stopRequested) &&
+           !fwp::train::stopRequested()) {
       std::vector<Rollout> parts;
       while (static_cast<int64_t>(parts.size()) < tc.batchSize) {
         std::optional<Rollout> next = shared.queue.pop();
@@ -881,8 +902,11 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
   shared.queue.close();
   for (std::thread &actor : actors)
     actor.join();
-  if (shared.error)
+  if (shared.error) {
+    if (learner.stoppedOnNonFinite)
+      saveCheckpoint(checkpointPath, config, learner); // the last good state
     std::rethrow_exception(shared.error);
+  }
   saveCheckpoint(checkpointPath, config, learner);
   if (log)
     *log << "[train] wrote " << checkpointPath << " at step " << learner.stepsDone << " after "

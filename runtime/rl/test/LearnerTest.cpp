@@ -7,6 +7,12 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -426,6 +432,16 @@ TEST(FwpAtari, TrainsResumesAndTestsOnARealRom) {
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("resuming"), std::string::npos) << out;
   EXPECT_NE(readFile(dir / "run" / "metrics.jsonl").find("\"steps\":40"), std::string::npos);
+  // The resumed run's log has no duplicate steps (cut back to the checkpoint).
+  {
+    std::istringstream lines(readFile(dir / "run" / "metrics.jsonl"));
+    int64_t previous = -1;
+    for (std::string line; std::getline(lines, line);) {
+      const int64_t steps = nlohmann::json::parse(line)["steps"].get<int64_t>();
+      EXPECT_GT(steps, previous) << line;
+      previous = steps;
+    }
+  }
 
   // Another model in the same run dir is refused.
   out = shell(exe + " train --config " + (dir / "tiny.toml").string() + " --run-dir " + run +
@@ -445,5 +461,39 @@ TEST(FwpAtari, TrainsResumesAndTestsOnARealRom) {
 
   out = shell(exe + " test --checkpoint " + (dir / "missing.pt").string(), &code);
   EXPECT_EQ(code, 2) << out;
-  EXPECT_NE(out.find("error: checkpoint"), std::string::npos) << out;
+  EXPECT_NE(out.find("no such checkpoint"), std::string::npos) << out;
+}
+
+TEST(FwpAtari, SigtermFinishesTheUpdateAndWritesTheCheckpoint) {
+  if (!haveRom("breakout"))
+    GTEST_SKIP() << "ALE ROM 'breakout' not found in '" << defaultRomDir()
+                 << "' (run scripts/setup_ale.sh)";
+  const fs::path dir = fs::path(FWP_RL_TEST_TMPDIR) / "fwp-atari-signal";
+  // Not fs::remove_all: the LibTorch wheel's copy crashes on non-empty folders.
+  ASSERT_EQ(std::system(("rm -rf '" + dir.string() + "'").c_str()), 0);
+  fs::create_directories(dir);
+  {
+    std::ofstream cfg(dir / "tiny.toml");
+    cfg << "[env]\ngame = \"breakout\"\n[model]\ncore = \"lstm\"\n"
+        << "[train]\ntotal_steps = 100000000\nbatch_size = 2\nunroll_length = 5\nactors = 1\n"
+        << "envs_per_actor = 2\nlog_every_s = 0\n";
+  }
+  const std::string command = "exec " + std::string(FWP_ATARI_PATH) + " train --config " +
+                              (dir / "tiny.toml").string() + " --run-dir " +
+                              (dir / "run").string() + " > " + (dir / "out.txt").string() + " 2>&1";
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char *>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 600 && !fs::exists(dir / "run" / "metrics.jsonl"); ++i)
+    usleep(100000);
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  const std::string out = readFile(dir / "out.txt");
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by a signal\n" << out;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << out;
+  EXPECT_TRUE(fs::exists(dir / "run" / "checkpoint.pt")) << out;
+  EXPECT_NE(out.find("wrote"), std::string::npos) << out;
 }

@@ -9,8 +9,10 @@
 //
 //===----------------------------------------------------------------------===//
 #include "fwp/rl/Impala.h"
+#include "fwp/runtime/AtomicFile.h"
 #include "fwp/runtime/ToolMain.h"
 #include "fwp/runtime/Layer.h"
+#include "fwp/train/Training.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -25,8 +27,6 @@ using namespace fwp::rl;
 
 namespace {
 
-std::atomic<bool> interrupted{false};
-void onSigint(int) { interrupted = true; }
 
 struct Summary {
   double mean = 0, std = 0;
@@ -132,12 +132,13 @@ int main(int argc, char **argv) {
   return fwp::runReportingErrors([&]() -> int {
     if (*trainCmd) {
       ImpalaConfig config = applyOverrides(loadConfig(configPath), overrides);
-      std::signal(SIGINT, onSigint);
+      // SIGTERM/SIGINT: finish the update, write the checkpoint, exit 0; a
+      // second signal exits at once.
+      fwp::train::installStopHandlers();
       TrainOptions options;
       options.runDir = runDir;
       options.fresh = fresh;
       options.log = &std::cout;
-      options.stopRequested = &interrupted;
       train(config, options);
       return 0;
     }
@@ -175,7 +176,7 @@ int main(int argc, char **argv) {
                               {"episodes", nlohmann::json::array()}};
         for (const auto &r : results)
           out["episodes"].push_back({{"score", r.score}, {"steps", r.steps}, {"frames", r.frames}});
-        writeFileAtomic(outPath, out.dump(2) + "\n");
+        fwp::writeFileAtomically(outPath, out.dump(2) + "\n");
       }
       return 0;
     }
@@ -205,7 +206,7 @@ int main(int argc, char **argv) {
                                   {"steps_per_second", r.steps / r.seconds}});
       }
       if (!outPath.empty())
-        writeFileAtomic(outPath, out.dump(2) + "\n");
+        fwp::writeFileAtomically(outPath, out.dump(2) + "\n");
       return 0;
     }
     return 0;

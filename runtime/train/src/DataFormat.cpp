@@ -71,35 +71,6 @@ Error lineError(const std::string &file, int64_t line,
   return Error(file + ":" + std::to_string(line) + ": " + message);
 }
 
-void writeFileAtomically(const std::filesystem::path &path,
-                         const std::function<void(std::ostream &)> &write) {
-  namespace fs = std::filesystem;
-  if (path.has_parent_path())
-    fs::create_directories(path.parent_path());
-  fs::path tmp = path;
-  tmp += ".tmp." + std::to_string(::getpid());
-  try {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out)
-      throw Error(tmp.string() + ": cannot open for writing");
-    write(out);
-    out.flush();
-    if (!out)
-      throw Error(tmp.string() + ": write failed (disk full?)");
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove(tmp, ignored);
-    throw;
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp);
-    throw Error(path.string() + ": cannot rename the temporary file into place: " +
-                ec.message());
-  }
-}
-
 std::vector<std::string> readLines(const std::filesystem::path &path) {
   std::ifstream in(path, std::ios::binary);
   if (!in)

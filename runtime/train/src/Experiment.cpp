@@ -2,6 +2,8 @@
 
 #include "fwp/train/Experiment.h"
 
+#include "fwp/runtime/ArtifactContainer.h"
+
 #include <algorithm>
 #include <iomanip>
 #include <numeric>
@@ -201,30 +203,26 @@ Metrics trainRun(const TrainRequest &request, std::ostream &log) {
       << setup.device << ", Adam lr " << adam.lr << "; run folder "
       << loopOptions.runDir.string() << "\n";
 
-  std::filesystem::create_directories(loopOptions.runDir);
-  writeFileAtomically(loopOptions.runDir / "config.toml",
-                      [&](std::ostream &out) { out << c.toToml() << '\n'; });
-
+  if (setup.modelOptions.kind == "fwp" && !setup.modelOptions.layer.artifact.empty())
+    loopOptions.artifactDigest = fwp::artifactDigest(setup.modelOptions.layer.artifact);
   TrainingLoop loop(*model, *optimizer, loopOptions, c.toToml());
   const bool resuming = request.resume || !request.resumeFrom.empty();
-  if (!resuming) {
-    // A fresh run must not report (or resume from) a previous run's files.
-    bool replaced = false;
-    for (const char *file : {"best.pt", "last.pt", "test.json"})
-      replaced = std::filesystem::remove(loopOptions.runDir / file) || replaced;
-    if (replaced)
-      log << "note: starting a new run in " << loopOptions.runDir.string()
-          << "; its previous checkpoints were removed (use --resume to continue one)\n";
-  }
+  // A fresh run never deletes a previous run's files unasked.
+  prepareRunFolder(loopOptions.runDir, resuming, request.overwrite, log);
   if (resuming) {
     std::filesystem::path from = request.resumeFrom.empty()
                                      ? loopOptions.runDir / "last.pt"
                                      : std::filesystem::path(request.resumeFrom);
     if (!std::filesystem::exists(from))
       throw Error("--resume: " + from.string() + " does not exist");
+    checkResumeConfig(from, c.toToml(), loopOptions.artifactDigest, request.allowConfigChange,
+                      log);
     loop.resumeFrom(from, setup.device);
     log << "resumed from " << from.string() << " at step " << loop.step() << "\n";
   }
+  std::filesystem::create_directories(loopOptions.runDir);
+  writeFileAtomically(loopOptions.runDir / "config.toml",
+                      [&](std::ostream &out) { out << c.toToml() << '\n'; });
 
   const TaskData &task = setup.task;
   EpochSampler sampler(static_cast<int64_t>(task.train.size()), batchSize,
@@ -243,6 +241,8 @@ Metrics trainRun(const TrainRequest &request, std::ostream &log) {
     return evaluateModel(*model, task.valid, evalBatch, setup.device, task.blankClass);
   };
   loop.run(step, validate);
+  if (loop.interrupted())
+    return {};
 
   // The paper reports the test score of the best-on-validation model.
   std::filesystem::path best = loopOptions.runDir / "best.pt";

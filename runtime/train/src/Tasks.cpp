@@ -179,10 +179,21 @@ std::string firstLine(const std::filesystem::path &path) {
 } // namespace
 
 void ensureData(const DataSpec &spec, std::ostream *log) {
-  bool missing = false;
+  std::vector<std::string> missing;
   for (const auto &split : splitNames())
-    missing = missing || !std::filesystem::exists(spec.file(split));
-  if (missing) {
+    if (!std::filesystem::exists(spec.file(split)))
+      missing.push_back(spec.file(split).string());
+  // Some splits present, some not: never regenerate (and overwrite) the
+  // ones that exist without being asked.
+  if (!missing.empty() && missing.size() < splitNames().size()) {
+    std::string list;
+    for (const std::string &file : missing)
+      list += (list.empty() ? "" : ", ") + file;
+    throw Error("missing data split(s): " + list + "; the other splits of " + spec.dir.string() +
+                " exist. Regenerate all of them with fwp-train gen-data --config <config> "
+                "--force, or restore the missing files");
+  }
+  if (!missing.empty()) {
     if (log)
       *log << "generating " << spec.task << " data in " << spec.dir.string()
            << " (seed " << spec.seed << ")\n";

@@ -3,10 +3,13 @@
 #include "fwp/train/Training.h"
 
 #include "fwp/train/DataFormat.h"
+#include "fwp/runtime/CheckpointFile.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <limits>
 #include <sstream>
 #include <unistd.h>
@@ -99,10 +102,10 @@ CheckpointMeta metaFromArchive(torch::serialize::InputArchive &archive,
 
 void loadArchive(torch::serialize::InputArchive &archive, const std::string &file,
                  std::optional<torch::Device> device) {
-  if (!std::filesystem::exists(file))
-    throw Error(file + ": no such checkpoint");
+  // The envelope's digest is verified before the archive is parsed.
+  const CheckpointFile checkpoint = readCheckpointFile(file);
   try {
-    archive.load_from(file, device);
+    archive.load_from(checkpoint.payload.data(), checkpoint.payload.size(), device);
   } catch (const c10::Error &e) {
     throw Error(file + ": not a readable checkpoint: " + firstLine(e.what_without_backtrace()));
   }
@@ -146,24 +149,23 @@ void saveCheckpoint(const std::filesystem::path &path, torch::nn::Module &model,
   root.write("extra_tensors", c10::IValue(extraTensors));
   root.write("meta", c10::IValue(metaToJson(meta).dump()));
 
-  if (path.has_parent_path())
-    std::filesystem::create_directories(path.parent_path());
-  std::filesystem::path tmp = path;
-  tmp += ".tmp." + std::to_string(::getpid());
+  std::string bytes;
   try {
-    root.save_to(tmp.string());
+    root.save_to([&](const void *data, size_t size) {
+      bytes.append(static_cast<const char *>(data), size);
+      return size;
+    });
   } catch (const c10::Error &e) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
     throw Error(path.string() + ": cannot write the checkpoint: " +
                 firstLine(e.what_without_backtrace()));
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    throw Error(path.string() + ": cannot move the checkpoint into place");
-  }
+  CheckpointHeader header;
+  header.trainer = meta.trainer;
+  header.codeVersion = fwpCodeVersion();
+  header.config = meta.config;
+  header.artifactDigest = meta.artifactDigest;
+  header.step = meta.step;
+  writeCheckpointFile(path.string(), header, bytes);
 }
 
 CheckpointMeta readCheckpointMeta(const std::filesystem::path &path) {
@@ -385,27 +387,33 @@ void Progress::finish() {
   std::fflush(out_);
 }
 
+void truncateJsonLines(const std::filesystem::path &path, const std::string &key,
+                       int64_t keepUpTo) {
+  if (!std::filesystem::exists(path))
+    return;
+  std::vector<std::string> kept;
+  for (const auto &line : readLines(path)) {
+    try {
+      nlohmann::json record = nlohmann::json::parse(line);
+      if (record.value(key, int64_t{0}) <= keepUpTo)
+        kept.push_back(line);
+    } catch (const nlohmann::json::exception &) {
+      // a line cut short by a crash: drop it
+    }
+  }
+  writeFileAtomically(path, [&](std::ostream &out) {
+    for (const auto &line : kept)
+      out << line << '\n';
+  });
+}
+
 MetricsLog::MetricsLog(const std::filesystem::path &path, int64_t keepUpToStep) {
   if (path.has_parent_path())
     std::filesystem::create_directories(path.parent_path());
-  if (keepUpToStep >= 0 && std::filesystem::exists(path)) {
-    std::vector<std::string> kept;
-    for (const auto &line : readLines(path)) {
-      try {
-        nlohmann::json record = nlohmann::json::parse(line);
-        if (record.value("step", int64_t{0}) <= keepUpToStep)
-          kept.push_back(line);
-      } catch (const nlohmann::json::exception &) {
-        // a line cut short by a crash: drop it
-      }
-    }
-    writeFileAtomically(path, [&](std::ostream &out) {
-      for (const auto &line : kept)
-        out << line << '\n';
-    });
-  } else if (keepUpToStep < 0) {
+  if (keepUpToStep >= 0)
+    truncateJsonLines(path, "step", keepUpToStep);
+  else
     std::filesystem::remove(path);
-  }
   out_.open(path, std::ios::app);
   if (!out_)
     throw Error(path.string() + ": cannot open the metrics log");
@@ -420,6 +428,84 @@ void MetricsLog::write(const nlohmann::json &record) {
 // The loop
 //===----------------------------------------------------------------------===//
 
+namespace {
+volatile std::sig_atomic_t stopSignals = 0;
+
+void onStopSignal(int signal) {
+  if (stopSignals != 0)
+    ::_exit(128 + signal); // the second signal: exit at once
+  stopSignals = 1;
+}
+} // namespace
+
+void installStopHandlers() {
+  struct sigaction action {};
+  action.sa_handler = onStopSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  ::sigaction(SIGTERM, &action, nullptr);
+  ::sigaction(SIGINT, &action, nullptr);
+}
+
+bool stopRequested() { return stopSignals > 0; }
+void requestStop() { stopSignals = 1; }
+
+void prepareRunFolder(const std::filesystem::path &runDir, bool resuming, bool overwrite,
+                      std::ostream &log) {
+  if (resuming)
+    return;
+  std::vector<std::string> found;
+  for (const char *file : {"last.pt", "best.pt", "metrics.jsonl", "test.json"})
+    if (std::filesystem::exists(runDir / file))
+      found.push_back(file);
+  if (found.empty())
+    return;
+  std::string list;
+  for (const std::string &file : found)
+    list += (list.empty() ? "" : ", ") + file;
+  if (!overwrite)
+    throw Error("the run folder " + runDir.string() + " holds a run (" + list +
+                "): continue it with --resume, start over with --overwrite, or choose "
+                "another train.run_dir");
+  for (const std::string &file : found)
+    std::filesystem::remove(runDir / file);
+  log << "note: --overwrite: removed " << list << " from " << runDir.string() << "\n";
+}
+
+void checkResumeConfig(const std::filesystem::path &checkpoint, const std::string &config,
+                       const std::string &artifactDigest, bool allowChange, std::ostream &log) {
+  const CheckpointHeader stored = readCheckpointFile(checkpoint.string()).header;
+  if (stored.config == config && stored.artifactDigest == artifactDigest)
+    return;
+  auto lines = [](const std::string &text) {
+    std::vector<std::string> out;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+      out.push_back(line);
+    return out;
+  };
+  std::vector<std::string> before = lines(stored.config), after = lines(config);
+  std::string differences;
+  for (const std::string &line : before)
+    if (std::find(after.begin(), after.end(), line) == after.end())
+      differences += "  - " + line + "\n";
+  for (const std::string &line : after)
+    if (std::find(before.begin(), before.end(), line) == before.end())
+      differences += "  + " + line + "\n";
+  if (stored.artifactDigest != artifactDigest)
+    differences += "  - artifact sha256 " +
+                   (stored.artifactDigest.empty() ? "(none)" : stored.artifactDigest) +
+                   "\n  + artifact sha256 " +
+                   (artifactDigest.empty() ? "(none)" : artifactDigest) + "\n";
+  if (!allowChange)
+    throw Error("--resume: the configuration or compiled layer differs from the one " +
+                checkpoint.string() + " was trained with (- stored, + now):\n" + differences +
+                "resume with the same ones, or pass --allow-config-change");
+  log << "note: --allow-config-change: resuming " << checkpoint.string()
+      << " with changes (- stored, + now):\n"
+      << differences;
+}
+
 LoopOptions loopOptionsFromConfig(const Config &config) {
   LoopOptions options;
   options.steps = config.getInt("train.steps", options.steps);
@@ -427,6 +513,10 @@ LoopOptions loopOptionsFromConfig(const Config &config) {
   options.evalEvery = config.getInt("train.eval_every", options.evalEvery);
   options.checkpointEvery = config.getInt("train.checkpoint_every", options.checkpointEvery);
   options.clipNorm = config.getDouble("train.clip", options.clipNorm);
+  options.onNonFinite = config.getString("train.on_nonfinite", options.onNonFinite);
+  if (options.onNonFinite != "stop" && options.onNonFinite != "skip")
+    throw Error(config.source() + ": train.on_nonfinite must be \"stop\" or \"skip\", not \"" +
+                options.onNonFinite + "\"");
   std::string name = config.getString("name", "run");
   options.runDir = config.getString("train.run_dir", "runs/" + name);
   options.selectMetric = config.getString("train.select_metric", options.selectMetric);
@@ -464,6 +554,8 @@ void TrainingLoop::save(const std::filesystem::path &path) {
   meta.best = best_;
   meta.bestStep = bestStep_;
   meta.config = configText_;
+  meta.trainer = options_.trainer;
+  meta.artifactDigest = options_.artifactDigest;
   meta.extra = extra_;
   meta.tensors = extraTensors_;
   if (std::isfinite(bestLoss_))
@@ -482,22 +574,56 @@ Metrics TrainingLoop::run(const StepFn &stepFn, const ValidateFn &validate) {
   auto trainable = model_.parameters();
 
   model_.train();
+  interrupted_ = false;
   while (step_ < o.steps) {
+    if (stopRequested()) {
+      // A signal arrived: the last step is complete; keep it and stop.
+      progress.finish();
+      save(o.runDir / "last.pt");
+      interrupted_ = true;
+      std::fprintf(stderr, "stopped at step %lld: wrote %s (continue with --resume)\n",
+                   static_cast<long long>(step_), (o.runDir / "last.pt").string().c_str());
+      return lastValidation;
+    }
     optimizer_.zero_grad();
     StepResult result = stepFn(step_);
     if (!result.loss.defined() || result.loss.numel() != 1)
       throw Error("training step " + std::to_string(step_) +
                   " returned no scalar loss");
     result.loss.backward();
+    // Non-finite values are caught before they reach the parameters.
+    double loss = result.loss.item<double>();
+    bool finite = std::isfinite(loss);
+    if (finite) {
+      std::vector<torch::Tensor> norms;
+      for (const torch::Tensor &param : trainable)
+        if (param.grad().defined())
+          norms.push_back(param.grad().detach().abs().sum().to(torch::kDouble).cpu());
+      finite = norms.empty() || std::isfinite(torch::stack(norms).sum().item<double>());
+    }
+    if (!finite) {
+      std::string what = std::string(std::isfinite(loss) ? "a gradient" : "the loss") +
+                         " is not finite at step " + std::to_string(step_ + 1);
+      if (o.onNonFinite == "skip") {
+        optimizer_.zero_grad();
+        ++step_;
+        ++skipped_;
+        progress.note(what + ": its update was skipped (train.on_nonfinite = \"skip\")");
+        log.write({{"step", step_}, {"split", "train"}, {"skipped", "nonfinite"}});
+        if ((o.checkpointEvery > 0 && step_ % o.checkpointEvery == 0) || step_ == o.steps)
+          save(o.runDir / "last.pt");
+        continue;
+      }
+      progress.finish();
+      save(o.runDir / "last.pt");
+      throw Error(what + "; the last good state (step " + std::to_string(step_) +
+                  ") is in " + (o.runDir / "last.pt").string() +
+                  ". Lower train.lr, set train.clip, or train.on_nonfinite = \"skip\"");
+    }
     if (o.clipNorm > 0)
       torch::nn::utils::clip_grad_norm_(trainable, o.clipNorm);
     optimizer_.step();
     ++step_;
-
-    double loss = result.loss.item<double>();
-    if (!std::isfinite(loss))
-      throw Error("the training loss became " + std::to_string(loss) + " at step " +
-                  std::to_string(step_) + "; lower train.lr or set train.clip");
     result.metrics["loss"] = loss;
     for (const auto &[name, value] : result.metrics)
       window[name] += value;

@@ -61,8 +61,15 @@ TEST(Tasks, ExistingDataMustMatchTheConfig) {
   config.set("data.vars=5");
   expectErrorContaining<fwp::Error>([&] { ensureData(dataSpecFromConfig(config), nullptr); },
                                     "train.txt:1: the header");
-  // A missing split regenerates the set.
+  // A missing split is an error; the others are left alone.
+  const std::string train = fileText(dir / "train.txt");
   std::filesystem::remove(dir / "test.txt");
+  expectErrorContaining<fwp::Error>([&] { ensureData(dataSpecFromConfig(config), nullptr); },
+                                    "missing data split(s)");
+  EXPECT_EQ(fileText(dir / "train.txt"), train);
+  // No split at all: generated.
+  std::filesystem::remove(dir / "train.txt");
+  std::filesystem::remove(dir / "valid.txt");
   ensureData(dataSpecFromConfig(config), nullptr);
   EXPECT_NE(fileText(dir / "train.txt").find("vars=5"), std::string::npos);
 }

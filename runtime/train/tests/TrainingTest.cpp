@@ -291,7 +291,7 @@ TEST(Training, CheckpointErrorsNameTheFile) {
       "no optimizer state");
   fwp::train::test::writeText(dir / "junk.pt", "not a zip file");
   expectErrorContaining<fwp::Error>([&] { readCheckpointMeta(dir / "junk.pt"); },
-                                    "junk.pt: not a readable checkpoint");
+                                    "junk.pt: not an fwp checkpoint");
   expectErrorContaining<fwp::Error>([&] { readCheckpointMeta(dir / "none.pt"); },
                                     "none.pt: no such checkpoint");
 }
@@ -324,4 +324,56 @@ TEST(Training, ProgressPlainAndInteractive) {
   EXPECT_EQ(formatDuration(3725), "1h02m");
   EXPECT_EQ(formatDuration(187), "3m07s");
   EXPECT_EQ(formatDuration(12.4), "12s");
+}
+
+TEST(Training, NonFiniteValuesNeverReachTheParameters) {
+  TaskData task = describeTask("codeexec");
+  static const auto data = tinyCodeExec(6, 40, 3);
+  for (const std::string policy : {"stop", "skip"}) {
+    SCOPED_TRACE(policy);
+    TempDir dir("nonfinite_" + policy);
+    torch::manual_seed(1);
+    TokenModel model(tinyOptions("lstm", task), torch::kCPU);
+    auto optimizer = makeAdam(model->parameters(), AdamOptions{});
+    LoopOptions options;
+    options.steps = 5;
+    options.logEvery = 1;
+    options.evalEvery = 0;
+    options.checkpointEvery = 0;
+    options.runDir = dir.path();
+    options.interactive = false;
+    options.onNonFinite = policy;
+    TrainingLoop loop(*model, *optimizer, options, "name = \"tiny\"\n");
+    EpochSampler sampler(static_cast<int64_t>(data.size()), 8, 9);
+    std::vector<torch::Tensor> beforeBadStep;
+    auto step = [&](int64_t s) {
+      Batch batch = makeBatch(data, sampler.indices(s), torch::kCPU);
+      torch::Tensor loss = sequenceLoss(model->forward(batch.input), batch);
+      if (s == 2) { // the third step: a NaN in the loss (and so in every gradient)
+        for (const auto &p : model->parameters())
+          beforeBadStep.push_back(p.detach().clone());
+        loss = loss * std::numeric_limits<float>::quiet_NaN();
+      }
+      return StepResult{loss, {}};
+    };
+    if (policy == "stop") {
+      expectErrorContaining<fwp::Error>([&] { loop.run(step, nullptr); },
+                                        "the loss is not finite at step 3");
+      // last.pt holds the last good state: the parameters before step 3.
+      TokenModel saved(tinyOptions("lstm", task), torch::kCPU);
+      CheckpointMeta meta = loadCheckpoint(dir / "last.pt", *saved, nullptr, torch::kCPU, false);
+      EXPECT_EQ(meta.step, 2);
+      auto params = saved->parameters();
+      ASSERT_EQ(params.size(), beforeBadStep.size());
+      for (size_t i = 0; i < params.size(); ++i)
+        EXPECT_TRUE(torch::equal(params[i], beforeBadStep[i])) << "parameter " << i;
+    } else {
+      loop.run(step, nullptr);
+      EXPECT_EQ(loop.skippedSteps(), 1);
+      EXPECT_EQ(loop.step(), 5);
+      for (const auto &p : model->parameters())
+        EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
+      EXPECT_NE(readLines(dir.path() / "metrics.jsonl")[2].find("nonfinite"), std::string::npos);
+    }
+  }
 }

@@ -62,6 +62,10 @@ int main(int argc, char **argv) {
       ->excludes("--artifact");
   app.add_flag("--resume", request.resume, "continue from <run_dir>/last.pt");
   app.add_option("--resume-from", request.resumeFrom, "continue from this checkpoint");
+  app.add_flag("--overwrite", request.overwrite,
+               "start over in a run folder that holds a run (removes its checkpoints)");
+  app.add_flag("--allow-config-change", request.allowConfigChange,
+               "resume although the configuration differs from the checkpoint's");
   app.add_flag("--plain", plain, "plain progress lines even on a terminal");
   app.add_option("--threads", threads, "intra-op CPU threads (default: train.threads or all)");
 
@@ -156,6 +160,8 @@ int main(int argc, char **argv) {
       request.overrides.push_back("train.threads=" + std::to_string(threads));
     if (plain)
       request.interactive = false;
+    // SIGTERM/SIGINT: finish the step, write last.pt, exit 0.
+    installStopHandlers();
     trainRun(request, std::cerr);
     return 0;
   });

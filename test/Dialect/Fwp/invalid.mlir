@@ -282,3 +282,26 @@ func.func @outside(%x: f32) {
   // expected-error @+1 {{expects parent op 'fwp.scan'}}
   fwp.yield %x : f32
 }
+
+// -----
+
+// The dims must agree with the types: a dim that no type uses would be
+// recorded in the manifest while the code computes with other sizes.
+// expected-error @+1 {{dim 'd' is 16 but no seq input, param, state or output has that size: the dims must agree with the types}}
+fwp.scan @dims_disagree dims(d = 16) seq(%x : vector<8xf32>) states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
+  fwp.yield %W, %x : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+}
+
+// -----
+
+// expected-error @+1 {{dim 'd' is 65536, more than the largest supported size 4096}}
+fwp.scan @huge_dim dims(d = 65536) seq(%x : vector<65536xf32>) outputs(y : vector<65536xf32>) {
+  fwp.yield %x : vector<65536xf32>
+}
+
+// -----
+
+// expected-error @+1 {{has the type 'vector<5000xf32>', larger than the largest supported size 4096}}
+fwp.scan @huge_type seq(%x : vector<5000xf32>) outputs(y : vector<5000xf32>) {
+  fwp.yield %x : vector<5000xf32>
+}

@@ -1,9 +1,11 @@
 //===- FwpOps.cpp - Operations of the fwp dialect -------------------------===//
 
 #include "fwp/Dialect/Fwp/IR/FwpOps.h"
+#include "fwp/Dialect/Fwp/IR/FwpLimits.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/OpImplementation.h"
+#include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/StringExtras.h"
@@ -268,6 +270,11 @@ LogicalResult ScanOp::verify() {
       return emitOpError() << "dim '" << dim.getName().getValue()
                            << "' must be a positive integer, got "
                            << dim.getValue();
+    if (value.getInt() > kMaxDimSize)
+      return emitOpError() << "dim '" << dim.getName().getValue() << "' is "
+                           << value.getInt()
+                           << ", more than the largest supported size "
+                           << kMaxDimSize;
     auto [it, inserted] =
         dimByValue.try_emplace(value.getInt(), dim.getName().getValue());
     if (!inserted)
@@ -326,6 +333,35 @@ LogicalResult ScanOp::verify() {
   for (auto [type, name] : llvm::zip(getOutputTypes(), getOutputNames()))
     if (failed(checkKind(cast<TypeAttr>(type).getValue(), "output", name, true)))
       return failure();
+
+  // The dims must agree with the types: every dim is a size of some
+  // argument or output (the manifest records the dims, the code computes
+  // with the types' sizes), and no size exceeds kMaxDimSize.
+  llvm::DenseSet<int64_t> sizes;
+  SmallVector<Type> types = llvm::to_vector(block.getArgumentTypes());
+  for (Attribute type : getOutputTypes())
+    types.push_back(cast<TypeAttr>(type).getValue());
+  for (Type type : types) {
+    SmallVector<int64_t, 2> shape;
+    if (auto vector = dyn_cast<VectorType>(type))
+      shape.push_back(vector.getDimSize(0));
+    else if (auto weight = dyn_cast<FastWeightType>(type))
+      shape.append({weight.getKeyDim(), weight.getValueDim()});
+    for (int64_t size : shape) {
+      if (size > kMaxDimSize)
+        return emitOpError() << "has the type " << type << ", larger than the "
+                             << "largest supported size " << kMaxDimSize;
+      sizes.insert(size);
+    }
+  }
+  for (NamedAttribute dim : getDims()) {
+    int64_t value = cast<IntegerAttr>(dim.getValue()).getInt();
+    if (!sizes.contains(value))
+      return emitOpError() << "dim '" << dim.getName().getValue() << "' is "
+                           << value
+                           << " but no seq input, param, state or output has "
+                              "that size: the dims must agree with the types";
+  }
   return success();
 }
 

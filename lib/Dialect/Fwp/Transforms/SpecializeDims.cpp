@@ -2,6 +2,9 @@
 
 #include "fwp/Dialect/Fwp/Transforms/Passes.h"
 
+#include "fwp/Dialect/Fwp/IR/FwpOps.h"
+#include "fwp/Dialect/Fwp/IR/FwpLimits.h"
+
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/StringMap.h"
@@ -62,6 +65,12 @@ struct FwpSpecializeDimsPass
         getOperation().emitError()
             << "fwp-specialize-dims: expected name=positive-integer, got '"
             << entry << "'";
+        return signalPassFailure();
+      }
+      if (value > kMaxDimSize) {
+        getOperation().emitError()
+            << "fwp-specialize-dims: '" << entry << "' is larger than the "
+            << "largest supported size " << kMaxDimSize;
         return signalPassFailure();
       }
       requested[name.trim()] = value;

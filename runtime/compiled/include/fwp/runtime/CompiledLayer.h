@@ -1,8 +1,11 @@
 //===- CompiledLayer.h - Layers compiled by fwp-compile ---------*- C++ -*-===//
 //
-// A .fwpk artifact (docs/design.md) is a shared library with a JSON manifest
-// and one C entry point per kernel. CompiledLayer loads it, validates the
-// manifest and every call's tensors against it, and runs the kernels as a
+// A .fwpk artifact (docs/design.md) is a container: a JSON manifest and
+// sections (the CPU code, a shared library with one C entry point per
+// kernel; the PTX and cubins of the CUDA kernels), each with a SHA-256
+// digest. Artifact::load verifies all of it before it maps any code
+// (ArtifactContainer.h). CompiledLayer validates every call's tensors
+// against the manifest and runs the kernels as a
 // torch autograd function: forward (or forward_train, which also records the
 // tape, when gradients are needed) and backward. An artifact compiled with
 // CUDA kernels (`kernels.cuda` in the manifest, PTX and cubin images as
@@ -40,8 +43,9 @@ struct CpuKernel {
 /// The parsed manifest of an artifact and its loaded code.
 class Artifact {
 public:
-  /// Loads and validates `path`; throws fwp::Error naming the file and the
-  /// manifest field at fault.
+  /// Verifies `path` (opened by that path; the container, every digest, the
+  /// manifest and every cross-reference), then maps its CPU code; throws
+  /// fwp::Error naming the file and the field or section at fault.
   static std::shared_ptr<const Artifact> load(const std::string &path);
   ~Artifact();
   Artifact(const Artifact &) = delete;
@@ -65,9 +69,13 @@ public:
   const cuda::KernelBundle &cudaKernels(const std::string &chip) const;
 
 private:
+  friend std::string describeArtifact(const std::string &path);
   Artifact() = default;
+  /// Verifies `path`; maps its code only with `mapCode`.
+  static std::shared_ptr<Artifact> loadImpl(const std::string &path, bool mapCode);
   std::string path_;
   void *handle_ = nullptr;
+  int imageFd_ = -1; ///< the memfd holding the mapped CPU code
   LayerSignature signature_;
   Dims dims_;
   torch::ScalarType dtype_ = torch::kFloat;
@@ -112,6 +120,9 @@ TensorMap runCompiledBackward(const Artifact &artifact, const TensorMap &inputs,
 std::vector<std::pair<std::string, std::vector<int64_t>>>
 compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, int64_t steps,
                       bool train);
+/// Verifies `path` as Artifact::load does, without mapping any code, and
+/// returns its manifest (JSON text); throws fwp::Error (fwp-inspect).
+std::string describeArtifact(const std::string &path);
 
 /// Loads a .fwpk as a FastWeightLayer (throws fwp::Error).
 std::unique_ptr<FastWeightLayer> loadCompiledLayer(const std::string &path);

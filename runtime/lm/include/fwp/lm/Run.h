@@ -31,12 +31,15 @@ struct LmTrainRequest {
   std::optional<std::string> device;  ///< overrides train.device
   bool resume = false;                ///< continue from <run_dir>/last.pt
   std::string resumeFrom;             ///< continue from this checkpoint
+  bool overwrite = false;             ///< start over in a folder that holds a run
+  bool allowConfigChange = false;     ///< resume with a changed configuration
   bool reference = false;             ///< model.reference = true
   std::optional<bool> interactive;    ///< progress bar (default: tty)
 };
 
 /// Trains per the config, then scores best.pt on the test split with the
-/// modes of eval.modes. Returns the final metrics ("<mode>_ppl", ...).
+/// modes of eval.modes. Returns the final metrics ("<mode>_ppl", ...); none
+/// when a stop signal ended the run early (last.pt then holds it).
 fwp::train::Metrics trainLanguageModel(const LmTrainRequest &request, std::ostream &log);
 
 struct LmEvalRequest {

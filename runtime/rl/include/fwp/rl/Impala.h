@@ -41,6 +41,10 @@ struct TrainConfig {
   std::string device = "cpu"; ///< the learner's device ("cpu", "cuda", "cuda:1"); actors use the CPU
   double checkpointEverySeconds = 600;
   double logEverySeconds = 10;
+  /// A non-finite loss or gradient (found before the optimizer step):
+  /// "stop" writes the checkpoint of the last good state and fails; "skip"
+  /// drops the update (on_nonfinite, the same policy as fwp-train's).
+  std::string onNonFinite = "stop";
 };
 
 struct ImpalaConfig {
@@ -88,6 +92,7 @@ struct LearnerStats {
   double totalLoss = 0, pgLoss = 0, baselineLoss = 0, entropyLoss = 0;
   double gradNorm = 0;     ///< before clipping
   double learningRate = 0; ///< used for this update
+  bool skipped = false;    ///< non-finite: the update was dropped
 };
 
 class Learner {
@@ -103,6 +108,10 @@ public:
   torch::optim::RMSprop optimizer;
   int64_t stepsDone = 0;
   int64_t updates = 0;
+  int64_t skippedUpdates = 0; ///< dropped for non-finite values
+  /// Set when an update found non-finite values under on_nonfinite = "stop"
+  /// (the update threw, the parameters are those of the last good update).
+  bool stoppedOnNonFinite = false;
   int64_t episodes = 0;
   torch::Device device;
 
@@ -160,8 +169,5 @@ struct EnvThroughput {
 /// the full preprocessing) for `seconds`.
 EnvThroughput benchmarkEnvironment(const AtariEnvConfig &env, int actors, int envsPerActor,
                                    double seconds);
-
-/// Writes `content` to `path` via a temporary file and rename.
-void writeFileAtomic(const std::string &path, const std::string &content);
 
 } // namespace fwp::rl

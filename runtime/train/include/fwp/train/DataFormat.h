@@ -9,6 +9,7 @@
 //===----------------------------------------------------------------------===//
 #pragma once
 
+#include "fwp/runtime/AtomicFile.h"
 #include "fwp/runtime/Layer.h"
 
 #include <cstdint>
@@ -60,9 +61,8 @@ std::vector<std::string> splitOnSpace(const std::string &text);
 Error lineError(const std::string &file, int64_t line,
                 const std::string &message);
 
-/// Writes `path` through `path.tmp.<pid>` + rename; creates parent folders.
-void writeFileAtomically(const std::filesystem::path &path,
-                         const std::function<void(std::ostream &)> &write);
+/// Atomic, durable writes: the runtime's one implementation (AtomicFile.h).
+using fwp::writeFileAtomically;
 
 /// Reads every line of `path` (without '\n'; a trailing '\r' is an error the
 /// caller sees as part of the line). Throws fwp::Error if it cannot be read.

@@ -78,13 +78,16 @@ struct TrainRequest {
   std::optional<std::string> device;  ///< overrides train.device
   bool resume = false;                ///< continue from <run_dir>/last.pt
   std::string resumeFrom;             ///< continue from this checkpoint
+  bool overwrite = false;             ///< start over in a folder that holds a run
+  bool allowConfigChange = false;     ///< resume with a changed configuration
   bool reference = false;             ///< force the eager reference layer
   std::optional<bool> interactive;    ///< progress bar (default: tty)
 };
 
 /// Loads the config, makes the data if missing, builds model and optimizer,
 /// trains, and evaluates best.pt on the test split. Messages go to `log`.
-/// Returns the test metrics of the best checkpoint.
+/// Returns the test metrics of the best checkpoint (none when a stop signal
+/// ended the run early: last.pt then holds it, for --resume).
 Metrics trainRun(const TrainRequest &request, std::ostream &log);
 
 struct EvalRequest {

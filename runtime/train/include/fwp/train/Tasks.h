@@ -48,7 +48,8 @@ DataSpec dataSpecFromConfig(const Config &config);
 /// writes them atomically. `log` (may be null) gets one line per file.
 void generateData(const DataSpec &spec, std::ostream *log);
 
-/// Generates the files if any is missing; otherwise verifies the headers.
+/// Generates the files when none exists; some missing is an error (the
+/// others are never overwritten unasked); otherwise verifies the headers.
 void ensureData(const DataSpec &spec, std::ostream *log);
 
 struct TaskData {

@@ -55,6 +55,8 @@ struct CheckpointMeta {
   std::optional<double> best;     ///< best validation value so far
   int64_t bestStep = -1;
   std::string config;             ///< the run's TOML (after overrides)
+  std::string trainer = "fwp-train"; ///< the tool, recorded in the file's header
+  std::string artifactDigest;     ///< artifactDigestOf(model) (CheckpointFile.h)
   nlohmann::json extra = nlohmann::json::object(); ///< tool-specific
   /// Tool-specific tensors (e.g. a language model's carried-over state),
   /// stored on the CPU and loaded onto the training device.
@@ -63,7 +65,8 @@ struct CheckpointMeta {
 
 /// Writes model parameters and buffers, the optimizer's state (when given),
 /// the CPU (and, when CUDA is present, every CUDA) generator state and
-/// `meta` to `path` through a temporary file and a rename.
+/// `meta` to `path` in the checkpoint format of CheckpointFile.h (atomic,
+/// fsync'd, with a SHA-256 digest that loading verifies).
 void saveCheckpoint(const std::filesystem::path &path, torch::nn::Module &model,
                     torch::optim::Optimizer *optimizer, const CheckpointMeta &meta);
 
@@ -115,6 +118,12 @@ private:
   std::chrono::steady_clock::time_point lastDraw_;
 };
 
+/// Keeps only the lines of a JSON-lines file whose `key` is at most
+/// `keepUpTo` (and drops lines a crash cut short): a resumed run's logs then
+/// read as if it had never stopped.
+void truncateJsonLines(const std::filesystem::path &path, const std::string &key,
+                       int64_t keepUpTo);
+
 /// Appends JSON objects, one per line, flushed at once.
 class MetricsLog {
 public:
@@ -137,7 +146,33 @@ struct LoopOptions {
   std::string selectMetric = "acc"; ///< validation metric that picks best.pt
   bool higherIsBetter = true;
   std::optional<bool> interactive; ///< progress bar; default: stderr is a tty
+  std::string trainer = "fwp-train"; ///< recorded in every checkpoint's header
+  std::string artifactDigest; ///< fwp::artifactDigest of the model's compiled layer, or ""
+  /// A non-finite loss or gradient (found before the optimizer step):
+  /// "stop" writes last.pt of the last good state and fails; "skip" drops
+  /// the step's update and goes on (train.on_nonfinite).
+  std::string onNonFinite = "stop";
 };
+
+/// Installs handlers for SIGTERM and SIGINT: the first signal asks every
+/// TrainingLoop to stop after its current step (it writes last.pt and
+/// returns, interrupted() then says so); a second one exits at once.
+void installStopHandlers();
+/// Whether a stop was asked for (a signal, or requestStop()).
+bool stopRequested();
+void requestStop();
+
+/// Before a run starts in `runDir`: a folder that holds a run (last.pt,
+/// best.pt, metrics.jsonl, test.json) is an error naming the folder unless
+/// the run resumes or `overwrite` (which removes those files first).
+void prepareRunFolder(const std::filesystem::path &runDir, bool resuming, bool overwrite,
+                      std::ostream &log);
+
+/// On resume: the configuration and the artifact digest stored in
+/// `checkpoint` against the current ones; differences are printed, and an
+/// error unless `allowChange`.
+void checkResumeConfig(const std::filesystem::path &checkpoint, const std::string &config,
+                       const std::string &artifactDigest, bool allowChange, std::ostream &log);
 
 /// train.steps, log_every, eval_every, checkpoint_every, clip, run_dir
 /// (default runs/<name>), select_metric.
@@ -163,6 +198,10 @@ public:
   Metrics run(const StepFn &step, const ValidateFn &validate);
 
   int64_t step() const { return step_; }
+  /// Whether run() returned early because a stop was requested.
+  bool interrupted() const { return interrupted_; }
+  /// Steps whose update was dropped (train.on_nonfinite = "skip").
+  int64_t skippedSteps() const { return skipped_; }
   std::optional<double> best() const { return best_; }
   /// Free-form JSON stored in every checkpoint this loop writes.
   nlohmann::json &extra() { return extra_; }
@@ -178,6 +217,8 @@ private:
   LoopOptions options_;
   std::string configText_;
   int64_t step_ = 0;
+  bool interrupted_ = false;
+  int64_t skipped_ = 0;
   std::optional<double> best_;
   int64_t bestStep_ = -1;
   double bestLoss_ = std::numeric_limits<double>::infinity(); ///< tie-breaker
