@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fwp
-from conftest import ARTIFACTS, MODELS, artifact, random_inputs
+from conftest import MODELS, artifact, random_inputs
 from fwp._paths import REPO_ROOT, compiler_path
 
 
@@ -112,5 +112,5 @@ def test_compile_without_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 def test_artifacts_of_every_model_are_built() -> None:
     for model in MODELS:
-        assert (ARTIFACTS / f"{model}.fwpk").is_file(), model
-        assert (ARTIFACTS / "f64" / f"{model}.fwpk").is_file(), model
+        assert artifact(model).is_file(), model
+        assert artifact(model, torch.float64).is_file(), model
