@@ -51,15 +51,14 @@ def records(path: Path) -> list[dict]:
 
 
 def svg_lines(path: Path) -> dict[str, int]:
-    """gid of every drawn line -> number of vertices of its path."""
+    """gid of every drawn line -> number of vertices of its path (0: empty)."""
     lines = {}
     for group in ET.parse(path).getroot().iter(f"{SVG}g"):
         gid = group.get("id", "")
         if "/" not in gid:
             continue
         paths = list(group.iter(f"{SVG}path"))
-        assert paths, f"line {gid} has no path"
-        lines[gid] = len(re.findall(r"[ML]", paths[0].get("d", "")))
+        lines[gid] = len(re.findall(r"[ML]", paths[0].get("d", ""))) if paths else 0
     return lines
 
 
@@ -206,9 +205,8 @@ def test_fwp_atari_run(tmp_path: Path) -> None:
     run([fwp_atari, "train", "--config", str(config), "--run-dir", str(tmp_path / "atari")], tmp_path)
     metrics = records(tmp_path / "atari" / "metrics.jsonl")
     scores = sum(1 for r in metrics if r["interval_mean_score"] is not None)
-    expected = {"atari/loss/step": len(metrics), "atari/loss/time": len(metrics)}
-    if scores:
-        expected |= {"atari/score/step": scores, "atari/score/time": scores}
+    expected = {"atari/loss/step": len(metrics), "atari/loss/time": len(metrics),
+                "atari/score/step": scores, "atari/score/time": scores}
     assert len(metrics) == 5  # 50 steps, 10 per update, one record each
     result = fwp_plot(str(tmp_path / "atari"), "-o", str(tmp_path / "atari_chart"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
