@@ -76,6 +76,19 @@ def check_chart(out: Path, expected: dict[str, int]) -> None:
         assert gid.split("/")[0] in legend, f"legend lacks {gid.split('/')[0]}"
 
 
+# A tiny Delta Net (eager reference layer) for fwp-train and fwp-lm.
+TINY_MODEL = """
+[model]
+kind = "fwp"
+layer = "delta_net"
+reference = true
+layers = 1
+hidden = 16
+heads = 2
+ff_mult = 2
+dropout = 0.0
+"""
+
 TRAIN_CONFIG = """
 name = "tiny"
 [data]
@@ -87,16 +100,7 @@ seed = 1
 train = 64
 valid = 16
 test = 16
-[model]
-kind = "fwp"
-layer = "delta_net"
-reference = true
-layers = 1
-hidden = 16
-heads = 2
-ff_mult = 2
-dropout = 0.0
-[train]
+{model}[train]
 steps = 12
 batch = 8
 lr = 3e-3
@@ -110,7 +114,7 @@ threads = 1
 
 def train_run(tmp: Path, name: str, seed: int) -> Path:
     config = tmp / f"{name}.toml"
-    config.write_text(TRAIN_CONFIG.format(data=tmp / "data", seed=seed))
+    config.write_text(TRAIN_CONFIG.format(data=tmp / "data", seed=seed, model=TINY_MODEL))
     run([tool("FWP_TRAIN"), "--config", str(config), "--run-dir", str(tmp / name), "--plain"], tmp)
     return tmp / name
 
@@ -159,16 +163,7 @@ def test_fwp_lm_run(tmp_path: Path) -> None:
 name = "lm"
 [data]
 dir = "{data}"
-[model]
-kind = "fwp"
-layer = "delta_net"
-reference = true
-layers = 1
-hidden = 16
-heads = 2
-ff_mult = 2
-dropout = 0.0
-[lm]
+{TINY_MODEL}[lm]
 cutoffs = []
 [train]
 steps = 8
