@@ -257,7 +257,18 @@ compileScansForCuda(ModuleOp module, const CudaOptions &options) {
   std::string ptxas = findPtxas(options);
   bool tune = options.blockSize == 0 && options.tuneBlockSize && !ptxas.empty();
   std::vector<CudaKernel> kernels;
+  auto report = [&](mlir::fwp::ScanOp scan, int64_t blockSize) {
+    if (!options.progress)
+      return;
+    std::string line = llvm::formatv("CUDA kernel {0}/{1}: {2}",
+                                     kernels.size() + 1, scans.size(),
+                                     scan.getSymName());
+    if (blockSize)
+      line += ", block " + std::to_string(blockSize);
+    options.progress(line);
+  };
   for (mlir::fwp::ScanOp scan : scans) {
+    report(scan, options.blockSize);
     FailureOr<Compiled> best =
         compileScan(scan, options, options.blockSize, tune || options.emitCubin
                                                           ? ptxas
@@ -272,6 +283,7 @@ compileScansForCuda(ModuleOp module, const CudaOptions &options) {
         if (candidate < 32 || candidate > 1024 ||
             best->assembled.spillBytes == 0)
           continue;
+        report(scan, candidate);
         FailureOr<Compiled> other = compileScan(scan, options, candidate, ptxas);
         if (failed(other))
           return failure();

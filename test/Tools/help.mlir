@@ -40,8 +40,8 @@
 // OPT: --split-input-file
 // OPT: --verify-diagnostics
 // OPT: FWP PASSES AND PIPELINES
-// OPT: --convert-fwp-to-cpu {{ +}}lower every fwp.scan
-// OPT: --fwp-differentiate {{ +}}reverse-mode differentiation
+// OPT: --convert-fwp-to-cpu lower every fwp.scan
+// OPT: --fwp-differentiate reverse-mode differentiation
 // OPT: --fwp-pipeline
 // OPT: EXAMPLES:
 // OPT-NEXT: fwp-opt models/delta_rnn.mlir --fwp-differentiate

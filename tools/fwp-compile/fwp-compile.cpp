@@ -256,8 +256,19 @@ int main(int argc, char **argv) {
     ::fwp::CudaOptions options;
     options.chip = cudaChip;
     options.blockSize = cudaBlockSize;
+    // On a terminal, one line redrawn in place while the kernels compile
+    // (ptxas tunes each one: seconds per kernel).
+    bool shown = false;
+    if (llvm::errs().is_displayed())
+      options.progress = [&](StringRef line) {
+        llvm::errs() << "\r\033[2Kfwp-compile: " << line;
+        llvm::errs().flush();
+        shown = true;
+      };
     FailureOr<std::vector<::fwp::CudaKernel>> kernels =
         ::fwp::compileScansForCuda(*module, options);
+    if (shown)
+      llvm::errs() << "\r\033[2K";
     if (failed(kernels))
       return fail("cannot compile CUDA kernels for '" + layerName +
                   "' (--cuda=off compiles the CPU kernels only)");

@@ -14,6 +14,7 @@
 #include "llvm/Support/JSON.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,10 @@ struct CudaOptions {
   bool tuneBlockSize = true;
   /// ptxas to use; empty: PATH, then /usr/local/cuda/bin.
   std::string ptxasPath;
+  /// Called before each kernel is compiled (and each block size ptxas
+  /// tries), with a line such as "CUDA kernel 2/3: rdn_train, block 256";
+  /// fwp-compile shows it while it works.
+  std::function<void(llvm::StringRef)> progress;
 };
 
 /// One compiled kernel: a scan's ABI plus its PTX.

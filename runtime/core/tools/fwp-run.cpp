@@ -203,11 +203,11 @@ int main(int argc, char **argv) {
 
   CLI::App app{"Run one fast-weight layer (forward, optionally backward) on the tensors of a "
                "safetensors file."};
-  app.footer("\nExamples:\n"
+  app.footer("\nReference layers: " + layers + "\n\nExamples:\n"
              "  fwp-run --layer delta_rnn --inputs in.safetensors --out out.safetensors --backward\n"
-             "  fwp-run --artifact build/artifacts/rdn.fwpk --device cuda --inputs in.safetensors "
+             "  fwp-run --artifact rdn.fwpk --device cuda --inputs in.safetensors "
              "--out out.safetensors");
-  auto *layerOption = app.add_option("--layer", options.layer, "reference layer: " + layers);
+  auto *layerOption = app.add_option("--layer", options.layer, "a reference layer (names below)");
   auto *artifactOption =
       app.add_option("--artifact", options.artifact, "a layer compiled by fwp-compile (.fwpk)");
   layerOption->excludes(artifactOption);
@@ -216,7 +216,7 @@ int main(int argc, char **argv) {
       ->required();
   app.add_option("--out", options.out, "safetensors file to write (atomically)")->required();
   app.add_flag("--backward", options.backward,
-               "also write grad.<name> of every input, from grad.y (+ optional grad.final.<state>)");
+               "also write grad.<name> of every input, from grad.y (+ grad.final.*)");
   app.add_option("--device", options.device, "cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();

@@ -51,15 +51,14 @@ def records(path: Path) -> list[dict]:
 
 
 def svg_lines(path: Path) -> dict[str, int]:
-    """gid of every drawn line -> number of vertices of its path."""
+    """gid of every drawn line -> number of vertices of its path (0: empty)."""
     lines = {}
     for group in ET.parse(path).getroot().iter(f"{SVG}g"):
         gid = group.get("id", "")
         if "/" not in gid:
             continue
         paths = list(group.iter(f"{SVG}path"))
-        assert paths, f"line {gid} has no path"
-        lines[gid] = len(re.findall(r"[ML]", paths[0].get("d", "")))
+        lines[gid] = len(re.findall(r"[ML]", paths[0].get("d", ""))) if paths else 0
     return lines
 
 
@@ -77,6 +76,19 @@ def check_chart(out: Path, expected: dict[str, int]) -> None:
         assert gid.split("/")[0] in legend, f"legend lacks {gid.split('/')[0]}"
 
 
+# A tiny Delta Net (eager reference layer) for fwp-train and fwp-lm.
+TINY_MODEL = """
+[model]
+kind = "fwp"
+layer = "delta_net"
+reference = true
+layers = 1
+hidden = 16
+heads = 2
+ff_mult = 2
+dropout = 0.0
+"""
+
 TRAIN_CONFIG = """
 name = "tiny"
 [data]
@@ -88,16 +100,7 @@ seed = 1
 train = 64
 valid = 16
 test = 16
-[model]
-kind = "fwp"
-layer = "delta_net"
-reference = true
-layers = 1
-hidden = 16
-heads = 2
-ff_mult = 2
-dropout = 0.0
-[train]
+{model}[train]
 steps = 12
 batch = 8
 lr = 3e-3
@@ -111,7 +114,7 @@ threads = 1
 
 def train_run(tmp: Path, name: str, seed: int) -> Path:
     config = tmp / f"{name}.toml"
-    config.write_text(TRAIN_CONFIG.format(data=tmp / "data", seed=seed))
+    config.write_text(TRAIN_CONFIG.format(data=tmp / "data", seed=seed, model=TINY_MODEL))
     run([tool("FWP_TRAIN"), "--config", str(config), "--run-dir", str(tmp / name), "--plain"], tmp)
     return tmp / name
 
@@ -160,16 +163,7 @@ def test_fwp_lm_run(tmp_path: Path) -> None:
 name = "lm"
 [data]
 dir = "{data}"
-[model]
-kind = "fwp"
-layer = "delta_net"
-reference = true
-layers = 1
-hidden = 16
-heads = 2
-ff_mult = 2
-dropout = 0.0
-[lm]
+{TINY_MODEL}[lm]
 cutoffs = []
 [train]
 steps = 8
@@ -206,9 +200,8 @@ def test_fwp_atari_run(tmp_path: Path) -> None:
     run([fwp_atari, "train", "--config", str(config), "--run-dir", str(tmp_path / "atari")], tmp_path)
     metrics = records(tmp_path / "atari" / "metrics.jsonl")
     scores = sum(1 for r in metrics if r["interval_mean_score"] is not None)
-    expected = {"atari/loss/step": len(metrics), "atari/loss/time": len(metrics)}
-    if scores:
-        expected |= {"atari/score/step": scores, "atari/score/time": scores}
+    expected = {"atari/loss/step": len(metrics), "atari/loss/time": len(metrics),
+                "atari/score/step": scores, "atari/score/time": scores}
     assert len(metrics) == 5  # 50 steps, 10 per update, one record each
     result = fwp_plot(str(tmp_path / "atari"), "-o", str(tmp_path / "atari_chart"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
