@@ -16,6 +16,7 @@
 #include <sstream>
 #include <tuple>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace fwp {
@@ -278,6 +279,12 @@ void writeSafetensors(const std::string &path, const TensorMap &tensors,
   } catch (const Error &e) {
     throw Error(path + ": " + e.what());
   }
+  // A missing folder is an error (a mistyped --out), not created.
+  const size_t slash = path.rfind('/');
+  const std::string folder = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
+  struct stat info {};
+  if (::stat(folder.c_str(), &info) != 0 || !S_ISDIR(info.st_mode))
+    throw Error(path + ": cannot write: the folder " + folder + " does not exist");
   writeFileAtomically(path, bytes);
 }
 

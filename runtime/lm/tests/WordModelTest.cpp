@@ -159,6 +159,8 @@ LmTrainRequest request(const std::string &config, std::vector<std::string> overr
   r.configPath = config;
   r.overrides = std::move(overrides);
   r.resume = resume;
+  // The resumed runs extend train.steps: a configuration change, allowed.
+  r.allowConfigChange = resume;
   r.interactive = false;
   return r;
 }

@@ -301,7 +301,14 @@ fwp.scan @huge_dim dims(d = 65536) seq(%x : vector<65536xf32>) outputs(y : vecto
 
 // -----
 
-// expected-error @+1 {{has the type 'vector<5000xf32>', larger than the largest supported size 4096}}
-fwp.scan @huge_type seq(%x : vector<5000xf32>) outputs(y : vector<5000xf32>) {
-  fwp.yield %x : vector<5000xf32>
+// expected-error @+1 {{has the type '!fwp.fast_weight<5000x4xf32>', larger than the largest supported size 4096}}
+fwp.scan @huge_weight seq(%x : vector<4xf32>) states(%W : !fwp.fast_weight<5000x4xf32>) outputs(y : vector<4xf32>) {
+  fwp.yield %W, %x : !fwp.fast_weight<5000x4xf32>, vector<4xf32>
+}
+
+// -----
+
+// expected-error @+1 {{has the type 'vector<70000xf32>', larger than the largest supported size 65536}}
+fwp.scan @huge_vector seq(%x : vector<70000xf32>) outputs(y : vector<70000xf32>) {
+  fwp.yield %x : vector<70000xf32>
 }

@@ -336,21 +336,24 @@ LogicalResult ScanOp::verify() {
 
   // The dims must agree with the types: every dim is a size of some
   // argument or output (the manifest records the dims, the code computes
-  // with the types' sizes), and no size exceeds kMaxDimSize.
+  // with the types' sizes), and no size exceeds its limit (FwpLimits.h).
   llvm::DenseSet<int64_t> sizes;
   SmallVector<Type> types = llvm::to_vector(block.getArgumentTypes());
   for (Attribute type : getOutputTypes())
     types.push_back(cast<TypeAttr>(type).getValue());
   for (Type type : types) {
     SmallVector<int64_t, 2> shape;
-    if (auto vector = dyn_cast<VectorType>(type))
+    int64_t limit = kMaxDimSize;
+    if (auto vector = dyn_cast<VectorType>(type)) {
       shape.push_back(vector.getDimSize(0));
-    else if (auto weight = dyn_cast<FastWeightType>(type))
+      limit = kMaxVectorSize;
+    } else if (auto weight = dyn_cast<FastWeightType>(type)) {
       shape.append({weight.getKeyDim(), weight.getValueDim()});
+    }
     for (int64_t size : shape) {
-      if (size > kMaxDimSize)
+      if (size > limit)
         return emitOpError() << "has the type " << type << ", larger than the "
-                             << "largest supported size " << kMaxDimSize;
+                             << "largest supported size " << limit;
       sizes.insert(size);
     }
   }
