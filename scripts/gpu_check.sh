@@ -231,6 +231,26 @@ diff = max((a - b).abs().max().item() for a, b in zip(got, want))
 print(f"fwp_bench ops on CPU: compiled vs reference, y and 4 gradients, max |diff| {diff:.2e}")
 assert len(got) == 5 and diff < 1e-4, diff
 assert torch.equal(ops.forward(compiled, ",".join(names), inputs), got[0])
+# The benchmark feeds fla phi(q), phi(k), sigmoid(beta), scale 1: the same
+# function as MODELS.md's delta_net? fla's own pure-PyTorch recurrence
+# (fla/ops/delta_rule/naive.py in the bundled wheel; it always scales q by
+# d^-0.5, so q * sqrt(d) here) against fwp's eager reference.
+import math, types, zipfile
+import torch.nn.functional as F
+wheels = glob.glob(f"{unpacked}/wheels/fla_core-*.whl")
+if wheels:
+    sys.modules.setdefault("einops", types.SimpleNamespace(rearrange=None))  # only its chunked form uses it
+    naive = types.ModuleType("fla_naive")
+    exec(zipfile.ZipFile(wheels[0]).read("fla/ops/delta_rule/naive.py"), naive.__dict__)
+    phi = lambda x: (F.elu(x) + 1) / (F.elu(x) + 1).sum(-1, keepdim=True)
+    q, k, v = (t.double() for t in inputs[:3])
+    o, _ = naive.delta_rule_recurrence(phi(q) * math.sqrt(16), phi(k), v, torch.sigmoid(inputs[3][..., 0].double()))
+    y = ops.forward(reference, ",".join(names), inputs)
+    diff = (o - y.double()).abs().max().item()
+    print(f"fla's naive delta rule (as gpu_bench.py feeds fla) vs fwp's reference delta_net: max |diff| {diff:.2e}")
+    assert diff < 1e-5, diff
+else:
+    print("no fla wheel in the bundle (--ci): the fla convention check is skipped")
 EOF
   else
     FWP_REQUIRE_GPU=1 FWP_CUDA_KERNELS="$kernels" ctest --test-dir "$build" \
