@@ -3,6 +3,7 @@
 #include "fwp/lm/Corpus.h"
 
 #include "fwp/runtime/Layer.h"
+#include "fwp/train/Training.h"
 
 #include <algorithm>
 #include <cstddef>
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <iostream>
 #include <numeric>
+#include <optional>
 #include <sstream>
 
 #include <fcntl.h>
@@ -707,6 +709,9 @@ bool Corpus::loadCache(const CorpusOptions &options, bool hashesKnown, std::stri
   return false;
 }
 
+/// Training files at least this large show a progress bar while cached.
+constexpr int64_t kProgressMinMiB = 16;
+
 Corpus Corpus::open(const CorpusOptions &options) {
   Corpus corpus;
   const std::string cacheDir = options.cacheDir.empty() ? options.dataDir : options.cacheDir;
@@ -749,9 +754,20 @@ Corpus Corpus::open(const CorpusOptions &options) {
   out.tokenOffset[0] = writer.offset();
   {
     LineReader reader(corpus.files_[0].path);
+    // Reading WikiText-103's 500 MB takes minutes: a progress bar (plain
+    // lines off a terminal) counts the MiB of the training file read.
+    const int64_t totalMiB = static_cast<int64_t>(corpus.files_[0].size >> 20);
+    std::optional<fwp::train::Progress> progress;
+    int64_t shownMiB = 0;
+    if (options.verbose && totalMiB >= kProgressMinMiB)
+      progress.emplace(totalMiB, 0, std::max<int64_t>(1, totalMiB / 10), stderr);
     std::string_view line;
     uint64_t count = 0;
     while (reader.next(line)) {
+      if (progress && static_cast<int64_t>(reader.bytesRead() >> 20) > shownMiB) {
+        shownMiB = std::min(totalMiB, static_cast<int64_t>(reader.bytesRead() >> 20));
+        progress->update(shownMiB, {});
+      }
       lineIds.clear();
       tokeniseLine(reader, line, [&](std::string_view token) {
         int32_t id = table.intern(token);
@@ -765,6 +781,8 @@ Corpus Corpus::open(const CorpusOptions &options) {
       writer.append(lineIds.data(), lineIds.size() * 4);
       count += lineIds.size();
     }
+    if (progress)
+      progress->finish();
     out.tokenCount[0] = count;
     corpus.files_[0].hash = reader.hash();
     if (count == 0)
