@@ -197,6 +197,7 @@ struct CallContext {
   /// The artifact's CUDA kernels for the call's device (CUDA calls only).
   const cuda::KernelBundle *cuda = nullptr;
   std::vector<std::string> inputNames; ///< order of the autograd inputs
+  std::vector<std::string> savedNames; ///< what the forward kept (tape or checkpoints)
   int64_t batch = 0, heads = 0, steps = 0;
 };
 
@@ -251,83 +252,289 @@ ForwardResult runForward(const Artifact &artifact, const CpuKernel &kernel,
   return result;
 }
 
-/// What a backward pass needs of its forward: the call, the inputs by name,
-/// the final states in signature order (the backward rebuilds the states
-/// from them) and the tape by name.
-struct SavedForward {
-  std::shared_ptr<CallContext> call;
-  TensorMap inputs;
-  std::vector<torch::Tensor> finals;
-  TensorMap tape;
-};
-
-void saveForward(torch::autograd::AutogradContext *ctx, at::TensorList inputs,
-                 const std::vector<torch::Tensor> &finals, const TensorMap &tape,
-                 std::shared_ptr<CallContext> call) {
-  torch::autograd::variable_list saved(inputs.begin(), inputs.end());
-  for (const torch::Tensor &final : finals)
-    saved.push_back(final.detach());
-  for (const TensorSpec &spec : call->artifact->tape())
-    saved.push_back(tape.at(spec.name));
-  ctx->save_for_backward(saved);
-  ctx->saved_data["call"] =
-      c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
+/// The backward kernel on CPU tensors, with the same contract as
+/// cuda::runBackward: `forwardResults` holds the tape and "final.<state>",
+/// `grads` "grad.y" and "grad.final.<state>" (missing ones are zeros); the
+/// result "grad.<seq>", "grad.<param>" (summed over the batch) and
+/// "grad.init.<state>".
+TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
+                         const TensorMap &forwardResults, const TensorMap &grads,
+                         int64_t batch, int64_t heads, int64_t steps) {
+  auto options = torch::TensorOptions().dtype(artifact.dtype());
+  TensorMap results;
+  std::vector<Buffer> buffers;
+  const CpuKernel &kernel = artifact.backward();
+  auto find = [&](const TensorMap &map, const std::string &name) -> const torch::Tensor & {
+    auto it = map.find(name);
+    if (it == map.end())
+      throw Error(artifact.path() + ": the backward kernel needs '" + name + "'");
+    return it->second;
+  };
+  for (const KernelArg &arg : kernel.args) {
+    Buffer buffer;
+    std::vector<int64_t> shape = tensorShape(arg, batch, heads, steps);
+    if (arg.role == "seq") {
+      buffer.tensor = find(inputs, arg.name).contiguous();
+    } else if (arg.role == "param") {
+      buffer.tensor = find(inputs, arg.name).contiguous();
+      buffer.perHead = true;
+    } else if (arg.role == "tape") {
+      buffer.tensor = find(forwardResults, arg.name).contiguous();
+    } else if (arg.role == "grad_output") {
+      auto grad = grads.find("grad." + arg.name);
+      buffer.tensor = grad != grads.end() && grad->second.defined()
+                          ? grad->second.to(artifact.dtype()).contiguous()
+                          : torch::zeros(shape, options);
+    } else if (arg.role == "state") {
+      // The backward rebuilds the states in place: start from a copy.
+      buffer.tensor = find(forwardResults, finalName(arg.name)).contiguous().clone();
+    } else if (arg.role == "grad_state") {
+      std::vector<int64_t> stateShape{batch, heads};
+      for (int64_t size : arg.shape)
+        stateShape.push_back(size);
+      auto grad = grads.find("grad." + finalName(arg.name));
+      buffer.tensor = grad != grads.end() && grad->second.defined()
+                          ? grad->second.to(artifact.dtype()).contiguous().clone().view(stateShape)
+                          : torch::zeros(stateShape, options);
+      results["grad." + initName(arg.name)] = buffer.tensor;
+    } else if (arg.role == "grad_param") {
+      // One accumulator per (batch, head); summed over the batch below.
+      std::vector<int64_t> accumulatorShape{batch, heads};
+      for (int64_t size : arg.shape)
+        accumulatorShape.push_back(size);
+      buffer.tensor = torch::zeros(accumulatorShape, options);
+      results["grad." + arg.name] = buffer.tensor;
+    } else if (arg.role == "grad_seq") {
+      buffer.tensor = torch::empty(shape, options);
+      results["grad." + arg.name] = buffer.tensor;
+    } else {
+      throw Error(artifact.path() + ": role '" + arg.role + "' in the backward kernel");
+    }
+    buffers.push_back(std::move(buffer));
+  }
+  runKernel(kernel, buffers, batch, heads, steps);
+  for (const KernelArg &arg : kernel.args)
+    if (arg.role == "grad_param")
+      results["grad." + arg.name] = results["grad." + arg.name].sum(0);
+  return results;
 }
 
-SavedForward restoreForward(torch::autograd::AutogradContext *ctx) {
-  SavedForward out;
-  out.call = c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
-                 ->call;
-  const Artifact &artifact = *out.call->artifact;
-  auto saved = ctx->get_saved_variables();
-  size_t next = 0;
-  for (const std::string &name : out.call->inputNames)
-    out.inputs[name] = saved[next++].detach();
-  for (size_t i = 0; i < artifact.signature().states.size(); ++i)
-    out.finals.push_back(saved[next++].detach());
-  for (const TensorSpec &spec : artifact.tape())
-    out.tape[spec.name] = saved[next++].detach();
+/// Runs one call's kernels on its device: forward (train: forward_train,
+/// which also returns the tape) and backward, both over inputs whose seq
+/// tensors may cover any number of steps (the segments of a checkpointed
+/// backward).
+struct Kernels {
+  const CallContext &call;
+
+  int64_t stepsOf(const TensorMap &inputs) const {
+    for (const TensorSpec &spec : call.artifact->signature().seq)
+      if (auto it = inputs.find(spec.name); it != inputs.end())
+        return it->second.size(2);
+    return call.steps;
+  }
+  /// y, "final.<state>" and, for train, the tape.
+  TensorMap forward(const TensorMap &inputs, bool train) const {
+    if (call.cuda)
+      return cuda::runForward(*call.cuda, inputs, train);
+    const Artifact &artifact = *call.artifact;
+    ForwardResult result =
+        runForward(artifact, train ? artifact.forwardTrain() : artifact.forward(), inputs,
+                   call.batch, call.heads, stepsOf(inputs));
+    TensorMap out = std::move(result.tape);
+    out["y"] = result.y;
+    for (size_t i = 0; i < artifact.signature().states.size(); ++i)
+      out[finalName(artifact.signature().states[i].name)] = result.finals[i];
+    return out;
+  }
+  TensorMap backward(const TensorMap &inputs, const TensorMap &forwardResults,
+                     const TensorMap &grads) const {
+    if (call.cuda)
+      return cuda::runBackward(*call.cuda, inputs, forwardResults, grads);
+    return runCpuBackward(*call.artifact, inputs, forwardResults, grads, call.batch,
+                          call.heads, stepsOf(inputs));
+  }
+};
+
+/// The inputs of steps [begin, end): seq tensors sliced in time, params as
+/// they are, the given states as initial states.
+TensorMap segmentInputs(const Artifact &artifact, const TensorMap &inputs, int64_t begin,
+                        int64_t end, const TensorMap &states) {
+  TensorMap out;
+  for (const TensorSpec &spec : artifact.signature().seq)
+    out[spec.name] = inputs.at(spec.name).narrow(2, begin, end - begin).contiguous();
+  for (const TensorSpec &spec : artifact.signature().params)
+    out[spec.name] = inputs.at(spec.name);
+  for (const auto &[name, state] : states)
+    out[initName(name)] = state;
   return out;
 }
 
-/// The CUDA twin of CompiledScanFunction: forward_train records the tape on
-/// the device, backward rebuilds the states from the final ones.
-class CudaScanFunction : public torch::autograd::Function<CudaScanFunction> {
+/// Checkpoint names in the saved map: the states at the start of segment k.
+std::string checkpointName(size_t segment, const std::string &state) {
+  return "checkpoint." + std::to_string(segment) + "." + state;
+}
+
+/// The forward of a call that needs gradients. Without checkpoints:
+/// forward_train, saving its tape. With checkpoints every C steps: the
+/// plain forward segment by segment, saving only the states at each
+/// segment's start (the backward recomputes the tape of one segment at a
+/// time).
+struct TrainForward {
+  torch::Tensor y;
+  std::vector<torch::Tensor> finals; ///< signature order
+  TensorMap saved;                   ///< tape or checkpoints
+};
+
+TrainForward trainForward(const Kernels &kernels, const TensorMap &inputs) {
+  const Artifact &artifact = *kernels.call.artifact;
+  const LayerSignature &signature = artifact.signature();
+  TrainForward out;
+  int64_t every = artifact.checkpointEvery();
+  if (every <= 0) {
+    TensorMap results = kernels.forward(inputs, /*train=*/true);
+    out.y = results.at("y");
+    for (const TensorSpec &state : signature.states)
+      out.finals.push_back(results.at(finalName(state.name)));
+    for (const TensorSpec &spec : artifact.tape())
+      out.saved[spec.name] = results.at(spec.name);
+    return out;
+  }
+  int64_t steps = kernels.call.steps;
+  TensorMap states;
+  for (const TensorSpec &state : signature.states)
+    if (auto init = inputs.find(initName(state.name)); init != inputs.end())
+      states[state.name] = init->second.detach();
+  std::vector<torch::Tensor> ys;
+  for (int64_t begin = 0, segment = 0; begin < steps; begin += every, ++segment) {
+    int64_t end = std::min(steps, begin + every);
+    for (const auto &[name, state] : states)
+      out.saved[checkpointName(segment, name)] = state;
+    TensorMap results =
+        kernels.forward(segmentInputs(artifact, inputs, begin, end, states), /*train=*/false);
+    ys.push_back(results.at("y"));
+    for (const TensorSpec &state : signature.states)
+      states[state.name] = results.at(finalName(state.name));
+  }
+  out.y = ys.size() == 1 ? ys[0] : torch::cat(ys, 2);
+  for (const TensorSpec &state : signature.states)
+    out.finals.push_back(states.at(state.name));
+  return out;
+}
+
+/// The backward of a call: `grads` holds "grad.y" and "grad.final.<state>".
+/// Returns "grad.<input>" for the seq inputs, params and initial states.
+TensorMap trainBackward(const Kernels &kernels, const TensorMap &inputs,
+                        const std::vector<torch::Tensor> &finals, const TensorMap &saved,
+                        const TensorMap &grads) {
+  const Artifact &artifact = *kernels.call.artifact;
+  const LayerSignature &signature = artifact.signature();
+  int64_t every = artifact.checkpointEvery();
+  if (every <= 0) {
+    TensorMap forwardResults = saved;
+    for (size_t i = 0; i < signature.states.size(); ++i)
+      forwardResults[finalName(signature.states[i].name)] = finals[i];
+    return kernels.backward(inputs, forwardResults, grads);
+  }
+  // Segments from the last to the first: recompute the segment's tape from
+  // its checkpoint (forward_train), then run the backward over it, carrying
+  // the states' gradients into the segment before.
+  int64_t steps = kernels.call.steps;
+  int64_t segments = (steps + every - 1) / every;
+  TensorMap carried; // "grad.final.<state>"
+  for (const TensorSpec &state : signature.states)
+    if (auto grad = grads.find("grad." + finalName(state.name)); grad != grads.end())
+      carried[grad->first] = grad->second;
+  std::vector<std::map<std::string, torch::Tensor>> seqGrads(segments);
+  TensorMap out;
+  for (int64_t segment = segments - 1; segment >= 0; --segment) {
+    int64_t begin = segment * every, end = std::min(steps, begin + every);
+    TensorMap states;
+    for (const TensorSpec &state : signature.states)
+      if (auto it = saved.find(checkpointName(segment, state.name)); it != saved.end())
+        states[state.name] = it->second;
+    TensorMap segmentIn = segmentInputs(artifact, inputs, begin, end, states);
+    TensorMap forwardResults = kernels.forward(segmentIn, /*train=*/true);
+    TensorMap segmentGrads = carried;
+    if (auto gradY = grads.find("grad.y"); gradY != grads.end() && gradY->second.defined())
+      segmentGrads["grad.y"] = gradY->second.narrow(2, begin, end - begin).contiguous();
+    TensorMap results = kernels.backward(segmentIn, forwardResults, segmentGrads);
+    for (const TensorSpec &spec : signature.seq)
+      seqGrads[segment]["grad." + spec.name] = results.at("grad." + spec.name);
+    for (const TensorSpec &spec : signature.params) {
+      torch::Tensor &total = out["grad." + spec.name];
+      const torch::Tensor &part = results.at("grad." + spec.name);
+      total = total.defined() ? total + part : part;
+    }
+    for (const TensorSpec &state : signature.states)
+      carried["grad." + finalName(state.name)] = results.at("grad." + initName(state.name));
+  }
+  for (const TensorSpec &spec : signature.seq) {
+    std::vector<torch::Tensor> parts;
+    for (const auto &segment : seqGrads)
+      parts.push_back(segment.at("grad." + spec.name));
+    out["grad." + spec.name] = parts.size() == 1 ? parts[0] : torch::cat(parts, 2);
+  }
+  for (const TensorSpec &state : signature.states)
+    out["grad." + initName(state.name)] = carried.at("grad." + finalName(state.name));
+  return out;
+}
+
+/// The compiled layer as a torch autograd function, on CPU or CUDA tensors.
+// The inputs travel as an at::TensorList: autograd tracks the tensors of a
+// TensorList argument, but not those of a std::vector.
+class CompiledScanFunction : public torch::autograd::Function<CompiledScanFunction> {
 public:
   static torch::autograd::variable_list
   forward(torch::autograd::AutogradContext *ctx, at::TensorList inputs,
           std::shared_ptr<CallContext> call) {
-    const Artifact &artifact = *call->artifact;
     TensorMap named;
     for (size_t i = 0; i < inputs.size(); ++i)
       named[call->inputNames[i]] = inputs[i].detach();
-    TensorMap results = cuda::runForward(*call->cuda, named, /*train=*/true);
-    torch::autograd::variable_list outputs{results.at("y")};
-    for (const TensorSpec &state : artifact.signature().states)
-      outputs.push_back(results.at(finalName(state.name)));
-    std::vector<torch::Tensor> finals(outputs.begin() + 1, outputs.end());
-    saveForward(ctx, inputs, finals, results, std::move(call));
+    TrainForward result = trainForward(Kernels{*call}, named);
+    torch::autograd::variable_list outputs{result.y};
+    for (const torch::Tensor &final : result.finals)
+      outputs.push_back(final);
+    // Saved: the inputs, the final states, then what the forward kept.
+    torch::autograd::variable_list saved(inputs.begin(), inputs.end());
+    for (const torch::Tensor &final : result.finals)
+      saved.push_back(final.detach());
+    for (const auto &[name, tensor] : result.saved) {
+      call->savedNames.push_back(name);
+      saved.push_back(tensor);
+    }
+    ctx->save_for_backward(saved);
+    ctx->saved_data["call"] =
+        c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
     return outputs;
   }
 
   static torch::autograd::variable_list
   backward(torch::autograd::AutogradContext *ctx,
            torch::autograd::variable_list gradOutputs) {
-    SavedForward saved = restoreForward(ctx);
-    const std::shared_ptr<CallContext> &call = saved.call;
+    std::shared_ptr<CallContext> call =
+        c10::static_intrusive_pointer_cast<CallHolder>(ctx->saved_data["call"].toCapsule())
+            ->call;
     const Artifact &artifact = *call->artifact;
     const LayerSignature &signature = artifact.signature();
-    const TensorMap &inputs = saved.inputs;
-    TensorMap forwardResults = saved.tape, grads;
+    auto savedVariables = ctx->get_saved_variables();
+    size_t next = 0;
+    TensorMap inputs, saved;
+    std::vector<torch::Tensor> finals;
+    for (const std::string &name : call->inputNames)
+      inputs[name] = savedVariables[next++].detach();
     for (size_t i = 0; i < signature.states.size(); ++i)
-      forwardResults[finalName(signature.states[i].name)] = saved.finals[i];
+      finals.push_back(savedVariables[next++].detach());
+    for (const std::string &name : call->savedNames)
+      saved[name] = savedVariables[next++].detach();
+
+    TensorMap grads;
     if (gradOutputs[0].defined())
-      grads["grad.y"] = gradOutputs[0].to(artifact.dtype());
+      grads["grad.y"] = gradOutputs[0].to(artifact.dtype()).contiguous();
     for (size_t i = 0; i < signature.states.size(); ++i)
       if (gradOutputs[1 + i].defined())
         grads["grad." + finalName(signature.states[i].name)] =
-            gradOutputs[1 + i].to(artifact.dtype());
-    TensorMap results = cuda::runBackward(*call->cuda, inputs, forwardResults, grads);
+            gradOutputs[1 + i].to(artifact.dtype()).contiguous();
+    TensorMap results = trainBackward(Kernels{*call}, inputs, finals, saved, grads);
 
     torch::autograd::variable_list gradInputs;
     for (const std::string &name : call->inputNames) {
@@ -337,109 +544,6 @@ public:
     gradInputs.emplace_back(); // the CallContext argument
     return gradInputs;
   }
-};
-
-// The inputs travel as an at::TensorList: autograd tracks the tensors of a
-// TensorList argument, but not those of a std::vector.
-class CompiledScanFunction : public torch::autograd::Function<CompiledScanFunction> {
-public:
-  static torch::autograd::variable_list
-  forward(torch::autograd::AutogradContext *ctx,
-          at::TensorList inputs, std::shared_ptr<CallContext> call) {
-    const Artifact &artifact = *call->artifact;
-    TensorMap named;
-    for (size_t i = 0; i < inputs.size(); ++i)
-      named[call->inputNames[i]] = inputs[i];
-    ForwardResult result = runForward(artifact, artifact.forwardTrain(), named,
-                                      call->batch, call->heads, call->steps);
-    torch::autograd::variable_list outputs{result.y};
-    for (const torch::Tensor &final : result.finals)
-      outputs.push_back(final);
-    saveForward(ctx, inputs, result.finals, result.tape, std::move(call));
-    return outputs;
-  }
-
-  static torch::autograd::variable_list
-  backward(torch::autograd::AutogradContext *ctx,
-           torch::autograd::variable_list gradOutputs) {
-    SavedForward saved = restoreForward(ctx);
-    const std::shared_ptr<CallContext> &call = saved.call;
-    const Artifact &artifact = *call->artifact;
-    const LayerSignature &signature = artifact.signature();
-    const TensorMap &named = saved.inputs;
-    const TensorMap &tape = saved.tape;
-    TensorMap finals;
-    for (size_t i = 0; i < signature.states.size(); ++i)
-      finals[signature.states[i].name] = saved.finals[i];
-
-    auto options = torch::TensorOptions().dtype(artifact.dtype());
-    int64_t batch = call->batch, heads = call->heads, steps = call->steps;
-    TensorMap gradState, gradParam, gradSeq;
-    std::vector<Buffer> buffers;
-    const CpuKernel &kernel = artifact.backward();
-    for (const KernelArg &arg : kernel.args) {
-      Buffer buffer;
-      std::vector<int64_t> shape = tensorShape(arg, batch, heads, steps);
-      if (arg.role == "seq") {
-        buffer.tensor = named.at(arg.name).contiguous();
-      } else if (arg.role == "param") {
-        buffer.tensor = named.at(arg.name).contiguous();
-        buffer.perHead = true;
-      } else if (arg.role == "tape") {
-        buffer.tensor = tape.at(arg.name);
-      } else if (arg.role == "grad_output") {
-        const torch::Tensor &grad = gradOutputs[0];
-        buffer.tensor = grad.defined() ? grad.to(artifact.dtype()).contiguous()
-                                       : torch::zeros(shape, options);
-      } else if (arg.role == "state") {
-        // The backward rebuilds the states in place: start from a copy.
-        buffer.tensor = finals.at(arg.name).clone();
-      } else if (arg.role == "grad_state") {
-        size_t index = 0;
-        while (signature.states[index].name != arg.name)
-          ++index;
-        const torch::Tensor &grad = gradOutputs[1 + index];
-        std::vector<int64_t> stateShape{batch, heads};
-        for (int64_t size : arg.shape)
-          stateShape.push_back(size);
-        buffer.tensor = grad.defined()
-                            ? grad.to(artifact.dtype()).contiguous().clone().view(stateShape)
-                            : torch::zeros(stateShape, options);
-        gradState[arg.name] = buffer.tensor;
-      } else if (arg.role == "grad_param") {
-        // One accumulator per (batch, head); summed over the batch below.
-        std::vector<int64_t> accumulatorShape{batch, heads};
-        for (int64_t size : arg.shape)
-          accumulatorShape.push_back(size);
-        buffer.tensor = torch::zeros(accumulatorShape, options);
-        gradParam[arg.name] = buffer.tensor;
-      } else if (arg.role == "grad_seq") {
-        buffer.tensor = torch::empty(shape, options);
-        gradSeq[arg.name] = buffer.tensor;
-      } else {
-        throw Error(artifact.path() + ": role '" + arg.role +
-                    "' in the backward kernel");
-      }
-      buffers.push_back(std::move(buffer));
-    }
-    runKernel(kernel, buffers, batch, heads, steps);
-
-    torch::autograd::variable_list grads;
-    for (const std::string &name : call->inputNames) {
-      const torch::Tensor &input = named.at(name);
-      torch::Tensor grad;
-      if (gradSeq.count(name))
-        grad = gradSeq.at(name);
-      else if (gradParam.count(name))
-        grad = gradParam.at(name).sum(0);
-      else if (name.rfind("init.", 0) == 0)
-        grad = gradState.at(name.substr(5));
-      grads.push_back(grad.view(input.sizes()).to(input.dtype()));
-    }
-    grads.emplace_back(); // the CallContext argument
-    return grads;
-  }
-
 };
 
 /// Checks that `path` is a complete x86-64 ELF shared library before it is
@@ -640,9 +744,39 @@ std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
   std::vector<TensorSpec> outputs;
   readSpecs("seq", signature.seq);
   readSpecs("params", signature.params);
+  const json &paramList = reader.array(manifest, "manifest", "params");
+  for (size_t i = 0; i < paramList.size(); ++i)
+    if (auto init = paramList[i].find("init"); init != paramList[i].end()) {
+      std::string field = "params[" + std::to_string(i) + "].init";
+      if (!init->is_string())
+        reader.fail(field, "must be a string");
+      try {
+        initialParam(init->get<std::string>(), 1, {1});
+      } catch (const Error &error) {
+        reader.fail(field, error.what());
+      }
+      artifact->paramInits_[signature.params[i].name] = init->get<std::string>();
+    }
   readSpecs("states", signature.states);
   readSpecs("outputs", outputs);
   readSpecs("tape", artifact->tape_);
+  // Optional (older artifacts invert every write): the per-state backward
+  // strategies and, for checkpointed layers, the segment length.
+  if (auto backward = manifest.find("backward"); backward != manifest.end()) {
+    if (!backward->is_object())
+      reader.fail("backward", "must be an object from state names to strategies");
+    for (const auto &[state, strategy] : backward->items()) {
+      if (!strategy.is_string() ||
+          !std::set<std::string>{"invert", "store", "checkpoint"}.count(strategy.get<std::string>()))
+        reader.fail("backward." + state, "must be \"invert\", \"store\" or \"checkpoint\"");
+      artifact->backwardStrategies_[state] = strategy.get<std::string>();
+    }
+  }
+  if (auto every = manifest.find("checkpoint_every"); every != manifest.end()) {
+    if (!every->is_number_integer() || every->get<int64_t>() < 0)
+      reader.fail("checkpoint_every", "must be a non-negative integer");
+    artifact->checkpointEvery_ = every->get<int64_t>();
+  }
   if (outputs.size() != 1 || outputs[0].name != "y")
     reader.fail("outputs", "must list exactly one output, 'y' (the runtime's layer contract)");
   signature.output = outputs[0];
@@ -780,8 +914,7 @@ TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
   TensorMap outputs;
   if (needsGrad && torch::GradMode::is_enabled()) {
     torch::autograd::variable_list results =
-        context->cuda ? CudaScanFunction::apply(at::TensorList(autogradInputs), context)
-                      : CompiledScanFunction::apply(at::TensorList(autogradInputs), context);
+        CompiledScanFunction::apply(at::TensorList(autogradInputs), context);
     outputs["y"] = results[0];
     for (size_t i = 0; i < signature.states.size(); ++i)
       outputs[finalName(signature.states[i].name)] = results[1 + i];
@@ -800,6 +933,43 @@ TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
   for (size_t i = 0; i < signature.states.size(); ++i)
     outputs[finalName(signature.states[i].name)] = result.finals[i];
   return outputs;
+}
+
+torch::Tensor initialParam(const std::string &init, int64_t heads,
+                           const std::vector<int64_t> &shape) {
+  std::vector<int64_t> full{heads};
+  full.insert(full.end(), shape.begin(), shape.end());
+  auto number = [&](const std::string &text) {
+    size_t used = 0;
+    double value = 0;
+    try {
+      value = std::stod(text, &used);
+    } catch (const std::exception &) {
+      used = 0;
+    }
+    if (used == 0 || used != text.size())
+      throw Error("param initialiser '" + init + "': '" + text + "' is not a number");
+    return value;
+  };
+  if (init == "zeros")
+    return torch::zeros(full);
+  if (init == "ones")
+    return torch::ones(full);
+  if (init.rfind("constant:", 0) == 0)
+    return torch::full(full, number(init.substr(9)));
+  if (init.rfind("linspace:", 0) == 0) {
+    std::string range = init.substr(9);
+    size_t colon = range.find(':');
+    if (colon == std::string::npos)
+      throw Error("param initialiser '" + init + "': expected linspace:A:B");
+    double first = number(range.substr(0, colon)), last = number(range.substr(colon + 1));
+    torch::Tensor perHead = torch::linspace(first, heads > 1 ? last : first, heads);
+    std::vector<int64_t> view(full.size(), 1);
+    view[0] = heads;
+    return perHead.view(view).expand(full).clone();
+  }
+  throw Error("param initialiser '" + init +
+              "' is not zeros, ones, constant:V or linspace:A:B");
 }
 
 std::unique_ptr<FastWeightLayer> loadCompiledLayer(const std::string &path) {
