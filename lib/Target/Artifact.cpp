@@ -32,9 +32,15 @@ static void addPipeline(OpPassManager &pm, StringRef pipeline) {
     llvm::report_fatal_error("fwp: bad built-in pipeline");
 }
 
-void buildFrontEndPipeline(OpPassManager &pm) {
-  addPipeline(pm, "canonicalize,fwp-differentiate,canonicalize,cse,fwp-fuse,"
-                  "canonicalize,cse");
+void buildFrontEndPipeline(OpPassManager &pm, StringRef backward) {
+  // `backward` comes from the command line: a bad value is the pass's error.
+  std::string differentiate = "fwp-differentiate";
+  if (!backward.empty())
+    differentiate += "{backward=" + backward.str() + "}";
+  if (failed(parsePassPipeline("fwp-decompose,canonicalize," + differentiate +
+                                   ",canonicalize,cse,fwp-fuse,canonicalize,cse",
+                               pm, llvm::errs())))
+    llvm::report_fatal_error("fwp: bad front-end pipeline");
 }
 
 void buildCPULoweringPipeline(OpPassManager &pm) {
@@ -42,7 +48,7 @@ void buildCPULoweringPipeline(OpPassManager &pm) {
               "convert-fwp-to-cpu,canonicalize,cse,"
               "convert-vector-to-scf,convert-scf-to-cf,"
               "convert-vector-to-llvm,convert-math-to-llvm,"
-              "expand-strided-metadata,finalize-memref-to-llvm,"
+              "expand-strided-metadata,lower-affine,finalize-memref-to-llvm,"
               "convert-arith-to-llvm,convert-func-to-llvm,convert-cf-to-llvm,"
               "reconcile-unrealized-casts,fwp-cpu-entry-points,canonicalize");
 }
@@ -101,6 +107,20 @@ static llvm::json::Object bufferArg(StringRef role, StringRef name, Type type,
   return llvm::json::Object{{"role", role},
                             {"name", name},
                             {"shape", bufferShapeOf(type, perStep)}};
+}
+
+/// Whether `text` is a param initialiser the runtime knows: "zeros",
+/// "ones", "constant:V" or "linspace:A:B".
+static bool isParamInit(StringRef text) {
+  if (text == "zeros" || text == "ones")
+    return true;
+  double a, b;
+  if (text.consume_front("constant:"))
+    return !text.getAsDouble(a);
+  if (!text.consume_front("linspace:"))
+    return false;
+  auto [first, second] = text.split(':');
+  return !first.getAsDouble(a) && !second.getAsDouble(b);
 }
 
 static StringRef nameAt(ArrayAttr names, unsigned i) {
@@ -179,9 +199,39 @@ FailureOr<llvm::json::Object> buildManifest(ModuleOp module) {
   llvm::json::Array seq, params, states, outputs, tape;
   for (auto [i, arg] : llvm::enumerate(forward.getSeqArgs()))
     seq.push_back(namedShape(nameAt(forward.getSeqNames(), i), arg.getType()));
-  for (auto [i, arg] : llvm::enumerate(forward.getParamArgs()))
-    params.push_back(
-        namedShape(nameAt(forward.getParamNames(), i), arg.getType()));
+  // A param's initial value, when the layer asks for one other than the
+  // model's default (`fwp.param_init = {decay = "linspace:3.0:7.0"}`).
+  auto inits = forward->getAttrOfType<DictionaryAttr>("fwp.param_init");
+  if (forward->hasAttr("fwp.param_init") && !inits) {
+    forward.emitError() << "'fwp.param_init' must be a dictionary from param "
+                           "names to initialisers";
+    return failure();
+  }
+  for (auto [i, arg] : llvm::enumerate(forward.getParamArgs())) {
+    StringRef name = nameAt(forward.getParamNames(), i);
+    llvm::json::Object param = namedShape(name, arg.getType());
+    if (inits)
+      if (Attribute init = inits.get(name)) {
+        auto text = dyn_cast<StringAttr>(init);
+        if (!text || !isParamInit(text.getValue())) {
+          forward.emitError()
+              << "'fwp.param_init' for '" << name
+              << "' must be \"zeros\", \"ones\", \"constant:V\" or "
+                 "\"linspace:A:B\", not "
+              << init;
+          return failure();
+        }
+        param["init"] = text.getValue();
+      }
+    params.push_back(std::move(param));
+  }
+  if (inits)
+    for (NamedAttribute entry : inits)
+      if (!llvm::is_contained(forward.getParamNames(), entry.getName())) {
+        forward.emitError() << "'fwp.param_init' names '" << entry.getName()
+                            << "', which is not a param of the layer";
+        return failure();
+      }
   for (auto [i, arg] : llvm::enumerate(forward.getStateArgs()))
     states.push_back(
         namedShape(nameAt(forward.getStateNames(), i), arg.getType()));
@@ -193,6 +243,28 @@ FailureOr<llvm::json::Object> buildManifest(ModuleOp module) {
     if (name.starts_with("tape."))
       tape.push_back(namedShape(name, cast<TypeAttr>(type).getValue()));
   }
+
+  // How the backward recovers each state (fwp-differentiate resolved it).
+  llvm::json::Object backward;
+  int64_t checkpointEvery = 0;
+  if (auto strategies =
+          forward->getAttrOfType<DictionaryAttr>(mlir::fwp::kBackwardAttrName))
+    for (NamedAttribute entry : strategies) {
+      StringRef text = cast<StringAttr>(entry.getValue()).getValue();
+      std::optional<mlir::fwp::BackwardStrategy> strategy =
+          mlir::fwp::parseBackwardStrategy(text);
+      if (!strategy) {
+        forward.emitError() << "unknown backward strategy '" << text << "'";
+        return failure();
+      }
+      backward[entry.getName().getValue()] =
+          strategy->kind == mlir::fwp::BackwardStrategy::Invert ? "invert"
+          : strategy->kind == mlir::fwp::BackwardStrategy::Store
+              ? "store"
+              : "checkpoint";
+      if (strategy->kind == mlir::fwp::BackwardStrategy::Checkpoint)
+        checkpointEvery = strategy->every;
+    }
 
   auto kernel = [&](mlir::fwp::ScanOp scan, StringRef role) {
     return llvm::json::Object{
@@ -208,7 +280,8 @@ FailureOr<llvm::json::Object> buildManifest(ModuleOp module) {
       {"layer", forward.getSymName()},
       {"dims", std::move(dims)},
       {"dtype", dtype},
-      {"reconstruct", "invert"},
+      {"backward", std::move(backward)},
+      {"checkpoint_every", checkpointEvery},
       {"seq", std::move(seq)},
       {"params", std::move(params)},
       {"states", std::move(states)},

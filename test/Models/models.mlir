@@ -14,6 +14,14 @@
 // RUN: fwp-opt %models/delta_rnn.mlir --fwp-pipeline | FileCheck %s --check-prefix=LOWERED -DL=delta_rnn
 // RUN: fwp-opt %models/delta_lstm.mlir --fwp-pipeline | FileCheck %s --check-prefix=LOWERED -DL=delta_lstm
 // RUN: fwp-opt %models/rdn.mlir --fwp-pipeline | FileCheck %s --check-prefix=LOWERED -DL=rdn
+//
+// The decaying layers (MODELS.md, "Beyond the paper"): IR only.
+// RUN: fwp-opt %models/gated_delta_net.mlir | fwp-opt | FileCheck %s --check-prefix=GDN
+// RUN: fwp-opt %models/retnet.mlir | fwp-opt | FileCheck %s --check-prefix=RET
+// RUN: fwp-opt %models/gla.mlir | fwp-opt | FileCheck %s --check-prefix=GLA
+// RUN: fwp-opt %models/gated_delta_net.mlir --fwp-pipeline | FileCheck %s --check-prefix=LOWERED -DL=gated_delta_net
+// RUN: fwp-opt %models/retnet.mlir --fwp-pipeline | FileCheck %s --check-prefix=LOWERED -DL=retnet
+// RUN: fwp-opt %models/gla.mlir --fwp-pipeline | FileCheck %s --check-prefix=LOWERED -DL=gla
 
 // LT: fwp.scan @linear_transformer dims(d = 16)
 // LT-NEXT: seq(%q: vector<16xf32>, %k: vector<16xf32>, %v: vector<16xf32>)
@@ -42,6 +50,22 @@
 // RDN-NEXT: seq(%q: vector<16xf32>, %k: vector<16xf32>, %v: vector<16xf32>, %beta: f32)
 // RDN-NEXT: params(%R_q: !fwp.fast_weight<16x16xf32>, %R_k: !fwp.fast_weight<16x16xf32>, %R_v: !fwp.fast_weight<16x16xf32>, %r_b: vector<16xf32>)
 // RDN-NEXT: states(%W: !fwp.fast_weight<16x16xf32>, %y: vector<16xf32>)
+
+// GDN: fwp.scan @gated_delta_net dims(d = 16)
+// GDN-NEXT: seq(%q: vector<16xf32>, %k: vector<16xf32>, %v: vector<16xf32>, %beta: f32, %alpha: f32)
+// GDN-NEXT: states(%W: !fwp.fast_weight<16x16xf32>)
+// GDN: fwp.scale_weight
+// GDN: fwp.write_delta
+
+// RET: fwp.scan @retnet dims(d = 16)
+// RET-NEXT: seq(%q: vector<16xf32>, %k: vector<16xf32>, %v: vector<16xf32>)
+// RET-NEXT: params(%decay: f32)
+// RET-NEXT: states(%W: !fwp.fast_weight<16x16xf32>)
+// RET-NEXT: outputs(y : vector<16xf32>) attributes {fwp.param_init = {decay = "linspace:3.0:7.0"}}
+
+// GLA: fwp.scan @gla dims(d = 16)
+// GLA-NEXT: seq(%q: vector<16xf32>, %k: vector<16xf32>, %v: vector<16xf32>, %g: vector<16xf32>)
+// GLA: fwp.scale_rows
 
 // LOWERED-DAG: llvm.func @fwp_[[L]](%{{.*}}: i64, %{{.*}}: !llvm.ptr)
 // LOWERED-DAG: llvm.func @fwp_[[L]]_train(%{{.*}}: i64, %{{.*}}: !llvm.ptr)

@@ -28,6 +28,8 @@
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "llvm/ADT/ScopeExit.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/FileUtilities.h"
@@ -77,6 +79,12 @@ static cl::opt<Stage> emit(
                clEnumValN(Stage::Object, "obj", "the object file"),
                clEnumValN(Stage::Artifact, "fwpk", "the artifact (default)")),
     cl::init(Stage::Artifact), cl::cat(outputCategory));
+static cl::opt<std::string> backward(
+    "backward",
+    cl::desc("how the backward recovers past fast-weight states: invert, "
+             "store or checkpoint[:C] (default: invert where the writes can "
+             "be undone, else checkpoint:64; docs/design.md)"),
+    cl::value_desc("strategy"), cl::init(""), cl::cat(modelCategory));
 static cl::opt<std::string>
     dtype("dtype", cl::desc("compute in this float type instead of the "
                             "model's (f32 or f64)"),
@@ -199,6 +207,11 @@ int main(int argc, char **argv) {
   if (!module)
     return 1;
 
+  // fwp-differentiate checks the strategy; only its characters are checked here.
+  if (llvm::any_of(backward, [](char c) { return !llvm::isAlnum(c) && c != ':'; }))
+    return fail("--backward=" + backward +
+                ": expected invert, store, checkpoint or checkpoint:C");
+
   PassManager frontEnd(&context);
   if (failed(applyPassManagerCLOptions(frontEnd)))
     return 1;
@@ -215,7 +228,7 @@ int main(int argc, char **argv) {
     if (failed(parsePassPipeline(pipeline, frontEnd, llvm::errs())))
       return 1;
   }
-  fwp::buildFrontEndPipeline(frontEnd);
+  fwp::buildFrontEndPipeline(frontEnd, backward);
   if (failed(frontEnd.run(*module)))
     return 1;
 

@@ -22,9 +22,10 @@ namespace fwp {
 /// Version of the artifact format; the runtime refuses other versions.
 inline constexpr int kArtifactFormatVersion = 2;
 
-/// Canonicalise and differentiate: afterwards the module holds the forward
-/// scan @L, @L_train and @L_grad.
-void buildFrontEndPipeline(mlir::OpPassManager &pm);
+/// Decompose, canonicalise and differentiate: afterwards the module holds
+/// the forward scan @L, @L_train and @L_grad. `backward`, when not empty, is
+/// the backward strategy of every fast-weight state (fwp-compile --backward).
+void buildFrontEndPipeline(mlir::OpPassManager &pm, llvm::StringRef backward = "");
 /// fwp scans -> LLVM dialect with packed entry points fwp_<scan>.
 void buildCPULoweringPipeline(mlir::OpPassManager &pm);
 /// Registers `fwp-pipeline` (options: target=cpu) with the pass registry.

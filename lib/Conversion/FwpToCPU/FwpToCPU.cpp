@@ -130,7 +130,10 @@ private:
     if (canOverwrite(matrix, writer))
       return buffer;
     Value copy = scratchMatrix(matrix.getType());
-    memref::CopyOp::create(b, loc, buffer, copy);
+    if (cast<MemRefType>(buffer.getType()).getLayout().isIdentity())
+      memref::CopyOp::create(b, loc, buffer, copy);
+    else
+      copyRows(buffer, copy); // a step's slice of a [T, K, V] input
     return copy;
   }
   Value readMatrix(Value matrix, Value query) {
@@ -208,6 +211,28 @@ private:
       Value lhs = row(target, e), rhs = row(other, e);
       Value combined = subtract ? sub(lhs, rhs) : add(lhs, rhs);
       vector::StoreOp::create(b, loc, combined, target, ValueRange{e, index(0)});
+      return {};
+    });
+  }
+
+  /// Step t's [K, V] matrix of a [T, K, V] buffer.
+  Value stepSlice(Value buffer, Value t) {
+    auto type = cast<MemRefType>(buffer.getType());
+    int64_t rows = type.getDimSize(1), cols = type.getDimSize(2);
+    auto resultType = cast<MemRefType>(memref::SubViewOp::inferRankReducedResultType(
+        {rows, cols}, type, ArrayRef<OpFoldResult>{t, b.getIndexAttr(0), b.getIndexAttr(0)},
+        ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(rows), b.getIndexAttr(cols)},
+        ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(1), b.getIndexAttr(1)}));
+    return memref::SubViewOp::create(
+        b, loc, resultType, buffer,
+        ArrayRef<OpFoldResult>{t, b.getIndexAttr(0), b.getIndexAttr(0)},
+        ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(rows), b.getIndexAttr(cols)},
+        ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(1), b.getIndexAttr(1)});
+  }
+  /// target[e, :] = source[e, :] for every row (any strided layouts).
+  void copyRows(Value source, Value target) {
+    forRows(source, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+      vector::StoreOp::create(b, loc, row(source, e), target, ValueRange{e, index(0)});
       return {};
     });
   }
@@ -441,6 +466,36 @@ LogicalResult ScanLowering::lowerOp(Operation *op) {
         set(o, readTransposedMatrix(in(o.getWeight()), in(o.getValue())));
         return success();
       })
+      .Case([&](SqrtOp o) {
+        set(o, math::SqrtOp::create(b, loc, in(o.getX())));
+        return success();
+      })
+      .Case([&](ScaleRowsOp o) {
+        // W[e, :] *= a[e]
+        Value target = writableCopy(o.getWeight(), o);
+        Value factors = in(o.getFactors());
+        forRows(target, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+          Value row_ = row(target, e);
+          Value scaled = mul(row_, splat(row_.getType(), extract(factors, e)));
+          vector::StoreOp::create(b, loc, scaled, target, ValueRange{e, index(0)});
+          return {};
+        });
+        set(o, target);
+        return success();
+      })
+      .Case([&](RowDotOp o) {
+        // y[e] = A[e, :] . B[e, :]
+        Value lhs = in(o.getLhs()), rhs = in(o.getRhs());
+        Value zero = constant(o.getType(), 0.0);
+        set(o, forRows(lhs, zero,
+                       [&](Value e, ValueRange acc) -> SmallVector<Value> {
+                         Value value = dot(row(lhs, e), row(rhs, e));
+                         return {vector::InsertOp::create(b, loc, value, acc[0],
+                                                          OpFoldResult(e))};
+                       })
+                   .getResult(0));
+        return success();
+      })
       .Case([&](WriteSumOp o) {
         Value target = writableCopy(o.getWeight(), o);
         addOuterInPlace(target, in(o.getKey()), in(o.getValue()));
@@ -467,10 +522,15 @@ LogicalResult ScanLowering::lowerBody(Value t, ValueRange vectorStates,
                                       SmallVectorImpl<Value> &nextVectorStates) {
   Block &body = scan.getBodyBlock();
   for (auto [arg, buffer] : llvm::zip(scan.getSeqArgs(), seqBuffers)) {
-    if (auto vector = dyn_cast<VectorType>(arg.getType()))
+    if (auto vector = dyn_cast<VectorType>(arg.getType())) {
       lowered[arg] = vector::LoadOp::create(b, loc, vector, buffer,
                                             ValueRange{t, index(0)});
-    else
+    } else if (isa<FastWeightType>(arg.getType())) {
+      // A matrix per step (a stored state): step t's [K, V] slice, read only.
+      Value slice = stepSlice(buffer, t);
+      readOnly.insert(slice);
+      lowered[arg] = slice;
+    } else
       lowered[arg] = memref::LoadOp::create(b, loc, buffer, ValueRange{t});
   }
   unsigned vectorIndex = 0;
@@ -487,6 +547,18 @@ LogicalResult ScanLowering::lowerBody(Value t, ValueRange vectorStates,
   loc = scan.getLoc();
   YieldOp yield = scan.getYield();
   unsigned numStates = scan.getNumStates();
+  // Outputs first: a matrix output may be a state's value at t - 1, which
+  // the state copies below overwrite.
+  for (auto [value, buffer] :
+       llvm::zip(yield.getValues().drop_front(numStates), outputBuffers)) {
+    Value out = lowered.lookup(value);
+    if (isa<VectorType>(out.getType()))
+      vector::StoreOp::create(b, loc, out, buffer, ValueRange{t, index(0)});
+    else if (isa<FloatType>(out.getType()))
+      memref::StoreOp::create(b, loc, out, buffer, ValueRange{t});
+    else
+      copyRows(out, stepSlice(buffer, t));
+  }
   llvm::DenseSet<Value> stateBufferSet(stateBuffers.begin(), stateBuffers.end());
   for (unsigned i = 0; i < numStates; ++i) {
     Value value = lowered.lookup(yield.getValues()[i]);
@@ -502,16 +574,6 @@ LogicalResult ScanLowering::lowerBody(Value t, ValueRange vectorStates,
              << " takes the buffer of another matrix state; the CPU lowering "
                 "does not support exchanging states";
     memref::CopyOp::create(b, loc, value, stateBuffers[i]);
-  }
-  for (auto [value, buffer] :
-       llvm::zip(yield.getValues().drop_front(numStates), outputBuffers)) {
-    Value out = lowered.lookup(value);
-    if (isa<VectorType>(out.getType()))
-      vector::StoreOp::create(b, loc, out, buffer, ValueRange{t, index(0)});
-    else if (isa<FloatType>(out.getType()))
-      memref::StoreOp::create(b, loc, out, buffer, ValueRange{t});
-    else
-      return yield.emitOpError() << "a matrix output has no CPU lowering";
   }
   return success();
 }

@@ -254,6 +254,33 @@ private:
               map(at(o.getX()), [](double x) { return std::tanh(x); }));
           return success();
         })
+        .Case<SqrtOp>([&](SqrtOp o) {
+          set(o.getResult(),
+              map(at(o.getX()), [](double x) { return std::sqrt(x); }));
+          return success();
+        })
+        .Case<ScaleRowsOp>([&](ScaleRowsOp o) {
+          auto w = cast<FastWeightType>(o.getWeight().getType());
+          int64_t K = w.getKeyDim(), V = w.getValueDim();
+          RefValue W = at(o.getWeight());
+          const RefValue &a = at(o.getFactors());
+          for (int64_t e = 0; e < K; ++e)
+            for (int64_t m = 0; m < V; ++m)
+              W[e * V + m] *= a[e];
+          set(o.getResult(), W);
+          return success();
+        })
+        .Case<RowDotOp>([&](RowDotOp o) {
+          auto w = cast<FastWeightType>(o.getLhs().getType());
+          int64_t K = w.getKeyDim(), V = w.getValueDim();
+          const RefValue &A = at(o.getLhs()), &B = at(o.getRhs());
+          RefValue y(K, 0.0);
+          for (int64_t e = 0; e < K; ++e)
+            for (int64_t m = 0; m < V; ++m)
+              y[e] += A[e * V + m] * B[e * V + m];
+          set(o.getResult(), y);
+          return success();
+        })
         .Case<NegOp>([&](NegOp o) {
           set(o.getResult(), map(at(o.getX()), [](double x) { return -x; }));
           return success();

@@ -261,6 +261,11 @@ private:
   LogicalResult lowerOp(Operation *op);
   Lowered lowerRead(ReadOp op);
   Lowered lowerReadTransposed(ReadTransposedOp op);
+  /// A K-vector from per-thread row partials (vector<R>): the sum over the
+  /// threads that hold the same rows.
+  Lowered reduceRowPartials(const MatrixLayout &l, Value partial);
+  Lowered lowerScaleRows(ScaleRowsOp op);
+  Lowered lowerRowDot(RowDotOp op);
   Lowered lowerWriteSum(WriteSumOp op);
   void lowerWriteDelta(WriteDeltaOp op);
   /// Scalars, vectors and (for add/sub) matrices, elementwise.
@@ -765,6 +770,10 @@ Lowered KernelEmitter::lowerReadTransposed(ReadTransposedOp op) {
     partial = partial ? vector::FMAOp::create(b, loc, w.cols[c], splat, partial)
                       : mulF(w.cols[c], splat);
   }
+  return reduceRowPartials(l, partial);
+}
+
+Lowered KernelEmitter::reduceRowPartials(const MatrixLayout &l, Value partial) {
   // Sum over the columns of the warp: lanes with the same s.
   SmallVector<Value> rows;
   for (int64_t r = 0; r < l.R; ++r) {
@@ -881,6 +890,32 @@ void KernelEmitter::lowerWriteDelta(WriteDeltaOp op) {
     setValue(op.getRetrieved(), retrieved);
 }
 
+Lowered KernelEmitter::lowerScaleRows(ScaleRowsOp op) {
+  const Lowered &w = lowered.at(op.getWeight());
+  const MatrixLayout &l = w.layout;
+  const VecRef &a = lowered.at(op.getFactors()).vec;
+  touch(a, false, false);
+  Value rows = gatherRows(a, l);
+  Lowered out;
+  out.kind = Lowered::Matrix;
+  out.layout = l;
+  for (int64_t c = 0; c < l.C; ++c)
+    out.cols.push_back(mulF(w.cols[c], rows));
+  return out;
+}
+
+Lowered KernelEmitter::lowerRowDot(RowDotOp op) {
+  const Lowered &x = lowered.at(op.getLhs());
+  const Lowered &y = lowered.at(op.getRhs());
+  const MatrixLayout &l = x.layout;
+  // partial[r] = sum over the thread's columns of A[e_r, m] B[e_r, m].
+  Value partial;
+  for (int64_t c = 0; c < l.C; ++c)
+    partial = partial ? vector::FMAOp::create(b, loc, x.cols[c], y.cols[c], partial)
+                      : mulF(x.cols[c], y.cols[c]);
+  return reduceRowPartials(l, partial);
+}
+
 static int64_t sizeOf(Value v) {
   return cast<VectorType>(v.getType()).getDimSize(0);
 }
@@ -912,6 +947,17 @@ LogicalResult KernelEmitter::lowerOp(Operation *op) {
       .Case<WriteDeltaOp>([&](auto write) {
         lowerWriteDelta(write);
         return success();
+      })
+      .Case<ScaleRowsOp>([&](ScaleRowsOp scale) {
+        setValue(scale.getResult(), lowerScaleRows(scale));
+        return success();
+      })
+      .Case<RowDotOp>(
+          [&](RowDotOp dot) { return vectorResult(lowerRowDot(dot)); })
+      .Case<SqrtOp>([&](auto) {
+        return lowerElementwise(op, [&](ArrayRef<Value> x) -> Value {
+          return math::SqrtOp::create(b, loc, x[0]);
+        });
       })
       .Case<EluPlusOneOp>([&](auto) {
         return lowerElementwise(op, [&](ArrayRef<Value> x) {

@@ -317,6 +317,7 @@ PreparedCall prepareCall(const Artifact &artifact, const TensorMap &inputs) {
 struct CallContext {
   std::shared_ptr<const Artifact> artifact;
   std::vector<std::string> inputNames;
+  std::vector<std::string> savedNames; ///< what the forward kept (tape or checkpoints)
 };
 
 /// Carries the call's context through the autograd graph (IValue capsule).
@@ -325,10 +326,126 @@ struct CallHolder : torch::CustomClassHolder {
   std::shared_ptr<CallContext> call;
 };
 
+/// The inputs of steps [begin, end): seq tensors sliced in time, params as
+/// they are, the given states as initial states.
+TensorMap segmentInputs(const Artifact &artifact, const TensorMap &inputs, int64_t begin,
+                        int64_t end, const TensorMap &states) {
+  TensorMap out;
+  for (const TensorSpec &spec : artifact.signature().seq)
+    out[spec.name] = inputs.at(spec.name).narrow(2, begin, end - begin).contiguous();
+  for (const TensorSpec &spec : artifact.signature().params)
+    if (auto it = inputs.find(spec.name); it != inputs.end())
+      out[spec.name] = it->second;
+  for (const auto &[name, state] : states)
+    out[initName(name)] = state;
+  return out;
+}
+
+/// Checkpoint names in the saved map: the states at the start of segment k.
+std::string checkpointName(size_t segment, const std::string &state) {
+  return "checkpoint." + std::to_string(segment) + "." + state;
+}
+
+/// The forward of a call that needs gradients: "y", "final.<state>" and
+/// what the backward needs kept. Without checkpoints: forward_train and its
+/// tape. With checkpoints every C steps: the plain forward segment by
+/// segment, keeping only the states at each segment's start (the backward
+/// recomputes one segment's tape at a time).
+TensorMap trainForward(const Artifact &artifact, const TensorMap &inputs, int64_t steps,
+                       std::vector<std::string> &savedNames) {
+  const LayerSignature &signature = artifact.signature();
+  int64_t every = artifact.checkpointEvery();
+  if (every <= 0) {
+    TensorMap results = runCompiledForward(artifact, inputs, /*train=*/true);
+    for (const TensorSpec &spec : artifact.tape())
+      savedNames.push_back(spec.name);
+    return results;
+  }
+  TensorMap states, out;
+  for (const TensorSpec &state : signature.states)
+    if (auto init = inputs.find(initName(state.name)); init != inputs.end())
+      states[state.name] = init->second.detach();
+  std::vector<torch::Tensor> ys;
+  for (int64_t begin = 0, segment = 0; begin < steps; begin += every, ++segment) {
+    int64_t end = std::min(steps, begin + every);
+    for (const auto &[name, state] : states) {
+      out[checkpointName(segment, name)] = state;
+      savedNames.push_back(checkpointName(segment, name));
+    }
+    TensorMap results = runCompiledForward(
+        artifact, segmentInputs(artifact, inputs, begin, end, states), /*train=*/false);
+    ys.push_back(results.at("y"));
+    for (const TensorSpec &state : signature.states)
+      states[state.name] = results.at(finalName(state.name));
+  }
+  out["y"] = ys.size() == 1 ? ys[0] : torch::cat(ys, 2);
+  for (const TensorSpec &state : signature.states)
+    out[finalName(state.name)] = states.at(state.name);
+  return out;
+}
+
+/// The backward of a call: `saved` holds "final.<state>" and what
+/// trainForward kept, `grads` "grad.y" and "grad.final.<state>". Returns
+/// "grad.<input>" for every tensor of `inputs`.
+TensorMap trainBackward(const Artifact &artifact, const TensorMap &inputs, int64_t steps,
+                        const TensorMap &saved, const TensorMap &grads) {
+  const LayerSignature &signature = artifact.signature();
+  int64_t every = artifact.checkpointEvery();
+  if (every <= 0)
+    return runCompiledBackward(artifact, inputs, saved, grads);
+  // Segments from the last to the first: recompute the segment's tape from
+  // its checkpoint (forward_train), then run the backward over it, carrying
+  // the states' gradients into the segment before.
+  int64_t segments = (steps + every - 1) / every;
+  TensorMap carried; // "grad.final.<state>"
+  for (const TensorSpec &state : signature.states)
+    if (auto grad = grads.find("grad." + finalName(state.name)); grad != grads.end())
+      carried[grad->first] = grad->second;
+  std::vector<TensorMap> seqGrads(segments);
+  TensorMap out;
+  for (int64_t segment = segments - 1; segment >= 0; --segment) {
+    int64_t begin = segment * every, end = std::min(steps, begin + every);
+    TensorMap states;
+    for (const TensorSpec &state : signature.states)
+      if (auto it = saved.find(checkpointName(segment, state.name)); it != saved.end())
+        states[state.name] = it->second;
+    TensorMap segmentIn = segmentInputs(artifact, inputs, begin, end, states);
+    TensorMap forwardResults = runCompiledForward(artifact, segmentIn, /*train=*/true);
+    forwardResults.erase("y");
+    TensorMap segmentGrads = carried;
+    if (auto gradY = grads.find("grad.y"); gradY != grads.end() && gradY->second.defined())
+      segmentGrads["grad.y"] = gradY->second.narrow(2, begin, end - begin).contiguous();
+    TensorMap results = runCompiledBackward(artifact, segmentIn, forwardResults, segmentGrads);
+    for (const TensorSpec &spec : signature.seq)
+      seqGrads[segment]["grad." + spec.name] = results.at("grad." + spec.name);
+    for (const TensorSpec &spec : signature.params) {
+      auto part = results.find("grad." + spec.name);
+      if (part == results.end())
+        continue;
+      torch::Tensor &total = out["grad." + spec.name];
+      total = total.defined() ? total + part->second : part->second;
+    }
+    carried.clear();
+    for (const TensorSpec &state : signature.states)
+      if (auto grad = results.find("grad." + initName(state.name)); grad != results.end())
+        carried["grad." + finalName(state.name)] = grad->second;
+  }
+  for (const TensorSpec &spec : signature.seq) {
+    std::vector<torch::Tensor> parts;
+    for (const TensorMap &segment : seqGrads)
+      parts.push_back(segment.at("grad." + spec.name));
+    out["grad." + spec.name] = parts.size() == 1 ? parts[0] : torch::cat(parts, 2);
+  }
+  for (const TensorSpec &state : signature.states)
+    if (inputs.count(initName(state.name)))
+      out["grad." + initName(state.name)] = carried.at("grad." + finalName(state.name));
+  return out;
+}
+
 // The inputs travel as an at::TensorList: autograd tracks the tensors of a
-// TensorList argument, but not those of a std::vector. forward_train records
-// the tape (on CPU or on the device); backward rebuilds the states from the
-// final ones.
+// TensorList argument, but not those of a std::vector. The forward keeps the
+// tape (or, for a checkpointed layer, the states at each segment's start);
+// backward rebuilds the states from the final ones.
 class CompiledScanFunction : public torch::autograd::Function<CompiledScanFunction> {
 public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext *ctx,
@@ -338,14 +455,15 @@ public:
     TensorMap named;
     for (size_t i = 0; i < inputs.size(); ++i)
       named[call->inputNames[i]] = inputs[i].detach();
-    TensorMap results = runCompiledForward(artifact, named, /*train=*/true);
+    int64_t steps = validateInputs(artifact.signature(), artifact.dims(), named).steps;
+    TensorMap results = trainForward(artifact, named, steps, call->savedNames);
     torch::autograd::variable_list outputs{results.at("y")}, saved(inputs.begin(), inputs.end());
     for (const TensorSpec &state : artifact.signature().states) {
       outputs.push_back(results.at(finalName(state.name)));
       saved.push_back(outputs.back().detach());
     }
-    for (const TensorSpec &spec : artifact.tape())
-      saved.push_back(results.at(spec.name));
+    for (const std::string &name : call->savedNames)
+      saved.push_back(results.at(name));
     ctx->save_for_backward(saved);
     ctx->saved_data["call"] =
         c10::IValue::make_capsule(c10::make_intrusive<CallHolder>(std::move(call)));
@@ -366,14 +484,15 @@ public:
       inputs[name] = saved[next++].detach();
     for (const TensorSpec &state : signature.states)
       forwardResults[finalName(state.name)] = saved[next++].detach();
-    for (const TensorSpec &spec : artifact.tape())
-      forwardResults[spec.name] = saved[next++].detach();
+    for (const std::string &name : call->savedNames)
+      forwardResults[name] = saved[next++].detach();
     if (gradOutputs[0].defined())
       grads["grad.y"] = gradOutputs[0];
     for (size_t i = 0; i < signature.states.size(); ++i)
       if (gradOutputs[1 + i].defined())
         grads["grad." + finalName(signature.states[i].name)] = gradOutputs[1 + i];
-    TensorMap results = runCompiledBackward(artifact, inputs, forwardResults, grads);
+    int64_t steps = validateInputs(signature, artifact.dims(), inputs).steps;
+    TensorMap results = trainBackward(artifact, inputs, steps, forwardResults, grads);
 
     torch::autograd::variable_list gradInputs;
     for (const std::string &name : call->inputNames) {
@@ -699,9 +818,39 @@ std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCo
   std::vector<TensorSpec> outputs;
   readSpecs("seq", signature.seq);
   readSpecs("params", signature.params);
+  const json &paramList = reader.array(manifest, "manifest", "params");
+  for (size_t i = 0; i < paramList.size(); ++i)
+    if (auto init = paramList[i].find("init"); init != paramList[i].end()) {
+      std::string field = "params[" + std::to_string(i) + "].init";
+      if (!init->is_string())
+        reader.fail(field, "must be a string");
+      try {
+        initialParam(init->get<std::string>(), 1, {1});
+      } catch (const Error &error) {
+        reader.fail(field, error.what());
+      }
+      artifact->paramInits_[signature.params[i].name] = init->get<std::string>();
+    }
   readSpecs("states", signature.states);
   readSpecs("outputs", outputs);
   readSpecs("tape", artifact->tape_);
+  // Optional (older artifacts invert every write): the per-state backward
+  // strategies and, for checkpointed layers, the segment length.
+  if (auto backward = manifest.find("backward"); backward != manifest.end()) {
+    if (!backward->is_object())
+      reader.fail("backward", "must be an object from state names to strategies");
+    for (const auto &[state, strategy] : backward->items()) {
+      if (!strategy.is_string() ||
+          !std::set<std::string>{"invert", "store", "checkpoint"}.count(strategy.get<std::string>()))
+        reader.fail("backward." + state, "must be \"invert\", \"store\" or \"checkpoint\"");
+      artifact->backwardStrategies_[state] = strategy.get<std::string>();
+    }
+  }
+  if (auto every = manifest.find("checkpoint_every"); every != manifest.end()) {
+    if (!every->is_number_integer() || every->get<int64_t>() < 0)
+      reader.fail("checkpoint_every", "must be a non-negative integer");
+    artifact->checkpointEvery_ = every->get<int64_t>();
+  }
   if (outputs.size() != 1 || outputs[0].name != "y")
     reader.fail("outputs", "must list exactly one output, 'y' (the runtime's layer contract)");
   signature.output = outputs[0];
@@ -928,6 +1077,43 @@ compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, in
     for (const TensorSpec &spec : artifact.tape())
       shapes.emplace_back(spec.name, argShape("tape", spec.name));
   return shapes;
+}
+
+torch::Tensor initialParam(const std::string &init, int64_t heads,
+                           const std::vector<int64_t> &shape) {
+  std::vector<int64_t> full{heads};
+  full.insert(full.end(), shape.begin(), shape.end());
+  auto number = [&](const std::string &text) {
+    size_t used = 0;
+    double value = 0;
+    try {
+      value = std::stod(text, &used);
+    } catch (const std::exception &) {
+      used = 0;
+    }
+    if (used == 0 || used != text.size())
+      throw Error("param initialiser '" + init + "': '" + text + "' is not a number");
+    return value;
+  };
+  if (init == "zeros")
+    return torch::zeros(full);
+  if (init == "ones")
+    return torch::ones(full);
+  if (init.rfind("constant:", 0) == 0)
+    return torch::full(full, number(init.substr(9)));
+  if (init.rfind("linspace:", 0) == 0) {
+    std::string range = init.substr(9);
+    size_t colon = range.find(':');
+    if (colon == std::string::npos)
+      throw Error("param initialiser '" + init + "': expected linspace:A:B");
+    double first = number(range.substr(0, colon)), last = number(range.substr(colon + 1));
+    torch::Tensor perHead = torch::linspace(first, heads > 1 ? last : first, heads);
+    std::vector<int64_t> view(full.size(), 1);
+    view[0] = heads;
+    return perHead.view(view).expand(full).clone();
+  }
+  throw Error("param initialiser '" + init +
+              "' is not zeros, ones, constant:V or linspace:A:B");
 }
 
 std::unique_ptr<FastWeightLayer> loadCompiledLayer(const std::string &path) {

@@ -163,7 +163,10 @@ std::vector<Case> cases() {
     out.push_back({model, 2, 2, 19, true});
   out.push_back({"delta_net_d128", 1, 2, 9, true});
   for (const char *model : {"linear_transformer_f64", "delta_net_f64", "delta_mlp_f64",
-                            "delta_rnn_f64", "delta_lstm_f64", "rdn_f64"}) {
+                            "delta_rnn_f64", "delta_lstm_f64", "rdn_f64",
+                            // other backward strategies than invert
+                            "delta_net_f64_store", "delta_net_f64_ckpt5",
+                            "delta_lstm_f64_ckpt4"}) {
     out.push_back({model, 2, 2, 9, true});
     out.push_back({model, 1, 2, 1, false});
   }
@@ -227,7 +230,7 @@ std::vector<Case> cudaCases() {
   for (const Case &c : cases())
     if (c.artifact.find("_f64") == std::string::npos)
       out.push_back(c);
-  for (const char *model : {"delta_net", "rdn"})
+  for (const char *model : {"delta_net", "rdn", "delta_net_store", "delta_net_ckpt16"})
     out.push_back({model, 3, 5, 300, true}); // longer than a block's step tile
   out.push_back({"delta_net_d128", 2, 3, 40, true});
   return out;

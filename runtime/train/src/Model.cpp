@@ -4,6 +4,7 @@
 
 #include "fwp/runtime/CompiledLayer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <unistd.h>
 #include <numeric>
@@ -30,7 +31,14 @@ makeFastWeightLayer(const FastWeightLayerSource &source, const Dims &dims,
                   ", run scripts/main.sh, or use the eager layer: --reference)");
     layer = loadCompiledLayer(source.artifact);
   } else {
-    layer = makeReferenceLayer(source.name, dims);
+    // The eager reference takes the model's sizes that the layer names
+    // (d_ff only where a layer has one).
+    std::vector<std::string> known = dimNames(makeReferenceLayer(source.name, {})->signature());
+    Dims used;
+    for (const auto &[dim, value] : dims)
+      if (std::find(known.begin(), known.end(), dim) != known.end())
+        used[dim] = value;
+    layer = makeReferenceLayer(source.name, used);
   }
   const LayerSignature &signature = layer->signature();
   if (!source.name.empty() && signature.layer != source.name)
@@ -123,15 +131,20 @@ FastWeightBlockImpl::FastWeightBlockImpl(int64_t hidden, int64_t heads,
           torch::nn::LinearOptions(heads * outputPerHead_, hidden).bias(false)));
   dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
 
-  // Per-head slow params of the layer: LayerNorm gains 1, biases and
-  // vectors (r_b) 0, matrices (R_q, R_k, R_v) small random.
+  // Per-head slow params of the layer: the initial value the layer asks
+  // for (the artifact manifest's params[].init), else LayerNorm
+  // gains 1, biases and vectors (r_b) 0, matrices (R_q, R_k, R_v) small
+  // random.
   torch::NoGradGuard noGrad;
+  const auto *compiled = dynamic_cast<const CompiledLayer *>(layer_.get());
   for (const auto &spec : signature.params) {
     std::vector<int64_t> shape = resolveShape(spec, dims);
     std::vector<int64_t> full = {heads};
     full.insert(full.end(), shape.begin(), shape.end());
     torch::Tensor init;
-    if (startsWith(spec.name, "ln_weight"))
+    if (compiled && compiled->artifact().paramInits().count(spec.name))
+      init = initialParam(compiled->artifact().paramInits().at(spec.name), heads, shape);
+    else if (startsWith(spec.name, "ln_weight"))
       init = torch::ones(full);
     else if (shape.size() >= 2)
       init = torch::randn(full) / std::sqrt(static_cast<double>(shape[0]));
@@ -373,9 +386,10 @@ ModelOptions modelOptionsFromConfig(const Config &config, int64_t inputVocab,
 std::shared_ptr<SequenceStackImpl> makeStack(const ModelOptions &options,
                                              const torch::Device &device) {
   if (options.kind == "fwp") {
-    Dims dims = {{"d", options.stack.hidden / options.stack.heads}};
-    if (options.layer.name == "delta_mlp")
-      dims["d_ff"] = options.fastFeedForward;
+    // The sizes the model offers; a layer uses those it names (its
+    // manifest's or its reference's dims), whatever the layer is.
+    Dims dims = {{"d", options.stack.hidden / options.stack.heads},
+                 {"d_ff", options.fastFeedForward}};
     auto layer = makeFastWeightLayer(options.layer, dims, device);
     return std::make_shared<FastWeightStackImpl>(options.stack, std::move(layer));
   }

@@ -11,6 +11,8 @@
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/ADT/StringSet.h"
 
+#include <cmath>
+
 using namespace mlir;
 using namespace mlir::fwp;
 
@@ -321,8 +323,11 @@ LogicalResult ScanOp::verify() {
     }
     return checkElementType(type, what, nameText);
   };
+  // A backward scan's stored states (`tape.<state>.prev`) are matrices per
+  // step; a layer's own seq inputs are not.
   for (auto [arg, name] : llvm::zip(getSeqArgs(), getSeqNames()))
-    if (failed(checkKind(arg.getType(), "seq input", name, false)))
+    if (failed(checkKind(arg.getType(), "seq input", name,
+                         cast<StringAttr>(name).getValue().starts_with("tape."))))
       return failure();
   for (auto [arg, name] : llvm::zip(getParamArgs(), getParamNames()))
     if (failed(checkKind(arg.getType(), "param", name, true)))
@@ -541,4 +546,49 @@ OpFoldResult SubOp::fold(FoldAdaptor) {
   if (getRhs().getDefiningOp<ZerosOp>())
     return getLhs();
   return {};
+}
+
+//===----------------------------------------------------------------------===//
+// Decaying fast weights and normalisation
+//===----------------------------------------------------------------------===//
+
+LogicalResult ScaleRowsOp::verify() {
+  auto w = getWeight().getType();
+  auto factors = cast<VectorType>(getFactors().getType());
+  if (factors.getElementType() != w.getElementType())
+    return emitOpError() << "factors have element type "
+                         << factors.getElementType() << " but the weight has "
+                         << w.getElementType();
+  if (factors.getDimSize(0) != w.getKeyDim())
+    return emitOpError() << "factors have " << factors.getDimSize(0)
+                         << " entries but the weight has " << w.getKeyDim()
+                         << " key rows";
+  return success();
+}
+
+LogicalResult RowDotOp::verify() {
+  auto w = getLhs().getType();
+  auto result = cast<VectorType>(getResult().getType());
+  if (result.getElementType() != w.getElementType())
+    return emitOpError() << "result has element type " << result.getElementType()
+                         << " but the weights have " << w.getElementType();
+  if (result.getDimSize(0) != w.getKeyDim())
+    return emitOpError() << "result has " << result.getDimSize(0)
+                         << " entries but the weights have " << w.getKeyDim()
+                         << " key rows";
+  return success();
+}
+
+LogicalResult L2NormOp::verify() {
+  if (!(getEps().convertToDouble() > 0.0))
+    return emitOpError() << "eps must be positive, got "
+                         << getEps().convertToDouble();
+  return success();
+}
+
+LogicalResult ScaleConstOp::verify() {
+  if (!std::isfinite(getFactor().convertToDouble()) ||
+      !std::isfinite(getSizePower().convertToDouble()))
+    return emitOpError() << "factor and size_power must be finite";
+  return success();
 }

@@ -15,7 +15,6 @@
 #include "mlir/IR/SymbolTable.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/STLExtras.h"
-#include "llvm/ADT/TypeSwitch.h"
 
 namespace mlir::fwp {
 #define GEN_PASS_DEF_FWPDIFFERENTIATE
@@ -33,8 +32,15 @@ struct StateInfo {
   BlockArgument arg;
   Value yielded;
   bool isMatrix = false;
-  /// Matrix states: the writes from `arg` to `yielded`, in program order.
+  /// Invert: rebuilt from the state at t through `chain`; store and
+  /// checkpoint: read from the tape (`tape.<state>.prev`).
+  BackwardStrategy strategy;
+  /// Invertible matrix states: the writes from `arg` to `yielded`, in
+  /// program order.
   SmallVector<Operation *> chain;
+  /// Per update of the chain: how many tape values it records.
+  SmallVector<unsigned> tapeCounts;
+  bool inverts() const { return strategy.kind == BackwardStrategy::Invert; }
 };
 
 static std::string tapeKeyName(StringRef state, unsigned i) {
@@ -57,46 +63,126 @@ static std::string gradParamName(StringRef name) {
   return ("grad.param." + name).str();
 }
 
-static Value writeWeight(Operation *op) {
-  if (auto sum = dyn_cast<WriteSumOp>(op))
-    return sum.getWeight();
-  return cast<WriteDeltaOp>(op).getWeight();
-}
-static Value writeKey(Operation *op) {
-  if (auto sum = dyn_cast<WriteSumOp>(op))
-    return sum.getKey();
-  return cast<WriteDeltaOp>(op).getKey();
+/// The writes from `arg` to `yielded` when the new value is a chain of
+/// invertible writes starting from the state; failure otherwise.
+static FailureOr<SmallVector<Operation *>> invertibleChain(BlockArgument arg,
+                                                           Value yielded) {
+  SmallVector<Operation *> chain;
+  Value value = yielded;
+  while (value != arg) {
+    auto update = value.getDefiningOp<FastWeightUpdateOpInterface>();
+    if (!update || update.getUpdateResult() != value || !update.isInvertible())
+      return failure();
+    chain.push_back(update);
+    value = update.getUpdatedWeight();
+  }
+  std::reverse(chain.begin(), chain.end());
+  return chain;
 }
 
-/// Finds, for every state, how the backward recovers its value at t-1.
+/// Finds, for every state, how the backward recovers its value at t-1: the
+/// strategy asked for in `fwp.backward`, else invert for fast weights whose
+/// writes can be undone, checkpoint for other fast weights, and store for
+/// vectors and scalars (checkpoint when another state is checkpointed).
 static FailureOr<SmallVector<StateInfo>> analyzeStates(ScanOp scan) {
   SmallVector<StateInfo> states;
   YieldOp yield = scan.getYield();
+  DictionaryAttr requested = scan->getAttrOfType<DictionaryAttr>(kBackwardAttrName);
+  if (scan->hasAttr(kBackwardAttrName) && !requested)
+    return scan.emitOpError() << "'" << kBackwardAttrName
+                              << "' must be a dictionary from state names to "
+                                 "strategies";
+  if (requested)
+    for (NamedAttribute entry : requested) {
+      if (!llvm::is_contained(scan.getStateNames(), entry.getName()))
+        return scan.emitOpError()
+               << "'" << kBackwardAttrName << "' names '"
+               << entry.getName().getValue()
+               << "', which is not a state of the scan";
+      auto text = dyn_cast<StringAttr>(entry.getValue());
+      if (!text || !parseBackwardStrategy(text.getValue()))
+        return scan.emitOpError()
+               << "'" << kBackwardAttrName << "' for state '"
+               << entry.getName().getValue()
+               << "' must be \"invert\", \"store\" or \"checkpoint[:C]\" "
+                  "(C > 0), not "
+               << entry.getValue();
+    }
+  int64_t every = 0;
+  SmallVector<bool> explicitChoice;
   for (auto [index, arg] : llvm::enumerate(scan.getStateArgs())) {
     StateInfo info;
     info.name = cast<StringAttr>(scan.getStateNames()[index]).getValue();
     info.arg = arg;
     info.yielded = yield.getValues()[index];
     info.isMatrix = isa<FastWeightType>(arg.getType());
-    if (info.isMatrix) {
-      Value value = info.yielded;
-      while (value != arg) {
-        Operation *def = value.getDefiningOp();
-        if (!def || !isa<WriteSumOp, WriteDeltaOp>(def) ||
-            def->getResult(0) != value)
-          return scan.emitOpError()
-                 << "matrix state '" << info.name
-                 << "': its new value is not a chain of fwp.write_sum / "
-                    "fwp.write_delta ops starting from the state, so "
-                    "fwp-differentiate cannot rebuild it by inversion";
-        info.chain.push_back(def);
-        value = writeWeight(def);
-      }
-      std::reverse(info.chain.begin(), info.chain.end());
+    std::optional<BackwardStrategy> asked;
+    if (requested)
+      if (auto text = requested.getAs<StringAttr>(info.name))
+        asked = parseBackwardStrategy(text.getValue());
+    FailureOr<SmallVector<Operation *>> chain =
+        info.isMatrix ? invertibleChain(arg, info.yielded)
+                      : FailureOr<SmallVector<Operation *>>(failure());
+    if (asked && asked->kind == BackwardStrategy::Invert && failed(chain)) {
+      if (!info.isMatrix)
+        return scan.emitOpError()
+               << "state '" << info.name
+               << "' is not a fast weight: its backward is store or "
+                  "checkpoint, not invert";
+      return scan.emitOpError()
+             << "matrix state '" << info.name
+             << "': its new value is not a chain of invertible updates "
+                "(such as fwp.write_sum, fwp.write_delta) of the state, so "
+                "fwp-differentiate cannot rebuild it by inversion; use "
+                "fwp.backward = {"
+             << info.name << " = \"checkpoint\"} or \"store\"";
+    }
+    if (asked)
+      info.strategy = *asked;
+    else if (succeeded(chain))
+      info.strategy = {BackwardStrategy::Invert, 0};
+    else if (info.isMatrix)
+      info.strategy = {BackwardStrategy::Checkpoint, kDefaultCheckpointEvery};
+    else
+      info.strategy = {BackwardStrategy::Store, 0};
+    if (info.inverts())
+      info.chain = std::move(*chain);
+    explicitChoice.push_back(asked.has_value());
+    if (info.strategy.kind == BackwardStrategy::Checkpoint) {
+      if (every && every != info.strategy.every)
+        return scan.emitOpError()
+               << "checkpointed states must share one segment length, found "
+               << every << " and " << info.strategy.every;
+      every = info.strategy.every;
     }
     states.push_back(std::move(info));
   }
+  // A checkpointed layer rebuilds its whole tape segment by segment: the
+  // other non-inverted states are checkpointed with it.
+  if (every)
+    for (auto [info, isExplicit] : llvm::zip(states, explicitChoice)) {
+      if (info.strategy.kind != BackwardStrategy::Store)
+        continue;
+      if (isExplicit)
+        return scan.emitOpError()
+               << "state '" << info.name
+               << "' asks for store while another state is checkpointed; a "
+                  "checkpointed backward recomputes every state's tape, so "
+                  "choose checkpoint for both";
+      info.strategy = {BackwardStrategy::Checkpoint, every};
+    }
   return states;
+}
+
+/// The resolved `fwp.backward` dictionary of a scan.
+static DictionaryAttr backwardAttr(MLIRContext *context,
+                                   ArrayRef<StateInfo> states) {
+  Builder builder(context);
+  SmallVector<NamedAttribute> entries;
+  for (const StateInfo &state : states)
+    entries.push_back(builder.getNamedAttr(
+        state.name, builder.getStringAttr(state.strategy.str())));
+  return builder.getDictionaryAttr(entries);
 }
 
 static SmallVector<StringRef> namesOf(ArrayAttr names) {
@@ -112,7 +198,7 @@ static SmallVector<Type> typesOf(ValueRange values) {
 // The training forward: the forward plus the tape.
 //===----------------------------------------------------------------------===//
 
-static ScanOp buildTrainScan(ScanOp scan, ArrayRef<StateInfo> states,
+static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
                              SmallVectorImpl<std::string> &tapeNames,
                              SmallVectorImpl<Type> &tapeTypes) {
   IRMapping mapping;
@@ -126,28 +212,24 @@ static ScanOp buildTrainScan(ScanOp scan, ArrayRef<StateInfo> states,
   YieldOp yield = train.getYield();
   builder.setInsertionPoint(yield);
   SmallVector<Value> tapeValues;
-  for (const StateInfo &state : states) {
-    if (!state.isMatrix) {
+  for (StateInfo &state : states) {
+    if (!state.inverts()) {
       tapeNames.push_back(tapePrevName(state.name));
       tapeValues.push_back(mapping.lookup(state.arg));
       continue;
     }
     for (auto [i, write] : llvm::enumerate(state.chain)) {
-      Operation *cloned = mapping.lookup(write);
-      Value key = writeKey(cloned), delta;
-      if (auto sum = dyn_cast<WriteSumOp>(cloned)) {
-        delta = sum.getValue();
-      } else {
-        auto deltaWrite = cast<WriteDeltaOp>(cloned);
-        Location loc = deltaWrite.getLoc();
-        Value diff = SubOp::create(builder, loc, deltaWrite.getValue(),
-                                   deltaWrite.getRetrieved());
-        delta = ScaleOp::create(builder, loc, diff, deltaWrite.getBeta());
+      auto cloned = cast<FastWeightUpdateOpInterface>(mapping.lookup(write));
+      SmallVector<Value> tape = cloned.buildInverseTape(builder);
+      for (auto [j, value] : llvm::enumerate(tape)) {
+        tapeNames.push_back(j == 0   ? tapeKeyName(state.name, i)
+                            : j == 1 ? tapeDeltaName(state.name, i)
+                                     : ("tape." + state.name + "." + Twine(i) +
+                                        "." + Twine(j))
+                                           .str());
+        tapeValues.push_back(value);
       }
-      tapeNames.push_back(tapeKeyName(state.name, i));
-      tapeValues.push_back(key);
-      tapeNames.push_back(tapeDeltaName(state.name, i));
-      tapeValues.push_back(delta);
+      state.tapeCounts.push_back(tape.size());
     }
   }
   llvm::append_range(tapeTypes, ValueRange(tapeValues).getTypes());
@@ -173,203 +255,58 @@ static ScanOp buildTrainScan(ScanOp scan, ArrayRef<StateInfo> states,
 //===----------------------------------------------------------------------===//
 
 /// Emits adjoints into the backward body. Forward values are keys; `forward`
-/// maps them to their recomputed counterparts in the backward body.
-class AdjointBuilder {
+/// maps them to their recomputed counterparts in the backward body. The rule
+/// of each op is its AdjointOpInterface.
+class AdjointBuilder final : public AdjointEmitter {
 public:
   AdjointBuilder(OpBuilder &builder, IRMapping &forward)
-      : builder(builder), forward(forward) {}
+      : AdjointEmitter(builder), forward(forward) {}
 
-  Value adjointOf(Value forwardValue) const {
+  Value adjointOf(Value forwardValue) const override {
     return adjoints.lookup(forwardValue);
+  }
+  Value recomputed(Value forwardValue) const override {
+    return forward.lookup(forwardValue);
   }
   void setAdjoint(Value forwardValue, Value adjoint) {
     adjoints[forwardValue] = adjoint;
   }
-
-  /// adj(x) += contribution (a value of x's type).
-  void accumulate(Value x, Value contribution) {
+  void accumulate(Value x, Value contribution) override {
     if (!contribution)
       return;
     Value &slot = adjoints[x];
-    slot = slot ? AddOp::create(builder, contribution.getLoc(), slot,
+    slot = slot ? AddOp::create(builder(), contribution.getLoc(), slot,
                                 contribution)
                       .getResult()
                 : contribution;
   }
-
-  /// adj(W) += key (x) value, for a matrix W.
-  void accumulateOuter(Value weight, Value key, Value value) {
+  void accumulateOuter(Value weight, Value key, Value value) override {
     Location loc = key.getLoc();
     Value &slot = adjoints[weight];
     if (!slot)
-      slot = ZerosOp::create(builder, loc, weight.getType());
-    slot = WriteSumOp::create(builder, loc, slot, key, value);
+      slot = ZerosOp::create(builder(), loc, weight.getType());
+    slot = WriteSumOp::create(builder(), loc, slot, key, value);
   }
 
-  LogicalResult visit(Operation *op);
+  LogicalResult visit(Operation *op) {
+    // Ops whose results carry no gradient contribute nothing.
+    if (llvm::none_of(op->getResults(),
+                      [&](Value r) { return adjointOf(r) != nullptr; }))
+      return success();
+    auto rule = dyn_cast<AdjointOpInterface>(op);
+    if (!rule)
+      return op->emitOpError()
+             << "has no adjoint rule (AdjointOpInterface)"
+             << (isa<DecomposableOpInterface>(op)
+                     ? "; it is a composite op: run fwp-decompose first"
+                     : "");
+    return rule.buildAdjoint(*this);
+  }
 
 private:
-  Value m(Value forwardValue) { return forward.lookup(forwardValue); }
-
-  OpBuilder &builder;
   IRMapping &forward;
   llvm::DenseMap<Value, Value> adjoints;
 };
-
-LogicalResult AdjointBuilder::visit(Operation *op) {
-  Location loc = op->getLoc();
-  // Ops whose results carry no gradient contribute nothing.
-  if (llvm::none_of(op->getResults(),
-                    [&](Value r) { return adjointOf(r) != nullptr; }))
-    return success();
-  Value g = op->getNumResults() ? adjointOf(op->getResult(0)) : Value();
-
-  return llvm::TypeSwitch<Operation *, LogicalResult>(op)
-      .Case([&](EluPlusOneOp o) {
-        accumulate(o.getX(), EluPlusOneGradOp::create(builder, loc, m(o.getX()), g));
-        return success();
-      })
-      .Case([&](SumNormOp o) {
-        accumulate(o.getX(), SumNormGradOp::create(builder, loc, m(o.getX()), g,
-                                                   o.getEpsAttr()));
-        return success();
-      })
-      .Case([&](SoftmaxOp o) {
-        accumulate(o.getX(),
-                   SoftmaxGradOp::create(builder, loc, m(o.getResult()), g));
-        return success();
-      })
-      .Case([&](DpfpOp o) {
-        accumulate(o.getX(), DpfpGradOp::create(builder, loc, m(o.getX()), g,
-                                                o.getNuAttr()));
-        return success();
-      })
-      .Case([&](SigmoidOp o) {
-        accumulate(o.getX(),
-                   SigmoidGradOp::create(builder, loc, m(o.getResult()), g));
-        return success();
-      })
-      .Case([&](TanhOp o) {
-        accumulate(o.getX(),
-                   TanhGradOp::create(builder, loc, m(o.getResult()), g));
-        return success();
-      })
-      .Case([&](NegOp o) {
-        accumulate(o.getX(), NegOp::create(builder, loc, g));
-        return success();
-      })
-      .Case([&](AddOp o) {
-        accumulate(o.getLhs(), g);
-        accumulate(o.getRhs(), g);
-        return success();
-      })
-      .Case([&](SubOp o) {
-        accumulate(o.getLhs(), g);
-        accumulate(o.getRhs(), NegOp::create(builder, loc, g));
-        return success();
-      })
-      .Case([&](MulOp o) {
-        accumulate(o.getLhs(), MulOp::create(builder, loc, g, m(o.getRhs())));
-        accumulate(o.getRhs(), MulOp::create(builder, loc, g, m(o.getLhs())));
-        return success();
-      })
-      .Case([&](DivOp o) {
-        // z = a / b: da = g / b, db = -g z / b.
-        Value b = m(o.getRhs());
-        accumulate(o.getLhs(), DivOp::create(builder, loc, g, b));
-        Value zOverB = DivOp::create(builder, loc, m(o.getResult()), b);
-        accumulate(o.getRhs(),
-                   NegOp::create(builder, loc,
-                                 MulOp::create(builder, loc, g, zOverB)));
-        return success();
-      })
-      .Case([&](ScaleOp o) {
-        accumulate(o.getX(), ScaleOp::create(builder, loc, g, m(o.getFactor())));
-        accumulate(o.getFactor(), DotOp::create(builder, loc, g, m(o.getX())));
-        return success();
-      })
-      .Case([&](DotOp o) {
-        accumulate(o.getLhs(), ScaleOp::create(builder, loc, m(o.getRhs()), g));
-        accumulate(o.getRhs(), ScaleOp::create(builder, loc, m(o.getLhs()), g));
-        return success();
-      })
-      .Case([&](LayerNormOp o) {
-        auto grads = LayerNormGradOp::create(builder, loc, m(o.getX()),
-                                             m(o.getWeight()), g, o.getEpsAttr());
-        accumulate(o.getX(), grads.getGradX());
-        accumulate(o.getWeight(), grads.getGradWeight());
-        accumulate(o.getBias(), grads.getGradBias());
-        return success();
-      })
-      .Case<ConstantOp, ZerosOp>([&](Operation *) { return success(); })
-      .Case([&](ReadOp o) {
-        // y = W^T q: dq = W g, dW += q (x) g.
-        accumulate(o.getQuery(),
-                   ReadTransposedOp::create(builder, loc,
-                                            o.getQuery().getType(),
-                                            m(o.getWeight()), g));
-        accumulateOuter(o.getWeight(), m(o.getQuery()), g);
-        return success();
-      })
-      .Case([&](ReadTransposedOp o) {
-        // y = W x: dx = W^T g, dW += g (x) x.
-        accumulate(o.getValue(),
-                   ReadOp::create(builder, loc, o.getValue().getType(),
-                                  m(o.getWeight()), g));
-        accumulateOuter(o.getWeight(), g, m(o.getValue()));
-        return success();
-      })
-      .Case([&](WriteSumOp o) {
-        // W' = W + k (x) v: dk = G v, dv = G^T k, dW = G.
-        accumulate(o.getKey(),
-                   ReadTransposedOp::create(builder, loc, o.getKey().getType(),
-                                            g, m(o.getValue())));
-        accumulate(o.getValue(),
-                   ReadOp::create(builder, loc, o.getValue().getType(), g,
-                                  m(o.getKey())));
-        accumulate(o.getWeight(), g);
-        return success();
-      })
-      .Case([&](WriteDeltaOp o) {
-        // W' = W + k (x) u, u = beta (v - vbar), vbar = W^T k.
-        Value gW = adjointOf(o.getNewWeight());
-        Value gRetrieved = adjointOf(o.getRetrieved());
-        Value key = m(o.getKey()), beta = m(o.getBeta());
-        Value diff = SubOp::create(builder, loc, m(o.getValue()),
-                                   m(o.getRetrieved()));
-        Value du, dv, dk;
-        if (gW) {
-          du = ReadOp::create(builder, loc, o.getValue().getType(), gW, key);
-          accumulate(o.getBeta(), DotOp::create(builder, loc, du, diff));
-          dv = ScaleOp::create(builder, loc, du, beta);
-          accumulate(o.getValue(), dv);
-          Value u = ScaleOp::create(builder, loc, diff, beta);
-          dk = ReadTransposedOp::create(builder, loc, o.getKey().getType(), gW, u);
-        }
-        // Total gradient reaching vbar: its own uses, minus beta * du.
-        Value dRetrieved = gRetrieved;
-        if (dv)
-          dRetrieved = dRetrieved ? SubOp::create(builder, loc, dRetrieved, dv)
-                                        .getResult()
-                                  : NegOp::create(builder, loc, dv).getResult();
-        if (dRetrieved) {
-          Value viaRetrieved = ReadTransposedOp::create(
-              builder, loc, o.getKey().getType(), m(o.getWeight()), dRetrieved);
-          dk = dk ? AddOp::create(builder, loc, dk, viaRetrieved).getResult()
-                  : viaRetrieved;
-        }
-        accumulate(o.getKey(), dk);
-        if (gW)
-          accumulate(o.getWeight(), gW);
-        if (dRetrieved)
-          accumulateOuter(o.getWeight(), key, dRetrieved);
-        return success();
-      })
-      .Default([&](Operation *other) {
-        return other->emitOpError()
-               << "has no adjoint rule in fwp-differentiate";
-      });
-}
 
 static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
                                        ArrayRef<std::string> tapeNames,
@@ -400,7 +337,7 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   SmallVector<StringRef> stateNames;
   SmallVector<Type> stateTypes;
   for (const StateInfo &state : states)
-    if (state.isMatrix) {
+    if (state.inverts()) {
       stateNames.push_back(state.name);
       stateTypes.push_back(state.arg.getType());
     }
@@ -423,7 +360,7 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
       stateTypes, outputNames, outputTypes, /*reverse=*/true);
   grad->setAttr(kRoleAttrName, builder.getStringAttr("backward"));
   grad->setAttr(kForwardAttrName, FlatSymbolRefAttr::get(scan.getSymNameAttr()));
-  grad->setAttr("fwp.reconstruct", builder.getStringAttr("invert"));
+  grad->setAttr(kBackwardAttrName, backwardAttr(context, states));
 
   Block &body = grad.getBodyBlock();
   builder.setInsertionPointToStart(&body);
@@ -438,47 +375,42 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   for (auto [fwd, bwd] : llvm::zip(scan.getParamArgs(), grad.getParamArgs()))
     forward.map(fwd, bwd);
 
-  // Rebuild every state at t-1: invert the chain of writes of matrix states
-  // (S_{t-1} = S_t - key (x) delta), read vector states off the tape.
+  // Rebuild every state at t-1: invert the chain of writes of inverted
+  // states (S_{t-1} = S_t - key (x) delta), read the others off the tape.
   unsigned tapeIndex = numSeq + numOutputs;
   unsigned matrixIndex = 0;
   SmallVector<Value> rebuiltMatrices;
   llvm::DenseMap<Operation *, Value> retrievedSource; // write -> weight before
   for (const StateInfo &state : states) {
-    if (!state.isMatrix) {
+    if (!state.inverts()) {
       forward.map(state.arg, gradSeqArgs[tapeIndex++]);
       continue;
     }
     Value current = gradStateArgs[matrixIndex++];
-    SmallVector<std::pair<Value, Value>> writes; // (key, delta) in order
-    for (size_t i = 0; i < state.chain.size(); ++i) {
-      writes.emplace_back(gradSeqArgs[tapeIndex], gradSeqArgs[tapeIndex + 1]);
-      tapeIndex += 2;
+    SmallVector<ValueRange> tapes; // per update, in program order
+    for (unsigned count : state.tapeCounts) {
+      tapes.push_back(gradSeqArgs.slice(tapeIndex, count));
+      tapeIndex += count;
     }
     for (int i = static_cast<int>(state.chain.size()) - 1; i >= 0; --i) {
-      forward.map(state.chain[i]->getResult(0), current);
-      auto [key, delta] = writes[i];
-      current = WriteSumOp::create(builder, loc, current, key,
-                                   NegOp::create(builder, loc, delta));
+      auto update = cast<FastWeightUpdateOpInterface>(state.chain[i]);
+      forward.map(update.getUpdateResult(), current);
+      current = update.buildInverse(builder, current, tapes[i]);
     }
     forward.map(state.arg, current);
     rebuiltMatrices.push_back(current);
   }
 
-  // Recompute the step from the states at t-1. The writes of the chains are
-  // not re-run: their results are the rebuilt matrices; a delta write's
-  // retrieved value is re-read from the weight before it.
+  // Recompute the step from the states at t-1. The updates of inverted
+  // chains are not re-run: their results are the rebuilt matrices, and they
+  // recompute their other results (a delta write's retrieved value).
   llvm::DenseSet<Operation *> chainWrites;
   for (const StateInfo &state : states)
     chainWrites.insert(state.chain.begin(), state.chain.end());
   for (Operation &op : scan.getBodyBlock().without_terminator()) {
     if (chainWrites.contains(&op)) {
-      if (auto delta = dyn_cast<WriteDeltaOp>(op)) {
-        Value retrieved = ReadOp::create(
-            builder, op.getLoc(), delta.getRetrieved().getType(),
-            forward.lookup(delta.getWeight()), forward.lookup(delta.getKey()));
-        forward.map(delta.getRetrieved(), retrieved);
-      }
+      cast<FastWeightUpdateOpInterface>(op).recomputeOtherResults(builder,
+                                                                  forward);
       continue;
     }
     builder.clone(op, forward);
@@ -521,8 +453,20 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
 
 struct FwpDifferentiatePass
     : public mlir::fwp::impl::FwpDifferentiateBase<FwpDifferentiatePass> {
+  using Base::Base;
+
   void runOnOperation() override {
     ModuleOp module = getOperation();
+    if (!backward.empty()) {
+      std::optional<BackwardStrategy> strategy = parseBackwardStrategy(backward);
+      if (!strategy) {
+        module.emitError() << "fwp-differentiate: backward must be invert, "
+                              "store or checkpoint[:C] (C > 0), got '"
+                           << backward << "'";
+        return signalPassFailure();
+      }
+      setBackwardStrategy(module, *strategy);
+    }
     SymbolTable symbols(module);
     SmallVector<ScanOp> forwards;
     for (ScanOp scan : module.getOps<ScanOp>())
@@ -538,6 +482,9 @@ struct FwpDifferentiatePass
       FailureOr<SmallVector<StateInfo>> states = analyzeStates(scan);
       if (failed(states))
         return signalPassFailure();
+      if (!states->empty())
+        scan->setAttr(kBackwardAttrName,
+                      backwardAttr(scan.getContext(), *states));
       SmallVector<std::string> tapeNames;
       SmallVector<Type> tapeTypes;
       ScanOp train = buildTrainScan(scan, *states, tapeNames, tapeTypes);
@@ -554,3 +501,47 @@ struct FwpDifferentiatePass
 };
 
 } // namespace
+
+std::string mlir::fwp::BackwardStrategy::str() const {
+  switch (kind) {
+  case Invert:
+    return "invert";
+  case Store:
+    return "store";
+  case Checkpoint:
+    return "checkpoint:" + std::to_string(every);
+  }
+  llvm_unreachable("unknown backward strategy");
+}
+
+std::optional<mlir::fwp::BackwardStrategy>
+mlir::fwp::parseBackwardStrategy(StringRef text) {
+  if (text == "invert")
+    return BackwardStrategy{BackwardStrategy::Invert, 0};
+  if (text == "store")
+    return BackwardStrategy{BackwardStrategy::Store, 0};
+  if (text == "checkpoint")
+    return BackwardStrategy{BackwardStrategy::Checkpoint,
+                            kDefaultCheckpointEvery};
+  int64_t every = 0;
+  if (text.consume_front("checkpoint:") && !text.getAsInteger(10, every) &&
+      every > 0)
+    return BackwardStrategy{BackwardStrategy::Checkpoint, every};
+  return std::nullopt;
+}
+
+void mlir::fwp::setBackwardStrategy(ModuleOp module,
+                                    const BackwardStrategy &strategy) {
+  Builder builder(module.getContext());
+  for (ScanOp scan : module.getOps<ScanOp>()) {
+    if (scan->hasAttr(kRoleAttrName))
+      continue;
+    SmallVector<NamedAttribute> entries;
+    for (auto [name, arg] :
+         llvm::zip(scan.getStateNames(), scan.getStateArgs()))
+      if (isa<FastWeightType>(arg.getType()))
+        entries.push_back(builder.getNamedAttr(
+            cast<StringAttr>(name), builder.getStringAttr(strategy.str())));
+    scan->setAttr(kBackwardAttrName, builder.getDictionaryAttr(entries));
+  }
+}

@@ -3,6 +3,7 @@
 #define FWP_DIALECT_FWP_IR_FWPOPS_H
 
 #include "fwp/Dialect/Fwp/IR/FwpDialect.h"
+#include "fwp/Dialect/Fwp/IR/FwpInterfaces.h"
 #include "fwp/Dialect/Fwp/IR/FwpTypes.h"
 #include "mlir/Bytecode/BytecodeOpInterface.h"
 #include "mlir/IR/BuiltinTypes.h"

@@ -4,6 +4,7 @@
 
 include "fwp/Dialect/Fwp/IR/FwpDialect.td"
 include "fwp/Dialect/Fwp/IR/FwpTypes.td"
+include "fwp/Dialect/Fwp/IR/FwpInterfaces.td"
 include "mlir/IR/OpAsmInterface.td"
 include "mlir/IR/SymbolInterfaces.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
@@ -125,7 +126,7 @@ def Fwp_YieldOp : Fwp_Op<"yield", [Pure, Terminator, HasParent<"ScanOp">, Return
 // Fast-weight writes and reads
 //===----------------------------------------------------------------------===//
 
-def Fwp_ReadOp : Fwp_Op<"read", [Pure]> {
+def Fwp_ReadOp : Fwp_Op<"read", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>]> {
   let summary = "query a fast weight: y[m] = sum_e W[e, m] q[e]";
   let description = [{
     Retrieves the value stored under `query`: `y = W^T q`, i.e.
@@ -144,7 +145,7 @@ def Fwp_ReadOp : Fwp_Op<"read", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Fwp_ReadTransposedOp : Fwp_Op<"read_transposed", [Pure]> {
+def Fwp_ReadTransposedOp : Fwp_Op<"read_transposed", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>]> {
   let summary = "the transposed read: y[e] = sum_m W[e, m] x[m]";
   let description = [{
     Multiplies the fast weight by a value-space vector: `y = W x`. Adjoints of
@@ -162,7 +163,8 @@ def Fwp_ReadTransposedOp : Fwp_Op<"read_transposed", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Fwp_WriteSumOp : Fwp_Op<"write_sum", [Pure,
+def Fwp_WriteSumOp : Fwp_Op<"write_sum", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>,
+    DeclareOpInterfaceMethods<Fwp_FastWeightUpdateOpInterface, ["buildInverseTape", "buildInverse", "recomputeOtherResults"]>,
     AllTypesMatch<["weight", "result"]>]> {
   let summary = "the sum (Hebbian) write: W + k (x) v";
   let description = [{
@@ -182,7 +184,8 @@ def Fwp_WriteSumOp : Fwp_Op<"write_sum", [Pure,
   let hasFolder = 1;
 }
 
-def Fwp_WriteDeltaOp : Fwp_Op<"write_delta", [Pure,
+def Fwp_WriteDeltaOp : Fwp_Op<"write_delta", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>,
+    DeclareOpInterfaceMethods<Fwp_FastWeightUpdateOpInterface, ["buildInverseTape", "buildInverse", "recomputeOtherResults"]>,
     AllTypesMatch<["weight", "new_weight"]>,
     AllTypesMatch<["value", "retrieved"]>,
     TypesMatchWith<"beta is the element type of the weight", "weight", "beta",
@@ -213,7 +216,8 @@ def Fwp_WriteDeltaOp : Fwp_Op<"write_delta", [Pure,
 //===----------------------------------------------------------------------===//
 
 class Fwp_UnaryVectorOp<string mnemonic, list<Trait> traits = []>
-    : Fwp_Op<mnemonic, !listconcat([Pure, SameOperandsAndResultType], traits)> {
+    : Fwp_Op<mnemonic, !listconcat([Pure, SameOperandsAndResultType,
+                                    DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>], traits)> {
   let arguments = (ins Fwp_Vector:$x);
   let results = (outs Fwp_Vector:$result);
   let assemblyFormat = "$x attr-dict `:` type($x)";
@@ -257,7 +261,7 @@ def Fwp_SoftmaxOp : Fwp_UnaryVectorOp<"softmax"> {
   }];
 }
 
-def Fwp_DpfpOp : Fwp_Op<"dpfp", [Pure]> {
+def Fwp_DpfpOp : Fwp_Op<"dpfp", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>]> {
   let summary = "deterministic parameter-free projection (DPFP-nu)";
   let description = [{
     The feature map of Schlag et al. (2021): with `r = [relu(x), relu(-x)]`
@@ -279,7 +283,7 @@ def Fwp_DpfpOp : Fwp_Op<"dpfp", [Pure]> {
 //===----------------------------------------------------------------------===//
 
 class Fwp_UnaryValueOp<string mnemonic>
-    : Fwp_Op<mnemonic, [Pure, SameOperandsAndResultType]> {
+    : Fwp_Op<mnemonic, [Pure, SameOperandsAndResultType, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>]> {
   let arguments = (ins Fwp_Value:$x);
   let results = (outs Fwp_Value:$result);
   let assemblyFormat = "$x attr-dict `:` type($x)";
@@ -316,7 +320,7 @@ def Fwp_NegOp : Fwp_UnaryValueOp<"neg"> {
 }
 
 class Fwp_BinaryOp<string mnemonic, Type type>
-    : Fwp_Op<mnemonic, [Pure, SameOperandsAndResultType]> {
+    : Fwp_Op<mnemonic, [Pure, SameOperandsAndResultType, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>]> {
   let arguments = (ins type:$lhs, type:$rhs);
   let results = (outs type:$result);
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` qualified(type($result))";
@@ -360,7 +364,7 @@ def Fwp_DivOp : Fwp_BinaryOp<"div", Fwp_Value> {
   }];
 }
 
-def Fwp_ConstantOp : Fwp_Op<"constant", [Pure]> {
+def Fwp_ConstantOp : Fwp_Op<"constant", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>]> {
   let summary = "a scalar, or a vector with every entry equal";
   let description = [{
     ```mlir
@@ -373,7 +377,7 @@ def Fwp_ConstantOp : Fwp_Op<"constant", [Pure]> {
   let assemblyFormat = "$value attr-dict `:` type($result)";
 }
 
-def Fwp_ScaleOp : Fwp_Op<"scale", [Pure, AllTypesMatch<["x", "result"]>,
+def Fwp_ScaleOp : Fwp_Op<"scale", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>, AllTypesMatch<["x", "result"]>,
     TypesMatchWith<"factor is the element type of x", "x", "factor",
                    "::llvm::cast<::mlir::VectorType>($_self).getElementType()">]> {
   let summary = "vector times scalar";
@@ -387,7 +391,7 @@ def Fwp_ScaleOp : Fwp_Op<"scale", [Pure, AllTypesMatch<["x", "result"]>,
   let assemblyFormat = "$x `,` $factor attr-dict `:` type($x)";
 }
 
-def Fwp_DotOp : Fwp_Op<"dot", [Pure, AllTypesMatch<["lhs", "rhs"]>,
+def Fwp_DotOp : Fwp_Op<"dot", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>, AllTypesMatch<["lhs", "rhs"]>,
     TypesMatchWith<"result is the element type of the operands", "lhs", "result",
                    "::llvm::cast<::mlir::VectorType>($_self).getElementType()">]> {
   let summary = "inner product of two vectors";
@@ -401,7 +405,7 @@ def Fwp_DotOp : Fwp_Op<"dot", [Pure, AllTypesMatch<["lhs", "rhs"]>,
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($lhs)";
 }
 
-def Fwp_LayerNormOp : Fwp_Op<"layer_norm", [Pure,
+def Fwp_LayerNormOp : Fwp_Op<"layer_norm", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>,
     AllTypesMatch<["x", "weight", "bias", "result"]>]> {
   let summary = "layer normalisation over one head's entries";
   let description = [{
@@ -419,7 +423,7 @@ def Fwp_LayerNormOp : Fwp_Op<"layer_norm", [Pure,
   let hasVerifier = 1;
 }
 
-def Fwp_ZerosOp : Fwp_Op<"zeros", [Pure]> {
+def Fwp_ZerosOp : Fwp_Op<"zeros", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>]> {
   let summary = "an all-zero scalar, vector or fast weight";
   let description = [{
     ```mlir
@@ -428,6 +432,124 @@ def Fwp_ZerosOp : Fwp_Op<"zeros", [Pure]> {
   }];
   let results = (outs Fwp_AnyValue:$result);
   let assemblyFormat = "attr-dict `:` qualified(type($result))";
+}
+
+//===----------------------------------------------------------------------===//
+// Decaying fast weights and normalisation
+//===----------------------------------------------------------------------===//
+
+def Fwp_SqrtOp : Fwp_UnaryValueOp<"sqrt"> {
+  let summary = "square root, elementwise";
+  let description = [{
+    `y = sqrt(x)` on a scalar or a vector (defined for `x >= 0`).
+
+    ```mlir
+    %r = fwp.sqrt %s : f32
+    ```
+  }];
+}
+
+def Fwp_ScaleRowsOp : Fwp_Op<"scale_rows", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>,
+    DeclareOpInterfaceMethods<Fwp_FastWeightUpdateOpInterface>,
+    AllTypesMatch<["weight", "result"]>]> {
+  let summary = "decay a fast weight per key row: diag(a) W";
+  let description = [{
+    Multiplies row `e` of the fast weight by `factors[e]`:
+    `W'[e, m] = a[e] W[e, m]`, the per-key decay of gated linear attention.
+    An update of the weight that the backward does not invert (undoing it
+    divides by `a`): a state updated by it is stored or checkpointed.
+
+    ```mlir
+    %W1 = fwp.scale_rows %W, %a : !fwp.fast_weight<16x32xf32>, vector<16xf32>
+    ```
+  }];
+  let arguments = (ins Fwp_FastWeightType:$weight, Fwp_Vector:$factors);
+  let results = (outs Fwp_FastWeightType:$result);
+  let assemblyFormat = [{
+    $weight `,` $factors attr-dict `:` qualified(type($weight)) `,` type($factors)
+  }];
+  let hasVerifier = 1;
+}
+
+def Fwp_ScaleWeightOp : Fwp_Op<"scale_weight", [Pure,
+    DeclareOpInterfaceMethods<Fwp_DecomposableOpInterface>,
+    AllTypesMatch<["weight", "result"]>,
+    TypesMatchWith<"factor is the element type of the weight", "weight", "factor",
+                   "::llvm::cast<::mlir::fwp::FastWeightType>($_self).getElementType()">]> {
+  let summary = "decay a fast weight by a scalar: a W";
+  let description = [{
+    `W'[e, m] = a W[e, m]`, the scalar decay of RetNet and Gated DeltaNet. A
+    composite: `fwp-decompose` turns it into `fwp.scale_rows` by a vector
+    whose entries all equal `a`.
+
+    ```mlir
+    %W1 = fwp.scale_weight %W, %a : !fwp.fast_weight<16x16xf32>
+    ```
+  }];
+  let arguments = (ins Fwp_FastWeightType:$weight, Fwp_Float:$factor);
+  let results = (outs Fwp_FastWeightType:$result);
+  let assemblyFormat = "$weight `,` $factor attr-dict `:` qualified(type($weight))";
+}
+
+def Fwp_RowDotOp : Fwp_Op<"row_dot", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>,
+    AllTypesMatch<["lhs", "rhs"]>]> {
+  let summary = "per-row inner products of two fast weights";
+  let description = [{
+    `y[e] = sum_m A[e, m] B[e, m]`: the gradient of the row factors of
+    `fwp.scale_rows`.
+
+    ```mlir
+    %y = fwp.row_dot %G, %W : !fwp.fast_weight<16x32xf32> -> vector<16xf32>
+    ```
+  }];
+  let arguments = (ins Fwp_FastWeightType:$lhs, Fwp_FastWeightType:$rhs);
+  let results = (outs Fwp_Vector:$result);
+  let assemblyFormat = "$lhs `,` $rhs attr-dict `:` qualified(type($lhs)) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Fwp_L2NormOp : Fwp_Op<"l2_norm", [Pure, SameOperandsAndResultType,
+    DeclareOpInterfaceMethods<Fwp_DecomposableOpInterface>]> {
+  let summary = "L2 normalisation: x / sqrt(sum(x^2) + eps)";
+  let description = [{
+    Scales a vector to unit Euclidean length, `eps` (default `1e-6`) keeping
+    the zero vector finite: the key and query feature map of Gated DeltaNet.
+    A composite: `fwp-decompose` turns it into `fwp.dot`, `fwp.sqrt` and
+    `fwp.scale`.
+
+    ```mlir
+    %n = fwp.l2_norm %k : vector<16xf32>
+    %m = fwp.l2_norm %k eps(1.0e-05) : vector<16xf32>
+    ```
+  }];
+  let arguments = (ins Fwp_Vector:$x, DefaultValuedAttr<F64Attr, "1.0e-6">:$eps);
+  let results = (outs Fwp_Vector:$result);
+  let assemblyFormat = "$x (`eps` `(` $eps^ `)`)? attr-dict `:` type($x)";
+  let hasVerifier = 1;
+}
+
+def Fwp_ScaleConstOp : Fwp_Op<"scale_const", [Pure, SameOperandsAndResultType,
+    DeclareOpInterfaceMethods<Fwp_DecomposableOpInterface>]> {
+  let summary = "scale a vector by a constant: x factor n^size_power";
+  let description = [{
+    Multiplies `x` (of size `n`) by `factor * n^size_power`. With
+    `size_power(-0.5)` this is the attention scale `1/sqrt(d)`, written
+    through the vector's size so that `fwp-compile --dim d=...` changes it
+    with the type. A composite: `fwp-decompose` turns it into `fwp.constant`
+    and `fwp.scale`.
+
+    ```mlir
+    %qs = fwp.scale_const %q size_power(-0.5) : vector<16xf32>
+    %h = fwp.scale_const %x factor(0.5) : vector<16xf32>
+    ```
+  }];
+  let arguments = (ins Fwp_Vector:$x, DefaultValuedAttr<F64Attr, "1.0">:$factor,
+                       DefaultValuedAttr<F64Attr, "0.0">:$size_power);
+  let results = (outs Fwp_Vector:$result);
+  let assemblyFormat = [{
+    $x (`factor` `(` $factor^ `)`)? (`size_power` `(` $size_power^ `)`)? attr-dict `:` type($x)
+  }];
+  let hasVerifier = 1;
 }
 
 //===----------------------------------------------------------------------===//

@@ -27,23 +27,61 @@ def FwpSpecializeDims : Pass<"fwp-specialize-dims", "mlir::ModuleOp"> {
   ];
 }
 
+def FwpDecompose : Pass<"fwp-decompose", "mlir::ModuleOp"> {
+  let summary = "replace composite ops by the core ops that backends lower";
+  let description = [{
+    Every op with the `DecomposableOpInterface` (`fwp.scale_weight`,
+    `fwp.l2_norm`, `fwp.scale_const`) is replaced by its decomposition into
+    core ops, so that `fwp-differentiate` and the CPU and GPU lowerings only
+    meet the core. Runs after `fwp-specialize-dims` (a decomposition may fold
+    a size into a constant) and before `fwp-differentiate`.
+
+    ```
+    fwp-opt models/gated_delta_net.mlir --fwp-decompose
+    ```
+  }];
+  let dependentDialects = ["::mlir::fwp::FwpDialect"];
+}
+
 def FwpDifferentiate : Pass<"fwp-differentiate", "mlir::ModuleOp"> {
   let summary = "reverse-mode differentiation of every scan";
   let description = [{
     For each forward `fwp.scan @L` (one without `fwp.role`), adds `@L_train`,
     the forward with tape outputs, and `@L_grad`, a `reverse` scan that runs
     time backwards and yields the gradients of the seq inputs per step, of
-    the initial states and of the params (summed over time). Matrix states
-    are rebuilt by inverting their writes (`S_{t-1} = S_t - key (x) delta`,
-    recorded on the tape); vector and scalar states are recorded on the tape.
-    The choice is explicit in the IR (`fwp.reconstruct = "invert"` on the
-    backward scan). An op without an adjoint rule, or a matrix state whose
-    update is not a chain of writes, is an error naming it.
+    the initial states and of the params (summed over time). Each op's rule
+    is its `AdjointOpInterface`.
+
+    Each state is recovered at `t - 1` by a backward strategy, the scan's
+    `fwp.backward` dictionary (state name to strategy):
+
+    * `invert`: the state's update is a chain of invertible updates
+      (`FastWeightUpdateOpInterface`, e.g. `S_{t-1} = S_t - key (x) delta`);
+      the tape records what undoing them needs. No memory per step.
+    * `store`: the tape records the state at `t - 1` (`tape.<state>.prev`).
+    * `checkpoint:C`: the IR is that of `store`; the runtime keeps the states
+      every C steps only and recomputes one segment's tape at a time
+      (the manifest's `checkpoint_every`).
+
+    Missing entries default to `invert` for fast weights whose updates are
+    invertible, `checkpoint:64` for other fast weights, and `store` for
+    vector and scalar states (`checkpoint` when another state is
+    checkpointed). The pass writes the resolved dictionary on the forward,
+    training and backward scans. An op without an adjoint rule, or `invert`
+    asked for a state that cannot be inverted, is an error naming it.
+
+    `backward=STRATEGY` sets the strategy of every fast-weight state first
+    (what `fwp-compile --backward` does).
 
     ```
     fwp-opt models/delta_net.mlir --fwp-differentiate
+    fwp-opt models/delta_net.mlir --fwp-differentiate="backward=checkpoint:32"
     ```
   }];
+  let options = [
+    Option<"backward", "backward", "std::string", /*default=*/"\"\"",
+           "invert, store or checkpoint[:C] for every fast-weight state">
+  ];
   let dependentDialects = ["::mlir::fwp::FwpDialect"];
 }
 

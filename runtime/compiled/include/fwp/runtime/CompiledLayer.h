@@ -18,6 +18,7 @@
 #include "fwp/runtime/CudaScan.h"
 #include "fwp/runtime/Layer.h"
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -57,6 +58,18 @@ public:
   torch::ScalarType dtype() const { return dtype_; }
   /// Names and per-step shapes of the tape that forward_train records.
   const std::vector<TensorSpec> &tape() const { return tape_; }
+  /// Per state: "invert", "store" or "checkpoint" (the manifest's
+  /// "backward"; empty for artifacts that predate it).
+  const std::map<std::string, std::string> &backwardStrategies() const {
+    return backwardStrategies_;
+  }
+  /// Steps per segment of a checkpointed backward; 0 when the forward keeps
+  /// its whole tape.
+  int64_t checkpointEvery() const { return checkpointEvery_; }
+  /// The initial values the layer asks for, by param name ("zeros", "ones",
+  /// "constant:V", "linspace:A:B"; the IR's `fwp.param_init`). A param
+  /// missing here takes the model's default.
+  const std::map<std::string, std::string> &paramInits() const { return paramInits_; }
   const CpuKernel &forward() const { return forward_; }
   const CpuKernel &forwardTrain() const { return forwardTrain_; }
   const CpuKernel &backward() const { return backward_; }
@@ -80,6 +93,9 @@ private:
   Dims dims_;
   torch::ScalarType dtype_ = torch::kFloat;
   std::vector<TensorSpec> tape_;
+  std::map<std::string, std::string> backwardStrategies_;
+  int64_t checkpointEvery_ = 0;
+  std::map<std::string, std::string> paramInits_;
   CpuKernel forward_, forwardTrain_, backward_;
   std::optional<cuda::KernelBundle> cudaPtx_, cudaCubin_;
   std::string cudaChip_;
@@ -123,6 +139,13 @@ compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, in
 /// Verifies `path` as Artifact::load does, without mapping any code, and
 /// returns its manifest (JSON text); throws fwp::Error (fwp-inspect).
 std::string describeArtifact(const std::string &path);
+
+/// The initial value [heads, shape...] (float32) of a param whose layer asks
+/// for `init` (Artifact::paramInits): "zeros", "ones", "constant:V", or
+/// "linspace:A:B" (head h gets A + (B - A) h / (heads - 1)). Throws
+/// fwp::Error for anything else.
+torch::Tensor initialParam(const std::string &init, int64_t heads,
+                           const std::vector<int64_t> &shape);
 
 /// Loads a .fwpk as a FastWeightLayer (throws fwp::Error).
 std::unique_ptr<FastWeightLayer> loadCompiledLayer(const std::string &path);

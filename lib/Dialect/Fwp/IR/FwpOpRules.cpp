@@ -1,0 +1,340 @@
+//===- FwpOpRules.cpp - The rules each fwp op carries ---------------------===//
+//
+// Per op, next to each other: its reverse-mode adjoint (AdjointOpInterface),
+// for ops that update a fast weight what the backward needs to rebuild the
+// state (FastWeightUpdateOpInterface), and for composite ops their
+// decomposition into the core (DecomposableOpInterface). fwp-differentiate
+// and fwp-decompose work through these interfaces only.
+//
+// Notation: g is the gradient reaching the op's (first) result, m(x) the
+// recomputed value of x in the backward body.
+//
+//===----------------------------------------------------------------------===//
+
+#include "fwp/Dialect/Fwp/IR/FwpOps.h"
+
+#include <cmath>
+
+using namespace mlir;
+using namespace mlir::fwp;
+
+#include "fwp/Dialect/Fwp/IR/FwpInterfaces.cpp.inc"
+
+namespace {
+/// Shorthands for an adjoint rule of `op`.
+struct Rule {
+  AdjointEmitter &a;
+  Location loc;
+  OpBuilder &b() { return a.builder(); }
+  Value m(Value v) { return a.recomputed(v); }
+};
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// Feature maps
+//===----------------------------------------------------------------------===//
+
+LogicalResult EluPlusOneOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  a.accumulate(getX(), EluPlusOneGradOp::create(r.b(), r.loc, r.m(getX()),
+                                                a.adjointOf(getResult())));
+  return success();
+}
+
+LogicalResult SumNormOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  a.accumulate(getX(), SumNormGradOp::create(r.b(), r.loc, r.m(getX()),
+                                             a.adjointOf(getResult()),
+                                             getEpsAttr()));
+  return success();
+}
+
+LogicalResult SoftmaxOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  a.accumulate(getX(), SoftmaxGradOp::create(r.b(), r.loc, r.m(getResult()),
+                                             a.adjointOf(getResult())));
+  return success();
+}
+
+LogicalResult DpfpOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  a.accumulate(getX(), DpfpGradOp::create(r.b(), r.loc, r.m(getX()),
+                                          a.adjointOf(getResult()),
+                                          getNuAttr()));
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Elementwise and dense ops
+//===----------------------------------------------------------------------===//
+
+LogicalResult SigmoidOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  a.accumulate(getX(), SigmoidGradOp::create(r.b(), r.loc, r.m(getResult()),
+                                             a.adjointOf(getResult())));
+  return success();
+}
+
+LogicalResult TanhOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  a.accumulate(getX(), TanhGradOp::create(r.b(), r.loc, r.m(getResult()),
+                                          a.adjointOf(getResult())));
+  return success();
+}
+
+LogicalResult NegOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  a.accumulate(getX(), NegOp::create(r.b(), r.loc, a.adjointOf(getResult())));
+  return success();
+}
+
+LogicalResult SqrtOp::buildAdjoint(AdjointEmitter &a) {
+  // y = sqrt(x): dx = g * 0.5 / y.
+  Rule r{a, getLoc()};
+  Value half = ConstantOp::create(r.b(), r.loc, getType(), r.b().getF64FloatAttr(0.5));
+  Value scaled = MulOp::create(r.b(), r.loc, a.adjointOf(getResult()), half);
+  a.accumulate(getX(), DivOp::create(r.b(), r.loc, scaled, r.m(getResult())));
+  return success();
+}
+
+LogicalResult AddOp::buildAdjoint(AdjointEmitter &a) {
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getLhs(), g);
+  a.accumulate(getRhs(), g);
+  return success();
+}
+
+LogicalResult SubOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getLhs(), g);
+  a.accumulate(getRhs(), NegOp::create(r.b(), r.loc, g));
+  return success();
+}
+
+LogicalResult MulOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getLhs(), MulOp::create(r.b(), r.loc, g, r.m(getRhs())));
+  a.accumulate(getRhs(), MulOp::create(r.b(), r.loc, g, r.m(getLhs())));
+  return success();
+}
+
+LogicalResult DivOp::buildAdjoint(AdjointEmitter &a) {
+  // z = x / y: dx = g / y, dy = -g z / y.
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  Value y = r.m(getRhs());
+  a.accumulate(getLhs(), DivOp::create(r.b(), r.loc, g, y));
+  Value zOverY = DivOp::create(r.b(), r.loc, r.m(getResult()), y);
+  a.accumulate(getRhs(), NegOp::create(r.b(), r.loc,
+                                       MulOp::create(r.b(), r.loc, g, zOverY)));
+  return success();
+}
+
+LogicalResult ScaleOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getX(), ScaleOp::create(r.b(), r.loc, g, r.m(getFactor())));
+  a.accumulate(getFactor(), DotOp::create(r.b(), r.loc, g, r.m(getX())));
+  return success();
+}
+
+LogicalResult DotOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getLhs(), ScaleOp::create(r.b(), r.loc, r.m(getRhs()), g));
+  a.accumulate(getRhs(), ScaleOp::create(r.b(), r.loc, r.m(getLhs()), g));
+  return success();
+}
+
+LogicalResult LayerNormOp::buildAdjoint(AdjointEmitter &a) {
+  Rule r{a, getLoc()};
+  auto grads = LayerNormGradOp::create(r.b(), r.loc, r.m(getX()),
+                                       r.m(getWeight()),
+                                       a.adjointOf(getResult()), getEpsAttr());
+  a.accumulate(getX(), grads.getGradX());
+  a.accumulate(getWeight(), grads.getGradWeight());
+  a.accumulate(getBias(), grads.getGradBias());
+  return success();
+}
+
+LogicalResult ConstantOp::buildAdjoint(AdjointEmitter &) { return success(); }
+LogicalResult ZerosOp::buildAdjoint(AdjointEmitter &) { return success(); }
+
+//===----------------------------------------------------------------------===//
+// Reads
+//===----------------------------------------------------------------------===//
+
+LogicalResult ReadOp::buildAdjoint(AdjointEmitter &a) {
+  // y = W^T q: dq = W g, dW += q (x) g.
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getQuery(),
+               ReadTransposedOp::create(r.b(), r.loc, getQuery().getType(),
+                                        r.m(getWeight()), g));
+  a.accumulateOuter(getWeight(), r.m(getQuery()), g);
+  return success();
+}
+
+LogicalResult ReadTransposedOp::buildAdjoint(AdjointEmitter &a) {
+  // y = W x: dx = W^T g, dW += g (x) x.
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getValue(), ReadOp::create(r.b(), r.loc, getValue().getType(),
+                                          r.m(getWeight()), g));
+  a.accumulateOuter(getWeight(), g, r.m(getValue()));
+  return success();
+}
+
+LogicalResult RowDotOp::buildAdjoint(AdjointEmitter &a) {
+  // y[e] = sum_m A[e, m] B[e, m]: dA = diag(g) B, dB = diag(g) A.
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getLhs(), ScaleRowsOp::create(r.b(), r.loc, r.m(getRhs()), g));
+  a.accumulate(getRhs(), ScaleRowsOp::create(r.b(), r.loc, r.m(getLhs()), g));
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Updates of a fast weight
+//===----------------------------------------------------------------------===//
+
+LogicalResult WriteSumOp::buildAdjoint(AdjointEmitter &a) {
+  // W' = W + k (x) v: dk = G v, dv = G^T k, dW = G.
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getKey(), ReadTransposedOp::create(r.b(), r.loc, getKey().getType(),
+                                                  g, r.m(getValue())));
+  a.accumulate(getValue(), ReadOp::create(r.b(), r.loc, getValue().getType(), g,
+                                          r.m(getKey())));
+  a.accumulate(getWeight(), g);
+  return success();
+}
+
+Value WriteSumOp::getUpdatedWeight() { return getWeight(); }
+Value WriteSumOp::getUpdateResult() { return getResult(); }
+bool WriteSumOp::isInvertible() { return true; }
+SmallVector<Value> WriteSumOp::buildInverseTape(OpBuilder &) {
+  return {getKey(), getValue()};
+}
+Value WriteSumOp::buildInverse(OpBuilder &builder, Value newWeight,
+                               ValueRange tape) {
+  // W = W' - k (x) v.
+  return WriteSumOp::create(builder, getLoc(), newWeight, tape[0],
+                            NegOp::create(builder, getLoc(), tape[1]));
+}
+void WriteSumOp::recomputeOtherResults(OpBuilder &, IRMapping &) {}
+
+LogicalResult WriteDeltaOp::buildAdjoint(AdjointEmitter &a) {
+  // W' = W + k (x) u, u = beta (v - vbar), vbar = W^T k.
+  Rule r{a, getLoc()};
+  OpBuilder &b = r.b();
+  Location loc = r.loc;
+  Value gW = a.adjointOf(getNewWeight());
+  Value gRetrieved = a.adjointOf(getRetrieved());
+  Value key = r.m(getKey()), beta = r.m(getBeta());
+  Value diff = SubOp::create(b, loc, r.m(getValue()), r.m(getRetrieved()));
+  Value du, dv, dk;
+  if (gW) {
+    du = ReadOp::create(b, loc, getValue().getType(), gW, key);
+    a.accumulate(getBeta(), DotOp::create(b, loc, du, diff));
+    dv = ScaleOp::create(b, loc, du, beta);
+    a.accumulate(getValue(), dv);
+    Value u = ScaleOp::create(b, loc, diff, beta);
+    dk = ReadTransposedOp::create(b, loc, getKey().getType(), gW, u);
+  }
+  // Total gradient reaching vbar: its own uses, minus beta * du.
+  Value dRetrieved = gRetrieved;
+  if (dv)
+    dRetrieved = dRetrieved
+                     ? SubOp::create(b, loc, dRetrieved, dv).getResult()
+                     : NegOp::create(b, loc, dv).getResult();
+  if (dRetrieved) {
+    Value viaRetrieved = ReadTransposedOp::create(
+        b, loc, getKey().getType(), r.m(getWeight()), dRetrieved);
+    dk = dk ? AddOp::create(b, loc, dk, viaRetrieved).getResult() : viaRetrieved;
+  }
+  a.accumulate(getKey(), dk);
+  if (gW)
+    a.accumulate(getWeight(), gW);
+  if (dRetrieved)
+    a.accumulateOuter(getWeight(), key, dRetrieved);
+  return success();
+}
+
+Value WriteDeltaOp::getUpdatedWeight() { return getWeight(); }
+Value WriteDeltaOp::getUpdateResult() { return getNewWeight(); }
+bool WriteDeltaOp::isInvertible() { return true; }
+SmallVector<Value> WriteDeltaOp::buildInverseTape(OpBuilder &builder) {
+  // The written row: delta = beta (v - vbar).
+  Value diff = SubOp::create(builder, getLoc(), getValue(), getRetrieved());
+  return {getKey(), ScaleOp::create(builder, getLoc(), diff, getBeta())};
+}
+Value WriteDeltaOp::buildInverse(OpBuilder &builder, Value newWeight,
+                                 ValueRange tape) {
+  // W = W' - k (x) delta.
+  return WriteSumOp::create(builder, getLoc(), newWeight, tape[0],
+                            NegOp::create(builder, getLoc(), tape[1]));
+}
+void WriteDeltaOp::recomputeOtherResults(OpBuilder &builder, IRMapping &mapping) {
+  // vbar is re-read from the rebuilt weight before the write.
+  Value retrieved =
+      ReadOp::create(builder, getLoc(), getRetrieved().getType(),
+                     mapping.lookup(getWeight()), mapping.lookup(getKey()));
+  mapping.map(getRetrieved(), retrieved);
+}
+
+LogicalResult ScaleRowsOp::buildAdjoint(AdjointEmitter &a) {
+  // W' = diag(a) W: dW = diag(a) G, da = row_dot(G, W).
+  Rule r{a, getLoc()};
+  Value g = a.adjointOf(getResult());
+  a.accumulate(getWeight(), ScaleRowsOp::create(r.b(), r.loc, g, r.m(getFactors())));
+  a.accumulate(getFactors(),
+               RowDotOp::create(r.b(), r.loc, getFactors().getType(), g,
+                                r.m(getWeight())));
+  return success();
+}
+
+Value ScaleRowsOp::getUpdatedWeight() { return getWeight(); }
+Value ScaleRowsOp::getUpdateResult() { return getResult(); }
+/// Undoing it divides by the factors: the error of W_t grows like
+/// prod_t 1/a_t over the sequence, so the backward never inverts it.
+bool ScaleRowsOp::isInvertible() { return false; }
+
+//===----------------------------------------------------------------------===//
+// Composite ops
+//===----------------------------------------------------------------------===//
+
+void ScaleWeightOp::decompose(RewriterBase &rewriter) {
+  // a W = diag(a 1) W.
+  Location loc = getLoc();
+  auto type = getWeight().getType();
+  auto rowsType = VectorType::get({type.getKeyDim()}, type.getElementType());
+  Value ones = ConstantOp::create(rewriter, loc, rowsType, rewriter.getF64FloatAttr(1.0));
+  Value factors = ScaleOp::create(rewriter, loc, ones, getFactor());
+  rewriter.replaceOpWithNewOp<ScaleRowsOp>(*this, getWeight(), factors);
+}
+
+void L2NormOp::decompose(RewriterBase &rewriter) {
+  // x / sqrt(x . x + eps).
+  Location loc = getLoc();
+  Type element = getType().getElementType();
+  Value squares = DotOp::create(rewriter, loc, getX(), getX());
+  Value eps = ConstantOp::create(rewriter, loc, element, getEpsAttr());
+  Value norm = SqrtOp::create(rewriter, loc, AddOp::create(rewriter, loc, squares, eps));
+  Value one = ConstantOp::create(rewriter, loc, element, rewriter.getF64FloatAttr(1.0));
+  Value inverse = DivOp::create(rewriter, loc, one, norm);
+  rewriter.replaceOpWithNewOp<ScaleOp>(*this, getX(), inverse);
+}
+
+void ScaleConstOp::decompose(RewriterBase &rewriter) {
+  // x * factor * n^size_power, the constant folded from the current type.
+  Location loc = getLoc();
+  double n = getType().getDimSize(0);
+  double value = getFactor().convertToDouble() *
+                 std::pow(n, getSizePower().convertToDouble());
+  Value factor = ConstantOp::create(rewriter, loc, getType().getElementType(),
+                                    rewriter.getF64FloatAttr(value));
+  rewriter.replaceOpWithNewOp<ScaleOp>(*this, getX(), factor);
+}

@@ -1,0 +1,365 @@
+//===- DecayLayerTest.cpp - The decaying layers against eager references -===//
+//
+// models/gated_delta_net.mlir, retnet.mlir and gla.mlir (and
+// delta_product.mlir, the layer docs/writing-a-layer.md adds), compiled by
+// fwp-compile under each backward strategy that applies (their decays
+// cannot be inverted: store, checkpoint with a few segment lengths; for
+// delta_product invert too), against eager LibTorch
+// references written here from shared/MODELS.md ("Beyond the paper"):
+// outputs, final states and every gradient (autograd through the reference),
+// over T = 1 and T = 300, odd d, decays near sigmoid(-6) and sigmoid(6), with
+// and without initial states; finite differences for retnet's decay param.
+// The CUDA kernels of the f32 artifacts are checked the same way on a GPU.
+//
+//===----------------------------------------------------------------------===//
+
+#include "fwp/runtime/CompiledLayer.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <functional>
+
+namespace {
+
+namespace fs = std::filesystem;
+using fwp::TensorMap;
+using torch::Tensor;
+
+std::string artifactPath(const std::string &name) {
+  return std::string(FWP_TEST_ARTIFACTS) + "/" + name + ".fwpk";
+}
+
+#define REQUIRE_ARTIFACT(name)                                                 \
+  if (!fs::exists(artifactPath(name)))                                         \
+  GTEST_SKIP() << "no artifact " << artifactPath(name)                         \
+               << " (the build has no compiler: FWP_ENABLE_COMPILER=OFF)"
+
+//===----------------------------------------------------------------------===//
+// References, per MODELS.md. All tensors [B, H, T, n] / [H, ...] / [B, H, ...].
+//===----------------------------------------------------------------------===//
+
+Tensor l2n(const Tensor &x) { return x / torch::sqrt((x * x).sum(-1, true) + 1e-6); }
+
+/// readW(W, q)[m] = sum_e W[e, m] q[e], batched over [B, H].
+Tensor readW(const Tensor &W, const Tensor &q) {
+  return (W * q.unsqueeze(-1)).sum(-2);
+}
+Tensor outerProduct(const Tensor &k, const Tensor &v) { return k.unsqueeze(-1) * v.unsqueeze(-2); }
+
+Tensor initialState(const TensorMap &in, const Tensor &like, int64_t d) {
+  auto it = in.find("init.W");
+  if (it != in.end())
+    return it->second;
+  return torch::zeros({like.size(0), like.size(1), d, d}, like.options());
+}
+
+TensorMap finish(std::vector<Tensor> &ys, const Tensor &W) {
+  return {{"y", torch::stack(ys, 2)}, {"final.W", W}};
+}
+
+TensorMap gatedDeltaNet(const TensorMap &in) {
+  const Tensor &q = in.at("q"), &k = in.at("k"), &v = in.at("v");
+  const Tensor &beta = in.at("beta"), &alpha = in.at("alpha");
+  int64_t d = q.size(3);
+  Tensor W = initialState(in, q, d);
+  std::vector<Tensor> ys;
+  for (int64_t t = 0; t < q.size(2); ++t) {
+    Tensor a = torch::sigmoid(alpha.select(2, t)).unsqueeze(-1); // [B, H, 1, 1]
+    Tensor b = torch::sigmoid(beta.select(2, t));                 // [B, H, 1]
+    Tensor kt = l2n(k.select(2, t)), qt = l2n(q.select(2, t)) / std::sqrt(double(d));
+    Tensor decayed = a * W;
+    Tensor vbar = readW(decayed, kt);
+    W = decayed + outerProduct(kt, b * (v.select(2, t) - vbar));
+    ys.push_back(readW(W, qt));
+  }
+  return finish(ys, W);
+}
+
+TensorMap retnet(const TensorMap &in) {
+  const Tensor &q = in.at("q"), &k = in.at("k"), &v = in.at("v");
+  int64_t d = q.size(3);
+  Tensor gamma = torch::sigmoid(in.at("decay")).view({1, -1, 1, 1}); // [1, H, 1, 1]
+  Tensor W = initialState(in, q, d);
+  std::vector<Tensor> ys;
+  for (int64_t t = 0; t < q.size(2); ++t) {
+    W = gamma * W + outerProduct(k.select(2, t), v.select(2, t));
+    ys.push_back(readW(W, q.select(2, t)));
+  }
+  return finish(ys, W);
+}
+
+TensorMap gla(const TensorMap &in) {
+  const Tensor &q = in.at("q"), &k = in.at("k"), &v = in.at("v"), &g = in.at("g");
+  int64_t d = q.size(3);
+  Tensor W = initialState(in, q, d);
+  std::vector<Tensor> ys;
+  for (int64_t t = 0; t < q.size(2); ++t) {
+    Tensor a = torch::sigmoid(g.select(2, t)).unsqueeze(-1); // [B, H, d, 1]: per key row
+    W = a * W + outerProduct(k.select(2, t), v.select(2, t));
+    ys.push_back(readW(W, q.select(2, t)));
+  }
+  return finish(ys, W);
+}
+
+/// The fourth layer, added by following docs/writing-a-layer.md.
+TensorMap deltaProduct(const TensorMap &in) {
+  const Tensor &q = in.at("q");
+  int64_t d = q.size(3);
+  Tensor W = initialState(in, q, d);
+  auto delta = [](const Tensor &W, const Tensor &k, const Tensor &v, const Tensor &b) {
+    return W + outerProduct(k, b * (v - readW(W, k)));
+  };
+  std::vector<Tensor> ys;
+  for (int64_t t = 0; t < q.size(2); ++t) {
+    auto at = [&](const char *name) { return in.at(name).select(2, t); };
+    W = delta(W, l2n(at("k1")), at("v1"), torch::sigmoid(at("beta1")));
+    W = delta(W, l2n(at("k2")), at("v2"), torch::sigmoid(at("beta2")));
+    ys.push_back(readW(W, l2n(at("q"))));
+  }
+  return finish(ys, W);
+}
+
+std::function<TensorMap(const TensorMap &)> referenceFor(const std::string &layer) {
+  if (layer == "delta_product")
+    return deltaProduct;
+  if (layer == "gated_delta_net")
+    return gatedDeltaNet;
+  if (layer == "retnet")
+    return retnet;
+  return gla;
+}
+
+//===----------------------------------------------------------------------===//
+// Inputs
+//===----------------------------------------------------------------------===//
+
+/// The decay's input (alpha, decay, g) is centred on `decayShift`:
+/// sigmoid(-6) = 0.0025 forgets almost everything each step, sigmoid(6) =
+/// 0.9975 almost nothing.
+TensorMap makeInputs(const fwp::Artifact &artifact, int64_t batch, int64_t heads,
+                     int64_t steps, bool withInit, double decayShift, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto options = torch::TensorOptions().dtype(artifact.dtype());
+  const fwp::LayerSignature &signature = artifact.signature();
+  auto isDecay = [](const std::string &name) {
+    return name == "alpha" || name == "decay" || name == "g";
+  };
+  TensorMap inputs;
+  for (const auto &spec : signature.seq) {
+    std::vector<int64_t> shape{batch, heads, steps};
+    for (int64_t size : fwp::resolveShape(spec, artifact.dims()))
+      shape.push_back(size);
+    Tensor value = torch::randn(shape, options);
+    inputs[spec.name] = isDecay(spec.name) ? 0.5 * value + decayShift : value;
+  }
+  for (const auto &spec : signature.params) {
+    std::vector<int64_t> shape{heads};
+    for (int64_t size : fwp::resolveShape(spec, artifact.dims()))
+      shape.push_back(size);
+    Tensor value = 0.5 * torch::randn(shape, options);
+    inputs[spec.name] = isDecay(spec.name) ? value + decayShift : value;
+  }
+  if (withInit)
+    for (const auto &spec : signature.states) {
+      std::vector<int64_t> shape{batch, heads};
+      for (int64_t size : fwp::resolveShape(spec, artifact.dims()))
+        shape.push_back(size);
+      inputs[fwp::initName(spec.name)] = 0.3 * torch::randn(shape, options);
+    }
+  return inputs;
+}
+
+/// max |a - b| / max(max |b|, 1).
+double relativeError(const Tensor &a, const Tensor &b) {
+  double scale = std::max(b.abs().max().item<double>(), 1.0);
+  return (a - b).abs().max().item<double>() / scale;
+}
+
+struct Case {
+  std::string artifact;
+  int64_t batch, heads, steps;
+  bool withInit;
+  double decayShift;
+};
+
+void PrintTo(const Case &c, std::ostream *os) {
+  *os << c.artifact << " B=" << c.batch << " H=" << c.heads << " T=" << c.steps
+      << " decay input ~ " << c.decayShift << (c.withInit ? " with initial states" : "");
+}
+
+std::string caseName(const testing::TestParamInfo<Case> &info) {
+  const Case &c = info.param;
+  std::string shift = c.decayShift < 0 ? "m" + std::to_string(int(-c.decayShift))
+                                       : std::to_string(int(c.decayShift));
+  return c.artifact + "_B" + std::to_string(c.batch) + "H" + std::to_string(c.heads) + "T" +
+         std::to_string(c.steps) + "_decay" + shift + (c.withInit ? "_init" : "_zero");
+}
+
+/// Runs the compiled layer (on `device`) and the reference (in the
+/// artifact's dtype, f64 for CUDA runs) on the same inputs and compares
+/// outputs, final states and the gradients of a random linear loss.
+void compareWithReference(const Case &c, torch::Device device, double tolerance) {
+  auto artifact = fwp::Artifact::load(artifactPath(c.artifact));
+  fwp::CompiledLayer compiled(artifact);
+  auto reference = referenceFor(artifact->signature().layer);
+  torch::ScalarType referenceType = device.is_cuda() ? torch::kDouble : artifact->dtype();
+  TensorMap inputs =
+      makeInputs(*artifact, c.batch, c.heads, c.steps, c.withInit, c.decayShift, 2024);
+  std::vector<std::string> names;
+  std::vector<Tensor> leavesCompiled, leavesReference;
+  TensorMap compiledInputs, referenceInputs;
+  for (const auto &[name, value] : inputs) {
+    names.push_back(name);
+    leavesCompiled.push_back(value.to(device).requires_grad_(true));
+    leavesReference.push_back(value.to(referenceType).requires_grad_(true));
+    compiledInputs[name] = leavesCompiled.back();
+    referenceInputs[name] = leavesReference.back();
+  }
+  TensorMap got = compiled.forward(compiledInputs);
+  TensorMap want = reference(referenceInputs);
+  ASSERT_EQ(got.size(), want.size());
+  torch::manual_seed(99);
+  auto referenceOptions = torch::TensorOptions().dtype(referenceType);
+  Tensor lossCompiled = torch::zeros({}, torch::TensorOptions().dtype(artifact->dtype()).device(device));
+  Tensor lossReference = torch::zeros({}, referenceOptions);
+  for (const auto &[name, value] : want) {
+    ASSERT_TRUE(got.count(name)) << "compiled layer lacks output " << name;
+    ASSERT_EQ(got[name].sizes(), value.sizes()) << name;
+    EXPECT_LE(relativeError(got[name].detach().cpu().to(referenceType), value.detach()), tolerance)
+        << "output " << name;
+    Tensor cotangent = torch::randn(value.sizes(), referenceOptions);
+    lossCompiled = lossCompiled +
+                   (got[name] * cotangent.to(artifact->dtype()).to(device)).sum();
+    lossReference = lossReference + (value * cotangent).sum();
+  }
+  auto gradsCompiled = torch::autograd::grad({lossCompiled}, leavesCompiled);
+  auto gradsReference = torch::autograd::grad({lossReference}, leavesReference);
+  for (size_t i = 0; i < names.size(); ++i) {
+    ASSERT_TRUE(gradsCompiled[i].defined()) << "no gradient for " << names[i];
+    EXPECT_LE(relativeError(gradsCompiled[i].cpu().to(referenceType), gradsReference[i]),
+              tolerance)
+        << "gradient of " << names[i];
+  }
+}
+
+class DecayLayerMatchesReference : public testing::TestWithParam<Case> {};
+
+TEST_P(DecayLayerMatchesReference, OutputsFinalStatesAndGradients) {
+  const Case &c = GetParam();
+  REQUIRE_ARTIFACT(c.artifact);
+  auto artifact = fwp::Artifact::load(artifactPath(c.artifact));
+  compareWithReference(c, torch::kCPU, artifact->dtype() == torch::kDouble ? 1e-10 : 1e-4);
+}
+
+/// Every layer under every strategy that applies: the default
+/// (checkpoint:64 for the decaying layers, invert for delta_product), store,
+/// and checkpoint with a segment length that does not divide T.
+std::vector<std::string> variants(const std::string &layer) {
+  return {layer + "_f64", layer + "_f64_store", layer + "_f64_ckpt7"};
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  for (const char *layer : {"gated_delta_net", "retnet", "gla", "delta_product"}) {
+    for (const std::string &artifact : variants(layer)) {
+      out.push_back({artifact, 1, 2, 1, false, 0.0});
+      out.push_back({artifact, 2, 2, 300, true, 6.0});
+      out.push_back({artifact, 2, 2, 300, false, -6.0});
+      out.push_back({artifact, 1, 3, 23, true, 0.0});
+    }
+    out.push_back({layer, 2, 3, 37, true, 0.0});
+    out.push_back({layer, 1, 2, 300, false, 6.0});
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(DecayLayers, DecayLayerMatchesReference, testing::ValuesIn(cases()),
+                         caseName);
+
+class DecayLayerCudaMatchesReference : public testing::TestWithParam<Case> {};
+
+TEST_P(DecayLayerCudaMatchesReference, OutputsFinalStatesAndGradients) {
+  const Case &c = GetParam();
+  REQUIRE_ARTIFACT(c.artifact);
+  if (!torch::cuda::is_available())
+    GTEST_SKIP() << "no CUDA device (LibTorch sees no GPU)";
+  compareWithReference(c, torch::kCUDA, 1e-4);
+}
+
+std::vector<Case> cudaCases() {
+  std::vector<Case> out;
+  for (const char *layer : {"gated_delta_net", "retnet", "gla", "delta_product"})
+    for (const std::string &artifact : {std::string(layer), std::string(layer) + "_store"}) {
+      out.push_back({artifact, 2, 3, 37, true, 0.0});
+      out.push_back({artifact, 1, 2, 300, false, 6.0});
+      out.push_back({artifact, 1, 2, 1, false, -6.0});
+    }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(DecayLayers, DecayLayerCudaMatchesReference,
+                         testing::ValuesIn(cudaCases()), caseName);
+
+/// The gradient of retnet's decay param against central finite differences
+/// of the compiled forward (f64), under each strategy.
+TEST(DecayLayer, RetnetDecayGradientMatchesFiniteDifferences) {
+  for (const std::string &name : variants("retnet")) {
+    REQUIRE_ARTIFACT(name);
+    auto artifact = fwp::Artifact::load(artifactPath(name));
+    fwp::CompiledLayer compiled(artifact);
+    TensorMap inputs = makeInputs(*artifact, 2, 3, 40, true, 2.0, 7);
+    torch::manual_seed(5);
+    Tensor cotY = torch::randn({2, 3, 40, artifact->dims().at("d")}, torch::kDouble);
+    auto loss = [&](const TensorMap &in) {
+      return (compiled.forward(in).at("y") * cotY).sum();
+    };
+    TensorMap withGrad = inputs;
+    Tensor decay = inputs.at("decay").clone().requires_grad_(true);
+    withGrad["decay"] = decay;
+    Tensor grad = torch::autograd::grad({loss(withGrad)}, {decay})[0];
+    const double h = 1e-6;
+    for (int64_t head = 0; head < 3; ++head) {
+      TensorMap plus = inputs, minus = inputs;
+      plus["decay"] = inputs.at("decay").clone();
+      minus["decay"] = inputs.at("decay").clone();
+      plus["decay"][head] += h;
+      minus["decay"][head] -= h;
+      torch::NoGradGuard noGrad;
+      double numeric = (loss(plus).item<double>() - loss(minus).item<double>()) / (2 * h);
+      double analytic = grad[head].item<double>();
+      EXPECT_NEAR(analytic, numeric, 1e-6 * std::max(1.0, std::abs(numeric)))
+          << name << " head " << head;
+    }
+  }
+}
+
+/// The strategies are visible in the manifest and the runtime reads them:
+/// store keeps the tape of W, checkpoint says its segment length.
+TEST(DecayLayer, ManifestSaysTheStrategy) {
+  REQUIRE_ARTIFACT("gla_f64_ckpt7");
+  auto checkpointed = fwp::Artifact::load(artifactPath("gla_f64_ckpt7"));
+  EXPECT_EQ(checkpointed->checkpointEvery(), 7);
+  EXPECT_EQ(checkpointed->backwardStrategies().at("W"), "checkpoint");
+  auto stored = fwp::Artifact::load(artifactPath("gla_f64_store"));
+  EXPECT_EQ(stored->checkpointEvery(), 0);
+  EXPECT_EQ(stored->backwardStrategies().at("W"), "store");
+  ASSERT_EQ(stored->tape().size(), 1u);
+  EXPECT_EQ(stored->tape()[0].name, "tape.W.prev");
+  auto byDefault = fwp::Artifact::load(artifactPath("gla_f64"));
+  EXPECT_EQ(byDefault->checkpointEvery(), 64);
+}
+
+/// retnet asks for its decay's initial value in the IR (fwp.param_init);
+/// the manifest carries it to the runtime.
+TEST(DecayLayer, RetnetDeclaresItsDecayInit) {
+  REQUIRE_ARTIFACT("retnet");
+  auto artifact = fwp::Artifact::load(artifactPath("retnet"));
+  ASSERT_EQ(artifact->paramInits().size(), 1u);
+  EXPECT_EQ(artifact->paramInits().at("decay"), "linspace:3.0:7.0");
+  Tensor init = fwp::initialParam(artifact->paramInits().at("decay"), 5, {1});
+  EXPECT_TRUE(torch::allclose(init.view({5}), torch::tensor({3.0, 4.0, 5.0, 6.0, 7.0}).to(torch::kFloat)));
+}
+
+} // namespace

@@ -1,0 +1,79 @@
+// RUN: fwp-opt %s --fwp-differentiate --canonicalize --cse | FileCheck %s
+// RUN: fwp-opt %s --fwp-differentiate | FileCheck %s --check-prefix=FWD
+
+// The backward strategies (docs/design.md, "Backward strategies"): which
+// tape the training forward records, and how the backward scan recovers the
+// state at t-1.
+
+// invert (the default for invertible writes): the tape records the written
+// key and row; the backward carries W and rebuilds W_{t-1} = W_t - k (x) v.
+fwp.scan @sum_default seq(%k : vector<2xf32>, %v : vector<3xf32>) states(%W : !fwp.fast_weight<2x3xf32>) outputs(y : vector<3xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<2x3xf32>, vector<2xf32>, vector<3xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<2x3xf32>, vector<2xf32> -> vector<3xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<2x3xf32>, vector<3xf32>
+}
+// FWD-LABEL: fwp.scan @sum_default{{$}}
+// FWD: attributes {fwp.backward = {W = "invert"}}
+// CHECK-LABEL: fwp.scan @sum_default_train
+// CHECK: outputs(y : vector<3xf32>, tape.W.0.key : vector<2xf32>, tape.W.0.delta : vector<3xf32>)
+// CHECK-SAME: fwp.backward = {W = "invert"}
+// CHECK-LABEL: fwp.scan @sum_default_grad reverse
+// CHECK-NEXT: seq(%k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>, %tape.W.0.key: vector<2xf32>, %tape.W.0.delta: vector<3xf32>)
+// CHECK-NEXT: states(%W: !fwp.fast_weight<2x3xf32>, %grad.state.W: !fwp.fast_weight<2x3xf32>)
+// CHECK: fwp.backward = {W = "invert"}
+// CHECK: %[[NEG:.*]] = fwp.neg %tape.W.0.delta
+// CHECK-NEXT: %[[PREV:.*]] = fwp.write_sum %W, %tape.W.0.key, %[[NEG]]
+// CHECK: fwp.yield %[[PREV]],
+
+// store: the tape records W_{t-1} (a matrix per step); the backward reads
+// it and recomputes the write; it carries no W.
+fwp.scan @sum_store seq(%k : vector<2xf32>, %v : vector<3xf32>) states(%W : !fwp.fast_weight<2x3xf32>) outputs(y : vector<3xf32>) attributes {fwp.backward = {W = "store"}} {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<2x3xf32>, vector<2xf32>, vector<3xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<2x3xf32>, vector<2xf32> -> vector<3xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<2x3xf32>, vector<3xf32>
+}
+// CHECK-LABEL: fwp.scan @sum_store_train
+// CHECK: outputs(y : vector<3xf32>, tape.W.prev : !fwp.fast_weight<2x3xf32>)
+// CHECK: fwp.yield %{{.*}}, %{{.*}}, %W :
+// CHECK-LABEL: fwp.scan @sum_store_grad reverse
+// CHECK-NEXT: seq(%k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>, %tape.W.prev: !fwp.fast_weight<2x3xf32>)
+// CHECK-NEXT: states(%grad.state.W: !fwp.fast_weight<2x3xf32>)
+// CHECK: fwp.backward = {W = "store"}
+// CHECK: fwp.write_sum %tape.W.prev, %k, %v
+
+// A decay is not invertible: the default is checkpoint:64. Its IR is that of
+// store (the runtime recomputes the tape per segment of 64 steps).
+fwp.scan @decay_default seq(%a : vector<2xf32>, %k : vector<2xf32>, %v : vector<3xf32>) states(%W : !fwp.fast_weight<2x3xf32>) outputs(y : vector<3xf32>) {
+  %Wd = fwp.scale_rows %W, %a : !fwp.fast_weight<2x3xf32>, vector<2xf32>
+  %W1 = fwp.write_sum %Wd, %k, %v : !fwp.fast_weight<2x3xf32>, vector<2xf32>, vector<3xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<2x3xf32>, vector<2xf32> -> vector<3xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<2x3xf32>, vector<3xf32>
+}
+// FWD-LABEL: fwp.scan @decay_default{{$}}
+// FWD: attributes {fwp.backward = {W = "checkpoint:64"}}
+// CHECK-LABEL: fwp.scan @decay_default_train
+// CHECK: outputs(y : vector<3xf32>, tape.W.prev : !fwp.fast_weight<2x3xf32>)
+// CHECK-LABEL: fwp.scan @decay_default_grad reverse
+// CHECK-NEXT: seq(%a: vector<2xf32>, %k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>, %tape.W.prev: !fwp.fast_weight<2x3xf32>)
+// CHECK-NEXT: states(%grad.state.W: !fwp.fast_weight<2x3xf32>)
+// CHECK: fwp.backward = {W = "checkpoint:64"}
+// The decay's adjoint: dW_{t-1} = diag(a) dW', da = row_dot(dW', W_{t-1}).
+// CHECK: fwp.scale_rows %tape.W.prev, %a
+// CHECK: %[[DWD:.*]] = fwp.write_sum %grad.state.W, %k, %grad.y
+// CHECK: %[[DW:.*]] = fwp.scale_rows %[[DWD]], %a
+// CHECK-NEXT: %[[DA:.*]] = fwp.row_dot %[[DWD]], %tape.W.prev
+// CHECK-NEXT: fwp.yield %[[DW]], %[[DA]],
+
+// checkpoint with an explicit segment length; a vector state next to a
+// checkpointed one is checkpointed too.
+fwp.scan @checkpoint_mixed seq(%a : vector<2xf32>, %k : vector<2xf32>, %v : vector<3xf32>) states(%W : !fwp.fast_weight<2x3xf32>, %h : vector<3xf32>) outputs(y : vector<3xf32>) attributes {fwp.backward = {W = "checkpoint:16"}} {
+  %Wd = fwp.scale_rows %W, %a : !fwp.fast_weight<2x3xf32>, vector<2xf32>
+  %W1 = fwp.write_sum %Wd, %k, %v : !fwp.fast_weight<2x3xf32>, vector<2xf32>, vector<3xf32>
+  %r = fwp.read %W1, %k : !fwp.fast_weight<2x3xf32>, vector<2xf32> -> vector<3xf32>
+  %h1 = fwp.add %h, %r : vector<3xf32>
+  fwp.yield %W1, %h1, %h1 : !fwp.fast_weight<2x3xf32>, vector<3xf32>, vector<3xf32>
+}
+// FWD-LABEL: fwp.scan @checkpoint_mixed{{$}}
+// FWD: attributes {fwp.backward = {W = "checkpoint:16", h = "checkpoint:16"}}
+// CHECK-LABEL: fwp.scan @checkpoint_mixed_train
+// CHECK: outputs(y : vector<3xf32>, tape.W.prev : !fwp.fast_weight<2x3xf32>, tape.h.prev : vector<3xf32>)
