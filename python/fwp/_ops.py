@@ -54,6 +54,13 @@ def manifest(path: str) -> dict[str, Any]:
     return cached
 
 
+def initial_param(init: str, heads: int, shape: Sequence[int]) -> torch.Tensor:
+    """A param's initial value ``[heads, *shape]`` as its layer's IR asks for it
+    (``fwp.param_init``), computed by the runtime (the rule fwp-train applies)."""
+    ensure_loaded()
+    return torch.ops.fwp.initial_param(init, heads, list(shape))
+
+
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Sequence[torch.Tensor]) -> None:
     path, tensors = inputs
     ctx.path = path

@@ -19,8 +19,9 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _init_param(name: str, shape: tuple[int, ...], heads: int) -> torch.Tensor:
-    """fwp-train's initialisation (runtime/train/src/Model.cpp): LayerNorm gains 1,
-    matrices randn / sqrt(rows), vectors and biases 0."""
+    """fwp-train's default initialisation (runtime/train/src/Model.cpp): LayerNorm
+    gains 1, matrices randn / sqrt(rows), vectors and biases 0. A param whose layer
+    asks for another initial value (``fwp.param_init``) takes that instead."""
     full = (heads, *shape)
     if name.startswith("ln_weight"):
         return torch.ones(full)
@@ -57,7 +58,9 @@ class Layer(nn.Module):
         self.heads = heads
         with torch.no_grad():
             for spec in self.signature.params:
-                init = _init_param(spec.name, spec.shape, heads or 1).to(self._dtype)
+                rule = self.signature.param_inits.get(spec.name)
+                init = (_ops.initial_param(rule, heads or 1, spec.shape) if rule is not None
+                        else _init_param(spec.name, spec.shape, heads or 1)).to(self._dtype)
                 self.register_parameter(spec.name, nn.Parameter(init))
 
     @property

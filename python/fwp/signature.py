@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import _ops
@@ -33,6 +33,11 @@ class Signature:
         output: the output ``y``, ``[B, H, T, *shape]``.
         tape: what the training forward records for the backward.
         cuda: whether the artifact carries CUDA kernels.
+        param_inits: the initial values the layer's IR asks for, by param name
+            (``fwp.param_init``: ``"zeros"``, ``"ones"``, ``"constant:V"``,
+            ``"linspace:A:B"`` over the heads); other params take fwp-train's defaults.
+        backward: per state, how the backward recovers past states (``"invert"``,
+            ``"store"`` or ``"checkpoint"``; docs/design.md).
     """
 
     path: str
@@ -45,6 +50,8 @@ class Signature:
     output: TensorSpec
     tape: tuple[TensorSpec, ...]
     cuda: bool
+    param_inits: dict[str, str] = field(default_factory=dict)
+    backward: dict[str, str] = field(default_factory=dict)
 
 
 def _specs(entries: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
@@ -79,4 +86,6 @@ def signature(path: str | os.PathLike[str]) -> Signature:
         output=TensorSpec(m["output"]["name"], tuple(m["output"]["shape"])),
         tape=_specs(m["tape"]),
         cuda=bool(m["cuda"]),
+        param_inits=dict(m.get("param_inits", {})),
+        backward=dict(m.get("backward", {})),
     )

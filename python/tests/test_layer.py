@@ -114,3 +114,12 @@ def test_artifacts_of_every_model_are_built() -> None:
     for model in MODELS:
         assert artifact(model).is_file(), model
         assert artifact(model, torch.float64).is_file(), model
+
+
+def test_params_take_the_initial_values_the_ir_asks_for() -> None:
+    # models/retnet.mlir: fwp.param_init = {decay = "linspace:3.0:7.0"}, i.e. the decay
+    # logits spaced evenly from 3 (first head) to 7 (last head), like fwp-train.
+    layer = fwp.load(artifact("retnet"), heads=5)
+    assert layer.signature.param_inits == {"decay": "linspace:3.0:7.0"}
+    torch.testing.assert_close(layer.decay.detach().reshape(5),
+                               torch.tensor([3.0, 4.0, 5.0, 6.0, 7.0]))

@@ -209,7 +209,16 @@ std::string manifest(const std::string &path) {
   out["output"] = specsJson({signature.output}, dims)[0];
   out["tape"] = specsJson(artifact->tape(), dims);
   out["cuda"] = artifact->hasCuda();
+  out["param_inits"] = artifact->paramInits();
+  out["backward"] = artifact->backwardStrategies();
+  out["checkpoint_every"] = artifact->checkpointEvery();
   return out.dump();
+}
+
+/// A param's initial value [heads, *shape] as the layer's IR asks for it
+/// (`fwp.param_init`; the same rule as fwp-train's).
+at::Tensor initialParamOp(const std::string &init, int64_t heads, at::IntArrayRef shape) {
+  return initialParam(init, heads, shape.vec());
 }
 
 } // namespace
@@ -219,6 +228,7 @@ TORCH_LIBRARY(fwp, m) {
   // The kernels read their buffers as dense row-major arrays.
   const std::vector<at::Tag> tags{at::Tag::needs_fixed_stride_order};
   m.def("manifest(str artifact) -> str", &fwp::manifest);
+  m.def("initial_param(str init, int heads, int[] shape) -> Tensor", &fwp::initialParamOp);
   m.def("forward(str artifact, Tensor[] inputs) -> Tensor[]", tags);
   m.def("forward_train(str artifact, Tensor[] inputs) -> Tensor[]", tags);
   m.def("backward(str artifact, Tensor[] inputs, Tensor[] saved, Tensor?[] grads) -> Tensor[]",
