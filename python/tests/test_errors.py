@@ -10,6 +10,7 @@ import torch
 
 import fwp
 from conftest import artifact
+from fwp._paths import library_path
 
 
 @pytest.fixture
@@ -114,12 +115,11 @@ def test_corrupt_artifacts(tmp_path: Path) -> None:
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(RuntimeError, match="truncated.fwpk"):
         fwp.load(truncated)
-    # A shared library without side effects at load time, but not an artifact.
-    libm = next(p for p in (Path("/lib/x86_64-linux-gnu/libm.so.6"),
-                            Path("/usr/lib/x86_64-linux-gnu/libm.so.6")) if p.exists())
+    # A shared library whose initialisers would register operators (and abort the
+    # interpreter on the duplicate) is refused before any of its code runs.
     foreign = tmp_path / "foreign.fwpk"
-    shutil.copy(libm, foreign)
-    with pytest.raises(RuntimeError, match="foreign.fwpk: not a .fwpk artifact"):
+    shutil.copy(library_path(), foreign)
+    with pytest.raises(RuntimeError, match="foreign.fwpk: an ELF file, not a .fwpk container"):
         fwp.load(foreign)
 
 
