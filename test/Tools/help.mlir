@@ -10,7 +10,7 @@
 // RUN: FileCheck %s --check-prefix=OPT --implicit-check-not=amdgpu --implicit-check-not=--canonicalize < %t.opt
 // RUN: fwp-opt --help-hidden | FileCheck %s --check-prefixes=HIDDEN,OPTHIDDEN
 // A hidden upstream pass still runs.
-// RUN: fwp-opt %models/rdn.mlir --canonicalize | FileCheck %s --check-prefix=RUNS
+// RUN: fwp-opt %models/rdn.mlir --canonicalize | FileCheck %s --check-prefix=CANON
 
 // COMPILE: USAGE: fwp-compile [options] <layer .mlir file>
 // COMPILE: Code generation:
@@ -48,4 +48,4 @@
 
 // OPTHIDDEN: --canonicalize
 
-// RUNS: fwp.scan
+// CANON: fwp.scan
