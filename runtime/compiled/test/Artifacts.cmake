@@ -1,0 +1,55 @@
+# The artifacts the compiled-layer tests load (runtime/compiled/test/*Test.cpp),
+# compiled by this build's fwp-compile: test configuration, kept with the tests.
+# name | model | fwp-compile flags (comma-separated)
+set(variants
+  "linear_transformer|linear_transformer|"
+  "delta_net|delta_net|"
+  "delta_mlp|delta_mlp|"
+  "delta_rnn|delta_rnn|"
+  "delta_lstm|delta_lstm|"
+  "rdn|rdn|"
+  "delta_net_d5|delta_net|--dim,d=5"
+  "delta_mlp_d6_ff10|delta_mlp|--dim,d=6,--dim,d_ff=10"
+  "rdn_d7|rdn|--dim,d=7"
+  "delta_lstm_d3|delta_lstm|--dim,d=3"
+  "delta_net_d128|delta_net|--dim,d=128"
+  # for the Atari cores' tests (runtime/rl: head_dim 8)
+  "linear_transformer_d8|linear_transformer|--dim,d=8"
+  "delta_net_d8|delta_net|--dim,d=8"
+  "delta_rnn_d8|delta_rnn|--dim,d=8"
+  "rdn_d8|rdn|--dim,d=8"
+  "delta_rnn_f64|delta_rnn|--dim,d=4,--dtype=f64"
+  "delta_lstm_f64|delta_lstm|--dim,d=3,--dtype=f64"
+  "rdn_f64|rdn|--dim,d=4,--dtype=f64"
+  "delta_mlp_f64|delta_mlp|--dim,d=3,--dim,d_ff=5,--dtype=f64"
+  "linear_transformer_f64|linear_transformer|--dim,d=4,--dtype=f64"
+  "delta_net_f64|delta_net|--dim,d=4,--dtype=f64"
+  # backward strategies (docs/design.md): the paper layers invert by
+  # default; these store or checkpoint instead
+  "delta_net_f64_store|delta_net|--dim,d=4,--dtype=f64,--backward=store"
+  "delta_net_f64_ckpt5|delta_net|--dim,d=4,--dtype=f64,--backward=checkpoint:5"
+  "delta_lstm_f64_ckpt4|delta_lstm|--dim,d=3,--dtype=f64,--backward=checkpoint:4"
+  "delta_net_store|delta_net|--backward=store"
+  "delta_net_ckpt16|delta_net|--backward=checkpoint:16"
+  # the decaying layers (models/*.mlir only; DecayLayerTest.cpp)
+  "gated_delta_net|gated_delta_net|"
+  "gated_delta_net_store|gated_delta_net|--backward=store"
+  "gated_delta_net_f64|gated_delta_net|--dim,d=5,--dtype=f64"
+  "gated_delta_net_f64_store|gated_delta_net|--dim,d=5,--dtype=f64,--backward=store"
+  "gated_delta_net_f64_ckpt7|gated_delta_net|--dim,d=5,--dtype=f64,--backward=checkpoint:7"
+  "retnet|retnet|"
+  "retnet_store|retnet|--backward=store"
+  "retnet_f64|retnet|--dim,d=5,--dtype=f64"
+  "retnet_f64_store|retnet|--dim,d=5,--dtype=f64,--backward=store"
+  "retnet_f64_ckpt7|retnet|--dim,d=5,--dtype=f64,--backward=checkpoint:7"
+  "gla|gla|"
+  "gla_store|gla|--backward=store"
+  "gla_f64|gla|--dim,d=5,--dtype=f64"
+  "gla_f64_store|gla|--dim,d=5,--dtype=f64,--backward=store"
+  "gla_f64_ckpt7|gla|--dim,d=5,--dtype=f64,--backward=checkpoint:7"
+  # the layer docs/writing-a-layer.md adds
+  "delta_product|delta_product|"
+  "delta_product_store|delta_product|--backward=store"
+  "delta_product_f64|delta_product|--dim,d=5,--dtype=f64"
+  "delta_product_f64_store|delta_product|--dim,d=5,--dtype=f64,--backward=store"
+  "delta_product_f64_ckpt7|delta_product|--dim,d=5,--dtype=f64,--backward=checkpoint:7")
