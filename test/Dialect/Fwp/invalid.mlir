@@ -45,13 +45,6 @@ fwp.scan @zero_dim dims(d = 0) seq(%x : f32) outputs(y : f32) {
 
 // -----
 
-// expected-error @+1 {{dims 'd' and 'e' share the value 4; give them distinct values}}
-fwp.scan @shared_dims dims(d = 4, e = 4) seq(%x : f32) outputs(y : f32) {
-  fwp.yield %x : f32
-}
-
-// -----
-
 // expected-error @+1 {{body has 2 arguments but seq, params and states name 1}}
 "fwp.scan"() <{dims = {}, output_names = [], output_types = [], param_names = [], seq_names = ["x"], state_names = [], sym_name = "args"}> ({
 ^bb0(%x: f32, %y: f32):

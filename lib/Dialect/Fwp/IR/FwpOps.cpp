@@ -263,9 +263,8 @@ LogicalResult ScanOp::verify() {
                          << " output names but " << getOutputTypes().size()
                          << " output types";
 
-  // Dims: positive and pairwise distinct, so that a type's sizes identify the
-  // dims they were written with when a tool re-specialises the model.
-  llvm::DenseMap<int64_t, StringRef> dimByValue;
+  // Dims: positive and within the limits. Two dims may share a value:
+  // fwp-specialize-dims tells them apart by how the ops use them.
   for (NamedAttribute dim : getDims()) {
     auto value = dyn_cast<IntegerAttr>(dim.getValue());
     if (!value || value.getInt() <= 0)
@@ -277,14 +276,6 @@ LogicalResult ScanOp::verify() {
                            << value.getInt()
                            << ", more than the largest supported size "
                            << kMaxDimSize;
-    auto [it, inserted] =
-        dimByValue.try_emplace(value.getInt(), dim.getName().getValue());
-    if (!inserted)
-      return emitOpError() << "dims '" << it->second << "' and '"
-                           << dim.getName().getValue() << "' share the value "
-                           << value.getInt()
-                           << "; give them distinct values so that --dim can "
-                              "tell them apart";
   }
 
   // Block arguments: one per name, of the right kinds.

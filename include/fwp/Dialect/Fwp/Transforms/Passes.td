@@ -7,12 +7,18 @@ include "mlir/Pass/PassBase.td"
 def FwpSpecializeDims : Pass<"fwp-specialize-dims", "mlir::ModuleOp"> {
   let summary = "re-specialise scans to other values of their named dims";
   let description = [{
-    Every `fwp.scan` names its sizes (`dims(d = 16, d_ff = 64)`); their values
-    are pairwise distinct, so each type dimension equal to a dim's value
-    stands for that dim. This pass rewrites every such dimension (in block
-    argument, result and output types) to the new value given in `dims`
-    (`d=32,d_ff=128`), and the scan's `dims` attribute with it. Dims not named
-    keep their value; a named dim the scan does not declare is an error.
+    Every `fwp.scan` names its sizes (`dims(d = 16, d_ff = 64)`). This pass
+    gives the named dims new values (`d=32,d_ff=128`) and rewrites every type
+    dimension by the dim it stands for, not by its value: results follow
+    their operands (`fwp.read` returns the weight's value size, `fwp.dpfp`
+    returns 2*nu*d, a multiple of its input), and an argument's size reads as
+    the dim of that value, else as a multiple of a dim (a DPFP-sized state),
+    else as a constant. Where several readings fit (a 64 that may be `d_ff`
+    or `4*d`), each is checked on a copy of the scan with distinct probe
+    values for the dims, and only those the ops' verifiers accept count; if
+    they disagree on the new sizes (two dims of one value, one of them
+    changed), the pass stops with an error. Dims not named keep their value;
+    a named dim the scan does not declare is an error.
     `dtype=f64` also turns every f32 scalar, vector and fast weight into f64
     (for gradient checks in double precision).
 
