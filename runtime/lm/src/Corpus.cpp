@@ -3,7 +3,7 @@
 #include "fwp/lm/Corpus.h"
 
 #include "fwp/runtime/Layer.h"
-#include "fwp/train/Training.h"
+#include "fwp/runtime/Progress.h"
 
 #include <algorithm>
 #include <cstddef>
@@ -757,10 +757,16 @@ Corpus Corpus::open(const CorpusOptions &options) {
     // Reading WikiText-103's 500 MB takes minutes: a progress bar (plain
     // lines off a terminal) counts the MiB of the training file read.
     const int64_t totalMiB = static_cast<int64_t>(corpus.files_[0].size >> 20);
-    std::optional<fwp::train::Progress> progress;
+    std::optional<fwp::Progress> progress;
     int64_t shownMiB = 0;
-    if (options.verbose && totalMiB >= kProgressMinMiB)
-      progress.emplace(totalMiB, 0, std::max<int64_t>(1, totalMiB / 10), stderr);
+    if (options.verbose && totalMiB >= kProgressMinMiB) {
+      fwp::ProgressOptions bar;
+      bar.total = totalMiB;
+      bar.lineEvery = std::max<int64_t>(1, totalMiB / 10);
+      bar.label = "[fwp-lm] reading " + textFileName(Split::Train) + ", MiB";
+      bar.unit = "MiB";
+      progress.emplace(bar, std::cerr);
+    }
     std::string_view line;
     uint64_t count = 0;
     while (reader.next(line)) {

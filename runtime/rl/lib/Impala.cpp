@@ -2,9 +2,11 @@
 #include "fwp/rl/Impala.h"
 
 #include "fwp/rl/VTrace.h"
+#include "fwp/runtime/ArtifactContainer.h"
 #include "fwp/runtime/AtomicFile.h"
 #include "fwp/runtime/CheckpointFile.h"
 #include "fwp/runtime/Layer.h"
+#include "fwp/runtime/Progress.h"
 #include "fwp/train/Training.h"
 
 #include <nlohmann/json.hpp>
@@ -796,6 +798,20 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
       }
     });
 
+  // The runtime's progress printer, as plain lines on this loop's own clock
+  // (train.log_every_s), beside the other [train] lines of the log.
+  std::optional<fwp::Progress> progress;
+  if (log) {
+    fwp::ProgressOptions lines;
+    lines.total = tc.totalSteps;
+    lines.first = learner.stepsDone;
+    lines.label = "[train] step";
+    lines.unit = "frames";
+    lines.unitsPerCount = config.env.frameSkip;
+    lines.lineEvery = 0;
+    lines.interactive = false;
+    progress.emplace(lines, *log);
+  }
   const auto start = Clock::now();
   auto lastLog = start, lastCheckpoint = start;
   int64_t stepsAtLastLog = learner.stepsDone;
@@ -872,18 +888,15 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
             {"grad_norm", stats.gradNorm},
             {"lr", stats.learningRate}};
         appendLine(metricsPath, line.dump());
-        if (log) {
-          std::ostringstream progress;
-          progress << std::fixed << std::setprecision(1) << "[train] step " << learner.stepsDone
-                   << "/" << tc.totalSteps << " (" << 100.0 * learner.stepsDone / tc.totalSteps
-                   << "%) | " << std::setprecision(0) << fps << " frames/s | episodes "
-                   << learner.episodes;
+        if (progress) {
+          std::ostringstream details;
+          details << "episodes " << learner.episodes;
           if (std::isfinite(recentMean))
-            progress << std::setprecision(2) << ", return (last "
-                     << std::min<size_t>(recentScores.size(), 10) << ") " << recentMean;
-          progress << std::setprecision(3) << " | loss " << stats.totalLoss << " | lr "
-                   << std::scientific << std::setprecision(2) << stats.learningRate;
-          *log << progress.str() << std::endl;
+            details << std::fixed << std::setprecision(2) << ", return (last "
+                    << std::min<size_t>(recentScores.size(), 10) << ") " << recentMean;
+          details << std::defaultfloat << std::setprecision(4) << "  loss " << stats.totalLoss
+                  << std::scientific << std::setprecision(2) << "  lr " << stats.learningRate;
+          progress->update(learner.stepsDone, {}, details.str(), /*forceLine=*/true);
         }
         lastLog = Clock::now();
         stepsAtLastLog = learner.stepsDone;
