@@ -436,7 +436,12 @@ LearnerStats Learner::update(const Rollout &batch) {
 // --- checkpoints -----------------------------------------------------------------
 
 
-void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner &learner) {
+std::string artifactDigestOf(const ImpalaConfig &config) {
+  return config.model.artifact.empty() ? std::string() : fwp::artifactDigest(config.model.artifact);
+}
+
+void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner &learner,
+                    const std::string &artifactDigest) {
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(std::string("fwp-atari-checkpoint-1")));
   archive.write("config", c10::IValue(configToToml(config)));
@@ -461,6 +466,7 @@ void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner
   header.trainer = "fwp-atari";
   header.codeVersion = fwpCodeVersion();
   header.config = configToToml(config);
+  header.artifactDigest = artifactDigest;
   header.step = learner.stepsDone;
   writeCheckpointFile(path, header, bytes);
 }
@@ -716,10 +722,6 @@ void runActor(int index, const ImpalaConfig &config, Shared &shared) {
   }
 }
 
-std::string modelIdentity(const ImpalaConfig &config) {
-  return "game = " + config.env.game + "\n" + modelToToml(config);
-}
-
 void appendLine(const std::string &path, const std::string &line) {
   std::ofstream out(path, std::ios::app);
   if (!out)
@@ -737,7 +739,30 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
   if (options.runDir.empty())
     throw Error("train: no run directory given");
   std::ostream *log = options.log;
+  std::ostream discard(nullptr);
+  std::ostream &notes = log ? *log : discard;
   ImpalaConfig config = configIn;
+  const fs::path runDir = options.runDir;
+  const std::string checkpointPath = (runDir / "checkpoint.pt").string();
+  const std::string metricsPath = (runDir / "metrics.jsonl").string();
+  const std::string episodesPath = (runDir / "episodes.jsonl").string();
+  const std::string artifactDigest = artifactDigestOf(config);
+
+  // fwp-train's run-folder rule, checked before the ROM so that a refused
+  // start touches nothing: a folder holding a run needs --resume or
+  // --overwrite, and a resume must match the stored configuration and
+  // compiled layer (or be told --allow-config-change).
+  if (options.resume) {
+    if (!fs::is_regular_file(checkpointPath))
+      throw Error("--resume: " + checkpointPath + " does not exist");
+    // num_actions is not chosen but set from the game (checked below, when
+    // the checkpoint is loaded): compare the rest.
+    config.model.numActions = readCheckpointConfig(checkpointPath).model.numActions;
+    fwp::train::checkResumeConfig(checkpointPath, configToToml(config), artifactDigest,
+                                  options.allowConfigChange, notes);
+  } else if (!options.overwrite) {
+    fwp::train::prepareRunFolder(runDir, false, false, notes, kAtariRunFiles);
+  }
   {
     AtariEnv probe(config.env); // validates the ROM before anything starts
     config.model.numActions = probe.numActions();
@@ -748,19 +773,14 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
     *log << "[train] note: batch_size " << tc.batchSize << " is not a multiple of envs_per_actor "
          << tc.envsPerActor << "; batches mix unrolls of different ages\n";
 
-  fs::create_directories(options.runDir);
-  const std::string checkpointPath = (fs::path(options.runDir) / "checkpoint.pt").string();
-  const std::string metricsPath = (fs::path(options.runDir) / "metrics.jsonl").string();
-  const std::string episodesPath = (fs::path(options.runDir) / "episodes.jsonl").string();
+  if (!options.resume && options.overwrite)
+    fwp::train::prepareRunFolder(runDir, false, true, notes, kAtariRunFiles);
+  fs::create_directories(runDir);
 
   at::set_num_threads(static_cast<int>(tc.torchThreads));
   torch::manual_seed(tc.seed);
   Learner learner(ImpalaNet(config.model), tc);
-  if (!options.fresh && fs::is_regular_file(checkpointPath)) {
-    const ImpalaConfig stored = readCheckpointConfig(checkpointPath);
-    if (modelIdentity(stored) != modelIdentity(config))
-      throw Error(checkpointPath + " was written for another game or model:\n" +
-                  modelIdentity(stored) + "pass --fresh or use another --run-dir");
+  if (options.resume) {
     loadCheckpoint(checkpointPath, learner);
     if (log)
       *log << "[train] resuming " << checkpointPath << " at step " << learner.stepsDone << " ("
@@ -904,7 +924,7 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
         scoreSumInInterval = 0;
       }
       if (secondsSince(lastCheckpoint) >= tc.checkpointEverySeconds) {
-        saveCheckpoint(checkpointPath, config, learner);
+        saveCheckpoint(checkpointPath, config, learner, artifactDigest);
         lastCheckpoint = Clock::now();
       }
     }
@@ -917,10 +937,10 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
     actor.join();
   if (shared.error) {
     if (learner.stoppedOnNonFinite)
-      saveCheckpoint(checkpointPath, config, learner); // the last good state
+      saveCheckpoint(checkpointPath, config, learner, artifactDigest); // the last good state
     std::rethrow_exception(shared.error);
   }
-  saveCheckpoint(checkpointPath, config, learner);
+  saveCheckpoint(checkpointPath, config, learner, artifactDigest);
   if (log)
     *log << "[train] wrote " << checkpointPath << " at step " << learner.stepsDone << " after "
          << std::fixed << std::setprecision(1) << secondsSince(start) << " s\n";

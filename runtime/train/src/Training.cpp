@@ -320,11 +320,11 @@ bool stopRequested() { return stopSignals > 0; }
 void requestStop() { stopSignals = 1; }
 
 void prepareRunFolder(const std::filesystem::path &runDir, bool resuming, bool overwrite,
-                      std::ostream &log) {
+                      std::ostream &log, const std::vector<std::string> &runFiles) {
   if (resuming)
     return;
   std::vector<std::string> found;
-  for (const char *file : {"last.pt", "best.pt", "metrics.jsonl", "test.json"})
+  for (const std::string &file : runFiles)
     if (std::filesystem::exists(runDir / file))
       found.push_back(file);
   if (found.empty())
@@ -335,7 +335,7 @@ void prepareRunFolder(const std::filesystem::path &runDir, bool resuming, bool o
   if (!overwrite)
     throw Error("the run folder " + runDir.string() + " holds a run (" + list +
                 "): continue it with --resume, start over with --overwrite, or choose "
-                "another train.run_dir");
+                "another run folder");
   for (const std::string &file : found)
     std::filesystem::remove(runDir / file);
   log << "note: --overwrite: removed " << list << " from " << runDir.string() << "\n";

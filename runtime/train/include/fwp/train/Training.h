@@ -32,6 +32,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace fwp::train {
 
@@ -130,11 +131,16 @@ void installStopHandlers();
 bool stopRequested();
 void requestStop();
 
-/// Before a run starts in `runDir`: a folder that holds a run (last.pt,
-/// best.pt, metrics.jsonl, test.json) is an error naming the folder unless
-/// the run resumes or `overwrite` (which removes those files first).
+/// The files that make a folder hold a run of fwp-train or fwp-lm.
+inline const std::vector<std::string> kTrainingRunFiles = {"last.pt", "best.pt", "metrics.jsonl",
+                                                           "test.json"};
+
+/// Before a run starts in `runDir`: a folder that holds a run (any of
+/// `runFiles`) is an error naming the folder unless the run resumes or
+/// `overwrite` (which removes those files first).
 void prepareRunFolder(const std::filesystem::path &runDir, bool resuming, bool overwrite,
-                      std::ostream &log);
+                      std::ostream &log,
+                      const std::vector<std::string> &runFiles = kTrainingRunFiles);
 
 /// On resume: the configuration and the artifact digest stored in
 /// `checkpoint` against the current ones; differences are printed, and an
