@@ -1,20 +1,25 @@
 // fwp-lm end to end as a process: SIGTERM and SIGINT finish the current
 // training step, write last.pt (atomically: no temporary file is left) and
 // exit with code 0; --resume continues from it to the end with a metrics log
-// free of duplicate steps; a second signal exits at once.
+// free of duplicate steps; a second signal exits at once. And `fwp-lm
+// prepare` killed at random moments leaves no cache that is later trusted.
 
 #include "TestUtil.h"
 
+#include "fwp/lm/Corpus.h"
 #include "fwp/runtime/CheckpointFile.h"
 
 #include <nlohmann/json.hpp>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 #include <sstream>
 #include <dirent.h>
@@ -200,3 +205,89 @@ TEST(Tools, LmTrainSecondSignalExitsAtOnce) {
     EXPECT_NO_THROW(fwp::readCheckpointFile(dir.file("run/last.pt")));
 }
 
+namespace {
+
+/// Whether process `pid` holds a file open in `folder` that has no name
+/// there (what fwp's atomic writer writes into before the commit).
+bool cacheBeingWritten(pid_t pid, const std::string &folder) {
+  const std::string fds = "/proc/" + std::to_string(pid) + "/fd";
+  bool found = false;
+  for (const std::string &name : folderEntries(fds)) {
+    char target[4096];
+    const ssize_t n = ::readlink((fds + "/" + name).c_str(), target, sizeof target - 1);
+    if (n <= 0)
+      continue;
+    const std::string link(target, static_cast<size_t>(n));
+    found = found || (link.rfind(folder + "/", 0) == 0 && link.find("(deleted)") != std::string::npos);
+  }
+  return found;
+}
+
+std::vector<int32_t> tokenIds(const fwp::lm::Corpus &corpus, fwp::lm::Split split) {
+  const torch::Tensor t = corpus.tokens(split).contiguous();
+  return std::vector<int32_t>(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + t.numel());
+}
+
+} // namespace
+
+TEST(Tools, KilledCacheBuildsLeaveNothingThatIsTrusted) {
+  // A training file of ~20 MB: building its cache takes long enough to be
+  // killed in the middle (reading, renumbering in place, hashing, committing).
+  TempDir reference, dir;
+  std::string train;
+  uint32_t state = 11;
+  for (int line = 0; line < 400000; ++line) {
+    for (int i = 0; i < 8; ++i) {
+      state = state * 1103515245u + 12345u;
+      train += " w" + std::to_string((state >> 16) % 5000);
+    }
+    train += "\n";
+  }
+  for (const TempDir *folder : {&reference, &dir}) {
+    folder->write("wiki.train.tokens", train);
+    folder->write("wiki.valid.tokens", " w1 w2 w3\n");
+    folder->write("wiki.test.tokens", " w3 w2 w1\n");
+  }
+  // The uninterrupted build, timed: the kills land within its duration.
+  const auto start = std::chrono::steady_clock::now();
+  std::string output;
+  ASSERT_EQ(run(std::string(FWP_LM_PATH) + " --threads 1 prepare --data " + reference.path(), output), 0)
+      << output;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  fwp::lm::CorpusOptions options;
+  options.dataDir = reference.path();
+  const fwp::lm::Corpus expected = fwp::lm::Corpus::open(options);
+  ASSERT_TRUE(expected.loadedFromCache());
+  const std::vector<int32_t> expectedTrain = tokenIds(expected, fwp::lm::Split::Train);
+
+  std::mt19937 random(5);
+  int killedBeforeTheEnd = 0;
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    SCOPED_TRACE(attempt);
+    ::unlink(dir.file(fwp::lm::Corpus::kCacheFileName).c_str());
+    const pid_t pid = spawn(std::string(FWP_LM_PATH) + " --threads 1 prepare --data " + dir.path(),
+                            reference.file("prepare.out"));
+    // Once the cache's (unnamed) file is open, a random moment of the build.
+    bool writing = false;
+    for (int i = 0; i < 3000 && !writing; ++i) {
+      writing = cacheBeingWritten(pid, dir.path());
+      if (!writing)
+        ::usleep(10000);
+    }
+    const double delay = seconds * 0.5 * std::uniform_real_distribution<double>()(random);
+    ::usleep(static_cast<useconds_t>(delay * 1e6));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    killedBeforeTheEnd += writing && WIFSIGNALED(status) &&
+                          !std::filesystem::exists(dir.file(fwp::lm::Corpus::kCacheFileName));
+    // Only the texts and, if the kill came after the commit, the whole cache.
+    for (const std::string &name : folderEntries(dir.path()))
+      EXPECT_TRUE(name.rfind("wiki.", 0) == 0 || name == fwp::lm::Corpus::kCacheFileName) << name;
+    options.dataDir = dir.path();
+    const fwp::lm::Corpus reopened = fwp::lm::Corpus::open(options);
+    EXPECT_EQ(tokenIds(reopened, fwp::lm::Split::Train), expectedTrain);
+    EXPECT_EQ(tokenIds(reopened, fwp::lm::Split::Valid), tokenIds(expected, fwp::lm::Split::Valid));
+  }
+  EXPECT_GT(killedBeforeTheEnd, 0) << "no kill landed inside a build (" << seconds << " s)";
+}
