@@ -98,8 +98,7 @@ int main(int argc, char **argv) {
       trainCmd->add_flag("--resume", resume, "continue from <run-dir>/checkpoint.pt");
   auto *overwriteFlag = trainCmd->add_flag(
       "--overwrite,--fresh", overwrite,
-      "start over in a run dir that holds a run (removes its checkpoint.pt and *.jsonl); "
-      "--fresh is an alias");
+      "start over: remove run-dir's checkpoint.pt and *.jsonl (alias --fresh)");
   resumeFlag->excludes(overwriteFlag);
   trainCmd->add_flag("--allow-config-change", allowConfigChange,
                      "resume although the configuration differs from the checkpoint's");
