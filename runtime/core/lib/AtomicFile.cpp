@@ -68,74 +68,91 @@ bool writeAll(int fd, std::string_view bytes) {
 
 } // namespace
 
-void writeFileAtomically(const std::string &path, std::string_view bytes) {
-  auto fail = [&](const std::string &what) {
-    throw Error(path + ": cannot write the file (" + what + ": " + std::strerror(errno) + ")");
-  };
-  const std::string folder = folderOf(path);
-  createFolders(folder);
-  const size_t slash = path.rfind('/');
-  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
-
+AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
+  folder_ = folderOf(path_);
+  createFolders(folder_);
+  const size_t slash = path_.rfind('/');
+  base_ = slash == std::string::npos ? path_ : path_.substr(slash + 1);
   // An unnamed file first: a kill before it is linked leaves nothing behind.
-  std::string named;
-  int fd = ::open(folder.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0666);
-  const bool unnamed = fd >= 0;
-  if (!unnamed) {
-    for (int attempt = 0; attempt < 16 && fd < 0; ++attempt) {
-      named = folder + "/." + base + ".tmp-" + randomSuffix();
-      fd = ::open(named.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-      if (fd < 0 && errno != EEXIST)
-        fail("create " + named);
-    }
-    if (fd < 0)
-      fail("no free temporary name");
-  }
-  if (!writeAll(fd, bytes) || ::fsync(fd) != 0) {
-    int saved = errno;
-    ::close(fd);
-    if (!named.empty())
-      ::unlink(named.c_str());
-    errno = saved;
-    fail("write");
-  }
-  if (unnamed) {
-    // Give it a temporary name (linkat cannot replace), then rename.
-    const std::string self = "/proc/self/fd/" + std::to_string(fd);
-    for (int attempt = 0; attempt < 16; ++attempt) {
-      named = folder + "/." + base + ".tmp-" + randomSuffix();
-      if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, named.c_str(), AT_SYMLINK_FOLLOW) == 0)
-        break;
-      if (errno != EEXIST) {
-        int saved = errno;
-        ::close(fd);
+  fd_ = ::open(folder_.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0666);
+  if (fd_ < 0) {
+    for (int attempt = 0; attempt < 16 && fd_ < 0; ++attempt) {
+      named_ = folder_ + "/." + base_ + ".tmp-" + randomSuffix();
+      fd_ = ::open(named_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+      if (fd_ < 0 && errno != EEXIST) {
+        const int saved = errno;
+        std::string what = "create " + named_;
+        named_.clear();
         errno = saved;
-        fail("link the temporary file");
+        fail(what);
       }
-      named.clear();
     }
-    if (named.empty()) {
-      ::close(fd);
+    if (fd_ < 0) {
+      named_.clear();
       fail("no free temporary name");
     }
   }
-  if (::close(fd) != 0) {
-    int saved = errno;
-    ::unlink(named.c_str());
-    errno = saved;
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0)
+    ::close(fd_);
+  if (!named_.empty())
+    ::unlink(named_.c_str());
+}
+
+void AtomicFileWriter::fail(const std::string &what) {
+  const int saved = errno;
+  if (fd_ >= 0)
+    ::close(fd_);
+  fd_ = -1;
+  if (!named_.empty())
+    ::unlink(named_.c_str());
+  named_.clear();
+  throw Error(path_ + ": cannot write the file (" + what + ": " + std::strerror(saved) + ")");
+}
+
+void AtomicFileWriter::write(std::string_view bytes) {
+  if (fd_ < 0 || !writeAll(fd_, bytes))
+    fail("write");
+}
+
+void AtomicFileWriter::commit() {
+  if (fd_ < 0)
+    fail("commit after the file was closed");
+  if (::fsync(fd_) != 0)
+    fail("write");
+  if (named_.empty()) {
+    // Give it a temporary name (linkat cannot replace), then rename.
+    const std::string self = "/proc/self/fd/" + std::to_string(fd_);
+    for (int attempt = 0; attempt < 16 && named_.empty(); ++attempt) {
+      std::string name = folder_ + "/." + base_ + ".tmp-" + randomSuffix();
+      if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0)
+        named_ = name;
+      else if (errno != EEXIST)
+        fail("link the temporary file");
+    }
+    if (named_.empty())
+      fail("no free temporary name");
+  }
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0)
     fail("close");
-  }
-  if (::rename(named.c_str(), path.c_str()) != 0) {
-    int saved = errno;
-    ::unlink(named.c_str());
-    errno = saved;
+  if (::rename(named_.c_str(), path_.c_str()) != 0)
     fail("rename into place");
-  }
-  int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  named_.clear();
+  int dir = ::open(folder_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir >= 0) {
     ::fsync(dir);
     ::close(dir);
   }
+}
+
+void writeFileAtomically(const std::string &path, std::string_view bytes) {
+  AtomicFileWriter file(path);
+  file.write(bytes);
+  file.commit();
 }
 
 void writeFileAtomically(const std::string &path,

@@ -81,6 +81,34 @@ TEST_F(Persistence, AtomicWritesReplaceWholeFilesAndLeaveNothingElse) {
   EXPECT_THROW(fwp::writeFileAtomically(dir + "/victim/inside", "y"), fwp::Error);
 }
 
+TEST_F(Persistence, StreamedAtomicWritesAppearOnlyOnCommit) {
+  const std::string path = dir + "/cache.bin";
+  std::ofstream(path) << "old";
+  {
+    // Written, patched and read back in place; abandoned (an error): the old
+    // file stays and nothing else is left.
+    fwp::AtomicFileWriter file(path);
+    file.write("0123456789");
+    ASSERT_EQ(::pwrite(file.fd(), "AB", 2, 3), 2);
+    char back[4] = {};
+    ASSERT_EQ(::pread(file.fd(), back, 3, 2), 3);
+    EXPECT_EQ(std::string(back), "2AB");
+    EXPECT_EQ(read(path), "old");
+    EXPECT_EQ(entries(), (std::vector<std::string>{"cache.bin"}));
+  }
+  EXPECT_EQ(read(path), "old");
+  EXPECT_EQ(entries(), (std::vector<std::string>{"cache.bin"}));
+  {
+    fwp::AtomicFileWriter file(path);
+    file.write("0123456789");
+    ASSERT_EQ(::pwrite(file.fd(), "AB", 2, 3), 2);
+    file.commit();
+    EXPECT_EQ(file.fd(), -1);
+  }
+  EXPECT_EQ(read(path), "012AB56789");
+  EXPECT_EQ(entries(), (std::vector<std::string>{"cache.bin"}));
+}
+
 TEST_F(Persistence, CheckpointsRoundTripAndEveryDamageIsAnError) {
   const std::string path = dir + "/last.pt";
   fwp::CheckpointHeader header;

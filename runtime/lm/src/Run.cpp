@@ -4,6 +4,7 @@
 
 #include "fwp/runtime/ArtifactContainer.h"
 #include "fwp/runtime/AtomicFile.h"
+#include "fwp/runtime/Progress.h"
 
 #include "fwp/lm/Corpus.h"
 #include "fwp/lm/Evaluate.h"
@@ -18,6 +19,8 @@
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
+#include <iostream>
+#include <memory>
 #include <ostream>
 #include <sstream>
 #include <tuple>
@@ -123,35 +126,20 @@ void applyRequest(Config &config, const std::vector<std::string> &overrides,
     config.setValue("train.device", nlohmann::json(*device).dump());
 }
 
-/// Progress of a long evaluation: a line redrawn in place on a terminal,
-/// else one line per tenth of the work.
+/// Progress of a long evaluation (fwp::Progress): a bar redrawn in place on
+/// a terminal, else one line per tenth of the batches.
 ProgressFn evaluationProgress(const std::string &what, const std::optional<bool> &interactive) {
-  const bool tty = interactive.value_or(::isatty(::fileno(stderr)) != 0);
-  auto start = std::chrono::steady_clock::now();
-  auto lastDraw = start - std::chrono::seconds(1);
-  int64_t lastTenth = 0;
-  return [=](int64_t done, int64_t total) mutable {
-    auto now = std::chrono::steady_clock::now();
-    const double elapsed = std::chrono::duration<double>(now - start).count();
-    const double eta = done > 0 ? elapsed * static_cast<double>(total - done) / static_cast<double>(done) : 0.0;
-    const int64_t tenth = total > 0 ? 10 * done / total : 10;
-    const bool finished = done >= total;
-    if (tty) {
-      if (!finished && now - lastDraw < std::chrono::milliseconds(100))
-        return;
-      lastDraw = now;
-      std::fprintf(stderr, "\r  %s %lld/%lld (%d%%) ETA %s   ", what.c_str(), static_cast<long long>(done),
-                   static_cast<long long>(total), static_cast<int>(100 * done / std::max<int64_t>(total, 1)),
-                   fwp::train::formatDuration(eta).c_str());
-      if (finished)
-        std::fprintf(stderr, "\n");
-    } else if (tenth > lastTenth || finished) {
-      lastTenth = tenth;
-      std::fprintf(stderr, "  %s %lld/%lld batches, %s elapsed, ETA %s\n", what.c_str(),
-                   static_cast<long long>(done), static_cast<long long>(total),
-                   fwp::train::formatDuration(elapsed).c_str(), fwp::train::formatDuration(eta).c_str());
-    }
-    std::fflush(stderr);
+  fwp::ProgressOptions options;
+  options.label = "  " + what;
+  options.unit = "batches";
+  options.interactive = interactive;
+  auto progress = std::make_shared<fwp::Progress>(options, std::cerr);
+  return [progress](int64_t done, int64_t total) {
+    progress->setTotal(total);
+    progress->setLineEvery(std::max<int64_t>(1, total / 10));
+    progress->update(done);
+    if (done >= total)
+      progress->finish();
   };
 }
 

@@ -6,6 +6,11 @@
 #include "fwp/lm/Corpus.h"
 #include "fwp/runtime/Layer.h"
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -162,6 +167,40 @@ TEST(Corpus, CorruptOrForeignCacheIsRebuilt) {
   EXPECT_EQ(ids(foreign.tokens(Split::Valid)), (std::vector<int32_t>{1, 11, 4, 0, 0}));
 }
 
+TEST(Corpus, ADamagedCacheIsRebuiltNeverTrusted) {
+  // A flipped byte anywhere after the header (ids, vocabulary, counts) is
+  // found by the cache's payload hash: the cache is rebuilt from the text
+  // and hands out the same ids as the intact one.
+  TempDir dir;
+  writeCorpus(dir);
+  const Corpus pristine = Corpus::open(optionsFor(dir));
+  const std::vector<int32_t> train = ids(pristine.tokens(Split::Train));
+  const std::vector<int32_t> valid = ids(pristine.tokens(Split::Valid));
+  const std::string cache = dir.file(Corpus::kCacheFileName);
+  std::string intact;
+  {
+    std::ifstream in(cache, std::ios::binary);
+    intact.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  ASSERT_GT(intact.size(), 260u);
+  // The first train id (just after the 208-byte header), the middle, the last
+  // count byte.
+  for (size_t at : {size_t(209), intact.size() / 2, intact.size() - 1}) {
+    SCOPED_TRACE(at);
+    std::string damaged = intact;
+    damaged[at] = static_cast<char>(damaged[at] ^ 0x01);
+    ::unlink(cache.c_str()); // a new file: `pristine` maps the old one
+    dir.write(Corpus::kCacheFileName, damaged);
+    Corpus reopened = Corpus::open(optionsFor(dir));
+    EXPECT_FALSE(reopened.loadedFromCache());
+    EXPECT_NE(reopened.rebuildReason().find("is corrupt"), std::string::npos) << reopened.rebuildReason();
+    EXPECT_EQ(ids(reopened.tokens(Split::Train)), train);
+    EXPECT_EQ(ids(reopened.tokens(Split::Valid)), valid);
+    EXPECT_EQ(reopened.vocab().size(), pristine.vocab().size());
+    EXPECT_TRUE(Corpus::open(optionsFor(dir)).loadedFromCache()) << "the rebuilt cache is whole";
+  }
+}
+
 TEST(Corpus, SeparateCacheDirectory) {
   TempDir data, cache;
   writeCorpus(data);
@@ -206,9 +245,14 @@ TEST(Corpus, MalformedFilesNameFileAndLine) {
   writeCorpus(dir, "");
   message = errorOf([&] { Corpus::open(optionsFor(dir)); });
   EXPECT_NE(message.find("wiki.train.tokens holds no text"), std::string::npos) << message;
-  // No half-written cache is left behind by any of these.
+  // No half-written cache (nor any temporary file) is left behind by any of these.
   struct stat st {};
   EXPECT_NE(::stat(dir.file(Corpus::kCacheFileName).c_str(), &st), 0);
+  std::vector<std::string> names;
+  for (const auto &entry : std::filesystem::directory_iterator(dir.path()))
+    names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"wiki.test.tokens", "wiki.train.tokens", "wiki.valid.tokens"}));
 }
 
 TEST(Corpus, ContentHashIgnoresChunkingAndSeesEveryByte) {

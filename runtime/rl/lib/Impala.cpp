@@ -2,9 +2,11 @@
 #include "fwp/rl/Impala.h"
 
 #include "fwp/rl/VTrace.h"
+#include "fwp/runtime/ArtifactContainer.h"
 #include "fwp/runtime/AtomicFile.h"
 #include "fwp/runtime/CheckpointFile.h"
 #include "fwp/runtime/Layer.h"
+#include "fwp/runtime/Progress.h"
 #include "fwp/train/Training.h"
 
 #include <nlohmann/json.hpp>
@@ -434,7 +436,12 @@ LearnerStats Learner::update(const Rollout &batch) {
 // --- checkpoints -----------------------------------------------------------------
 
 
-void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner &learner) {
+std::string artifactDigestOf(const ImpalaConfig &config) {
+  return config.model.artifact.empty() ? std::string() : fwp::artifactDigest(config.model.artifact);
+}
+
+void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner &learner,
+                    const std::string &artifactDigest) {
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(std::string("fwp-atari-checkpoint-1")));
   archive.write("config", c10::IValue(configToToml(config)));
@@ -459,6 +466,7 @@ void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner
   header.trainer = "fwp-atari";
   header.codeVersion = fwpCodeVersion();
   header.config = configToToml(config);
+  header.artifactDigest = artifactDigest;
   header.step = learner.stepsDone;
   writeCheckpointFile(path, header, bytes);
 }
@@ -714,10 +722,6 @@ void runActor(int index, const ImpalaConfig &config, Shared &shared) {
   }
 }
 
-std::string modelIdentity(const ImpalaConfig &config) {
-  return "game = " + config.env.game + "\n" + modelToToml(config);
-}
-
 void appendLine(const std::string &path, const std::string &line) {
   std::ofstream out(path, std::ios::app);
   if (!out)
@@ -735,7 +739,30 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
   if (options.runDir.empty())
     throw Error("train: no run directory given");
   std::ostream *log = options.log;
+  std::ostream discard(nullptr);
+  std::ostream &notes = log ? *log : discard;
   ImpalaConfig config = configIn;
+  const fs::path runDir = options.runDir;
+  const std::string checkpointPath = (runDir / "checkpoint.pt").string();
+  const std::string metricsPath = (runDir / "metrics.jsonl").string();
+  const std::string episodesPath = (runDir / "episodes.jsonl").string();
+  const std::string artifactDigest = artifactDigestOf(config);
+
+  // fwp-train's run-folder rule, checked before the ROM so that a refused
+  // start touches nothing: a folder holding a run needs --resume or
+  // --overwrite, and a resume must match the stored configuration and
+  // compiled layer (or be told --allow-config-change).
+  if (options.resume) {
+    if (!fs::is_regular_file(checkpointPath))
+      throw Error("--resume: " + checkpointPath + " does not exist");
+    // num_actions is not chosen but set from the game (checked below, when
+    // the checkpoint is loaded): compare the rest.
+    config.model.numActions = readCheckpointConfig(checkpointPath).model.numActions;
+    fwp::train::checkResumeConfig(checkpointPath, configToToml(config), artifactDigest,
+                                  options.allowConfigChange, notes);
+  } else if (!options.overwrite) {
+    fwp::train::prepareRunFolder(runDir, false, false, notes, kAtariRunFiles);
+  }
   {
     AtariEnv probe(config.env); // validates the ROM before anything starts
     config.model.numActions = probe.numActions();
@@ -746,19 +773,14 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
     *log << "[train] note: batch_size " << tc.batchSize << " is not a multiple of envs_per_actor "
          << tc.envsPerActor << "; batches mix unrolls of different ages\n";
 
-  fs::create_directories(options.runDir);
-  const std::string checkpointPath = (fs::path(options.runDir) / "checkpoint.pt").string();
-  const std::string metricsPath = (fs::path(options.runDir) / "metrics.jsonl").string();
-  const std::string episodesPath = (fs::path(options.runDir) / "episodes.jsonl").string();
+  if (!options.resume && options.overwrite)
+    fwp::train::prepareRunFolder(runDir, false, true, notes, kAtariRunFiles);
+  fs::create_directories(runDir);
 
   at::set_num_threads(static_cast<int>(tc.torchThreads));
   torch::manual_seed(tc.seed);
   Learner learner(ImpalaNet(config.model), tc);
-  if (!options.fresh && fs::is_regular_file(checkpointPath)) {
-    const ImpalaConfig stored = readCheckpointConfig(checkpointPath);
-    if (modelIdentity(stored) != modelIdentity(config))
-      throw Error(checkpointPath + " was written for another game or model:\n" +
-                  modelIdentity(stored) + "pass --fresh or use another --run-dir");
+  if (options.resume) {
     loadCheckpoint(checkpointPath, learner);
     if (log)
       *log << "[train] resuming " << checkpointPath << " at step " << learner.stepsDone << " ("
@@ -796,6 +818,20 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
       }
     });
 
+  // The runtime's progress printer, as plain lines on this loop's own clock
+  // (train.log_every_s), beside the other [train] lines of the log.
+  std::optional<fwp::Progress> progress;
+  if (log) {
+    fwp::ProgressOptions lines;
+    lines.total = tc.totalSteps;
+    lines.first = learner.stepsDone;
+    lines.label = "[train] step";
+    lines.unit = "frames";
+    lines.unitsPerCount = config.env.frameSkip;
+    lines.lineEvery = 0;
+    lines.interactive = false;
+    progress.emplace(lines, *log);
+  }
   const auto start = Clock::now();
   auto lastLog = start, lastCheckpoint = start;
   int64_t stepsAtLastLog = learner.stepsDone;
@@ -872,18 +908,15 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
             {"grad_norm", stats.gradNorm},
             {"lr", stats.learningRate}};
         appendLine(metricsPath, line.dump());
-        if (log) {
-          std::ostringstream progress;
-          progress << std::fixed << std::setprecision(1) << "[train] step " << learner.stepsDone
-                   << "/" << tc.totalSteps << " (" << 100.0 * learner.stepsDone / tc.totalSteps
-                   << "%) | " << std::setprecision(0) << fps << " frames/s | episodes "
-                   << learner.episodes;
+        if (progress) {
+          std::ostringstream details;
+          details << "episodes " << learner.episodes;
           if (std::isfinite(recentMean))
-            progress << std::setprecision(2) << ", return (last "
-                     << std::min<size_t>(recentScores.size(), 10) << ") " << recentMean;
-          progress << std::setprecision(3) << " | loss " << stats.totalLoss << " | lr "
-                   << std::scientific << std::setprecision(2) << stats.learningRate;
-          *log << progress.str() << std::endl;
+            details << std::fixed << std::setprecision(2) << ", return (last "
+                    << std::min<size_t>(recentScores.size(), 10) << ") " << recentMean;
+          details << std::defaultfloat << std::setprecision(4) << "  loss " << stats.totalLoss
+                  << std::scientific << std::setprecision(2) << "  lr " << stats.learningRate;
+          progress->update(learner.stepsDone, {}, details.str(), /*forceLine=*/true);
         }
         lastLog = Clock::now();
         stepsAtLastLog = learner.stepsDone;
@@ -891,7 +924,7 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
         scoreSumInInterval = 0;
       }
       if (secondsSince(lastCheckpoint) >= tc.checkpointEverySeconds) {
-        saveCheckpoint(checkpointPath, config, learner);
+        saveCheckpoint(checkpointPath, config, learner, artifactDigest);
         lastCheckpoint = Clock::now();
       }
     }
@@ -904,10 +937,10 @@ int64_t train(const ImpalaConfig &configIn, const TrainOptions &options) {
     actor.join();
   if (shared.error) {
     if (learner.stoppedOnNonFinite)
-      saveCheckpoint(checkpointPath, config, learner); // the last good state
+      saveCheckpoint(checkpointPath, config, learner, artifactDigest); // the last good state
     std::rethrow_exception(shared.error);
   }
-  saveCheckpoint(checkpointPath, config, learner);
+  saveCheckpoint(checkpointPath, config, learner, artifactDigest);
   if (log)
     *log << "[train] wrote " << checkpointPath << " at step " << learner.stepsDone << " after "
          << std::fixed << std::setprecision(1) << secondsSince(start) << " s\n";

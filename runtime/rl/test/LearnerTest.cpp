@@ -3,6 +3,8 @@
 // learner updates on CPU for every core, checkpoints, configs, and the
 // fwp-atari tool end to end on a real ROM.
 #include "fwp/rl/Impala.h"
+#include "fwp/runtime/ArtifactContainer.h"
+#include "fwp/runtime/CheckpointFile.h"
 #include "fwp/runtime/Layer.h"
 
 #include <gtest/gtest.h>
@@ -304,7 +306,7 @@ TEST(Checkpoint, RoundTripRestoresWeightsOptimizerAndCounters) {
   Learner learner(ImpalaNet(config.model), config.train);
   learner.update(syntheticRollout(learner.model, 3, 2, 1));
   learner.episodes = 7;
-  saveCheckpoint(path, config, learner);
+  saveCheckpoint(path, config, learner, "");
   EXPECT_FALSE(fs::exists(path + ".tmp"));
 
   torch::manual_seed(2);
@@ -425,9 +427,16 @@ TEST(FwpAtari, TrainsResumesAndTestsOnARealRom) {
   const std::string metrics = readFile(dir / "run" / "metrics.jsonl");
   EXPECT_NE(metrics.find("\"steps\":20"), std::string::npos) << metrics;
 
-  // Resume: the learner continues from step 20.
+  // The same command again: the folder holds a run, nothing is touched.
+  out = shell(exe + " train --config " + (dir / "tiny.toml").string() + " --run-dir " + run,
+              &code);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("holds a run"), std::string::npos) << out;
+
+  // Resume: the learner continues from step 20 (a longer run is a config
+  // change).
   out = shell(exe + " train --config " + (dir / "tiny.toml").string() + " --run-dir " + run +
-                  " --set train.total_steps=40",
+                  " --resume --allow-config-change --set train.total_steps=40",
               &code);
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("resuming"), std::string::npos) << out;
@@ -443,12 +452,12 @@ TEST(FwpAtari, TrainsResumesAndTestsOnARealRom) {
     }
   }
 
-  // Another model in the same run dir is refused.
+  // Another model in the same run dir is refused, naming the difference.
   out = shell(exe + " train --config " + (dir / "tiny.toml").string() + " --run-dir " + run +
-                  " --set model.core=\\\"lstm\\\"",
+                  " --resume --set train.total_steps=40 --set model.core=\\\"lstm\\\"",
               &code);
   EXPECT_EQ(code, 2) << out;
-  EXPECT_NE(out.find("error: "), std::string::npos) << out;
+  EXPECT_NE(out.find("+ core = \"lstm\""), std::string::npos) << out;
 
   // Test mode: one full game, JSON written.
   const std::string json = (dir / "test.json").string();
@@ -496,4 +505,159 @@ TEST(FwpAtari, SigtermFinishesTheUpdateAndWritesTheCheckpoint) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << out;
   EXPECT_TRUE(fs::exists(dir / "run" / "checkpoint.pt")) << out;
   EXPECT_NE(out.find("wrote"), std::string::npos) << out;
+}
+
+/// fwp-train's run-folder rule, through fwp-atari, without a ROM: env.rom_dir
+/// names a missing folder, so a start that passes the checks fails on the ROM
+/// instead of training (the checks come first and touch nothing).
+class FwpAtariRunFolder : public ::testing::Test {
+protected:
+  void SetUp() override {
+    dir = fs::path(FWP_RL_TEST_TMPDIR) /
+          ("run-folder-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    // Not fs::remove_all: the LibTorch wheel's copy crashes on non-empty folders.
+    ASSERT_EQ(std::system(("rm -rf '" + dir.string() + "'").c_str()), 0);
+    fs::create_directories(dir / "run");
+  }
+
+  /// Writes the config and a checkpoint of it (plus a metrics line) into run/.
+  void writeRun(const std::string &model) {
+    config = "[env]\ngame = \"breakout\"\nrom_dir = \"" + (dir / "no-roms").string() +
+             "\"\n[model]\n" + model +
+             "[train]\ntotal_steps = 40\nbatch_size = 2\nunroll_length = 5\nactors = 1\n"
+             "envs_per_actor = 2\n";
+    std::ofstream(dir / "tiny.toml") << config;
+    ImpalaConfig parsed = parseConfig(config, "tiny.toml");
+    parsed.model.numActions = 4; // breakout's, as training sets it
+    torch::manual_seed(1);
+    Learner learner(ImpalaNet(parsed.model), parsed.train);
+    saveCheckpoint((dir / "run" / "checkpoint.pt").string(), parsed, learner,
+                   artifactDigestOf(parsed));
+    std::ofstream(dir / "run" / "metrics.jsonl") << "{\"steps\":20}\n";
+    checkpointBytes = readFile(dir / "run" / "checkpoint.pt");
+  }
+
+  std::string train(const std::string &flags, int *code) {
+    return shell(std::string(FWP_ATARI_PATH) + " train --config " + (dir / "tiny.toml").string() +
+                     " --run-dir " + (dir / "run").string() + " " + flags,
+                 code);
+  }
+
+  /// The run's files are as writeRun() left them.
+  void expectUntouched(const std::string &out) {
+    EXPECT_EQ(readFile(dir / "run" / "checkpoint.pt"), checkpointBytes) << out;
+    EXPECT_EQ(readFile(dir / "run" / "metrics.jsonl"), "{\"steps\":20}\n") << out;
+  }
+
+  static bool failedOnTheRom(const std::string &out) {
+    return out.find("ROM directory") != std::string::npos &&
+           out.find("does not exist") != std::string::npos;
+  }
+
+  fs::path dir;
+  std::string config, checkpointBytes;
+};
+
+TEST_F(FwpAtariRunFolder, AFolderHoldingARunNeedsResumeOrOverwrite) {
+  writeRun("core = \"lstm\"\nlstm_hidden = 16\n");
+  int code = 0;
+  std::string out = train("", &code);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("error: the run folder " + (dir / "run").string() +
+                     " holds a run (checkpoint.pt, metrics.jsonl)"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("--resume"), std::string::npos) << out;
+  EXPECT_FALSE(failedOnTheRom(out)) << out;
+  expectUntouched(out);
+
+  // --overwrite (and its alias --fresh) pass the rule; the ROM is checked
+  // before anything is removed, so a start that fails removes nothing.
+  for (const char *flag : {"--overwrite", "--fresh"}) {
+    out = train(flag, &code);
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_TRUE(failedOnTheRom(out)) << out;
+    EXPECT_EQ(out.find("holds a run"), std::string::npos) << out;
+    expectUntouched(out);
+  }
+
+  // --resume with the stored configuration passes the check (num_actions,
+  // set from the game, is not a difference).
+  out = train("--resume", &code);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_TRUE(failedOnTheRom(out)) << out;
+  EXPECT_EQ(out.find("differs"), std::string::npos) << out;
+  expectUntouched(out);
+
+  // --resume and --overwrite exclude each other.
+  out = train("--resume --overwrite", &code);
+  EXPECT_NE(code, 0) << out;
+  expectUntouched(out);
+
+  // --resume in a folder without a checkpoint.
+  fs::remove(dir / "run" / "checkpoint.pt");
+  out = train("--resume", &code);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("--resume: " + (dir / "run" / "checkpoint.pt").string() + " does not exist"),
+            std::string::npos)
+      << out;
+}
+
+TEST_F(FwpAtariRunFolder, ResumeRefusesAnotherConfigurationPrintingTheDifferences) {
+  writeRun("core = \"lstm\"\nlstm_hidden = 16\n");
+  int code = 0;
+  std::string out = train("--resume --set train.learning_rate=0.001 --set env.noop_max=7", &code);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("differs from the one " + (dir / "run" / "checkpoint.pt").string()),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("  + learning_rate = 0.001\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("  - learning_rate = 0.0005"), std::string::npos) << out;
+  EXPECT_NE(out.find("  - noop_max = 30\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("  + noop_max = 7\n"), std::string::npos) << out;
+  EXPECT_EQ(out.find("core"), std::string::npos) << "only differences are printed\n" << out;
+  EXPECT_NE(out.find("--allow-config-change"), std::string::npos) << out;
+  EXPECT_FALSE(failedOnTheRom(out)) << out;
+  expectUntouched(out);
+
+  // Told so, the resume goes on (here to the missing ROM) and says what changed.
+  out = train("--resume --allow-config-change --set train.learning_rate=0.001", &code);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("note: --allow-config-change"), std::string::npos) << out;
+  EXPECT_NE(out.find("  + learning_rate = 0.001\n"), std::string::npos) << out;
+  EXPECT_TRUE(failedOnTheRom(out)) << out;
+  expectUntouched(out);
+}
+
+TEST_F(FwpAtariRunFolder, CheckpointsRecordTheArtifactDigestAndResumeComparesIt) {
+  const fs::path artifact = fs::path(FWP_TEST_ARTIFACTS) / "delta_net_d8.fwpk";
+  const fs::path other = fs::path(FWP_TEST_ARTIFACTS) / "rdn_d8.fwpk";
+  if (!fs::exists(artifact) || !fs::exists(other))
+    GTEST_SKIP() << artifact << " or " << other << " is missing (a build without the compiler)";
+  const fs::path layer = dir / "layer.fwpk";
+  fs::copy_file(artifact, layer);
+  writeRun("core = \"delta_net\"\nhidden = 16\nheads = 2\nhead_dim = 8\nff = 32\nartifact = \"" +
+           layer.string() + "\"\n");
+  const fwp::CheckpointHeader header =
+      fwp::readCheckpointFile((dir / "run" / "checkpoint.pt").string()).header;
+  EXPECT_EQ(header.trainer, "fwp-atari");
+  EXPECT_EQ(header.artifactDigest, fwp::artifactDigest(artifact.string()));
+  EXPECT_EQ(header.artifactDigest.size(), 64u);
+  EXPECT_NE(header.artifactDigest, fwp::artifactDigest(other.string()));
+
+  int code = 0;
+  std::string out = train("--resume", &code);
+  EXPECT_TRUE(failedOnTheRom(out)) << "the same layer resumes\n" << out;
+
+  // The same path now holds another compiled layer: refused, both digests named.
+  fs::remove(layer);
+  fs::copy_file(other, layer);
+  out = train("--resume", &code);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("  - artifact sha256 " + header.artifactDigest), std::string::npos) << out;
+  EXPECT_NE(out.find("  + artifact sha256 " + fwp::artifactDigest(other.string())),
+            std::string::npos)
+      << out;
+  EXPECT_FALSE(failedOnTheRom(out)) << out;
+  expectUntouched(out);
 }

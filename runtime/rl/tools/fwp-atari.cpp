@@ -1,6 +1,7 @@
 //===- fwp-atari.cpp - train / test IMPALA agents on Atari; env benchmark -===//
 //
 //   fwp-atari train --config models/configs/atari_pong_lstm.toml --run-dir runs/pong_lstm
+//   fwp-atari train ... --resume | --overwrite [--allow-config-change]
 //   fwp-atari test  --checkpoint runs/pong_lstm/checkpoint.pt --episodes 30
 //   fwp-atari test  --policy random --game breakout --episodes 10
 //   fwp-atari bench-env --game pong --actors 1,2 --envs-per-actor 8 --seconds 10
@@ -88,12 +89,19 @@ int main(int argc, char **argv) {
                    "  fwp-atari train --config models/configs/atari_cpu_breakout_delta_net.toml "
                    "--run-dir runs/breakout");
   std::string configPath, runDir;
-  bool fresh = false;
+  bool resume = false, overwrite = false, allowConfigChange = false;
   std::vector<std::string> overrides;
   trainCmd->add_option("--config", configPath, "TOML config (docs/atari.md)")->required();
   trainCmd->add_option("--run-dir", runDir, "output dir: checkpoint.pt, config.toml, *.jsonl")
       ->required();
-  trainCmd->add_flag("--fresh", fresh, "start over even if run-dir holds a checkpoint");
+  auto *resumeFlag =
+      trainCmd->add_flag("--resume", resume, "continue from <run-dir>/checkpoint.pt");
+  auto *overwriteFlag = trainCmd->add_flag(
+      "--overwrite,--fresh", overwrite,
+      "start over: remove run-dir's checkpoint.pt and *.jsonl (alias --fresh)");
+  resumeFlag->excludes(overwriteFlag);
+  trainCmd->add_flag("--allow-config-change", allowConfigChange,
+                     "resume although the configuration differs from the checkpoint's");
   trainCmd->add_option("--set", overrides, "override a config value: section.key=value");
 
   auto *testCmd = app.add_subcommand("test", "play full games and report the scores");
@@ -137,7 +145,9 @@ int main(int argc, char **argv) {
       fwp::train::installStopHandlers();
       TrainOptions options;
       options.runDir = runDir;
-      options.fresh = fresh;
+      options.resume = resume;
+      options.overwrite = overwrite;
+      options.allowConfigChange = allowConfigChange;
       options.log = &std::cout;
       train(config, options);
       return 0;

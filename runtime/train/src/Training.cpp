@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <csignal>
+#include <iostream>
 #include <limits>
 #include <sstream>
 #include <unistd.h>
@@ -252,140 +253,8 @@ CheckpointMeta loadCheckpoint(const std::filesystem::path &path,
 }
 
 //===----------------------------------------------------------------------===//
-// Progress and metrics
+// Metrics
 //===----------------------------------------------------------------------===//
-
-std::string formatDuration(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0)
-    return "?";
-  int64_t s = static_cast<int64_t>(std::llround(seconds));
-  char buffer[32];
-  if (s >= 3600)
-    std::snprintf(buffer, sizeof buffer, "%lldh%02lldm", (long long)(s / 3600),
-                  (long long)(s % 3600 / 60));
-  else if (s >= 60)
-    std::snprintf(buffer, sizeof buffer, "%lldm%02llds", (long long)(s / 60),
-                  (long long)(s % 60));
-  else
-    std::snprintf(buffer, sizeof buffer, "%llds", (long long)s);
-  return buffer;
-}
-
-Progress::Progress(int64_t totalSteps, int64_t firstStep, int64_t logEvery,
-                   std::FILE *out, std::optional<bool> interactive)
-    : total_(totalSteps), first_(firstStep), logEvery_(std::max<int64_t>(1, logEvery)),
-      last_(firstStep), out_(out),
-      interactive_(interactive ? *interactive : ::isatty(::fileno(out)) != 0),
-      since_(std::chrono::steady_clock::now()), lastDraw_(since_) {}
-
-Progress::~Progress() {
-  if (barShown_)
-    std::fputc('\n', out_);
-}
-
-void Progress::pause() {
-  if (!paused_) {
-    activeSeconds_ +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - since_).count();
-    paused_ = true;
-  }
-}
-
-void Progress::resume() {
-  if (paused_) {
-    since_ = std::chrono::steady_clock::now();
-    paused_ = false;
-  }
-}
-
-double Progress::stepsPerSecond() const {
-  double seconds = activeSeconds_;
-  if (!paused_)
-    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - since_).count();
-  return seconds > 0 ? static_cast<double>(last_ - first_) / seconds : 0.0;
-}
-
-namespace {
-
-std::string formatMetrics(const Metrics &metrics, double divisor) {
-  std::string text;
-  char buffer[64];
-  // loss first, then the rest alphabetically.
-  if (auto it = metrics.find("loss"); it != metrics.end()) {
-    std::snprintf(buffer, sizeof buffer, "loss %.4f", it->second / divisor);
-    text += buffer;
-  }
-  for (const auto &[name, value] : metrics) {
-    if (name == "loss")
-      continue;
-    std::snprintf(buffer, sizeof buffer, "%s%s %.4f", text.empty() ? "" : "  ",
-                  name.c_str(), value / divisor);
-    text += buffer;
-  }
-  return text;
-}
-
-} // namespace
-
-void Progress::update(int64_t step, const Metrics &metrics) {
-  last_ = step;
-  for (const auto &[name, value] : metrics) {
-    window_[name] += value;
-    auto it = smooth_.find(name);
-    if (it == smooth_.end())
-      smooth_[name] = value;
-    else
-      it->second = 0.9 * it->second + 0.1 * value;
-  }
-  ++windowSteps_;
-  if (interactive_) {
-    draw(step, step == total_);
-  } else if (step % logEvery_ == 0 || step == total_) {
-    double rate = stepsPerSecond();
-    std::fprintf(out_, "step %lld/%lld  %s  %.2f steps/s  ETA %s\n", (long long)step,
-                 (long long)total_, formatMetrics(window_, windowSteps_).c_str(), rate,
-                 formatDuration(rate > 0 ? (total_ - step) / rate : -1).c_str());
-    std::fflush(out_);
-    window_.clear();
-    windowSteps_ = 0;
-  }
-}
-
-void Progress::draw(int64_t step, bool force) {
-  auto now = std::chrono::steady_clock::now();
-  if (!force && now - lastDraw_ < std::chrono::milliseconds(100))
-    return;
-  lastDraw_ = now;
-  constexpr int kWidth = 24;
-  double fraction = total_ > 0 ? static_cast<double>(step) / total_ : 1.0;
-  int filled = static_cast<int>(fraction * kWidth);
-  std::string bar(filled, '#');
-  bar += std::string(kWidth - filled, '.');
-  double rate = stepsPerSecond();
-  std::fprintf(out_, "\r\033[2Kstep %lld/%lld [%s] %3d%%  %s  %.2f steps/s  ETA %s",
-               (long long)step, (long long)total_, bar.c_str(),
-               static_cast<int>(fraction * 100), formatMetrics(smooth_, 1.0).c_str(),
-               rate, formatDuration(rate > 0 ? (total_ - step) / rate : -1).c_str());
-  std::fflush(out_);
-  barShown_ = true;
-}
-
-void Progress::note(const std::string &line) {
-  if (barShown_)
-    std::fputs("\r\033[2K", out_);
-  std::fprintf(out_, "%s\n", line.c_str());
-  if (barShown_)
-    draw(last_, true);
-  std::fflush(out_);
-}
-
-void Progress::finish() {
-  if (barShown_) {
-    std::fputc('\n', out_);
-    barShown_ = false;
-  }
-  std::fflush(out_);
-}
 
 void truncateJsonLines(const std::filesystem::path &path, const std::string &key,
                        int64_t keepUpTo) {
@@ -451,11 +320,11 @@ bool stopRequested() { return stopSignals > 0; }
 void requestStop() { stopSignals = 1; }
 
 void prepareRunFolder(const std::filesystem::path &runDir, bool resuming, bool overwrite,
-                      std::ostream &log) {
+                      std::ostream &log, const std::vector<std::string> &runFiles) {
   if (resuming)
     return;
   std::vector<std::string> found;
-  for (const char *file : {"last.pt", "best.pt", "metrics.jsonl", "test.json"})
+  for (const std::string &file : runFiles)
     if (std::filesystem::exists(runDir / file))
       found.push_back(file);
   if (found.empty())
@@ -466,7 +335,7 @@ void prepareRunFolder(const std::filesystem::path &runDir, bool resuming, bool o
   if (!overwrite)
     throw Error("the run folder " + runDir.string() + " holds a run (" + list +
                 "): continue it with --resume, start over with --overwrite, or choose "
-                "another train.run_dir");
+                "another run folder");
   for (const std::string &file : found)
     std::filesystem::remove(runDir / file);
   log << "note: --overwrite: removed " << list << " from " << runDir.string() << "\n";
@@ -566,7 +435,7 @@ void TrainingLoop::save(const std::filesystem::path &path) {
 Metrics TrainingLoop::run(const StepFn &stepFn, const ValidateFn &validate) {
   const auto &o = options_;
   MetricsLog log(o.runDir / "metrics.jsonl", step_ > 0 ? step_ : -1);
-  Progress progress(o.steps, step_, o.logEvery, stderr, o.interactive);
+  Progress progress(o.steps, step_, o.logEvery, std::cerr, o.interactive);
   Metrics window;
   int64_t windowSteps = 0;
   Metrics lastValidation;

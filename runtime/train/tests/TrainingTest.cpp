@@ -1,5 +1,5 @@
 // Training loop: a tiny run whose loss must fall, exact resume, checkpoint
-// errors, metrics by hand, the epoch sampler, the progress output.
+// errors, metrics by hand, the epoch sampler.
 
 #include "TestUtil.h"
 
@@ -294,36 +294,6 @@ TEST(Training, CheckpointErrorsNameTheFile) {
                                     "junk.pt: not an fwp checkpoint");
   expectErrorContaining<fwp::Error>([&] { readCheckpointMeta(dir / "none.pt"); },
                                     "none.pt: no such checkpoint");
-}
-
-TEST(Training, ProgressPlainAndInteractive) {
-  TempDir dir("progress");
-  auto capture = [&](bool interactive) {
-    std::FILE *file = std::fopen((dir / "out.txt").c_str(), "w+");
-    {
-      Progress progress(4, 0, 2, file, interactive);
-      for (int64_t s = 1; s <= 4; ++s)
-        progress.update(s, {{"loss", 1.0 * s}, {"acc", 0.5}});
-      progress.note("valid line");
-      progress.finish();
-    }
-    std::fclose(file);
-    std::ifstream in(dir / "out.txt");
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  std::string plain = capture(false);
-  // Lines at steps 2 and 4, averaging the window: loss (1+2)/2, (3+4)/2.
-  EXPECT_NE(plain.find("step 2/4  loss 1.5000  acc 0.5000"), std::string::npos) << plain;
-  EXPECT_NE(plain.find("step 4/4  loss 3.5000  acc 0.5000"), std::string::npos) << plain;
-  EXPECT_EQ(plain.find('\r'), std::string::npos);
-  EXPECT_NE(plain.find("valid line\n"), std::string::npos);
-  std::string bar = capture(true);
-  EXPECT_NE(bar.find("\r"), std::string::npos);
-  EXPECT_NE(bar.find("step 4/4 [########################] 100%"), std::string::npos) << bar;
-  EXPECT_NE(bar.find("ETA"), std::string::npos);
-  EXPECT_EQ(formatDuration(3725), "1h02m");
-  EXPECT_EQ(formatDuration(187), "3m07s");
-  EXPECT_EQ(formatDuration(12.4), "12s");
 }
 
 TEST(Training, NonFiniteValuesNeverReachTheParameters) {

@@ -119,8 +119,14 @@ private:
   TrainConfig config_;
 };
 
-/// Writes config, model, optimizer and counters to `path` atomically.
-void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner &learner);
+/// fwp::artifactDigest of config.model.artifact, or "" for the eager
+/// reference layers: what checkpoints record and a resume compares.
+std::string artifactDigestOf(const ImpalaConfig &config);
+/// Writes config, model, optimizer and counters to `path` atomically, in
+/// fwp's checkpoint format, its header recording the configuration and
+/// `artifactDigest` (artifactDigestOf(config)).
+void saveCheckpoint(const std::string &path, const ImpalaConfig &config, Learner &learner,
+                    const std::string &artifactDigest);
 /// Reads the config a checkpoint was written with.
 ImpalaConfig readCheckpointConfig(const std::string &path);
 /// Restores model, optimizer and counters into `learner` (on its device).
@@ -128,16 +134,27 @@ void loadCheckpoint(const std::string &path, Learner &learner);
 /// Restores only the model weights.
 void loadCheckpointModel(const std::string &path, ImpalaNet &model);
 
+/// The files that make a folder hold an fwp-atari run.
+inline const std::vector<std::string> kAtariRunFiles = {"checkpoint.pt", "metrics.jsonl",
+                                                        "episodes.jsonl"};
+
 struct TrainOptions {
   std::string runDir;     ///< checkpoint.pt, config.toml, metrics.jsonl, episodes.jsonl
-  bool fresh = false;     ///< ignore an existing checkpoint in runDir
+  /// Continue from runDir/checkpoint.pt (which must exist). Without it, a
+  /// runDir that holds a run is an error unless `overwrite` (the same rule
+  /// as fwp-train's: fwp::train::prepareRunFolder).
+  bool resume = false;
+  bool overwrite = false; ///< start over, removing the earlier run's files
+  /// Resume although the configuration or the compiled layer differs from
+  /// the checkpoint's (fwp::train::checkResumeConfig prints the differences).
+  bool allowConfigChange = false;
   std::ostream *log = nullptr;
   /// Polled between updates (e.g. set by SIGINT): stop early, still writing
   /// the checkpoint.
   const std::atomic<bool> *stopRequested = nullptr;
 };
-/// Trains until config.train.totalSteps (resuming from runDir/checkpoint.pt
-/// if there is one), then writes the final checkpoint. Returns the learner's
+/// Trains until config.train.totalSteps (from runDir/checkpoint.pt with
+/// options.resume), then writes the final checkpoint. Returns the learner's
 /// step count.
 int64_t train(const ImpalaConfig &config, const TrainOptions &options);
 

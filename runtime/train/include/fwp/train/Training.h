@@ -4,7 +4,7 @@
 //   makeAdam            Adam from [train] (lr, betas, eps, weight_decay)
 //   save/loadCheckpoint atomic checkpoints: model, optimizer, RNG states,
 //                       step, best validation value, the run's config text
-//   Progress            a one-line bar on a terminal, plain lines otherwise
+//   Progress            (fwp/runtime/Progress.h) a bar on a terminal, plain lines otherwise
 //   MetricsLog          metrics as JSON lines (metrics.jsonl)
 //   TrainingLoop        steps -> backward -> clip -> Adam, periodic
 //                       validation, best.pt / last.pt, exact resume
@@ -16,6 +16,7 @@
 #pragma once
 
 #include "fwp/runtime/Layer.h"
+#include "fwp/runtime/Progress.h"
 #include "fwp/train/Config.h"
 
 #include <nlohmann/json.hpp>
@@ -31,6 +32,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace fwp::train {
 
@@ -81,42 +83,9 @@ CheckpointMeta loadCheckpoint(const std::filesystem::path &path,
                               torch::optim::Optimizer *optimizer,
                               const torch::Device &device, bool restoreRng);
 
-/// "1h02m", "3m07s", "12s".
-std::string formatDuration(double seconds);
-
-/// Progress of a run: on a terminal a bar redrawn in place (at most ~10 times
-/// a second), otherwise one plain line every `logEvery` steps.
-class Progress {
-public:
-  Progress(int64_t totalSteps, int64_t firstStep, int64_t logEvery,
-           std::FILE *out = stderr, std::optional<bool> interactive = std::nullopt);
-  ~Progress();
-  /// After step `step` (1-based count of steps done) with its train metrics.
-  void update(int64_t step, const Metrics &metrics);
-  /// Prints a full line (e.g. validation results) without garbling the bar.
-  void note(const std::string &line);
-  /// Ends the bar's line.
-  void finish();
-  /// Steps per second over this session's training time.
-  double stepsPerSecond() const;
-  /// Excludes time spent outside training steps (validation, checkpoints).
-  void pause();
-  void resume();
-
-private:
-  void draw(int64_t step, bool force);
-  int64_t total_, first_, logEvery_, last_ = 0;
-  std::FILE *out_;
-  bool interactive_;
-  bool barShown_ = false;
-  Metrics window_;   // sums since the last plain line
-  int64_t windowSteps_ = 0;
-  Metrics smooth_;   // moving averages for the bar
-  double activeSeconds_ = 0;
-  std::chrono::steady_clock::time_point since_;
-  bool paused_ = false;
-  std::chrono::steady_clock::time_point lastDraw_;
-};
+/// The runtime's one progress printer (fwp/runtime/Progress.h).
+using fwp::formatDuration;
+using fwp::Progress;
 
 /// Keeps only the lines of a JSON-lines file whose `key` is at most
 /// `keepUpTo` (and drops lines a crash cut short): a resumed run's logs then
@@ -162,11 +131,16 @@ void installStopHandlers();
 bool stopRequested();
 void requestStop();
 
-/// Before a run starts in `runDir`: a folder that holds a run (last.pt,
-/// best.pt, metrics.jsonl, test.json) is an error naming the folder unless
-/// the run resumes or `overwrite` (which removes those files first).
+/// The files that make a folder hold a run of fwp-train or fwp-lm.
+inline const std::vector<std::string> kTrainingRunFiles = {"last.pt", "best.pt", "metrics.jsonl",
+                                                           "test.json"};
+
+/// Before a run starts in `runDir`: a folder that holds a run (any of
+/// `runFiles`) is an error naming the folder unless the run resumes or
+/// `overwrite` (which removes those files first).
 void prepareRunFolder(const std::filesystem::path &runDir, bool resuming, bool overwrite,
-                      std::ostream &log);
+                      std::ostream &log,
+                      const std::vector<std::string> &runFiles = kTrainingRunFiles);
 
 /// On resume: the configuration and the artifact digest stored in
 /// `checkpoint` against the current ones; differences are printed, and an
