@@ -311,10 +311,6 @@ private:
                                       o.getValue().convertToDouble()));
           return success();
         })
-        .Case<ZerosOp>([&](ZerosOp o) {
-          set(o.getResult(), RefValue(sizeOf(o.getType()), 0.0));
-          return success();
-        })
         .Case<ScaleOp>([&](ScaleOp o) {
           double f = at(o.getFactor())[0];
           set(o.getResult(), map(at(o.getX()), [&](double x) { return x * f; }));

@@ -61,7 +61,8 @@ private:
 };
 
 /// Arithmetic (add, sub on vectors and matrices, mul, div, neg, scale,
-/// dot), constants and zeros, sigmoid, tanh, sqrt and their gradients.
+/// dot), constants (of matrices too), sigmoid, tanh, sqrt and their
+/// gradients.
 void populateElementwisePatterns(CpuPatternSet &patterns);
 /// elu_plus_one, sum_norm, softmax, dpfp, layer_norm and their gradients.
 void populateFeatureMapPatterns(CpuPatternSet &patterns);

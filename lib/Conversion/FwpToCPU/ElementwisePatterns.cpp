@@ -12,10 +12,11 @@ using namespace mlir;
 using namespace mlir::fwp;
 using namespace mlir::fwp::cpu;
 
-static void fillZero(ScanLowering &cpu, Value matrix) {
+/// matrix[e, :] = value for every row.
+static void fill(ScanLowering &cpu, Value matrix, double value) {
   auto type = cast<MemRefType>(matrix.getType());
   Value zero = cpu.constant(
-      VectorType::get({type.getDimSize(1)}, type.getElementType()), 0.0);
+      VectorType::get({type.getDimSize(1)}, type.getElementType()), value);
   cpu.forRows(matrix, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
     vector::StoreOp::create(cpu.b, cpu.loc, zero, matrix,
                             ValueRange{e, cpu.index(0)});
@@ -88,17 +89,15 @@ static LogicalResult lowerDot(DotOp o, ScanLowering &cpu) {
 }
 
 static LogicalResult lowerConstant(ConstantOp o, ScanLowering &cpu) {
-  cpu.set(o, cpu.constant(o.getType(), o.getValue().convertToDouble()));
-  return success();
-}
-
-static LogicalResult lowerZeros(ZerosOp o, ScanLowering &cpu) {
+  double value = o.getValue().convertToDouble();
   if (isa<FastWeightType>(o.getType())) {
+    // A matrix constant is a scratch buffer, filled every step: a write may
+    // update it in place.
     Value buffer = cpu.scratchMatrix(o.getType());
-    fillZero(cpu, buffer);
+    fill(cpu, buffer, value);
     cpu.set(o, buffer);
   } else {
-    cpu.set(o, cpu.constant(o.getType(), 0.0));
+    cpu.set(o, cpu.constant(o.getType(), value));
   }
   return success();
 }
@@ -132,7 +131,6 @@ void mlir::fwp::cpu::populateElementwisePatterns(CpuPatternSet &patterns) {
   patterns.add<ScaleOp>(lowerScale);
   patterns.add<DotOp>(lowerDot);
   patterns.add<ConstantOp>(lowerConstant);
-  patterns.add<ZerosOp>(lowerZeros);
   patterns.add<SigmoidGradOp>(lowerSigmoidGrad);
   patterns.add<TanhGradOp>(lowerTanhGrad);
   patterns.add<SqrtOp>(lowerSqrt);

@@ -268,7 +268,8 @@ private:
   }
   Lowered loadMatrix(Value ptr, Value base, const MatrixLayout &l);
   void storeMatrix(const Lowered &m, Value ptr, Value base);
-  Lowered zeroMatrix(const MatrixLayout &l);
+  /// A matrix with every entry `value`.
+  Lowered splatMatrix(const MatrixLayout &l, double value);
   Type stripType(const MatrixLayout &l) {
     return VectorType::get({l.R}, elemType);
   }

@@ -312,7 +312,13 @@ LogicalResult KernelEmitter::lowerOp(Operation *op) {
             [&](Value i) { return mulF(elemOf(x, i), factor); }));
       })
       .Case<ConstantOp>([&](ConstantOp constant) {
-        Value value = cFloat(constant.getValue().convertToDouble());
+        double splat = constant.getValue().convertToDouble();
+        if (isa<FastWeightType>(constant.getType())) {
+          setValue(constant.getResult(),
+                   splatMatrix(layoutOf(constant.getType()), splat));
+          return success();
+        }
+        Value value = cFloat(splat);
         if (!isa<VectorType>(constant.getType()))
           return scalarResult(value);
         Lowered l;
@@ -320,19 +326,6 @@ LogicalResult KernelEmitter::lowerOp(Operation *op) {
         l.vec.kind = VecRef::Splat;
         l.vec.size = sizeOf(constant.getResult());
         l.vec.splat = value;
-        return vectorResult(l);
-      })
-      .Case<ZerosOp>([&](ZerosOp zeros) {
-        Type type = zeros.getType();
-        if (isa<FastWeightType>(type))
-          return vectorResult(zeroMatrix(layoutOf(type)));
-        if (!isa<VectorType>(type))
-          return scalarResult(cFloat(0.0));
-        Lowered l;
-        l.kind = Lowered::Vector;
-        l.vec.kind = VecRef::Splat;
-        l.vec.size = sizeOf(zeros.getResult());
-        l.vec.splat = cFloat(0.0);
         return vectorResult(l);
       })
       .Case<DotOp>([&](DotOp dot) {

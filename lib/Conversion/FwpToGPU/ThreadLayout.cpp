@@ -179,13 +179,13 @@ void KernelEmitter::storeMatrix(const Lowered &m, Value ptr, Value base) {
   }
 }
 
-Lowered KernelEmitter::zeroMatrix(const MatrixLayout &l) {
+Lowered KernelEmitter::splatMatrix(const MatrixLayout &l, double value) {
   Lowered m;
   m.kind = Lowered::Matrix;
   m.layout = l;
   auto type = cast<VectorType>(stripType(l));
   Value zero = arith::ConstantOp::create(
-      b, loc, DenseElementsAttr::get(type, b.getFloatAttr(elemType, 0.0)));
+      b, loc, DenseElementsAttr::get(type, b.getFloatAttr(elemType, value)));
   m.cols.assign(l.C, zero);
   return m;
 }
