@@ -5,12 +5,10 @@
 #include "fwp/Conversion/FwpToGPU/FwpToGPU.h"
 #include "fwp/Conversion/Passes.h"
 #include "fwp/Target/Artifact.h"
-#include "fwp/Target/Cuda.h"
 
 void fwp::registerFwpPasses() {
   mlir::fwp::registerFwpPasses();
   mlir::fwp::registerFwpConversionPasses();
   mlir::fwp::registerFwpGpuPasses();
-  fwp::registerCudaTestPasses();
   fwp::registerFwpPipelines();
 }

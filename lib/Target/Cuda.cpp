@@ -15,7 +15,6 @@
 #include "mlir/InitAllExtensions.h"
 #include "mlir/Pass/Pass.h"
 #include "mlir/Pass/PassManager.h"
-#include "mlir/Pass/PassRegistry.h"
 #include "mlir/Target/LLVM/NVVM/Target.h"
 #include "mlir/Target/LLVMIR/Dialect/All.h"
 #include "llvm/ADT/ScopeExit.h"
@@ -351,69 +350,6 @@ LogicalResult writeCudaBundle(ModuleOp module,
   }
   return success();
 }
-
-//===----------------------------------------------------------------------===//
-// test-fwp-cuda-compile: the API above, from fwp-opt
-//===----------------------------------------------------------------------===//
-
-namespace {
-struct TestCudaCompilePass
-    : public PassWrapper<TestCudaCompilePass, OperationPass<ModuleOp>> {
-  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(TestCudaCompilePass)
-  TestCudaCompilePass() = default;
-  TestCudaCompilePass(const TestCudaCompilePass &other) : PassWrapper(other) {}
-  StringRef getArgument() const final { return "test-fwp-cuda-compile"; }
-  StringRef getDescription() const final {
-    return "print the kernels.cuda manifest object that compileScansForCuda "
-           "builds for the module's scans (the module is left unchanged)";
-  }
-  void getDependentDialects(DialectRegistry &registry) const override {
-    registerCudaTargetDialects(registry);
-  }
-  void runOnOperation() override {
-    CudaOptions options;
-    options.chip = chip;
-    options.emitCubin = cubin;
-    options.blockSize = blockSize;
-    options.tuneBlockSize = tune;
-    FailureOr<std::vector<CudaKernel>> kernels =
-        compileScansForCuda(getOperation(), options);
-    if (failed(kernels))
-      return signalPassFailure();
-    if (!dir.empty() && failed(writeCudaBundle(getOperation(), *kernels, dir)))
-      return signalPassFailure();
-    // One line per kernel: its role and manifest entry, then what was built.
-    llvm::json::Object cuda = cudaManifestKernels(*kernels);
-    for (const CudaKernel &k : *kernels) {
-      llvm::outs() << k.role << ": "
-                   << llvm::json::Value(llvm::json::Object(*cuda.getObject(k.role)))
-                   << "\n";
-      StringRef image = k.cubin;
-      llvm::outs() << k.kernel << ": ptx " << k.ptx.size() << " bytes, cubin "
-                   << (image.empty()                  ? "none"
-                       : image.starts_with("\x7f" "ELF") ? "elf"
-                                                        : "not elf")
-                   << ", block " << k.blockSize << ", registers "
-                   << k.registers << ", spill " << k.spillBytes << "\n";
-    }
-  }
-  Option<std::string> chip{*this, "chip", llvm::cl::desc("sm_XX"),
-                           llvm::cl::init("sm_90")};
-  Option<bool> cubin{*this, "cubin", llvm::cl::desc("assemble with ptxas"),
-                     llvm::cl::init(false)};
-  Option<std::string> dir{*this, "dir",
-                          llvm::cl::desc("write a kernel bundle here"),
-                          llvm::cl::init("")};
-  Option<bool> tune{*this, "tune",
-                    llvm::cl::desc("let ptxas's spills choose the block size"),
-                    llvm::cl::init(false)};
-  Option<int64_t> blockSize{*this, "block-size",
-                            llvm::cl::desc("threads per block (0: automatic)"),
-                            llvm::cl::init(0)};
-};
-} // namespace
-
-void registerCudaTestPasses() { PassRegistration<TestCudaCompilePass>(); }
 
 LogicalResult checkCudaChip(StringRef chip, std::string &error) {
   LLVMInitializeNVPTXTargetInfo();

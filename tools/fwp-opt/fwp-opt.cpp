@@ -21,6 +21,13 @@
 
 namespace cl = llvm::cl;
 
+#ifdef FWP_INCLUDE_TESTS
+namespace fwp::test {
+/// test/lib: test-fwp-gpu-kernels, test-fwp-cuda-compile.
+void registerTestPasses();
+} // namespace fwp::test
+#endif
+
 /// A heading and one line per registered pass or pipeline whose name
 /// mentions fwp (test passes aside), with its description.
 static std::string describeFwpPasses() {
@@ -51,6 +58,9 @@ int main(int argc, char **argv) {
   mlir::DialectRegistry registry;
   fwp::registerAllDialects(registry);
   fwp::registerAllPasses();
+#ifdef FWP_INCLUDE_TESTS
+  fwp::test::registerTestPasses();
+#endif
 
   static cl::OptionCategory everyday("fwp-opt options");
   (void)mlir::registerCLIOptions("fwp-opt", registry);

@@ -110,10 +110,6 @@ mlir::LogicalResult writeCudaBundle(mlir::ModuleOp module,
                                     const std::vector<CudaKernel> &kernels,
                                     llvm::StringRef dir);
 
-/// Registers `test-fwp-cuda-compile` (prints what compileScansForCuda
-/// returns; with dir=..., writes a kernel bundle).
-void registerCudaTestPasses();
-
 } // namespace fwp
 
 #endif // FWP_TARGET_CUDA_H

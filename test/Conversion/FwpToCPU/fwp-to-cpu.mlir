@@ -55,3 +55,22 @@ fwp.scan @param_write seq(%k : vector<2xf32>) params(%R : !fwp.fast_weight<2x2xf
   %y = fwp.read %R1, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
   fwp.yield %y : vector<2xf32>
 }
+
+// A fast-weight constant is a scratch matrix, allocated once before the loop
+// (freed after it) and filled with its value row by row every step; the write
+// then updates that matrix in place.
+// CHECK-LABEL: func.func @matrix_constant
+// CHECK-DAG: %[[HALF:.*]] = arith.constant dense<5.000000e-01> : vector<3xf32>
+// CHECK-DAG: %[[C:.*]] = memref.alloc() : memref<2x3xf32>
+// CHECK: scf.for
+// CHECK: scf.for %[[E:.*]] =
+// CHECK: vector.store %[[HALF]], %[[C]][%[[E]], %{{.*}}] : memref<2x3xf32>, vector<3xf32>
+// CHECK: vector.fma
+// CHECK: vector.store %{{.*}}, %[[C]][%{{.*}}, %{{.*}}] : memref<2x3xf32>, vector<3xf32>
+// CHECK: memref.dealloc %[[C]] : memref<2x3xf32>
+fwp.scan @matrix_constant seq(%k : vector<2xf32>, %v : vector<3xf32>) outputs(y : vector<3xf32>) {
+  %C = fwp.constant 0.5 : !fwp.fast_weight<2x3xf32>
+  %C1 = fwp.write_sum %C, %k, %v : !fwp.fast_weight<2x3xf32>, vector<2xf32>, vector<3xf32>
+  %y = fwp.read %C1, %k : !fwp.fast_weight<2x3xf32>, vector<2xf32> -> vector<3xf32>
+  fwp.yield %y : vector<3xf32>
+}

@@ -2,7 +2,7 @@
 
 // CHECK-LABEL: fwp.scan @folds
 fwp.scan @folds seq(%x : vector<2xf32>, %k : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf32>) outputs(a : vector<2xf32>, b : vector<2xf32>, c : vector<2xf32>, d : vector<2xf32>) {
-  %z = fwp.zeros : vector<2xf32>
+  %z = fwp.constant 0.0 : vector<2xf32>
   // x + 0 = 0 + x = x - 0 = -(-x) = x
   %a = fwp.add %x, %z : vector<2xf32>
   %b = fwp.add %z, %x : vector<2xf32>
@@ -26,4 +26,21 @@ fwp.scan @folds seq(%x : vector<2xf32>, %k : vector<2xf32>) states(%W : !fwp.fas
 fwp.scan @keeps seq(%x : vector<2xf32>) outputs(a : vector<2xf32>) {
   %a = fwp.add %x, %x : vector<2xf32>
   fwp.yield %a : vector<2xf32>
+}
+
+// Only a zero constant is the identity: a zero matrix folds away, a vector
+// of ones does not.
+// CHECK-LABEL: fwp.scan @zero_matrix
+fwp.scan @zero_matrix seq(%x : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf32>) outputs(a : vector<2xf32>) {
+  // CHECK-NOT: fwp.add %W
+  // CHECK-NOT: fwp.sub
+  // CHECK: %[[ONE:.*]] = fwp.constant 1.000000e+00 : vector<2xf32>
+  // CHECK-NEXT: %[[A:.*]] = fwp.add %x, %[[ONE]] : vector<2xf32>
+  // CHECK-NEXT: fwp.yield %W, %[[A]]
+  %Z = fwp.constant 0.0 : !fwp.fast_weight<2x2xf32>
+  %W1 = fwp.add %W, %Z : !fwp.fast_weight<2x2xf32>
+  %W2 = fwp.sub %W1, %Z : !fwp.fast_weight<2x2xf32>
+  %one = fwp.constant 1.0 : vector<2xf32>
+  %a = fwp.add %x, %one : vector<2xf32>
+  fwp.yield %W2, %a : !fwp.fast_weight<2x2xf32>, vector<2xf32>
 }

@@ -5,7 +5,7 @@
 // differentiate-strategies.mlir).
 // expected-error @+1 {{matrix state 'W': its new value is not a chain of invertible updates (such as fwp.write_sum, fwp.write_delta) of the state, so fwp-differentiate cannot rebuild it by inversion; use fwp.backward = {W = "checkpoint"} or "store"}}
 fwp.scan @reset states(%W : !fwp.fast_weight<2x2xf32>) attributes {fwp.backward = {W = "invert"}} {
-  %z = fwp.zeros : !fwp.fast_weight<2x2xf32>
+  %z = fwp.constant 0.0 : !fwp.fast_weight<2x2xf32>
   fwp.yield %z : !fwp.fast_weight<2x2xf32>
 }
 

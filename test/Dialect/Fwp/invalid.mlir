@@ -62,7 +62,7 @@ fwp.scan @mixed seq(%a : f32, %b : f64) outputs(y : f32) {
 
 // expected-error @+1 {{seq input 'W' must be a float scalar or a 1-D vector, got '!fwp.fast_weight<2x2xf32>'}}
 fwp.scan @matrix_seq seq(%W : !fwp.fast_weight<2x2xf32>) outputs(y : f32) {
-  %z = fwp.zeros : f32
+  %z = fwp.constant 0.0 : f32
   fwp.yield %z : f32
 }
 
@@ -70,7 +70,7 @@ fwp.scan @matrix_seq seq(%W : !fwp.fast_weight<2x2xf32>) outputs(y : f32) {
 
 // expected-error @+1 {{param 'P' must be a scalar, a 1-D vector or a !fwp.fast_weight, got 'vector<2x2xf32>'}}
 fwp.scan @bad_param params(%P : vector<2x2xf32>) outputs(y : f32) {
-  %z = fwp.zeros : f32
+  %z = fwp.constant 0.0 : f32
   fwp.yield %z : f32
 }
 
@@ -78,7 +78,7 @@ fwp.scan @bad_param params(%P : vector<2x2xf32>) outputs(y : f32) {
 
 // expected-error @+1 {{state 'S' must be a scalar, a 1-D vector or a !fwp.fast_weight, got 'i32'}}
 fwp.scan @bad_state states(%S : i32) outputs(y : f32) {
-  %z = fwp.zeros : f32
+  %z = fwp.constant 0.0 : f32
   fwp.yield %S, %z : i32, f32
 }
 
@@ -129,7 +129,7 @@ fwp.scan @read_result seq(%q : vector<4xf32>) states(%W : !fwp.fast_weight<4x2xf
 // -----
 
 fwp.scan @read_element seq(%q : vector<4xf64>) params(%W : !fwp.fast_weight<4x2xf64>) outputs(y : vector<2xf64>) {
-  %W32 = fwp.zeros : !fwp.fast_weight<4x2xf32>
+  %W32 = fwp.constant 0.0 : !fwp.fast_weight<4x2xf32>
   // expected-error @+1 {{query has element type 'f64' but the fast weight '!fwp.fast_weight<4x2xf32>' holds 'f32'}}
   %y = fwp.read %W32, %q : !fwp.fast_weight<4x2xf32>, vector<4xf64> -> vector<2xf32>
   %z = fwp.read %W, %q : !fwp.fast_weight<4x2xf64>, vector<4xf64> -> vector<2xf64>
@@ -211,7 +211,7 @@ fwp.scan @dpfp_size seq(%x : vector<4xf32>) outputs(y : vector<10xf32>) {
 // -----
 
 fwp.scan @dpfp_element outputs(y : vector<8xf64>) {
-  %x = fwp.zeros : vector<4xf32>
+  %x = fwp.constant 0.0 : vector<4xf32>
   // expected-error @+1 {{result has element type 'f64' but the input has 'f32'}}
   %y = fwp.dpfp %x nu(1) : vector<4xf32> -> vector<8xf64>
   fwp.yield %y : vector<8xf64>

@@ -45,8 +45,11 @@ fwp.scan @all_ops dims(d = 4, n = 3)
   %ln = fwp.layer_norm %x, %w, %b : vector<4xf32>
   // CHECK: fwp.constant 1.000000e+00 : vector<4xf32>
   %one = fwp.constant 1.0 : vector<4xf32>
-  // CHECK: fwp.zeros : !fwp.fast_weight<4x3xf32>
-  %z0 = fwp.zeros : !fwp.fast_weight<4x3xf32>
+  // A constant of a fast weight: every entry equal (zeros included).
+  // CHECK: fwp.constant 0.000000e+00 : !fwp.fast_weight<4x3xf32>
+  %z0 = fwp.constant 0.0 : !fwp.fast_weight<4x3xf32>
+  // CHECK: fwp.constant 2.500000e-01 : !fwp.fast_weight<4x3xf32>
+  %q0 = fwp.constant 0.25 : !fwp.fast_weight<4x3xf32>
   // CHECK: fwp.read %{{.*}}, %{{.*}} : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
   %r = fwp.read %R, %th : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
   // CHECK: fwp.read_transposed %{{.*}}, %{{.*}} : !fwp.fast_weight<4x3xf32>, vector<3xf32> -> vector<4xf32>

@@ -160,7 +160,6 @@ LogicalResult LayerNormOp::buildAdjoint(AdjointEmitter &a) {
 }
 
 LogicalResult ConstantOp::buildAdjoint(AdjointEmitter &) { return success(); }
-LogicalResult ZerosOp::buildAdjoint(AdjointEmitter &) { return success(); }
 
 //===----------------------------------------------------------------------===//
 // Reads

@@ -446,9 +446,15 @@ LogicalResult WriteSumOp::verify() {
   return success();
 }
 
+/// Whether `v` is a `fwp.constant 0.0` (of any type).
+static bool isZeroConstant(Value v) {
+  auto constant = v.getDefiningOp<ConstantOp>();
+  return constant && constant.isZero();
+}
+
 OpFoldResult WriteSumOp::fold(FoldAdaptor) {
   // W + 0 (x) v = W + k (x) 0 = W.
-  if (getKey().getDefiningOp<ZerosOp>() || getValue().getDefiningOp<ZerosOp>())
+  if (isZeroConstant(getKey()) || isZeroConstant(getValue()))
     return getWeight();
   return {};
 }
@@ -526,15 +532,15 @@ OpFoldResult NegOp::fold(FoldAdaptor) {
 }
 
 OpFoldResult AddOp::fold(FoldAdaptor) {
-  if (getRhs().getDefiningOp<ZerosOp>())
+  if (isZeroConstant(getRhs()))
     return getLhs();
-  if (getLhs().getDefiningOp<ZerosOp>())
+  if (isZeroConstant(getLhs()))
     return getRhs();
   return {};
 }
 
 OpFoldResult SubOp::fold(FoldAdaptor) {
-  if (getRhs().getDefiningOp<ZerosOp>())
+  if (isZeroConstant(getRhs()))
     return getLhs();
   return {};
 }

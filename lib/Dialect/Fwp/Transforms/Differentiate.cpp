@@ -284,7 +284,8 @@ public:
     Location loc = key.getLoc();
     Value &slot = adjoints[weight];
     if (!slot)
-      slot = ZerosOp::create(builder(), loc, weight.getType());
+      slot = ConstantOp::create(builder(), loc, weight.getType(),
+                                builder().getF64FloatAttr(0.0));
     slot = WriteSumOp::create(builder(), loc, slot, key, value);
   }
 
@@ -438,7 +439,8 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   auto adjointOrZeros = [&](Value forwardValue) -> Value {
     if (Value adjoint = adjoints.adjointOf(forwardValue))
       return adjoint;
-    return ZerosOp::create(builder, loc, forwardValue.getType());
+    return ConstantOp::create(builder, loc, forwardValue.getType(),
+                              builder.getF64FloatAttr(0.0));
   };
   SmallVector<Value> yielded(rebuiltMatrices);
   for (const StateInfo &state : states)

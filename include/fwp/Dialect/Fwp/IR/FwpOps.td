@@ -365,16 +365,25 @@ def Fwp_DivOp : Fwp_BinaryOp<"div", Fwp_Value> {
 }
 
 def Fwp_ConstantOp : Fwp_Op<"constant", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>]> {
-  let summary = "a scalar, or a vector with every entry equal";
+  let summary = "a scalar, vector or fast weight with every entry equal";
   let description = [{
+    Every entry of the result is `value`. The one way to write a constant,
+    zeros included: the folders of `add`, `sub` and `write_sum` treat a
+    `constant 0.0` operand as the zero it is.
+
     ```mlir
     %eps = fwp.constant 1.0e-05 : f32
     %ones = fwp.constant 1.0 : vector<16xf32>
+    %W0 = fwp.constant 0.0 : !fwp.fast_weight<16x16xf32>
     ```
   }];
   let arguments = (ins F64Attr:$value);
-  let results = (outs Fwp_Value:$result);
-  let assemblyFormat = "$value attr-dict `:` type($result)";
+  let results = (outs Fwp_AnyValue:$result);
+  let assemblyFormat = "$value attr-dict `:` qualified(type($result))";
+  let extraClassDeclaration = [{
+    /// Whether this constant is zero (+0.0 or -0.0).
+    bool isZero() { return getValue().isZero(); }
+  }];
 }
 
 def Fwp_ScaleOp : Fwp_Op<"scale", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>, AllTypesMatch<["x", "result"]>,
@@ -421,17 +430,6 @@ def Fwp_LayerNormOp : Fwp_Op<"layer_norm", [Pure, DeclareOpInterfaceMethods<Fwp_
   let results = (outs Fwp_Vector:$result);
   let assemblyFormat = "$x `,` $weight `,` $bias (`eps` `(` $eps^ `)`)? attr-dict `:` type($x)";
   let hasVerifier = 1;
-}
-
-def Fwp_ZerosOp : Fwp_Op<"zeros", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>]> {
-  let summary = "an all-zero scalar, vector or fast weight";
-  let description = [{
-    ```mlir
-    %z = fwp.zeros : !fwp.fast_weight<16x16xf32>
-    ```
-  }];
-  let results = (outs Fwp_AnyValue:$result);
-  let assemblyFormat = "attr-dict `:` qualified(type($result))";
 }
 
 //===----------------------------------------------------------------------===//

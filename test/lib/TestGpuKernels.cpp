@@ -1,4 +1,4 @@
-//===- GpuKernelSimulator.cpp - Checking the GPU kernels without a GPU ----===//
+//===- TestGpuKernels.cpp - Checking the GPU kernels without a GPU --------===//
 //
 // test-fwp-gpu-kernels: for every scan, lower a copy with convert-fwp-to-gpu
 // and run its kernel on a simulated GPU, then compare the result with a
@@ -30,10 +30,11 @@
 #include <random>
 #include <unordered_map>
 
-namespace mlir::fwp {
+namespace fwp::test {
+#define GEN_PASS_DECL_TESTFWPGPUKERNELS
 #define GEN_PASS_DEF_TESTFWPGPUKERNELS
-#include "fwp/Conversion/FwpToGPU/Passes.h.inc"
-} // namespace mlir::fwp
+#include "TestPasses.h.inc"
+} // namespace fwp::test
 
 using namespace mlir;
 using namespace mlir::fwp;
@@ -308,10 +309,6 @@ private:
         .Case<ConstantOp>([&](ConstantOp o) {
           set(o.getResult(), RefValue(sizeOf(o.getType()),
                                       o.getValue().convertToDouble()));
-          return success();
-        })
-        .Case<ZerosOp>([&](ZerosOp o) {
-          set(o.getResult(), RefValue(sizeOf(o.getType()), 0.0));
           return success();
         })
         .Case<ScaleOp>([&](ScaleOp o) {
@@ -1222,7 +1219,7 @@ LogicalResult Simulator::execIf(scf::IfOp ifOp,
 //===----------------------------------------------------------------------===//
 
 struct TestFwpGpuKernelsPass
-    : public mlir::fwp::impl::TestFwpGpuKernelsBase<TestFwpGpuKernelsPass> {
+    : public ::fwp::test::impl::TestFwpGpuKernelsBase<TestFwpGpuKernelsPass> {
   using Base::Base;
 
   void runOnOperation() override {

@@ -1,0 +1,226 @@
+//===- CpuLowering.h - The CPU lowering of one scan -------------*- C++ -*-===//
+//
+// Internal to lib/Conversion/FwpToCPU. convert-fwp-to-cpu turns every scan
+// into a function over one (batch, head): ScanLowering (ScanToLoop.cpp)
+// builds the function and the time loop and hands each op of the body to
+// the pattern registered for it. The patterns come in families, one file
+// each, added by a populate function:
+//
+//   ElementwisePatterns.cpp  arithmetic, constants, sigmoid/tanh/sqrt, dot
+//   FeatureMapPatterns.cpp   elu+1, sum_norm, softmax, DPFP, layer norm and
+//                            their gradients
+//   FastWeightPatterns.cpp   reads, writes, row scaling and row dots of the
+//                            fast-weight matrices
+//
+// A pattern reads its operands' lowered values (cpu.in) and records its
+// results' (cpu.set): vectors and scalars are SSA values, matrices memrefs,
+// updated in place when the old value is dead (writableCopy).
+//
+//===----------------------------------------------------------------------===//
+#ifndef FWP_LIB_CONVERSION_FWPTOCPU_CPULOWERING_H
+#define FWP_LIB_CONVERSION_FWPTOCPU_CPULOWERING_H
+
+#include "fwp/Dialect/Fwp/IR/FwpOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/Builders.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/DenseSet.h"
+
+#include <functional>
+
+namespace mlir::fwp::cpu {
+
+class ScanLowering;
+
+/// The CPU lowerings of ops, one per op type.
+class CpuPatternSet {
+public:
+  using Pattern = std::function<LogicalResult(Operation *, ScanLowering &)>;
+
+  /// Registers `lower` for each of `OpTys`; `lower` takes the op (or an
+  /// Operation *) and the scan's lowering.
+  template <typename... OpTys, typename Fn> void add(Fn lower) {
+    (insert(TypeID::get<OpTys>(),
+            [lower](Operation *op, ScanLowering &cpu) {
+              return lower(cast<OpTys>(op), cpu);
+            }),
+     ...);
+  }
+  /// The pattern of `op`'s type, or null.
+  const Pattern *lookup(Operation *op) const;
+
+private:
+  void insert(TypeID opType, Pattern pattern);
+  llvm::DenseMap<TypeID, Pattern> patterns;
+};
+
+/// Arithmetic (add, sub on vectors and matrices, mul, div, neg, scale,
+/// dot), constants (of matrices too), sigmoid, tanh, sqrt and their
+/// gradients.
+void populateElementwisePatterns(CpuPatternSet &patterns);
+/// elu_plus_one, sum_norm, softmax, dpfp, layer_norm and their gradients.
+void populateFeatureMapPatterns(CpuPatternSet &patterns);
+/// read, read_transposed, write_sum, write_delta, scale_rows, row_dot.
+void populateFastWeightPatterns(CpuPatternSet &patterns);
+
+/// The memref type of a buffer argument: `[T, n]` / `[T]` for per-step
+/// values, the value's own shape (or `[1]` for a scalar) otherwise.
+MemRefType bufferType(Type type, bool perStep);
+
+/// Lowers one scan to `func.func @<scan>(%T, buffers...)` with an scf.for
+/// over time; the patterns lower the body's ops.
+class ScanLowering {
+public:
+  ScanLowering(ScanOp scan, const CpuPatternSet &patterns)
+      : scan(scan), b(scan.getContext()), patterns(patterns) {}
+
+  /// Builds the function before the scan (which the caller erases).
+  LogicalResult run();
+
+  /// The lowered value of an fwp value of the body.
+  Value in(Value v) { return lowered.lookup(v); }
+  /// Records the lowered value of a result.
+  void set(Value result, Value value) { lowered[result] = value; }
+
+  // Small builders.
+  // Small builders.
+  Value index(int64_t value) {
+    return arith::ConstantIndexOp::create(b, loc, value);
+  }
+  Value constant(Type type, double value) {
+    Type element = getElementTypeOrSelf(type);
+    auto attr = b.getFloatAttr(element, value);
+    if (auto vector = dyn_cast<VectorType>(type))
+      return arith::ConstantOp::create(b, loc, vector,
+                                       DenseElementsAttr::get(vector, attr));
+    return arith::ConstantOp::create(b, loc, element, attr);
+  }
+  Value splat(Type like, Value scalar) {
+    if (auto vector = dyn_cast<VectorType>(like))
+      return vector::BroadcastOp::create(b, loc, vector, scalar);
+    return scalar;
+  }
+  Value sum(Value vector) {
+    return vector::ReductionOp::create(b, loc, vector::CombiningKind::ADD,
+                                       vector);
+  }
+  Value dot(Value x, Value y) {
+    return sum(arith::MulFOp::create(b, loc, x, y));
+  }
+  Value exp(Value x) { return math::ExpOp::create(b, loc, x); }
+  Value add(Value x, Value y) { return arith::AddFOp::create(b, loc, x, y); }
+  Value sub(Value x, Value y) { return arith::SubFOp::create(b, loc, x, y); }
+  Value mul(Value x, Value y) { return arith::MulFOp::create(b, loc, x, y); }
+  Value div(Value x, Value y) { return arith::DivFOp::create(b, loc, x, y); }
+  Value extract(Value vector, Value position) {
+    return vector::ExtractOp::create(b, loc, vector, OpFoldResult(position));
+  }
+  Value row(Value matrix, Value e) {
+    auto type = cast<MemRefType>(matrix.getType());
+    return vector::LoadOp::create(
+        b, loc, VectorType::get({type.getDimSize(1)}, type.getElementType()),
+        matrix, ValueRange{e, index(0)});
+  }
+  /// Emits `for e in [0, K)` over the rows of a K x V matrix.
+  template <typename Fn>
+  scf::ForOp forRows(Value matrix, ValueRange inits, Fn body) {
+    int64_t rows = cast<MemRefType>(matrix.getType()).getDimSize(0);
+    return scf::ForOp::create(
+        b, loc, index(0), index(rows), index(1), inits,
+        [&](OpBuilder &nested, Location, Value e, ValueRange iters) {
+          OpBuilder::InsertionGuard guard(b);
+          b.setInsertionPoint(nested.getInsertionBlock(),
+                              nested.getInsertionPoint());
+          SmallVector<Value> results = body(e, iters);
+          scf::YieldOp::create(b, loc, results);
+        });
+  }
+  // Matrices.
+  /// A matrix buffer for one op, allocated once per call before the time
+  /// loop (on the heap: d = 128 matrices would crowd a worker thread's stack)
+  /// and freed after it.
+  Value scratchMatrix(Type type) {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPoint(scratchInsertionPoint);
+    Value buffer = memref::AllocOp::create(b, loc, bufferType(type, false));
+    scratchBuffers.push_back(buffer);
+    return buffer;
+  }
+  bool canOverwrite(Value matrix, Operation *writer) {
+    if (readOnly.contains(lowered.lookup(matrix)))
+      return false;
+    for (Operation *user : matrix.getUsers())
+      if (user != writer && !user->isBeforeInBlock(writer))
+        return false;
+    return true;
+  }
+  /// The buffer `writer` may update for its result: the operand's own buffer
+  /// when it is dead afterwards, else a scratch copy.
+  Value writableCopy(Value matrix, Operation *writer) {
+    Value buffer = lowered.lookup(matrix);
+    if (canOverwrite(matrix, writer))
+      return buffer;
+    Value copy = scratchMatrix(matrix.getType());
+    if (cast<MemRefType>(buffer.getType()).getLayout().isIdentity())
+      memref::CopyOp::create(b, loc, buffer, copy);
+    else
+      copyRows(buffer, copy); // a step's slice of a [T, K, V] input
+    return copy;
+  }
+  /// Step t's [K, V] matrix of a [T, K, V] buffer.
+  Value stepSlice(Value buffer, Value t) {
+    auto type = cast<MemRefType>(buffer.getType());
+    int64_t rows = type.getDimSize(1), cols = type.getDimSize(2);
+    auto resultType =
+        cast<MemRefType>(memref::SubViewOp::inferRankReducedResultType(
+            {rows, cols}, type,
+            ArrayRef<OpFoldResult>{t, b.getIndexAttr(0), b.getIndexAttr(0)},
+            ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(rows),
+                                   b.getIndexAttr(cols)},
+            ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(1),
+                                   b.getIndexAttr(1)}));
+    return memref::SubViewOp::create(
+        b, loc, resultType, buffer,
+        ArrayRef<OpFoldResult>{t, b.getIndexAttr(0), b.getIndexAttr(0)},
+        ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(rows),
+                               b.getIndexAttr(cols)},
+        ArrayRef<OpFoldResult>{b.getIndexAttr(1), b.getIndexAttr(1),
+                               b.getIndexAttr(1)});
+  }
+  /// target[e, :] = source[e, :] for every row (any strided layouts).
+  void copyRows(Value source, Value target) {
+    forRows(source, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+      vector::StoreOp::create(b, loc, row(source, e), target,
+                              ValueRange{e, index(0)});
+      return {};
+    });
+  }
+
+  ScanOp scan;
+  OpBuilder b;
+  Location loc = scan.getLoc();
+
+private:
+  LogicalResult lowerOp(Operation *op);
+  LogicalResult lowerBody(Value t, ValueRange vectorStates,
+                          SmallVectorImpl<Value> &nextVectorStates);
+
+  const CpuPatternSet &patterns;
+  /// fwp value -> lowered value (vector/scalar SSA value, or a memref).
+  llvm::DenseMap<Value, Value> lowered;
+  llvm::DenseSet<Value> readOnly;
+  Operation *scratchInsertionPoint = nullptr;
+  SmallVector<Value> scratchBuffers;
+
+  SmallVector<Value> seqBuffers, paramBuffers, stateBuffers, outputBuffers;
+};
+
+} // namespace mlir::fwp::cpu
+
+#endif // FWP_LIB_CONVERSION_FWPTOCPU_CPULOWERING_H
