@@ -49,7 +49,9 @@ def compile_artifact(build: Path, model: str, d: int, strategy: str,
            "--dim", f"d={d}", f"--backward={strategy}", "--cuda=off", "-o", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        return None, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "refused"
+        errors = [line.split("error: ", 1)[1] for line in done.stderr.splitlines()
+                  if "error: " in line]
+        return None, errors[0] if errors else "refused"
     return out, ""
 
 
