@@ -21,25 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(8, 8, 256, 16), (4, 8, 1024, 32)]
 MODELS = ["delta_net", "gated_delta_net"]
 STRATEGIES = ["invert", "store", "checkpoint:16", "checkpoint:64"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def compile_artifact(build: Path, model: str, d: int, strategy: str,

@@ -24,16 +24,7 @@ import torch
 
 import fwp
 from fwp._paths import build_dir
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_name
 
 
 def main() -> None:
