@@ -1,0 +1,69 @@
+// Helpers for tests that run fwp's tools as processes.
+#pragma once
+
+#include "fwp/runtime/CheckpointFile.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace fwp::train::test::tools {
+
+struct Result {
+  int code;
+  std::string output; // stdout and stderr
+};
+
+/// Runs `command` through the shell; its status and output.
+inline Result runTool(const std::string &command) {
+  std::string full = command + " 2>&1";
+  std::FILE *pipe = ::popen(full.c_str(), "r");
+  Result result{-1, ""};
+  if (!pipe)
+    return result;
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0)
+    result.output.append(buffer, n);
+  int status = ::pclose(pipe);
+  result.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+inline std::string readBytes(const std::filesystem::path &path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+/// Starts `command` (through sh -c exec) and returns its pid.
+inline pid_t spawn(const std::string &command, const std::filesystem::path &output) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    std::string full = "exec " + command + " > " + output.string() + " 2>&1";
+    ::execl("/bin/sh", "sh", "-c", full.c_str(), static_cast<char *>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+/// The model tensors of a checkpoint, by name.
+inline std::map<std::string, torch::Tensor> modelTensors(const std::filesystem::path &path) {
+  fwp::CheckpointFile file = fwp::readCheckpointFile(path.string());
+  torch::serialize::InputArchive archive;
+  archive.load_from(file.payload.data(), file.payload.size());
+  c10::IValue model;
+  EXPECT_TRUE(archive.try_read("model", model));
+  std::map<std::string, torch::Tensor> out;
+  for (const auto &entry : model.toGenericDict())
+    out[entry.key().toStringRef()] = entry.value().toTensor();
+  return out;
+}
+
+} // namespace fwp::train::test::tools
