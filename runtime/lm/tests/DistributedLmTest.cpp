@@ -60,34 +60,6 @@ struct Fixture {
   }
 };
 
-std::vector<nlohmann::json> records(const std::string &run, const std::string &split) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto record = nlohmann::json::parse(line);
-    if (record["split"] == split)
-      out.push_back(record);
-  }
-  return out;
-}
-
-void expectSameRun(const std::string &a, const std::string &b) {
-  for (const char *split : {"train", "valid"}) {
-    SCOPED_TRACE(split);
-    auto ra = records(a, split), rb = records(b, split);
-    ASSERT_EQ(ra.size(), rb.size());
-    ASSERT_FALSE(ra.empty());
-    for (size_t i = 0; i < ra.size(); ++i) {
-      const double la = ra[i]["loss"].get<double>(), lb = rb[i]["loss"].get<double>();
-      EXPECT_LE(std::abs(la - lb), 1e-5 * std::abs(la)) << "record " << i;
-    }
-  }
-  auto pa = modelTensors(a + "/last.pt"), pb = modelTensors(b + "/last.pt");
-  ASSERT_EQ(pa.size(), pb.size());
-  for (const auto &[name, tensor] : pa)
-    EXPECT_LE((tensor - pb.at(name)).abs().max().item<double>(), 1e-5) << name;
-}
-
 } // namespace
 
 TEST(LmDataParallel, TwoProcessesEqualOneWithTheGlobalBatch) {
@@ -102,8 +74,8 @@ TEST(LmDataParallel, TwoProcessesEqualOneWithTheGlobalBatch) {
   expectSameRun(f.dir.file("one"), f.dir.file("acc"));
   // The comparison can fail: without the carried state the losses differ.
   f.run("nocarry", "--set train.batch=8 --set train.carry_over=false");
-  EXPECT_GT(std::abs(records(f.dir.file("nocarry"), "train").at(3)["loss"].get<double>() -
-                     records(f.dir.file("one"), "train").at(3)["loss"].get<double>()),
+  EXPECT_GT(std::abs(metricsRecords(f.dir.file("nocarry"), "train").at(3)["loss"].get<double>() -
+                     metricsRecords(f.dir.file("one"), "train").at(3)["loss"].get<double>()),
             1e-5);
 }
 

@@ -51,40 +51,8 @@ struct Fixture {
   }
 };
 
-/// The records of one split of metrics.jsonl, in order.
-std::vector<nlohmann::json> records(const std::filesystem::path &run, const std::string &split) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto record = nlohmann::json::parse(line);
-    if (record["split"] == split)
-      out.push_back(record);
-  }
-  return out;
-}
-
-/// Same loss at every step and same validation loss (relative 1e-5), same
-/// final parameters (1e-5).
-void expectSameRun(const std::filesystem::path &a, const std::filesystem::path &b) {
-  for (const char *split : {"train", "valid"}) {
-    SCOPED_TRACE(split);
-    auto ra = records(a, split), rb = records(b, split);
-    ASSERT_EQ(ra.size(), rb.size());
-    ASSERT_FALSE(ra.empty());
-    for (size_t i = 0; i < ra.size(); ++i) {
-      EXPECT_EQ(ra[i]["step"], rb[i]["step"]);
-      const double la = ra[i]["loss"].get<double>(), lb = rb[i]["loss"].get<double>();
-      EXPECT_LE(std::abs(la - lb), 1e-5 * std::abs(la)) << "step " << ra[i]["step"];
-    }
-  }
-  auto pa = modelTensors(a / "last.pt"), pb = modelTensors(b / "last.pt");
-  ASSERT_EQ(pa.size(), pb.size());
-  for (const auto &[name, tensor] : pa)
-    EXPECT_LE((tensor - pb.at(name)).abs().max().item<double>(), 1e-5) << name;
-}
-
 double firstLoss(const std::filesystem::path &run) {
-  return records(run, "train").at(0)["loss"].get<double>();
+  return metricsRecords(run, "train").at(0)["loss"].get<double>();
 }
 
 } // namespace

@@ -4,8 +4,10 @@
 #include "fwp/runtime/CheckpointFile.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -64,6 +66,40 @@ inline std::map<std::string, torch::Tensor> modelTensors(const std::filesystem::
   for (const auto &entry : model.toGenericDict())
     out[entry.key().toStringRef()] = entry.value().toTensor();
   return out;
+}
+
+/// The records of one split ("train", "valid") of a run's metrics.jsonl.
+inline std::vector<nlohmann::json> metricsRecords(const std::filesystem::path &run,
+                                                  const std::string &split) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto record = nlohmann::json::parse(line);
+    if (record["split"] == split)
+      out.push_back(record);
+  }
+  return out;
+}
+
+/// Two runs that must agree (e.g. 2 processes against 1 with the same
+/// global batch): the same loss in every train and valid record (relative
+/// 1e-5) and the same final parameters in last.pt (1e-5).
+inline void expectSameRun(const std::filesystem::path &a, const std::filesystem::path &b) {
+  for (const char *split : {"train", "valid"}) {
+    SCOPED_TRACE(split);
+    auto ra = metricsRecords(a, split), rb = metricsRecords(b, split);
+    ASSERT_EQ(ra.size(), rb.size());
+    ASSERT_FALSE(ra.empty());
+    for (size_t i = 0; i < ra.size(); ++i) {
+      EXPECT_EQ(ra[i]["step"], rb[i]["step"]);
+      const double la = ra[i]["loss"].get<double>(), lb = rb[i]["loss"].get<double>();
+      EXPECT_LE(std::abs(la - lb), 1e-5 * std::abs(la)) << "step " << ra[i]["step"];
+    }
+  }
+  auto pa = modelTensors(a / "last.pt"), pb = modelTensors(b / "last.pt");
+  ASSERT_EQ(pa.size(), pb.size());
+  for (const auto &[name, tensor] : pa)
+    EXPECT_LE((tensor - pb.at(name)).abs().max().item<double>(), 1e-5) << name;
 }
 
 } // namespace fwp::train::test::tools
