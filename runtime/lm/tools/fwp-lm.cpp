@@ -110,12 +110,10 @@ int main(int argc, char **argv) {
   int nproc = 1;
   double distTimeout = 0;
   trainCmd->add_option("--nproc", nproc,
-                       "data-parallel processes on this machine (each gets train.batch rows; "
-                       "under torchrun: ignored, its variables rule)")
+                       "data-parallel processes on this machine (docs/training.md)")
       ->check(CLI::Range(1, 1024));
   trainCmd->add_option("--dist-timeout", distTimeout,
-                       "seconds a rank may wait for the others before the job fails "
-                       "(shorthand for --set train.dist_timeout=...)");
+                       "seconds a rank waits for the others (train.dist_timeout)");
 
   fwp::lm::LmEvalRequest eval;
   std::string evalDevice;

@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
              "--artifact build/artifacts/delta_net.fwpk\n"
              "  fwp-train --config models/configs/listops10_rdn.toml --set train.steps=100\n"
              "  fwp-train --config models/configs/codeexec_small.toml --nproc 2\n"
-             "  torchrun --nproc-per-node 2 fwp-train --config models/configs/codeexec_small.toml");
+             "  torchrun --no-python --nproc-per-node 2 fwp-train --config models/configs/codeexec_small.toml");
 
   TrainRequest request;
   std::string device;
@@ -73,12 +73,10 @@ int main(int argc, char **argv) {
   int nproc = 1;
   double distTimeout = 0;
   app.add_option("--nproc", nproc,
-                 "data-parallel processes on this machine (each gets train.batch; "
-                 "under torchrun: ignored, its variables rule)")
+                 "data-parallel processes on this machine (docs/training.md)")
       ->check(CLI::Range(1, 1024));
   app.add_option("--dist-timeout", distTimeout,
-                 "seconds a rank may wait for the others before the job fails "
-                 "(shorthand for --set train.dist_timeout=...)");
+                 "seconds a rank waits for the others (train.dist_timeout)");
 
   CLI::App *gen = app.add_subcommand(
       "gen-data", "generate a data set (train/valid/test.txt) and exit");
