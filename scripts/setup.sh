@@ -13,6 +13,7 @@ apt_packages=(
   ninja-build ccache cmake g++ python3-venv
   libgtest-dev libgmock-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
+  libgloo-dev
 )
 
 missing=()

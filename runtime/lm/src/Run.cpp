@@ -207,6 +207,42 @@ std::pair<LmState, int64_t> unpackState(const TensorMap &in) {
   return {std::move(state), step->second.item<int64_t>()};
 }
 
+/// The batch (row) dimension of a carried state tensor: the LSTM keeps
+/// [layers, B, H] (LibTorch's layout), every other stack [B, ...].
+int64_t stateBatchDim(const std::string &stackKind) { return stackKind == "lstm" ? 1 : 0; }
+
+/// The parts' states side by side (parts in order): one state of all rows.
+LmState concatStates(const std::vector<LmState> &parts, int64_t dim) {
+  if (parts.empty() || parts.front().empty())
+    return {};
+  LmState out(parts.front().size());
+  for (size_t layer = 0; layer < out.size(); ++layer)
+    for (const auto &[name, tensor] : parts.front()[layer]) {
+      std::vector<torch::Tensor> pieces;
+      for (const LmState &part : parts)
+        pieces.push_back(part.at(layer).at(name));
+      out[layer][name] = torch::cat(pieces, dim);
+    }
+  return out;
+}
+
+/// Rows [first, first + rows) of a state.
+LmState sliceState(const LmState &state, int64_t dim, int64_t first, int64_t rows) {
+  LmState out(state.size());
+  for (size_t layer = 0; layer < state.size(); ++layer)
+    for (const auto &[name, tensor] : state[layer])
+      out[layer][name] = tensor.narrow(dim, first, rows).contiguous();
+  return out;
+}
+
+/// Rows of a state (0 when empty).
+int64_t stateRows(const LmState &state, int64_t dim) {
+  for (const auto &layer : state)
+    for (const auto &[name, tensor] : layer)
+      return tensor.size(dim);
+  return 0;
+}
+
 void writeJson(const std::filesystem::path &path, const nlohmann::json &json) {
   fwp::writeFileAtomically(path.string(), json.dump(2) + "\n");
 }
@@ -225,8 +261,25 @@ Metrics trainLanguageModel(const LmTrainRequest &request, std::ostream &log) {
 
   const uint64_t seed = static_cast<uint64_t>(config.getInt("train.seed", 1));
   torch::manual_seed(seed);
-  const torch::Device device = fwp::train::parseDevice(config.getString("train.device", "cpu"));
-  Corpus corpus = Corpus::open(corpusOptionsFromConfig(config));
+  // One process per device (docs/training.md); rank 0 builds a missing
+  // corpus cache alone, the others read it afterwards.
+  fwp::train::DistributedEnv distributed = fwp::train::distributedEnvFromEnvironment();
+  distributed.timeout = fwp::train::distributedTimeoutFromConfig(config);
+  torch::Device device = fwp::train::parseDevice(config.getString("train.device", "cpu"));
+  if (device.is_cuda() && distributed.worldSize > 1) {
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(distributed.localRank));
+    config.setValue("train.device", nlohmann::json(device.str()).dump());
+  }
+  fwp::train::ProcessGroup group(distributed, device);
+  std::ostream discard(nullptr);
+  std::ostream &out = group.isMain() ? log : discard;
+  if (!group.isMain())
+    group.barrier();
+  CorpusOptions corpusOptions = corpusOptionsFromConfig(config);
+  corpusOptions.verbose = group.isMain();
+  Corpus corpus = Corpus::open(corpusOptions);
+  if (group.isMain())
+    group.barrier();
   const int64_t vocabSize = corpus.vocab().size();
 
   WordModelOptions modelOptions = wordModelOptionsFromConfig(config, vocabSize);
@@ -239,65 +292,115 @@ Metrics trainLanguageModel(const LmTrainRequest &request, std::ostream &log) {
   const TrainSettings settings = trainSettingsFromConfig(config);
   const EvalSettings evalSettings = evalSettingsFromConfig(config, settings.context);
   config.checkUnused();
+  // A step's rows: `parts` shares of train.batch rows (processes x
+  // micro-batches); this rank's parts are rank*k ... rank*k + k - 1.
+  const int64_t accumulate = loopOptions.accumulate;
+  const int64_t parts = group.size() * accumulate;
+  const int64_t stateDim = stateBatchDim(modelOptions.stack.kind);
 
   const auto &effective = model->io().boundaries();
-  log << "corpus " << corpus.cachePath() << ": vocabulary " << vocabSize << ", train "
+  out << "corpus " << corpus.cachePath() << ": vocabulary " << vocabSize << ", train "
       << corpus.numTokens(Split::Train) << " tokens; adaptive softmax clusters " << effective.size() - 1 << " (";
   for (size_t i = 1; i + 1 < effective.size(); ++i)
-    log << (i > 1 ? ", " : "") << effective[i];
-  log << (effective.size() > 2 ? "" : "no cutoff") << ")\n";
-  log << "model " << modelOptions.stack.kind
+    out << (i > 1 ? ", " : "") << effective[i];
+  out << (effective.size() > 2 ? "" : "no cutoff") << ")\n";
+  out << "model " << modelOptions.stack.kind
       << (modelOptions.stack.kind == "fwp" ? " " + modelOptions.stack.layer.name : std::string()) << ": "
       << fwp::train::countParameters(*model) << " parameters on " << device << "\n";
+  if (parts > 1)
+    out << "batch: " << settings.batch << " rows x " << group.size() << " processes ("
+        << group.backendName() << ") x " << accumulate << " micro-batches = " << settings.batch * parts
+        << " rows\n";
 
   if (modelOptions.stack.kind == "fwp" && !modelOptions.stack.layer.artifact.empty())
     loopOptions.artifactDigest = fwp::artifactDigest(modelOptions.stack.layer.artifact);
   fwp::train::TrainingLoop loop(*model, *optimizer, loopOptions, config.toToml());
+  loop.setProcessGroup(group);
   loop.extra()["vocab_size"] = vocabSize;
   loop.extra()["train_hash"] = std::to_string(corpus.fileInfo(Split::Train).hash);
   const bool resuming = request.resume || !request.resumeFrom.empty();
-  fwp::train::prepareRunFolder(loopOptions.runDir, resuming, request.overwrite, log);
+  if (group.isMain())
+    fwp::train::prepareRunFolder(loopOptions.runDir, resuming, request.overwrite, out);
+  group.barrier();
   if (resuming) {
     auto from = request.resumeFrom.empty() ? loopOptions.runDir / "last.pt" : std::filesystem::path(request.resumeFrom);
     fwp::train::checkResumeConfig(from, config.toToml(), loopOptions.artifactDigest, request.allowConfigChange,
-                                  log);
+                                  out);
     loop.resumeFrom(from, device);
-    log << "resumed from " << from.string() << " at step " << loop.step() << "\n";
+    out << "resumed from " << from.string() << " at step " << loop.step() << "\n";
   }
 
-  OrderedBatches batches(corpus.tokens(Split::Train), settings.batch, settings.context);
+  OrderedBatches batches(corpus.tokens(Split::Train), settings.batch * parts, settings.context);
   const torch::Tensor validTokens = corpus.tokens(Split::Valid);
-  LmState state;
-  int64_t stateStep = -1; // the step whose final state `state` holds
-  if (settings.carryOver)
-    std::tie(state, stateStep) = unpackState(loop.extraTensors());
-  auto step = [&](int64_t s) -> fwp::train::StepResult {
+  // The carried state of this rank's parts (rows of the global batch).
+  std::vector<LmState> states(static_cast<size_t>(accumulate));
+  int64_t stateStep = -1; // the step whose final state `states` hold
+  if (settings.carryOver) {
+    auto [stored, step] = unpackState(loop.extraTensors());
+    const int64_t rows = stateRows(stored, stateDim);
+    if (rows == settings.batch * parts) {
+      for (int64_t m = 0; m < accumulate; ++m)
+        states[m] = sliceState(stored, stateDim, (group.rank() * accumulate + m) * settings.batch,
+                               settings.batch);
+      stateStep = step;
+    } else if (rows > 0) {
+      out << "note: the checkpoint carries the state of " << rows << " rows, this run has "
+          << settings.batch * parts << " (train.batch x processes x train.accumulate): the rows are "
+          << "laid out anew and start from a zero state\n";
+    }
+  }
+  // Checkpoints hold the state of all rows, whatever the process count.
+  loop.onSave([&] {
+    if (!settings.carryOver || states.front().empty())
+      return;
+    LmState local = concatStates(states, stateDim);
+    LmState all(local.size());
+    for (size_t layer = 0; layer < local.size(); ++layer)
+      for (const auto &[name, tensor] : local[layer])
+        all[layer][name] = torch::cat(group.allGather(tensor.contiguous()), stateDim).cpu();
+    packState(all, stateStep, loop.extraTensors());
+  });
+  auto step = [&](const fwp::train::StepPart &part) -> fwp::train::StepResult {
+    const int64_t s = part.step;
     const double lr = learningRate(settings.schedule, baseLr, settings.minLr, settings.warmup, loopOptions.steps, s);
-    for (auto &group : optimizer->param_groups())
-      static_cast<torch::optim::AdamOptions &>(group.options()).lr(lr);
+    for (auto &paramGroup : optimizer->param_groups())
+      static_cast<torch::optim::AdamOptions &>(paramGroup.options()).lr(lr);
     const int64_t index = s % batches.numSegments();
+    LmState &state = states.at(static_cast<size_t>(part.index % accumulate));
     // The state goes on only from the segment just before (not across an
     // epoch boundary, nor into a resumed run).
     if (!settings.carryOver || index == 0 || stateStep != s - 1)
       state.clear();
     auto segment = batches.segment(index);
-    auto [hidden, final] = model->hidden(segment.inputs.to(device), state);
-    auto loss = model->nll(hidden.reshape({-1, hidden.size(-1)}), segment.targets.reshape({-1}).to(device)).mean();
+    auto inputs = segment.inputs.narrow(0, part.index * settings.batch, settings.batch);
+    auto targets = segment.targets.narrow(0, part.index * settings.batch, settings.batch);
+    auto [hidden, final] = model->hidden(inputs.to(device), state);
+    auto loss = model->nll(hidden.reshape({-1, hidden.size(-1)}), targets.reshape({-1}).to(device)).mean();
     if (settings.carryOver) {
       state = detachState(final);
-      stateStep = s;
-      packState(state, stateStep, loop.extraTensors()); // goes into every checkpoint
+      if (part.index % accumulate == accumulate - 1)
+        stateStep = s;
     }
-    return {loss, {{"lr", lr}}};
+    return {loss, {{"lr", lr}}, static_cast<double>(targets.numel())};
   };
   auto validate = [&]() -> Metrics {
-    Perplexity p = evaluateSegments(*model, validTokens, settings.evalBatch, settings.context, settings.carryOver,
-                                    settings.evalSegments);
+    // Sharded by rows: rank r scores rows [r B / N, (r + 1) B / N) of the
+    // same row layout as one process, then the sums are added up.
+    const int64_t rowLength = validTokens.size(0) / settings.evalBatch;
+    const int64_t first = group.rank() * settings.evalBatch / group.size();
+    const int64_t end = (group.rank() + 1) * settings.evalBatch / group.size();
+    Perplexity p;
+    if (end > first)
+      p = evaluateSegments(*model, validTokens.narrow(0, first * rowLength, (end - first) * rowLength), end - first,
+                           settings.context, settings.carryOver, settings.evalSegments);
+    std::vector<double> sums = group.sum({p.nllSum, static_cast<double>(p.tokens)});
+    p.nllSum = sums[0];
+    p.tokens = static_cast<int64_t>(sums[1]);
     return {{"ppl", p.perplexity()}, {"loss", p.loss()}};
   };
   loop.run(step, validate);
-  if (loop.interrupted())
-    return {};
+  if (loop.interrupted() || !group.isMain())
+    return {}; // rank 0 alone scores the test split
 
   // Score the best checkpoint on the test split.
   auto best = loopOptions.runDir / "best.pt";

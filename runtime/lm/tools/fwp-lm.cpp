@@ -94,7 +94,8 @@ int main(int argc, char **argv) {
   auto *trainCmd = app.add_subcommand("train", "train a language model from a TOML config");
   trainCmd->footer("\nExamples:\n"
                    "  fwp-lm train --config models/configs/wt103_demo_austen.toml\n"
-                   "  fwp-lm train --config models/configs/wt103_delta_net_small.toml --device cuda");
+                   "  fwp-lm train --config models/configs/wt103_delta_net_small.toml --device cuda\n"
+                   "  fwp-lm train --config models/configs/wt103_demo_austen.toml --nproc 2");
   trainCmd->add_option("--config", train.configPath, "run configuration (models/configs/wt103_*.toml)")->required();
   trainCmd->add_option("--set", train.overrides, "override a config key: --set train.steps=100");
   trainCmd->add_option("--device", trainDevice, "cpu, cuda or cuda:<n> (overrides train.device)");
@@ -106,6 +107,13 @@ int main(int argc, char **argv) {
                      "resume although the configuration differs from the checkpoint's");
   trainCmd->add_flag("--reference", train.reference, "use the eager reference fast-weight layer");
   trainCmd->add_flag("--no-progress-bar", noBar, "plain progress lines even on a terminal");
+  int nproc = 1;
+  double distTimeout = 0;
+  trainCmd->add_option("--nproc", nproc,
+                       "data-parallel processes on this machine (docs/training.md)")
+      ->check(CLI::Range(1, 1024));
+  trainCmd->add_option("--dist-timeout", distTimeout,
+                       "seconds a rank waits for the others (train.dist_timeout)");
 
   fwp::lm::LmEvalRequest eval;
   std::string evalDevice;
@@ -136,7 +144,15 @@ int main(int argc, char **argv) {
     options.verbose = true;
     if (*prepareCmd)
       return prepare(options, jsonPath);
+    if (*trainCmd && nproc > 1 && !fwp::train::launchedAsRank()) {
+      // The launcher: N copies of this command, one per rank.
+      const double grace = distTimeout > 0 ? distTimeout : 300.0;
+      return fwp::train::launchLocalRanks(nproc, argv,
+                                          std::chrono::milliseconds(static_cast<int64_t>(grace * 1000)));
+    }
     if (*trainCmd) {
+      if (distTimeout > 0)
+        train.overrides.push_back("train.dist_timeout=" + std::to_string(distTimeout));
       if (!trainDevice.empty())
         train.device = trainDevice;
       if (noBar)

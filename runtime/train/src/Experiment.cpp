@@ -59,6 +59,19 @@ void SequenceMetrics::add(const torch::Tensor &logits, const Batch &batch) {
   }
 }
 
+void SequenceMetrics::reduce(ProcessGroup &group) {
+  std::vector<double> sums = group.sum(
+      {lossSum_, static_cast<double>(scored_), static_cast<double>(sequences_),
+       static_cast<double>(sequencesRight_), static_cast<double>(keyTargets_),
+       static_cast<double>(keyRight_)});
+  lossSum_ = sums[0];
+  scored_ = static_cast<int64_t>(sums[1]);
+  sequences_ = static_cast<int64_t>(sums[2]);
+  sequencesRight_ = static_cast<int64_t>(sums[3]);
+  keyTargets_ = static_cast<int64_t>(sums[4]);
+  keyRight_ = static_cast<int64_t>(sums[5]);
+}
+
 Metrics SequenceMetrics::result() const {
   Metrics metrics;
   metrics["loss"] = scored_ ? lossSum_ / static_cast<double>(scored_) : 0.0;
@@ -72,7 +85,7 @@ Metrics SequenceMetrics::result() const {
 
 Metrics evaluateModel(TokenModelImpl &model, const std::vector<SequenceExample> &data,
                       int64_t batchSize, const torch::Device &device,
-                      int32_t blankClass) {
+                      int32_t blankClass, ProcessGroup *group) {
   torch::NoGradGuard noGrad;
   std::vector<int64_t> order(data.size());
   std::iota(order.begin(), order.end(), 0);
@@ -82,13 +95,19 @@ Metrics evaluateModel(TokenModelImpl &model, const std::vector<SequenceExample> 
     return data[a].input.size() < data[b].input.size();
   });
   SequenceMetrics metrics(blankClass);
-  for (size_t start = 0; start < order.size(); start += batchSize) {
+  const size_t rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
+  size_t index = 0;
+  for (size_t start = 0; start < order.size(); start += batchSize, ++index) {
+    if (index % ranks != rank)
+      continue;
     std::vector<int64_t> indices(
         order.begin() + start,
         order.begin() + std::min(order.size(), start + static_cast<size_t>(batchSize)));
     Batch batch = makeBatch(data, indices, device);
     metrics.add(model.forward(batch.input), batch);
   }
+  if (group)
+    metrics.reduce(*group);
   return metrics.result();
 }
 
@@ -178,7 +197,23 @@ Metrics trainRun(const TrainRequest &request, std::ostream &log) {
   if (request.reference)
     config.setValue("model.reference", "true");
 
-  Setup setup = prepare(config, {"train", "valid", "test"}, &log);
+  // One process per device; the processes of a job meet first (rank 0 then
+  // makes missing data alone, the others read it afterwards).
+  DistributedEnv distributed = distributedEnvFromEnvironment();
+  distributed.timeout = distributedTimeoutFromConfig(config);
+  torch::Device device = parseDevice(config.getString("train.device", "cpu"));
+  if (device.is_cuda() && distributed.worldSize > 1) {
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(distributed.localRank));
+    config.setValue("train.device", quoteToml(device.str()));
+  }
+  ProcessGroup group(distributed, device);
+  std::ostream discard(nullptr);
+  std::ostream &out = group.isMain() ? log : discard;
+  if (!group.isMain())
+    group.barrier();
+  Setup setup = prepare(config, {"train", "valid", "test"}, &out);
+  if (group.isMain())
+    group.barrier();
   const Config &c = setup.config;
   LoopOptions loopOptions = loopOptionsFromConfig(c);
   loopOptions.interactive = request.interactive;
@@ -188,27 +223,42 @@ Metrics trainRun(const TrainRequest &request, std::ostream &log) {
   if (batchSize < 1 || evalBatch < 1)
     throw Error(c.source() + ": train.batch and train.eval_batch must be positive");
   c.checkUnused();
+  // The global batch of a step: `parts` shares of train.batch examples.
+  const int64_t parts = group.size() * loopOptions.accumulate;
+  if (batchSize * parts > static_cast<int64_t>(setup.task.train.size()))
+    throw Error(c.source() + ": a global batch of " + std::to_string(batchSize * parts) +
+                " examples (train.batch " + std::to_string(batchSize) + " x " +
+                std::to_string(group.size()) + " processes x train.accumulate " +
+                std::to_string(loopOptions.accumulate) + ") exceeds the " +
+                std::to_string(setup.task.train.size()) + " training examples");
 
   torch::manual_seed(setup.seed);
   TokenModel model(setup.modelOptions, setup.device);
   model->to(setup.device);
   auto optimizer = makeAdam(model->parameters(), adam);
 
-  log << "model: " << describeModel(setup.modelOptions) << "; "
+  out << "model: " << describeModel(setup.modelOptions) << "; "
       << countParameters(*model) << " parameters\n"
       << "data: " << setup.data.task << " in " << setup.data.dir.string() << " ("
       << setup.task.train.size() << " train, " << setup.task.valid.size() << " valid, "
       << setup.task.test.size() << " test)\n"
-      << "training: " << loopOptions.steps << " steps of batch " << batchSize << " on "
-      << setup.device << ", Adam lr " << adam.lr << "; run folder "
+      << "training: " << loopOptions.steps << " steps of batch " << batchSize;
+  if (parts > 1)
+    out << " x " << group.size() << " processes (" << group.backendName() << ") x "
+        << loopOptions.accumulate << " micro-batches = " << batchSize * parts;
+  out << " on " << setup.device << ", Adam lr " << adam.lr
+      << (loopOptions.precision == "bf16" ? ", bf16 autocast" : "") << "; run folder "
       << loopOptions.runDir.string() << "\n";
 
   if (setup.modelOptions.kind == "fwp" && !setup.modelOptions.layer.artifact.empty())
     loopOptions.artifactDigest = fwp::artifactDigest(setup.modelOptions.layer.artifact);
   TrainingLoop loop(*model, *optimizer, loopOptions, c.toToml());
+  loop.setProcessGroup(group);
   const bool resuming = request.resume || !request.resumeFrom.empty();
   // A fresh run never deletes a previous run's files unasked.
-  prepareRunFolder(loopOptions.runDir, resuming, request.overwrite, log);
+  if (group.isMain())
+    prepareRunFolder(loopOptions.runDir, resuming, request.overwrite, out);
+  group.barrier();
   if (resuming) {
     std::filesystem::path from = request.resumeFrom.empty()
                                      ? loopOptions.runDir / "last.pt"
@@ -216,29 +266,36 @@ Metrics trainRun(const TrainRequest &request, std::ostream &log) {
     if (!std::filesystem::exists(from))
       throw Error("--resume: " + from.string() + " does not exist");
     checkResumeConfig(from, c.toToml(), loopOptions.artifactDigest, request.allowConfigChange,
-                      log);
+                      out);
     loop.resumeFrom(from, setup.device);
-    log << "resumed from " << from.string() << " at step " << loop.step() << "\n";
+    out << "resumed from " << from.string() << " at step " << loop.step() << "\n";
   }
-  std::filesystem::create_directories(loopOptions.runDir);
-  writeFileAtomically(loopOptions.runDir / "config.toml",
-                      [&](std::ostream &out) { out << c.toToml() << '\n'; });
+  if (group.isMain()) {
+    std::filesystem::create_directories(loopOptions.runDir);
+    writeFileAtomically(loopOptions.runDir / "config.toml",
+                        [&](std::ostream &file) { file << c.toToml() << '\n'; });
+  }
 
   const TaskData &task = setup.task;
-  EpochSampler sampler(static_cast<int64_t>(task.train.size()), batchSize,
+  EpochSampler sampler(static_cast<int64_t>(task.train.size()), batchSize * parts,
                        mixSeed(setup.seed, 77));
-  auto step = [&](int64_t s) {
-    Batch batch = makeBatch(task.train, sampler.indices(s), setup.device);
+  auto step = [&](const StepPart &part) {
+    const std::vector<int64_t> global = sampler.indices(part.step);
+    const std::vector<int64_t> mine(global.begin() + part.index * batchSize,
+                                    global.begin() + (part.index + 1) * batchSize);
+    Batch batch = makeBatch(task.train, mine, setup.device);
     torch::Tensor logits = model->forward(batch.input);
     SequenceMetrics batchMetrics(task.blankClass);
     batchMetrics.add(logits, batch);
     StepResult result;
     result.loss = sequenceLoss(logits, batch);
     result.metrics["acc"] = batchMetrics.result()["acc"];
+    // The loss is a mean per scored target: parts combine by their counts.
+    result.weight = (batch.target != kIgnore).sum().item<double>();
     return result;
   };
   auto validate = [&] {
-    return evaluateModel(*model, task.valid, evalBatch, setup.device, task.blankClass);
+    return evaluateModel(*model, task.valid, evalBatch, setup.device, task.blankClass, &group);
   };
   loop.run(step, validate);
   if (loop.interrupted())
@@ -250,15 +307,17 @@ Metrics trainRun(const TrainRequest &request, std::ostream &log) {
       std::filesystem::exists(best) ? best : loopOptions.runDir / "last.pt";
   CheckpointMeta meta = loadCheckpoint(chosen, *model, nullptr, setup.device, false);
   model->eval();
-  Metrics test = evaluateModel(*model, task.test, evalBatch, setup.device, task.blankClass);
-  log << "test (" << chosen.filename().string() << ", step " << meta.step
+  Metrics test =
+      evaluateModel(*model, task.test, evalBatch, setup.device, task.blankClass, &group);
+  out << "test (" << chosen.filename().string() << ", step " << meta.step
       << "):" << formatMetricsLine(test) << "\n";
   nlohmann::json record = {{"split", "test"}, {"checkpoint", chosen.filename().string()},
                            {"step", meta.step}};
   for (const auto &[name, value] : test)
     record[name] = value;
-  writeFileAtomically(loopOptions.runDir / "test.json",
-                      [&](std::ostream &out) { out << record.dump(2) << '\n'; });
+  if (group.isMain())
+    writeFileAtomically(loopOptions.runDir / "test.json",
+                        [&](std::ostream &file) { file << record.dump(2) << '\n'; });
   return test;
 }
 

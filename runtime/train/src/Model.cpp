@@ -2,6 +2,8 @@
 
 #include "fwp/train/Model.h"
 
+#include "fwp/train/Precision.h"
+
 #include "fwp/runtime/CompiledLayer.h"
 
 #include <algorithm>
@@ -164,17 +166,24 @@ torch::Tensor FastWeightBlockImpl::forward(const torch::Tensor &x,
   // [B, T, H * S] -> [B, H, T, S]: each head's inputs are contiguous.
   torch::Tensor projected =
       slowProjection_(norm_(x)).view({B, T, heads_, seqTotal}).permute({0, 2, 1, 3});
+  // Under bf16 autocast (Precision.h) the projections ran in bf16; the
+  // fast-weight layer takes float32 inputs and keeps its state and
+  // arithmetic in float32.
+  AutocastOff f32(x.device().type());
+  auto f32Input = [&](const torch::Tensor &tensor) {
+    return f32.wasEnabled() ? tensor.to(torch::kFloat) : tensor;
+  };
   TensorMap inputs;
   int64_t offset = 0;
   for (const auto &slice : seq_) {
-    inputs.emplace(slice.name, projected.narrow(3, offset, slice.size).contiguous());
+    inputs.emplace(slice.name, f32Input(projected.narrow(3, offset, slice.size).contiguous()));
     offset += slice.size;
   }
   for (const auto &[name, param] : params_)
     inputs.emplace(name, param);
   if (init)
     for (const auto &[name, tensor] : *init)
-      inputs.emplace("init." + name, tensor);
+      inputs.emplace("init." + name, f32Input(tensor));
   TensorMap outputs = layer_->forward(inputs);
   auto y = outputs.find("y");
   if (y == outputs.end())
@@ -190,7 +199,10 @@ torch::Tensor FastWeightBlockImpl::forward(const torch::Tensor &x,
       final->emplace(state.name, it->second);
     }
   }
-  // [B, H, T, d] -> [B, T, H * d]
+  // [B, H, T, d] -> [B, T, H * d]; the output projection autocasts again.
+  std::optional<AutocastGuard> again;
+  if (f32.wasEnabled())
+    again.emplace("bf16", x.device());
   torch::Tensor merged =
       y->second.permute({0, 2, 1, 3}).reshape({B, T, heads_ * outputPerHead_});
   return x + dropout_(outputProjection_(merged));

@@ -3,6 +3,7 @@
 #include "fwp/train/Training.h"
 
 #include "fwp/train/DataFormat.h"
+#include "fwp/train/Precision.h"
 #include "fwp/runtime/CheckpointFile.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -383,6 +384,11 @@ LoopOptions loopOptionsFromConfig(const Config &config) {
   options.checkpointEvery = config.getInt("train.checkpoint_every", options.checkpointEvery);
   options.clipNorm = config.getDouble("train.clip", options.clipNorm);
   options.onNonFinite = config.getString("train.on_nonfinite", options.onNonFinite);
+  options.accumulate = config.getInt("train.accumulate", options.accumulate);
+  if (options.accumulate < 1)
+    throw Error(config.source() + ": train.accumulate must be at least 1");
+  options.precision = config.getString("train.precision", options.precision);
+  checkPrecision(options.precision, config.source());
   if (options.onNonFinite != "stop" && options.onNonFinite != "skip")
     throw Error(config.source() + ": train.on_nonfinite must be \"stop\" or \"skip\", not \"" +
                 options.onNonFinite + "\"");
@@ -418,6 +424,10 @@ void TrainingLoop::resumeFrom(const std::filesystem::path &checkpoint,
 }
 
 void TrainingLoop::save(const std::filesystem::path &path) {
+  if (onSave_)
+    onSave_(); // on every rank: it may gather per-rank state
+  if (!group_->isMain())
+    return;
   CheckpointMeta meta;
   meta.step = step_;
   meta.best = best_;
@@ -433,35 +443,109 @@ void TrainingLoop::save(const std::filesystem::path &path) {
 }
 
 Metrics TrainingLoop::run(const StepFn &stepFn, const ValidateFn &validate) {
+  if (group_->size() * options_.accumulate != 1)
+    throw Error("TrainingLoop: a step function of the step alone cannot split its batch over " +
+                std::to_string(group_->size()) + " processes x train.accumulate = " +
+                std::to_string(options_.accumulate) + " (give a function of the StepPart)");
+  return run([&](const StepPart &part) { return stepFn(part.step); }, validate);
+}
+
+Metrics TrainingLoop::run(const PartFn &partFn, const ValidateFn &validate) {
   const auto &o = options_;
-  MetricsLog log(o.runDir / "metrics.jsonl", step_ > 0 ? step_ : -1);
-  Progress progress(o.steps, step_, o.logEvery, std::cerr, o.interactive);
+  ProcessGroup &group = *group_;
+  const bool main = group.isMain();
+  if (o.accumulate < 1)
+    throw Error("train.accumulate must be at least 1");
+  // Only rank 0 writes the metrics log and shows progress.
+  std::optional<MetricsLog> log;
+  if (main)
+    log.emplace(o.runDir / "metrics.jsonl", step_ > 0 ? step_ : -1);
+  std::ostream discard(nullptr); // no buffer: other ranks' progress goes nowhere
+  Progress progress(o.steps, step_, o.logEvery, main ? std::cerr : discard,
+                    main ? o.interactive : std::optional<bool>(false));
   Metrics window;
   int64_t windowSteps = 0;
   Metrics lastValidation;
   auto wallStart = std::chrono::steady_clock::now();
   auto trainable = model_.parameters();
+  const torch::Device device = trainable.empty() ? torch::Device(torch::kCPU)
+                                                 : trainable.front().device();
+  if (group.distributed()) {
+    // Every rank starts from rank 0's parameters and buffers.
+    torch::NoGradGuard noGrad;
+    std::vector<torch::Tensor> tensors;
+    for (const torch::Tensor &param : trainable)
+      tensors.push_back(param.detach());
+    for (const torch::Tensor &buffer : model_.buffers())
+      tensors.push_back(buffer);
+    group.broadcast(tensors);
+  }
+  GradientReducer reducer(trainable, group);
+  const int64_t parts = group.size() * o.accumulate;
+  // How a step's batch is split; a resumed run says when this changes.
+  const nlohmann::json layout = {{"processes", group.size()}, {"accumulate", o.accumulate}};
+  if (extra_.contains("parallel") && extra_["parallel"] != layout) {
+    auto describe = [](const nlohmann::json &l) {
+      return std::to_string(l.value("processes", 1)) + " process(es) x " +
+             std::to_string(l.value("accumulate", 1)) + " micro-batch(es)";
+    };
+    progress.note("note: the checkpoint was trained with " + describe(extra_["parallel"]) +
+                  " per step, this run uses " + describe(layout) +
+                  ": from here on a step's global batch (and so the data order) differs");
+  }
+  extra_["parallel"] = layout;
+  bool stopAgreed = false; // distributed: some rank was asked to stop
 
   model_.train();
   interrupted_ = false;
   while (step_ < o.steps) {
-    if (stopRequested()) {
+    if (group.distributed() ? stopAgreed : stopRequested()) {
       // A signal arrived: the last step is complete; keep it and stop.
       progress.finish();
       save(o.runDir / "last.pt");
+      group.barrier();
       interrupted_ = true;
-      std::fprintf(stderr, "stopped at step %lld: wrote %s (continue with --resume)\n",
-                   static_cast<long long>(step_), (o.runDir / "last.pt").string().c_str());
+      if (main)
+        std::fprintf(stderr, "stopped at step %lld: wrote %s (continue with --resume)\n",
+                     static_cast<long long>(step_), (o.runDir / "last.pt").string().c_str());
       return lastValidation;
     }
     optimizer_.zero_grad();
-    StepResult result = stepFn(step_);
-    if (!result.loss.defined() || result.loss.numel() != 1)
-      throw Error("training step " + std::to_string(step_) +
-                  " returned no scalar loss");
-    result.loss.backward();
+    // This rank's parts: forward under autocast, backward of the summed
+    // (weight x mean) loss; normalised by the total weight below.
+    double lossSum = 0, weightSum = 0;
+    Metrics partMetrics;
+    for (int64_t m = 0; m < o.accumulate; ++m) {
+      StepPart part{step_, group.rank() * o.accumulate + m, parts};
+      StepResult result;
+      {
+        AutocastGuard autocast(o.precision, device);
+        result = partFn(part);
+      }
+      if (!result.loss.defined() || result.loss.numel() != 1)
+        throw Error("training step " + std::to_string(step_) + " returned no scalar loss");
+      if (!(result.weight > 0))
+        throw Error("training step " + std::to_string(step_) + " returned a weight <= 0");
+      (result.weight == 1.0 ? result.loss : result.loss * result.weight).backward();
+      lossSum += result.loss.item<double>() * result.weight;
+      weightSum += result.weight;
+      for (const auto &[name, value] : result.metrics)
+        partMetrics[name] += value;
+    }
+    // One small collective: loss, weight, stop requests and metrics.
+    std::vector<double> values{lossSum, weightSum, stopRequested() ? 1.0 : 0.0};
+    for (const auto &[name, value] : partMetrics)
+      values.push_back(value);
+    values = group.sum(values);
+    const double totalWeight = values[1];
+    stopAgreed = values[2] > 0;
+    double loss = values[0] / totalWeight;
+    Metrics stepMetrics;
+    size_t next = 3;
+    for (const auto &[name, value] : partMetrics)
+      stepMetrics[name] = values[next++] / static_cast<double>(parts);
+    reducer.reduce(totalWeight);
     // Non-finite values are caught before they reach the parameters.
-    double loss = result.loss.item<double>();
     bool finite = std::isfinite(loss);
     if (finite) {
       std::vector<torch::Tensor> norms;
@@ -478,7 +562,8 @@ Metrics TrainingLoop::run(const StepFn &stepFn, const ValidateFn &validate) {
         ++step_;
         ++skipped_;
         progress.note(what + ": its update was skipped (train.on_nonfinite = \"skip\")");
-        log.write({{"step", step_}, {"split", "train"}, {"skipped", "nonfinite"}});
+        if (log)
+          log->write({{"step", step_}, {"split", "train"}, {"skipped", "nonfinite"}});
         if ((o.checkpointEvery > 0 && step_ % o.checkpointEvery == 0) || step_ == o.steps)
           save(o.runDir / "last.pt");
         continue;
@@ -493,11 +578,11 @@ Metrics TrainingLoop::run(const StepFn &stepFn, const ValidateFn &validate) {
       torch::nn::utils::clip_grad_norm_(trainable, o.clipNorm);
     optimizer_.step();
     ++step_;
-    result.metrics["loss"] = loss;
-    for (const auto &[name, value] : result.metrics)
+    stepMetrics["loss"] = loss;
+    for (const auto &[name, value] : stepMetrics)
       window[name] += value;
     ++windowSteps;
-    progress.update(step_, result.metrics);
+    progress.update(step_, stepMetrics);
 
     if (step_ % o.logEvery == 0 || step_ == o.steps) {
       nlohmann::json record = {{"step", step_}, {"split", "train"}};
@@ -507,7 +592,8 @@ Metrics TrainingLoop::run(const StepFn &stepFn, const ValidateFn &validate) {
       record["elapsed_s"] = std::chrono::duration<double>(
                                 std::chrono::steady_clock::now() - wallStart)
                                 .count();
-      log.write(record);
+      if (log)
+        log->write(record);
       window.clear();
       windowSteps = 0;
     }
@@ -542,7 +628,8 @@ Metrics TrainingLoop::run(const StepFn &stepFn, const ValidateFn &validate) {
       nlohmann::json record = {{"step", step_}, {"split", "valid"}, {"best", better}};
       for (const auto &[name, value] : lastValidation)
         record[name] = value;
-      log.write(record);
+      if (log)
+        log->write(record);
       std::ostringstream line;
       line << "valid @ step " << step_ << ":";
       for (const auto &[name, value] : lastValidation)
@@ -561,6 +648,7 @@ Metrics TrainingLoop::run(const StepFn &stepFn, const ValidateFn &validate) {
     }
   }
   progress.finish();
+  group.barrier(); // rank 0's checkpoints are written before anyone reads them
   return lastValidation;
 }
 

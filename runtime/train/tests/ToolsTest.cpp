@@ -2,6 +2,7 @@
 // checkpoint, exit code 2 with "error: ..." for bad input.
 
 #include "TestUtil.h"
+#include "ToolUtil.h"
 
 #include "fwp/runtime/CheckpointFile.h"
 
@@ -17,28 +18,9 @@
 #include <sys/wait.h>
 
 using fwp::train::test::TempDir;
+using namespace fwp::train::test::tools;
 
 namespace {
-
-struct Result {
-  int code;
-  std::string output; // stdout and stderr
-};
-
-Result runTool(const std::string &command) {
-  std::string full = command + " 2>&1";
-  std::FILE *pipe = ::popen(full.c_str(), "r");
-  Result result{-1, ""};
-  if (!pipe)
-    return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0)
-    result.output.append(buffer, n);
-  int status = ::pclose(pipe);
-  result.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
 
 std::string tinyConfig(const std::filesystem::path &dir) {
   return "name = \"tiny\"\n"
@@ -117,25 +99,6 @@ TEST(Tools, ErrorsExitWithCode2) {
   EXPECT_NE(gen.output.find("add --force"), std::string::npos) << gen.output;
 }
 
-namespace {
-
-std::string readBytes(const std::filesystem::path &path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-/// Starts `command` (through sh -c exec) and returns its pid.
-pid_t spawn(const std::string &command, const std::filesystem::path &output) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    std::string full = "exec " + command + " > " + output.string() + " 2>&1";
-    ::execl("/bin/sh", "sh", "-c", full.c_str(), static_cast<char *>(nullptr));
-    ::_exit(127);
-  }
-  return pid;
-}
-
-} // namespace
 
 TEST(Tools, RunsAreNeverLostSilently) {
   TempDir dir("tools_misuse");
@@ -219,22 +182,6 @@ TEST(Tools, SigtermAndSigintFinishTheStepAndWriteLastPt) {
   }
 }
 
-namespace {
-
-/// The model tensors of a checkpoint, by name.
-std::map<std::string, torch::Tensor> modelTensors(const std::filesystem::path &path) {
-  fwp::CheckpointFile file = fwp::readCheckpointFile(path.string());
-  torch::serialize::InputArchive archive;
-  archive.load_from(file.payload.data(), file.payload.size());
-  c10::IValue model;
-  EXPECT_TRUE(archive.try_read("model", model));
-  std::map<std::string, torch::Tensor> out;
-  for (const auto &entry : model.toGenericDict())
-    out[entry.key().toStringRef()] = entry.value().toTensor();
-  return out;
-}
-
-} // namespace
 
 TEST(Tools, KillNineThenResumeIsBitIdentical) {
   TempDir dir("tools_kill");

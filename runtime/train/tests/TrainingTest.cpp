@@ -4,6 +4,7 @@
 #include "TestUtil.h"
 
 #include "fwp/train/Experiment.h"
+#include "fwp/train/Precision.h"
 
 #include <cstdio>
 #include <map>
@@ -346,4 +347,66 @@ TEST(Training, NonFiniteValuesNeverReachTheParameters) {
       EXPECT_NE(readLines(dir.path() / "metrics.jsonl")[2].find("nonfinite"), std::string::npos);
     }
   }
+}
+
+TEST(Training, Bf16RunTrainsAndKeepsFastWeightStatesF32) {
+  // train.precision = "bf16": the TrainingLoop runs each step under bf16
+  // autocast. The same 16 programs and Delta Net as above: the loss must
+  // still fall below half of the context-free predictor's within 80 steps,
+  // the projections/head must really run in bf16 (the logits are bf16),
+  // and the fast-weight layer's states must stay float32.
+  torch::manual_seed(0);
+  TaskData task = describeTask("codeexec");
+  auto data = tinyCodeExec(6, 16, 11);
+  std::vector<int64_t> all(data.size());
+  std::iota(all.begin(), all.end(), 0);
+  Batch batch = makeBatch(data, all, torch::kCPU);
+  ModelOptions options = tinyOptions("fwp:delta_net", task);
+  options.stack.dropout = 0.0;
+  TokenModel model(options, torch::kCPU);
+  {
+    AutocastGuard autocast("bf16", torch::kCPU);
+    StackState final;
+    torch::NoGradGuard noGrad;
+    torch::Tensor logits = model->forward(batch.input, nullptr, &final);
+    EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+    ASSERT_EQ(final.size(), 1u);
+    ASSERT_FALSE(final[0].empty());
+    for (const auto &[name, state] : final[0])
+      EXPECT_EQ(state.scalar_type(), torch::kFloat) << name;
+  }
+  { // close to the float32 model (bf16 keeps ~3 significant digits)
+    torch::NoGradGuard noGrad;
+    const double f32 = sequenceLoss(model->forward(batch.input), batch).item<double>();
+    AutocastGuard autocast("bf16", torch::kCPU);
+    const double bf16 = sequenceLoss(model->forward(batch.input), batch).item<double>();
+    EXPECT_NEAR(bf16, f32, 0.05);
+  }
+
+  TempDir dir("bf16_run");
+  auto optimizer = makeAdam(model->parameters(), AdamOptions{1e-2});
+  LoopOptions loopOptions;
+  loopOptions.steps = 80;
+  loopOptions.evalEvery = 0;
+  loopOptions.runDir = dir.path();
+  loopOptions.interactive = false;
+  loopOptions.logEvery = 80;
+  loopOptions.precision = "bf16";
+  TrainingLoop loop(*model, *optimizer, loopOptions, "name = \"bf16\"\n");
+  double first = 0, last = 0;
+  int64_t steps = 0;
+  loop.run(
+      [&](int64_t) {
+        torch::Tensor logits = model->forward(batch.input);
+        EXPECT_EQ(logits.scalar_type(), torch::kBFloat16); // autocast is on
+        torch::Tensor loss = sequenceLoss(logits, batch);
+        (steps++ == 0 ? first : last) = loss.item<double>();
+        return StepResult{loss, {}};
+      },
+      nullptr);
+  for (const auto &param : model->parameters())
+    EXPECT_EQ(param.scalar_type(), torch::kFloat); // master weights stay f32
+  const double contextFree = contextFreeLoss(batch);
+  EXPECT_GT(first, 2.5);
+  EXPECT_LT(last, 0.5 * contextFree) << "context-free loss " << contextFree;
 }

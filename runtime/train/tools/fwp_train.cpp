@@ -39,7 +39,9 @@ int main(int argc, char **argv) {
   app.footer("\nExamples:\n"
              "  fwp-train --config models/configs/codeexec_small.toml "
              "--artifact build/artifacts/delta_net.fwpk\n"
-             "  fwp-train --config models/configs/listops10_rdn.toml --set train.steps=100");
+             "  fwp-train --config models/configs/listops10_rdn.toml --set train.steps=100\n"
+             "  fwp-train --config models/configs/codeexec_small.toml --nproc 2\n"
+             "  torchrun --no-python --nproc-per-node 2 fwp-train --config models/configs/codeexec_small.toml");
 
   TrainRequest request;
   std::string device;
@@ -68,6 +70,13 @@ int main(int argc, char **argv) {
                "resume although the configuration differs from the checkpoint's");
   app.add_flag("--plain", plain, "plain progress lines even on a terminal");
   app.add_option("--threads", threads, "intra-op CPU threads (default: train.threads or all)");
+  int nproc = 1;
+  double distTimeout = 0;
+  app.add_option("--nproc", nproc,
+                 "data-parallel processes on this machine (docs/training.md)")
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--dist-timeout", distTimeout,
+                 "seconds a rank waits for the others (train.dist_timeout)");
 
   CLI::App *gen = app.add_subcommand(
       "gen-data", "generate a data set (train/valid/test.txt) and exit");
@@ -107,6 +116,12 @@ int main(int argc, char **argv) {
   }
 
   return fwp::runReportingErrors([&]() -> int {
+    if (!gen->parsed() && nproc > 1 && !launchedAsRank()) {
+      // The launcher: N copies of this command, one per rank.
+      const double grace = distTimeout > 0 ? distTimeout : 300.0;
+      return launchLocalRanks(nproc, argv,
+                              std::chrono::milliseconds(static_cast<int64_t>(grace * 1000)));
+    }
     if (gen->parsed()) {
       DataSpec spec;
       if (!genConfig.empty()) {
@@ -158,6 +173,8 @@ int main(int argc, char **argv) {
       request.device = device;
     if (threads > 0)
       request.overrides.push_back("train.threads=" + std::to_string(threads));
+    if (distTimeout > 0)
+      request.overrides.push_back("train.dist_timeout=" + std::to_string(distTimeout));
     if (plain)
       request.interactive = false;
     // SIGTERM/SIGINT: finish the step, write last.pt, exit 0.

@@ -43,6 +43,8 @@ class SequenceMetrics {
 public:
   explicit SequenceMetrics(int32_t blankClass) : blank_(blankClass) {}
   void add(const torch::Tensor &logits, const Batch &batch);
+  /// Sums the counts of every rank of `group` (sharded evaluation).
+  void reduce(ProcessGroup &group);
   Metrics result() const;
 
 private:
@@ -53,10 +55,12 @@ private:
 };
 
 /// Evaluates `model` (put in eval mode by the caller) on `data` in batches of
-/// similar length.
+/// similar length. With a `group` of several ranks, rank r scores the
+/// batches r, r + size, ... and the counts are summed: every rank gets the
+/// metrics of the whole set (the same batches as one process).
 Metrics evaluateModel(TokenModelImpl &model, const std::vector<SequenceExample> &data,
                       int64_t batchSize, const torch::Device &device,
-                      int32_t blankClass);
+                      int32_t blankClass, ProcessGroup *group = nullptr);
 
 /// Shuffles the training set once per epoch with a seed derived from
 /// (seed, epoch); the batch of step s is a pure function of s.

@@ -18,6 +18,7 @@
 #include "fwp/runtime/Layer.h"
 #include "fwp/runtime/Progress.h"
 #include "fwp/train/Config.h"
+#include "fwp/train/Distributed.h"
 
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -121,6 +122,11 @@ struct LoopOptions {
   /// "stop" writes last.pt of the last good state and fails; "skip" drops
   /// the step's update and goes on (train.on_nonfinite).
   std::string onNonFinite = "stop";
+  /// Micro-batches per optimizer step (train.accumulate): their gradients
+  /// add up to those of one k times larger batch.
+  int64_t accumulate = 1;
+  /// "f32" or "bf16" (train.precision, Precision.h): autocast for the steps.
+  std::string precision = "f32";
 };
 
 /// Installs handlers for SIGTERM and SIGINT: the first signal asks every
@@ -149,17 +155,32 @@ void checkResumeConfig(const std::filesystem::path &checkpoint, const std::strin
                        const std::string &artifactDigest, bool allowChange, std::ostream &log);
 
 /// train.steps, log_every, eval_every, checkpoint_every, clip, run_dir
-/// (default runs/<name>), select_metric.
+/// (default runs/<name>), select_metric, accumulate, precision.
 LoopOptions loopOptionsFromConfig(const Config &config);
 
 struct StepResult {
   torch::Tensor loss;  ///< scalar to minimise
   Metrics metrics;     ///< shown and logged (e.g. "acc" of the batch); "loss" is added
+  /// `loss` is a mean over this many units (e.g. scored tokens). The parts
+  /// of a step (processes x micro-batches) combine into their weighted mean,
+  /// so that they equal one batch made of all of them; other metrics are
+  /// averaged over the parts.
+  double weight = 1.0;
+};
+
+/// Which share of the global batch of `step` a call computes: part `index`
+/// of `count` equal parts, count = processes x train.accumulate. Rank r
+/// computes parts r*accumulate ... (r+1)*accumulate - 1.
+struct StepPart {
+  int64_t step = 0;
+  int64_t index = 0;
+  int64_t count = 1;
 };
 
 class TrainingLoop {
 public:
   using StepFn = std::function<StepResult(int64_t step)>;
+  using PartFn = std::function<StepResult(const StepPart &part)>;
   using ValidateFn = std::function<Metrics()>;
 
   TrainingLoop(torch::nn::Module &model, torch::optim::Optimizer &optimizer,
@@ -170,6 +191,19 @@ public:
   /// Runs steps [step(), options.steps). `step` is called in train mode,
   /// `validate` in eval mode under NoGradGuard. Returns the last validation.
   Metrics run(const StepFn &step, const ValidateFn &validate);
+  /// The same with data parallelism and accumulation: `part` is called for
+  /// this rank's parts of every step; gradients are summed over the ranks
+  /// (GradientReducer) and normalised by the total weight. `validate` runs
+  /// on every rank and must reduce its metrics itself.
+  Metrics run(const PartFn &part, const ValidateFn &validate);
+
+  /// Joins `group` (default: one process): parameters and buffers are
+  /// broadcast from rank 0 when run() starts, only rank 0 writes the run's
+  /// files and progress.
+  void setProcessGroup(ProcessGroup &group) { group_ = &group; }
+  /// Called on every rank before each checkpoint is written (e.g. to
+  /// gather per-rank state into extraTensors()); may use collectives.
+  void onSave(std::function<void()> hook) { onSave_ = std::move(hook); }
 
   int64_t step() const { return step_; }
   /// Whether run() returned early because a stop was requested.
@@ -198,6 +232,9 @@ private:
   double bestLoss_ = std::numeric_limits<double>::infinity(); ///< tie-breaker
   nlohmann::json extra_ = nlohmann::json::object();
   TensorMap extraTensors_;
+  ProcessGroup single_;
+  ProcessGroup *group_ = &single_;
+  std::function<void()> onSave_;
 };
 
 } // namespace fwp::train
