@@ -16,6 +16,8 @@
 #include "fwp/runtime/Safetensors.h"
 #include "fwp/runtime/Sha256.h"
 
+#include "ArtifactTestSupport.h"
+
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
@@ -30,15 +32,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using fwp::test::artifactPath;
 
-std::string artifactPath(const std::string &name) {
-  return std::string(FWP_TEST_ARTIFACTS) + "/" + name + ".fwpk";
-}
-
-#define REQUIRE_ARTIFACT(name)                                                                \
-  if (!fs::exists(artifactPath(name)))                                                        \
-  GTEST_SKIP() << "no artifact " << artifactPath(name)                                       \
-               << " (the build has no compiler: FWP_ENABLE_COMPILER=OFF)"
 
 std::string readBytes(const std::string &path) {
   std::ifstream in(path, std::ios::binary);

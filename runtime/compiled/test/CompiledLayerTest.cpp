@@ -14,6 +14,7 @@
 #include "fwp/runtime/CompiledLayer.h"
 #include "fwp/runtime/Safetensors.h"
 
+#include "ArtifactTestSupport.h"
 #include "TestSupport.h"
 
 #include <gtest/gtest.h>
@@ -27,10 +28,9 @@
 namespace {
 
 namespace fs = std::filesystem;
+using fwp::test::artifactPath;
+using fwp::test::relativeError;
 
-std::string artifactPath(const std::string &name) {
-  return std::string(FWP_TEST_ARTIFACTS) + "/" + name + ".fwpk";
-}
 
 bool haveArtifacts() { return fs::exists(artifactPath("delta_net")); }
 
@@ -79,11 +79,6 @@ fwp::TensorMap makeInputs(const fwp::FastWeightLayer &layer, int64_t batch,
   return inputs;
 }
 
-/// max |a - b| / max(max |b|, 1).
-double relativeError(const torch::Tensor &a, const torch::Tensor &b) {
-  double scale = std::max(b.abs().max().item<double>(), 1.0);
-  return (a - b).abs().max().item<double>() / scale;
-}
 
 struct Case {
   std::string artifact;

@@ -15,6 +15,8 @@
 
 #include "fwp/runtime/CompiledLayer.h"
 
+#include "ArtifactTestSupport.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -26,15 +28,9 @@ namespace {
 namespace fs = std::filesystem;
 using fwp::TensorMap;
 using torch::Tensor;
+using fwp::test::artifactPath;
+using fwp::test::relativeError;
 
-std::string artifactPath(const std::string &name) {
-  return std::string(FWP_TEST_ARTIFACTS) + "/" + name + ".fwpk";
-}
-
-#define REQUIRE_ARTIFACT(name)                                                 \
-  if (!fs::exists(artifactPath(name)))                                         \
-  GTEST_SKIP() << "no artifact " << artifactPath(name)                         \
-               << " (the build has no compiler: FWP_ENABLE_COMPILER=OFF)"
 
 //===----------------------------------------------------------------------===//
 // References, per MODELS.md. All tensors [B, H, T, n] / [H, ...] / [B, H, ...].
@@ -171,11 +167,6 @@ TensorMap makeInputs(const fwp::Artifact &artifact, int64_t batch, int64_t heads
   return inputs;
 }
 
-/// max |a - b| / max(max |b|, 1).
-double relativeError(const Tensor &a, const Tensor &b) {
-  double scale = std::max(b.abs().max().item<double>(), 1.0);
-  return (a - b).abs().max().item<double>() / scale;
-}
 
 struct Case {
   std::string artifact;
