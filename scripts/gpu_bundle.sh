@@ -14,7 +14,7 @@
 #                   every model at d=16,32 (build/bench/artifacts)
 #   models/         every models/*.mlir compiled at its own dims (fwp-train, fwp-lm)
 #   cuda-kernels/   the kernel bundles of the core.cuda tests (FWP_CUDA_KERNELS)
-#   deps/include/   toml++, CLI11, nlohmann-json headers; deps/googletest/
+#   deps/include/   toml++, CLI11, nlohmann-json, gloo headers; deps/googletest/
 #                   GoogleTest's sources (-DFWP_DEPS_DIR=<bundle>/deps)
 #   wheels/         flash-linear-attention + fla-core from PyPI (the benchmark's
 #                   peer; --no-wheels leaves them out: no network needed)
@@ -83,7 +83,7 @@ done
 
 # Headers and GoogleTest's sources: what a runtime-only build includes
 # beyond LibTorch and the C++ library (runtime/CMakeLists.txt, FWP_DEPS_DIR).
-for dir in toml++ CLI nlohmann; do
+for dir in toml++ CLI nlohmann gloo; do
   [ -d "/usr/include/$dir" ] || die "/usr/include/$dir is missing (scripts/setup.sh installs it)"
   cp -rL "/usr/include/$dir" "$stage/deps/include/"
 done
