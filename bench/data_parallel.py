@@ -23,15 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+from machine import cpu_name
 
 
 def write_corpus(folder: Path) -> None:
