@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "fwp/runtime/Layer.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <string>
@@ -24,6 +26,16 @@ inline std::string artifactPath(const std::string &name) {
 inline double relativeError(const torch::Tensor &a, const torch::Tensor &b) {
   double scale = std::max(b.abs().max().item<double>(), 1.0);
   return (a - b).abs().max().item<double>() / scale;
+}
+
+/// `prefix` followed by the per-step sizes of `spec` ([B, H, T] + [n] for a
+/// seq input, [H] + [...] for a param, [B, H] + [...] for a state).
+inline std::vector<int64_t> shapeWithPrefix(std::vector<int64_t> prefix,
+                                            const fwp::TensorSpec &spec,
+                                            const fwp::Dims &dims) {
+  for (int64_t size : fwp::resolveShape(spec, dims))
+    prefix.push_back(size);
+  return prefix;
 }
 
 } // namespace fwp::test

@@ -55,15 +55,13 @@ fwp::TensorMap makeInputs(const fwp::FastWeightLayer &layer, int64_t batch,
   fwp::TensorMap inputs;
   const fwp::LayerSignature &signature = layer.signature();
   for (const auto &spec : signature.seq) {
-    std::vector<int64_t> shape{batch, heads, steps};
-    for (int64_t size : fwp::resolveShape(spec, layer.dims()))
-      shape.push_back(size);
+    std::vector<int64_t> shape =
+        fwp::test::shapeWithPrefix({batch, heads, steps}, spec, layer.dims());
     inputs[spec.name] = torch::randn(shape, options);
   }
   for (const auto &spec : signature.params) {
-    std::vector<int64_t> shape{heads};
-    for (int64_t size : fwp::resolveShape(spec, layer.dims()))
-      shape.push_back(size);
+    std::vector<int64_t> shape =
+        fwp::test::shapeWithPrefix({heads}, spec, layer.dims());
     torch::Tensor value = 0.5 * torch::randn(shape, options);
     if (spec.name == "ln_weight")
       value = value + 1.0;
@@ -71,9 +69,8 @@ fwp::TensorMap makeInputs(const fwp::FastWeightLayer &layer, int64_t batch,
   }
   if (withInit)
     for (const auto &spec : signature.states) {
-      std::vector<int64_t> shape{batch, heads};
-      for (int64_t size : fwp::resolveShape(spec, layer.dims()))
-        shape.push_back(size);
+      std::vector<int64_t> shape =
+          fwp::test::shapeWithPrefix({batch, heads}, spec, layer.dims());
       inputs[fwp::initName(spec.name)] = 0.3 * torch::randn(shape, options);
     }
   return inputs;

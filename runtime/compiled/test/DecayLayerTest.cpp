@@ -144,24 +144,21 @@ TensorMap makeInputs(const fwp::Artifact &artifact, int64_t batch, int64_t heads
   };
   TensorMap inputs;
   for (const auto &spec : signature.seq) {
-    std::vector<int64_t> shape{batch, heads, steps};
-    for (int64_t size : fwp::resolveShape(spec, artifact.dims()))
-      shape.push_back(size);
+    std::vector<int64_t> shape =
+        fwp::test::shapeWithPrefix({batch, heads, steps}, spec, artifact.dims());
     Tensor value = torch::randn(shape, options);
     inputs[spec.name] = isDecay(spec.name) ? 0.5 * value + decayShift : value;
   }
   for (const auto &spec : signature.params) {
-    std::vector<int64_t> shape{heads};
-    for (int64_t size : fwp::resolveShape(spec, artifact.dims()))
-      shape.push_back(size);
+    std::vector<int64_t> shape =
+        fwp::test::shapeWithPrefix({heads}, spec, artifact.dims());
     Tensor value = 0.5 * torch::randn(shape, options);
     inputs[spec.name] = isDecay(spec.name) ? value + decayShift : value;
   }
   if (withInit)
     for (const auto &spec : signature.states) {
-      std::vector<int64_t> shape{batch, heads};
-      for (int64_t size : fwp::resolveShape(spec, artifact.dims()))
-        shape.push_back(size);
+      std::vector<int64_t> shape =
+          fwp::test::shapeWithPrefix({batch, heads}, spec, artifact.dims());
       inputs[fwp::initName(spec.name)] = 0.3 * torch::randn(shape, options);
     }
   return inputs;
