@@ -76,6 +76,24 @@ double contextFreeLoss(const Batch &batch) {
 
 } // namespace
 
+namespace {
+
+/// 16 fixed 6-statement programs as one batch, and a 1-layer Delta Net
+/// (eager reference, no dropout) drawn from seed 0.
+std::pair<Batch, TokenModel> tinyDeltaNetProblem() {
+  torch::manual_seed(0);
+  TaskData task = describeTask("codeexec");
+  auto data = tinyCodeExec(6, 16, 11);
+  std::vector<int64_t> all(data.size());
+  std::iota(all.begin(), all.end(), 0);
+  Batch batch = makeBatch(data, all, torch::kCPU);
+  ModelOptions options = tinyOptions("fwp:delta_net", task);
+  options.stack.dropout = 0.0;
+  return {batch, TokenModel(options, torch::kCPU)};
+}
+
+} // namespace
+
 TEST(Training, MetricsByHand) {
   // Two sequences, blank class 0; targets -100 are not scored.
   Batch batch{torch::zeros({2, 3}, torch::kLong),
@@ -158,15 +176,7 @@ TEST(Training, TinyDeltaNetRunLossFallsBelowThreshold) {
   // 16 fixed 6-statement programs with a 1-layer Delta Net (eager
   // reference): within 80 Adam steps the loss must fall below half of what
   // the best context-free predictor achieves on the batch.
-  torch::manual_seed(0);
-  TaskData task = describeTask("codeexec");
-  auto data = tinyCodeExec(6, 16, 11);
-  std::vector<int64_t> all(data.size());
-  std::iota(all.begin(), all.end(), 0);
-  Batch batch = makeBatch(data, all, torch::kCPU);
-  ModelOptions options = tinyOptions("fwp:delta_net", task);
-  options.stack.dropout = 0.0;
-  TokenModel model(options, torch::kCPU);
+  auto [batch, model] = tinyDeltaNetProblem();
   auto optimizer = makeAdam(model->parameters(), AdamOptions{1e-2});
   double first = 0, last = 0;
   for (int step = 0; step < 80; ++step) {
@@ -355,15 +365,7 @@ TEST(Training, Bf16RunTrainsAndKeepsFastWeightStatesF32) {
   // still fall below half of the context-free predictor's within 80 steps,
   // the projections/head must really run in bf16 (the logits are bf16),
   // and the fast-weight layer's states must stay float32.
-  torch::manual_seed(0);
-  TaskData task = describeTask("codeexec");
-  auto data = tinyCodeExec(6, 16, 11);
-  std::vector<int64_t> all(data.size());
-  std::iota(all.begin(), all.end(), 0);
-  Batch batch = makeBatch(data, all, torch::kCPU);
-  ModelOptions options = tinyOptions("fwp:delta_net", task);
-  options.stack.dropout = 0.0;
-  TokenModel model(options, torch::kCPU);
+  auto [batch, model] = tinyDeltaNetProblem();
   {
     AutocastGuard autocast("bf16", torch::kCPU);
     StackState final;
