@@ -28,6 +28,26 @@ def ConvertFwpToCPU : Pass<"convert-fwp-to-cpu", "mlir::ModuleOp"> {
   ];
 }
 
+def FwpApproximateMath : Pass<"fwp-approximate-math", "mlir::ModuleOp"> {
+  let summary = "replace f32 exp and tanh by inline polynomial approximations";
+  let description = [{
+    `convert-math-to-llvm` turns `math.exp` and `math.tanh` into LLVM
+    intrinsics that the x86 back end scalarises into one libm call per lane:
+    in the CPU kernels' feature maps and gates those calls cost more than the
+    fast-weight arithmetic at d = 16. This pass rewrites the f32 forms with
+    MLIR's polynomial approximations (range reduction + minimax polynomials,
+    a few ulp) into plain arith ops that vectorise. f64 ops are left alone.
+
+    ```
+    fwp-opt f.mlir --convert-fwp-to-cpu --fwp-approximate-math
+    ```
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect", "::mlir::math::MathDialect",
+    "::mlir::vector::VectorDialect"
+  ];
+}
+
 def FwpCPUEntryPoints : Pass<"fwp-cpu-entry-points", "mlir::ModuleOp"> {
   let summary = "add packed C entry points fwp_<L>(int64_t T, void **args)";
   let description = [{

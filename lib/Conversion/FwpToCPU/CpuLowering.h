@@ -130,9 +130,16 @@ public:
   /// Emits `for e in [0, K)` over the rows of a K x V matrix.
   template <typename Fn>
   scf::ForOp forRows(Value matrix, ValueRange inits, Fn body) {
+    return forRowGroups(matrix, 1, inits, body);
+  }
+  /// Emits `for e in [0, K) step group` over the rows of a K x V matrix
+  /// (`group` divides K); the body handles rows e .. e + group - 1.
+  template <typename Fn>
+  scf::ForOp forRowGroups(Value matrix, int64_t group, ValueRange inits,
+                          Fn body) {
     int64_t rows = cast<MemRefType>(matrix.getType()).getDimSize(0);
     return scf::ForOp::create(
-        b, loc, index(0), index(rows), index(1), inits,
+        b, loc, index(0), index(rows), index(group), inits,
         [&](OpBuilder &nested, Location, Value e, ValueRange iters) {
           OpBuilder::InsertionGuard guard(b);
           b.setInsertionPoint(nested.getInsertionBlock(),
@@ -140,6 +147,11 @@ public:
           SmallVector<Value> results = body(e, iters);
           scf::YieldOp::create(b, loc, results);
         });
+  }
+  Value addIndex(Value i, int64_t offset) {
+    if (offset == 0)
+      return i;
+    return arith::AddIOp::create(b, loc, i, index(offset));
   }
   // Matrices.
   /// A matrix buffer for one op, allocated once per call before the time
@@ -151,6 +163,26 @@ public:
     Value buffer = memref::AllocOp::create(b, loc, bufferType(type, false));
     scratchBuffers.push_back(buffer);
     return buffer;
+  }
+  /// A stack buffer of `size` elements for one op, allocated once per call
+  /// before the time loop.
+  Value scratchRow(Type element, int64_t size) {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPoint(scratchInsertionPoint);
+    return memref::AllocaOp::create(b, loc, MemRefType::get({size}, element));
+  }
+  /// `vector` stored to a stack row, for loops that take one element per
+  /// iteration: reading an element at a run-time index of a register makes
+  /// LLVM write the whole register to the stack at every iteration.
+  Value spill(Value vector) {
+    auto type = cast<VectorType>(vector.getType());
+    Value buffer = scratchRow(type.getElementType(), type.getDimSize(0));
+    vector::StoreOp::create(b, loc, vector, buffer, ValueRange{index(0)});
+    return buffer;
+  }
+  /// Element `e` of a spilled vector, broadcast to the type of `like`.
+  Value splatElement(Type like, Value spilled, Value e) {
+    return splat(like, memref::LoadOp::create(b, loc, spilled, ValueRange{e}));
   }
   bool canOverwrite(Value matrix, Operation *writer) {
     if (readOnly.contains(lowered.lookup(matrix)))

@@ -12,7 +12,7 @@
 // CHECK: memref.load %[[B]][%[[T]]] : memref<?xf32>
 // The write updates the state buffer in place, row by row (W[e, :] += k[e] v).
 // CHECK: scf.for %[[E:.*]] =
-// CHECK: vector.extract %{{.*}}[%[[E]]] : f32 from vector<4xf32>
+// CHECK: memref.load %{{.*}}[%[[E]]] : memref<4xf32>
 // CHECK: vector.load %[[W]][%[[E]], %{{.*}}] : memref<4x3xf32>, vector<3xf32>
 // CHECK: vector.fma
 // CHECK: vector.store %{{.*}}, %[[W]][%[[E]], %{{.*}}] : memref<4x3xf32>, vector<3xf32>
