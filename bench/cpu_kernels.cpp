@@ -362,11 +362,12 @@ Tensor chunkwiseDeltaNet(const Tensor &q, const Tensor &k, const Tensor &v,
   Tensor Q = blocks(phi(q)), K = blocks(phi(k)), V = blocks(v),
          b = blocks(torch::sigmoid(beta));
   Tensor Kb = K * b;
+  // I + A, unit lower-triangular: the solve reads only A's strict lower part.
   Tensor A = torch::tril(torch::matmul(Kb, K.transpose(-1, -2)), -1);
-  Tensor unitLower = A + torch::eye(chunk, q.options());
-  Tensor Wf = torch::linalg_solve_triangular(unitLower, Kb, /*upper=*/false, /*left=*/true,
-                                             /*unitriangular=*/true);
-  Tensor Uf = torch::linalg_solve_triangular(unitLower, V * b, false, true, true);
+  // One solve for both factors: T [diag(β)K, diag(β)V].
+  Tensor WU = torch::linalg_solve_triangular(A, torch::cat({Kb, V * b}, -1), /*upper=*/false,
+                                             /*left=*/true, /*unitriangular=*/true);
+  Tensor Wf = WU.narrow(-1, 0, d), Uf = WU.narrow(-1, d, dv);
   Tensor QK = torch::tril(torch::matmul(Q, K.transpose(-1, -2)));
   Tensor S = torch::zeros({B, H, d, dv}, q.options());
   std::vector<Tensor> ys;
