@@ -457,15 +457,22 @@ double eagerMs(const fwp::FastWeightLayer &reference, const fwp::TensorMap &inpu
   return eager.medianMs();
 }
 
-nlohmann::json gflopsFields(const std::string &prefix, double ms, double flops, double peak) {
-  double gflops = flops / (ms * 1e-3) / 1e9;
-  return {{prefix + "_ms", ms},
-          {prefix + "_gflops", gflops},
-          {prefix + "_pct_peak", 100.0 * gflops / peak}};
+/// "<prefix>_ms" and "<prefix>_gflops"; "<prefix>_pct_peak" is added by
+/// addPercentOfPeak once the run's peak is known.
+nlohmann::json gflopsFields(const std::string &prefix, double ms, double flops) {
+  return {{prefix + "_ms", ms}, {prefix + "_gflops", flops / (ms * 1e-3) / 1e9}};
+}
+
+void addPercentOfPeak(nlohmann::json &row, double peak) {
+  for (const char *prefix : {"current", "baseline", "chunkwise"}) {
+    auto gflops = row.find(std::string(prefix) + "_gflops");
+    if (gflops != row.end() && gflops->is_number())
+      row[std::string(prefix) + "_pct_peak"] = 100.0 * gflops->get<double>() / peak;
+  }
 }
 
 nlohmann::json measureRow(const std::string &model, const Shape &s, const Options &options,
-                          const nlohmann::json &recordedBaseline, double peak) {
+                          const nlohmann::json &recordedBaseline) {
   auto current = loadLayer(artifactPath(options.artifacts, model, s.d), model, s.d);
   std::unique_ptr<fwp::CompiledLayer> baseline;
   if (!options.baseline.empty())
@@ -491,7 +498,7 @@ nlohmann::json measureRow(const std::string &model, const Shape &s, const Option
                         {"T", s.T},       {"d", s.d},          {"dims", current->dims()},
                         {"flops", flops}, {"repeats", options.repeats}};
   const double currentMs = contenders[0].medianMs();
-  row.update(gflopsFields("current", currentMs, flops, peak));
+  row.update(gflopsFields("current", currentMs, flops));
 
   std::optional<double> baselineMs;
   if (baseline) {
@@ -506,7 +513,7 @@ nlohmann::json measureRow(const std::string &model, const Shape &s, const Option
     row["baseline_source"] = "recorded";
   }
   if (baselineMs) {
-    row.update(gflopsFields("baseline", *baselineMs, flops, peak));
+    row.update(gflopsFields("baseline", *baselineMs, flops));
     row["speedup_vs_today"] = *baselineMs / currentMs;
   } else {
     row["baseline_ms"] = nullptr;
@@ -516,7 +523,7 @@ nlohmann::json measureRow(const std::string &model, const Shape &s, const Option
   if (chunkwise) {
     const double chunkMs = contenders.back().medianMs();
     row["chunk"] = options.chunk;
-    row.update(gflopsFields("chunkwise", chunkMs, flops, peak));
+    row.update(gflopsFields("chunkwise", chunkMs, flops));
     row["speedup_vs_chunkwise"] = chunkMs / currentMs;
     if (baselineMs)
       row["baseline_speedup_vs_chunkwise"] = chunkMs / *baselineMs;
@@ -621,16 +628,16 @@ int main(int argc, char **argv) {
                          {"torch", TORCH_VERSION},
                          {"load_average_at_start", loadAverage()},
                          {"date_utc", utcNow()}};
-    std::cerr << "measuring the core's peak (FMA micro-benchmark, SGEMM 1024^3)..." << std::endl;
-    nlohmann::json fma = measureFmaPeak();
-    const double sgemm = measureSgemmGflops();
-    const double fmaGflops = fma.at("gflops").is_number() ? fma.at("gflops").get<double>() : 0;
-    const double peak = std::max(fmaGflops, sgemm);
-    result["peak"] = {{"fma", fma},
-                      {"sgemm_1024_gflops", sgemm},
-                      {"peak_gflops", peak},
-                      {"peak_source", fmaGflops >= sgemm ? "fma" : "sgemm"}};
-    std::cerr << result["peak"].dump() << std::endl;
+    // The peak, measured before and after the kernels: a busy moment can
+    // only lower a measurement, so the higher of the two counts.
+    auto measurePeak = [] {
+      std::cerr << "measuring the core's peak (FMA micro-benchmark, SGEMM 1024^3)..."
+                << std::endl;
+      nlohmann::json peak = {{"fma", measureFmaPeak()}, {"sgemm_1024_gflops", measureSgemmGflops()}};
+      std::cerr << peak.dump() << std::endl;
+      return peak;
+    };
+    nlohmann::json peakBefore = measurePeak();
     result["flop_convention"] =
         "flops per step and (b, h) = 2 * (1 forward + 3 backward) * the forward's "
         "fast-weight multiply-adds: read m*n, write_sum m*n, write_delta 2*m*n, "
@@ -655,10 +662,30 @@ int main(int argc, char **argv) {
       for (const Shape &shape : shapes) {
         std::cerr << "[" << int(secondsSince(started)) << " s] " << model << " "
                   << shapeText(shape) << "..." << std::endl;
-        nlohmann::json row = measureRow(model, shape, options, recordedBaseline, peak);
+        nlohmann::json row = measureRow(model, shape, options, recordedBaseline);
         std::cerr << row.dump() << std::endl;
         result["rows"].push_back(row);
       }
+    nlohmann::json peakAfter = measurePeak();
+    auto gflopsOf = [](const nlohmann::json &peak) {
+      const nlohmann::json &fma = peak.at("fma").at("gflops");
+      return std::pair(fma.is_number() ? fma.get<double>() : 0.0,
+                       peak.at("sgemm_1024_gflops").get<double>());
+    };
+    auto [fmaBefore, sgemmBefore] = gflopsOf(peakBefore);
+    auto [fmaAfter, sgemmAfter] = gflopsOf(peakAfter);
+    const double fmaGflops = std::max(fmaBefore, fmaAfter);
+    const double sgemmGflops = std::max(sgemmBefore, sgemmAfter);
+    const double peak = std::max(fmaGflops, sgemmGflops);
+    result["peak"] = {{"fma", peakBefore.at("fma")},
+                      {"fma_gflops", fmaGflops},
+                      {"sgemm_1024_gflops", sgemmGflops},
+                      {"peak_gflops", peak},
+                      {"peak_source", fmaGflops >= sgemmGflops ? "fma" : "sgemm"},
+                      {"before", peakBefore},
+                      {"after", peakAfter}};
+    for (nlohmann::json &row : result["rows"])
+      addPercentOfPeak(row, peak);
     result["total_seconds"] = secondsSince(started);
     std::cout << result.dump(2) << std::endl;
     if (!out.empty()) {
