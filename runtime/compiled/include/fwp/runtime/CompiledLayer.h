@@ -53,6 +53,9 @@ public:
   Artifact &operator=(const Artifact &) = delete;
 
   const std::string &path() const { return path_; }
+  /// The CPU image this host runs: the first section of the manifest's
+  /// "targets" whose features it has (e.g. "cpu.x86-64-v3").
+  const std::string &cpuSection() const { return cpuSection_; }
   const LayerSignature &signature() const { return signature_; }
   const Dims &dims() const { return dims_; }
   torch::ScalarType dtype() const { return dtype_; }
@@ -87,6 +90,7 @@ private:
   /// Verifies `path`; maps its code only with `mapCode`.
   static std::shared_ptr<Artifact> loadImpl(const std::string &path, bool mapCode);
   std::string path_;
+  std::string cpuSection_;
   void *handle_ = nullptr;
   int imageFd_ = -1; ///< the memfd holding the mapped CPU code
   LayerSignature signature_;
