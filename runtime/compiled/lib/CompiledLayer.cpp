@@ -822,8 +822,10 @@ std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
   return loadImpl(path, /*mapCode=*/true);
 }
 
-std::string describeArtifact(const std::string &path) {
-  Artifact::loadImpl(path, /*mapCode=*/false);
+std::string describeArtifact(const std::string &path, std::string *cpuSection) {
+  std::shared_ptr<Artifact> artifact = Artifact::loadImpl(path, /*mapCode=*/false);
+  if (cpuSection)
+    *cpuSection = artifact->cpuSection_;
   return readArtifactContainer(path).manifestText;
 }
 

@@ -140,6 +140,39 @@ TEST(ArtifactContainer, CompiledArtifactsVerifyAndDescribeWhatTheyWereCompiledFo
   EXPECT_NE(first->forward().entry, second->forward().entry);
 }
 
+/// What a shell command writes to stderr (stdout discarded).
+std::string stderrOf(const std::string &command) {
+  std::string text;
+  if (FILE *pipe = popen((command + " 2>&1 >/dev/null").c_str(), "r")) {
+    char buffer[4096];
+    while (size_t got = std::fread(buffer, 1, sizeof buffer, pipe))
+      text.append(buffer, got);
+    pclose(pipe);
+  }
+  return text;
+}
+
+TEST(ArtifactContainer, InspectListsEveryCpuImageAndRefusesAHostWithoutAny) {
+  REQUIRE_ARTIFACT("delta_net");
+  const std::string path = artifactPath("delta_net");
+  const json targets = fwp::readArtifactContainer(path).manifest["targets"];
+  ASSERT_EQ(targets.size(), 2u);
+  const std::string chosen = fwp::Artifact::load(path)->cpuSection();
+  std::string listing = stderrOf(std::string(FWP_INSPECT_PATH) + " " + path);
+  for (const json &target : targets) {
+    std::string line = "CPU image '" + target["section"].get<std::string>() + "': processor " +
+                       target["cpu"].get<std::string>() + ", " +
+                       std::to_string(target["features"].size()) + " features" +
+                       (target["section"] == chosen ? " (the one this machine runs)\n" : "\n");
+    EXPECT_NE(listing.find(line), std::string::npos) << line << "\n" << listing;
+  }
+  EXPECT_EQ(exitCodeOf("FWP_HIDE_CPU_FEATURES=avx2 " + std::string(FWP_INSPECT_PATH) + " " + path),
+            2);
+  EXPECT_NE(stderrOf("FWP_HIDE_CPU_FEATURES=avx2 " + std::string(FWP_INSPECT_PATH) + " " + path)
+                .find("none of its CPU images runs on this machine"),
+            std::string::npos);
+}
+
 /// Every file here must be refused; returns how many were tried.
 class Refusals {
 public:

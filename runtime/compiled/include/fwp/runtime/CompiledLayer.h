@@ -85,7 +85,7 @@ public:
   const cuda::KernelBundle &cudaKernels(const std::string &chip) const;
 
 private:
-  friend std::string describeArtifact(const std::string &path);
+  friend std::string describeArtifact(const std::string &path, std::string *cpuSection);
   Artifact() = default;
   /// Verifies `path`; maps its code only with `mapCode`.
   static std::shared_ptr<Artifact> loadImpl(const std::string &path, bool mapCode);
@@ -141,8 +141,9 @@ std::vector<std::pair<std::string, std::vector<int64_t>>>
 compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, int64_t steps,
                       bool train);
 /// Verifies `path` as Artifact::load does, without mapping any code, and
-/// returns its manifest (JSON text); throws fwp::Error (fwp-inspect).
-std::string describeArtifact(const std::string &path);
+/// returns its manifest (JSON text), and in `cpuSection` (when given) the
+/// CPU image this host would run; throws fwp::Error (fwp-inspect).
+std::string describeArtifact(const std::string &path, std::string *cpuSection = nullptr);
 
 /// The initial value [heads, shape...] (float32) of a param whose layer asks
 /// for `init` (Artifact::paramInits): "zeros", "ones", "constant:V", or
