@@ -1,6 +1,7 @@
 //===- Artifact.cpp - Building .fwpk artifacts ----------------------------===//
 
 #include "fwp/Target/Artifact.h"
+#include "fwp/Target/Container.h"
 
 #include "fwp/Conversion/Passes.h"
 #include "fwp/Dialect/Fwp/IR/FwpOps.h"
@@ -330,21 +331,52 @@ static std::unique_ptr<llvm::TargetMachine> makeTargetMachine(StringRef cpu,
   return machine;
 }
 
-FailureOr<llvm::json::Object> describeCpuTarget(StringRef cpu,
-                                                std::string &error) {
-  std::unique_ptr<llvm::TargetMachine> machine = makeTargetMachine(cpu, error);
-  if (!machine)
-    return failure();
-  const llvm::MCSubtargetInfo &subtarget = *machine->getMCSubtargetInfo();
-  llvm::json::Array features;
-  for (const llvm::SubtargetFeatureKV &feature :
-       subtarget.getAllProcessorFeatures())
-    if (subtarget.getFeatureBits().test(feature.Value))
-      features.push_back(std::string(feature.Key));
-  // Owned strings: the target machine's go away with it.
-  return llvm::json::Object{{"triple", std::string(kTriple)},
-                            {"cpu", machine->getTargetCPU().str()},
-                            {"features", std::move(features)}};
+FailureOr<std::vector<CpuTarget>> describeCpuTargets(StringRef list,
+                                                    std::string &error) {
+  SmallVector<StringRef> names;
+  list.split(names, ',');
+  std::vector<CpuTarget> targets;
+  for (StringRef name : names) {
+    name = name.trim();
+    if (name.empty()) {
+      error = "--cpu=" + list.str() +
+              ": expected a comma-separated list of processor names";
+      return failure();
+    }
+    std::unique_ptr<llvm::TargetMachine> machine =
+        makeTargetMachine(name, error);
+    if (!machine)
+      return failure();
+    CpuTarget target;
+    target.request = name.str();
+    target.cpu = machine->getTargetCPU().str();
+    // `native` and a named processor may be the same: one image each.
+    if (llvm::any_of(targets,
+                     [&](const CpuTarget &other) { return other.cpu == target.cpu; }))
+      continue;
+    const llvm::MCSubtargetInfo &subtarget = *machine->getMCSubtargetInfo();
+    for (const llvm::SubtargetFeatureKV &feature :
+         subtarget.getAllProcessorFeatures())
+      if (subtarget.getFeatureBits().test(feature.Value))
+        target.features.push_back(feature.Key);
+    target.section = (kCpuSectionPrefix + target.cpu).str();
+    targets.push_back(std::move(target));
+  }
+  return targets;
+}
+
+llvm::json::Array cpuTargetEntries(ArrayRef<CpuTarget> targets) {
+  llvm::json::Array entries;
+  for (const CpuTarget &target : targets) {
+    llvm::json::Array features;
+    for (const std::string &feature : target.features)
+      features.push_back(feature);
+    entries.push_back(llvm::json::Object{{"triple", std::string(kTriple)},
+                                         {"cpu", target.cpu},
+                                         {"features", std::move(features)},
+                                         {"section", target.section}});
+  }
+  return entries;
 }
 
 FailureOr<std::unique_ptr<llvm::Module>>

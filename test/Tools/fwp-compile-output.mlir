@@ -17,12 +17,16 @@
 // RUN: ls -A %t | FileCheck %s --check-prefix=NOTEMP
 // RUN: not fwp-compile %models/delta_net.mlir --cpu=bogus -o %t/bogus.fwpk 2>&1 | FileCheck %s --check-prefix=CPU
 // RUN: not test -e %t/bogus.fwpk
+// RUN: not fwp-compile %models/delta_net.mlir --cpu=x86-64-v3,bogus -o %t/bogus.fwpk 2>&1 | FileCheck %s --check-prefix=CPU
+// RUN: not fwp-compile %models/delta_net.mlir --cpu=native,,x86-64 -o %t/bogus.fwpk 2>&1 | FileCheck %s --check-prefix=EMPTY
+// RUN: not test -e %t/bogus.fwpk
 
 // SYMLINK: fwp-compile: error: cannot write '{{.*}}link.json': it is a symbolic link
 // VICTIM: keep
 // REPLACED: "layer": "delta_net"
 // NOTEMP-NOT: .tmp-
 // CPU: fwp-compile: error: unknown x86-64 processor 'bogus'
+// EMPTY: fwp-compile: error: --cpu=native,,x86-64: expected a comma-separated list of processor names
 // RUN: not fwp-compile %models/delta_net.mlir --cuda-chip=sm_bogus -o %t/bogus.fwpk 2>&1 | FileCheck %s --check-prefix=CHIP
 // RUN: not fwp-compile %models/delta_net.mlir --cuda-chip=gfx90a -o %t/bogus.fwpk 2>&1 | FileCheck %s --check-prefix=CHIP
 // RUN: not test -e %t/bogus.fwpk

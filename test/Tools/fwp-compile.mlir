@@ -7,7 +7,12 @@
 // The artifact is a container (docs/design.md): magic, then the sections.
 // RUN: fwp-compile %models/rdn.mlir -o %t.fwpk
 // RUN: head -c 5 %t.fwpk | tail -c 4 | FileCheck %s --check-prefix=MAGIC
-// RUN: fwp-compile %models/rdn.mlir --cpu=x86-64-v2 --emit=manifest -o - | FileCheck %s --check-prefix=TARGET
+// --cpu: one image per processor, in the order given; a repeat is skipped.
+// RUN: fwp-compile %models/rdn.mlir --cpu=x86-64-v2,x86-64-v4 --emit=manifest -o - | FileCheck %s --check-prefix=TARGET
+// RUN: fwp-compile %models/rdn.mlir --cpu=x86-64-v3,x86-64-v3 --cuda=off -o %t.one.fwpk
+// RUN: grep -a '"name": "cpu\.' %t.one.fwpk | FileCheck %s --check-prefix=ONE
+// RUN: fwp-compile %models/rdn.mlir --cpu=x86-64,x86-64-v4 --cuda=off -o %t.two.fwpk
+// RUN: grep -a '"name": "cpu\.' %t.two.fwpk | FileCheck %s --check-prefix=TWO
 
 // Keys are printed sorted.
 // CHECK: "dims": {
@@ -30,12 +35,17 @@
 // CHECK: "layer": "delta_net"
 // CHECK: "tape": [
 // CHECK: "name": "tape.W.0.key"
-// CHECK: "target": {
+// The default --cpu=native,x86-64-v3: this machine's processor, then x86-64-v3.
+// CHECK: "targets": [
+// CHECK: "cpu": "{{[a-z0-9-]+}}",
+// CHECK: "section": "cpu.{{[a-z0-9-]+}}",
+// CHECK-NEXT: "triple": "x86_64-unknown-linux-gnu"
 // CHECK: "cpu": "x86-64-v3",
-// CHECK: "features": [
+// CHECK-NEXT: "features": [
 // CHECK: "avx2",
-// CHECK: "triple": "x86_64-unknown-linux-gnu"
-// CHECK: "version": 2
+// CHECK: "section": "cpu.x86-64-v3",
+// CHECK-NEXT: "triple": "x86_64-unknown-linux-gnu"
+// CHECK: "version": 3
 
 // MLP: "d": 8,
 // MLP-NEXT: "d_ff": 24
@@ -57,6 +67,18 @@
 
 // MAGIC: FWPK
 
+// TARGET: "targets": [
 // TARGET: "cpu": "x86-64-v2",
 // TARGET-NOT: "avx2"
-// TARGET: "triple"
+// TARGET: "section": "cpu.x86-64-v2",
+// TARGET: "cpu": "x86-64-v4",
+// TARGET: "avx512f",
+// TARGET: "section": "cpu.x86-64-v4",
+
+// The container's "sections" list each image (the manifests the images
+// carry list no CPU section).
+// ONE: "name": "cpu.x86-64-v3",
+// ONE-NOT: "name"
+// TWO: "name": "cpu.x86-64",
+// TWO-NEXT: "name": "cpu.x86-64-v4",
+// TWO-NOT: "name"

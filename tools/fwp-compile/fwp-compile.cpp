@@ -4,7 +4,9 @@
 //
 // Stages: mlir (differentiated fwp IR), llvm-mlir (LLVM dialect), llvm
 // (optimised LLVM IR), ptx (a folder with one PTX file per CUDA kernel),
-// manifest (JSON), obj (object file), fwpk (default). An f32 layer also gets
+// manifest (JSON), obj (object file), fwpk (default). --cpu lists processors
+// (default native,x86-64-v3): one CPU image each, the runtime runs the first
+// the host can (llvm and obj: the first's code). An f32 layer also gets
 // CUDA kernels (PTX, and a cubin when ptxas is installed) as sections next to
 // the CPU code. The .fwpk container (docs/design.md) lists every section with
 // its SHA-256 digest; outputs are written by fwp::writeOutputFile (Container.h).
@@ -90,9 +92,10 @@ static cl::opt<std::string>
                             "model's (f32 or f64)"),
           cl::init(""), cl::cat(modelCategory));
 static cl::opt<std::string>
-    cpu("cpu", cl::desc("x86-64 processor of the CPU code (x86-64-v3, "
-                        "native, ...)"),
-        cl::init("x86-64-v3"), cl::cat(targetCategory));
+    cpu("cpu",
+        cl::desc("processors of the CPU code, best first (one image each)"),
+        cl::value_desc("name,name,..."), cl::init("native,x86-64-v3"),
+        cl::cat(targetCategory));
 
 enum class CudaMode { Auto, On, Off };
 static cl::opt<CudaMode> cudaMode(
@@ -188,10 +191,11 @@ int main(int argc, char **argv) {
   context.loadAllAvailableDialects();
 
   std::string error;
-  // The target's description goes into the manifest; an unknown --cpu is
-  // reported before any work.
-  FailureOr<llvm::json::Object> target = fwp::describeCpuTarget(cpu, error);
-  if (failed(target))
+  // The targets' descriptions go into the manifest; an unknown or empty
+  // --cpu name is reported before any work.
+  FailureOr<std::vector<fwp::CpuTarget>> targets =
+      fwp::describeCpuTargets(cpu, error);
+  if (failed(targets))
     return fail(error);
   if (cudaMode != CudaMode::Off && failed(::fwp::checkCudaChip(cudaChip, error)))
     return fail(error);
@@ -316,7 +320,7 @@ int main(int argc, char **argv) {
     if (!kernel.cubin.empty())
       sections.push_back({kernel.cubinSymbol(), "cubin", kernel.cubin});
   }
-  (*manifest)["target"] = std::move(*target);
+  (*manifest)["targets"] = fwp::cpuTargetEntries(*targets);
   (*manifest)["sections"] = ::fwp::sectionEntries(sections);
   std::string manifestJson;
   {
@@ -339,28 +343,36 @@ int main(int argc, char **argv) {
     return failed(writeText(output, text)) ? 1 : 0;
   }
 
-  llvm::LLVMContext llvmContext;
-  FailureOr<std::unique_ptr<llvm::Module>> llvmModule =
-      fwp::translateToOptimizedLLVM(*module, llvmContext, manifestJson, cpu);
-  if (failed(llvmModule))
-    return 1;
-  if (emit == Stage::Llvm) {
-    std::string text;
-    llvm::raw_string_ostream os(text);
-    (*llvmModule)->print(os, nullptr);
-    return failed(writeText(output, text)) ? 1 : 0;
+  // One image per processor: the same LLVM-dialect module translated,
+  // optimised and compiled for each (--emit=llvm and obj: the first only).
+  // Every image carries the same manifest (the container's less the CPU
+  // sections' entries, which cannot list their own digests).
+  for (const fwp::CpuTarget &target : *targets) {
+    llvm::LLVMContext llvmContext;
+    FailureOr<std::unique_ptr<llvm::Module>> llvmModule =
+        fwp::translateToOptimizedLLVM(*module, llvmContext, manifestJson,
+                                      target.request);
+    if (failed(llvmModule))
+      return 1;
+    if (emit == Stage::Llvm) {
+      std::string text;
+      llvm::raw_string_ostream os(text);
+      (*llvmModule)->print(os, nullptr);
+      return failed(writeText(output, text)) ? 1 : 0;
+    }
+
+    llvm::SmallString<0> object;
+    if (failed(fwp::emitObjectFile(**llvmModule, target.request, object, error)))
+      return fail(error);
+    if (emit == Stage::Object)
+      return failed(writeText(output, object)) ? 1 : 0;
+
+    FailureOr<std::string> library =
+        linkInPrivateFolder(layerName, object, error);
+    if (failed(library))
+      return fail(error);
+    sections.push_back({target.section, "elf", std::move(*library)});
   }
-
-  llvm::SmallString<0> object;
-  if (failed(fwp::emitObjectFile(**llvmModule, cpu, object, error)))
-    return fail(error);
-  if (emit == Stage::Object)
-    return failed(writeText(output, object)) ? 1 : 0;
-
-  FailureOr<std::string> library = linkInPrivateFolder(layerName, object, error);
-  if (failed(library))
-    return fail(error);
-  sections.push_back({::fwp::kCpuSectionName.str(), "elf", std::move(*library)});
   return failed(writeText(output, ::fwp::buildContainer(std::move(*manifest),
                                                         sections)))
              ? 1

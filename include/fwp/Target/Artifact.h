@@ -16,11 +16,12 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace fwp {
 
 /// Version of the artifact format; the runtime refuses other versions.
-inline constexpr int kArtifactFormatVersion = 2;
+inline constexpr int kArtifactFormatVersion = 3;
 
 /// Decompose, canonicalise and differentiate: afterwards the module holds
 /// the forward scan @L, @L_train and @L_grad. `backward`, when not empty, is
@@ -50,10 +51,24 @@ translateToOptimizedLLVM(mlir::ModuleOp module, llvm::LLVMContext &context,
                          llvm::StringRef manifestJson, llvm::StringRef cpu,
                          llvm::ArrayRef<EmbeddedData> embedded = {});
 
-/// The manifest's "target" for `cpu`: the triple, the processor and its
-/// features (LLVM's names); fails with `error` for an unknown processor.
-mlir::FailureOr<llvm::json::Object> describeCpuTarget(llvm::StringRef cpu,
-                                                      std::string &error);
+/// One CPU image of an artifact: the processor as asked for (`request`,
+/// e.g. "native"), as LLVM resolved it (`cpu`, e.g. "sapphirerapids"), its
+/// features (LLVM's names) and the image's section ("cpu.<cpu>").
+struct CpuTarget {
+  std::string request;
+  std::string cpu;
+  std::vector<std::string> features;
+  std::string section;
+};
+
+/// The targets of `--cpu`'s comma-separated list, in its order, each
+/// processor once (`native` resolves to this machine's, which may repeat a
+/// name of the list); fails with `error` for an empty or unknown name.
+mlir::FailureOr<std::vector<CpuTarget>> describeCpuTargets(llvm::StringRef list,
+                                                           std::string &error);
+
+/// The manifest's "targets": triple, cpu, features and section of each.
+llvm::json::Array cpuTargetEntries(llvm::ArrayRef<CpuTarget> targets);
 
 /// Generates the object code of `module` into `object`.
 mlir::LogicalResult emitObjectFile(llvm::Module &module, llvm::StringRef cpu,

@@ -18,8 +18,8 @@
 
 namespace fwp {
 
-/// The name of the CPU code's section (kind "elf").
-inline constexpr llvm::StringLiteral kCpuSectionName = "cpu";
+/// The CPU images' sections (kind "elf") are named "cpu.<processor>".
+inline constexpr llvm::StringLiteral kCpuSectionPrefix = "cpu.";
 
 /// One section of a container: its name (for PTX and cubins, the
 /// manifest's ptx_symbol / cubin_symbol), kind (elf, ptx, cubin) and bytes.

@@ -113,9 +113,10 @@ ArtifactContainer readArtifactContainer(const std::string &path) {
     fail("written in .fwpk format version " + std::to_string(version) +
          " by a newer fwp-compile; this runtime reads version " +
          std::to_string(kArtifactFormatVersion));
-  if (version != uint32_t(kArtifactFormatVersion))
+  if (version < uint32_t(kOldestArtifactFormatVersion))
     fail(".fwpk format version " + std::to_string(version) + " is not supported (this runtime "
-         "reads version " + std::to_string(kArtifactFormatVersion) + "; recompile the layer)");
+         "reads versions " + std::to_string(kOldestArtifactFormatVersion) + " to " +
+         std::to_string(kArtifactFormatVersion) + "; recompile the layer)");
   if (readLittle<uint32_t>(bytes, 12) != kArtifactHeaderBytes)
     fail("corrupt header (header size " + std::to_string(readLittle<uint32_t>(bytes, 12)) +
          ", expected " + std::to_string(kArtifactHeaderBytes) + ")");
@@ -174,8 +175,11 @@ ArtifactContainer readArtifactContainer(const std::string &path) {
       fail(where + ".name' is empty or names a section twice ('" + section.name + "')");
     if (section.kind != "elf" && section.kind != "ptx" && section.kind != "cubin")
       fail(where + ".kind' is '" + section.kind + "', not elf, ptx or cubin");
-    if ((section.kind == "elf") != (section.name == kCpuSectionName))
-      fail(where + "': the CPU code is the one section '" + kCpuSectionName + "' of kind elf");
+    const bool cpuName = version == 2 ? section.name == kFormat2CpuSectionName
+                                      : section.name.rfind(kCpuSectionPrefix, 0) == 0;
+    if ((section.kind == "elf") != cpuName)
+      fail(where + "': the CPU images are the sections of kind elf, each named '" +
+           (version == 2 ? kFormat2CpuSectionName : kCpuSectionPrefix + "<processor>") + "'");
     if (section.sha256.size() != 64 || !isLowerHex(section.sha256))
       fail(where + ".sha256' must be 64 lowercase hexadecimal digits");
     auto sizeField = entry.find("size");
@@ -204,8 +208,9 @@ ArtifactContainer readArtifactContainer(const std::string &path) {
   for (uint64_t pad = cursor; pad < manifestOffset; ++pad)
     if (bytes[pad] != 0)
       fail("non-zero padding at byte " + std::to_string(pad) + ": the file is corrupt");
-  if (!container.section(kCpuSectionName))
-    fail("the manifest lists no section '" + kCpuSectionName + "' (the CPU code)");
+  if (std::none_of(container.sections.begin(), container.sections.end(),
+                   [](const ArtifactSection &section) { return section.kind == "elf"; }))
+    fail("the manifest lists no CPU code (no section of kind elf)");
   container.manifest = std::move(manifest);
   return container;
 }

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -535,35 +536,98 @@ std::optional<bool> hostHasFeature(const std::string &feature) {
   return std::nullopt;
 }
 
-/// The manifest's "target": the code runs only on a host with its features.
-void checkTarget(const ManifestReader &reader, const json &manifest) {
-  const json &target = reader.member(manifest, "manifest", "target");
-  std::string triple = reader.string(target, "target", "triple");
-  if (triple.rfind("x86_64-", 0) != 0)
-    reader.fail("target.triple", "is '" + triple + "'; this runtime runs x86-64 code");
-  std::string cpu = reader.string(target, "target", "cpu");
-  const json &features = reader.array(target, "target", "features");
-  std::string missing;
-  for (const json &feature : features) {
-    if (!feature.is_string())
-      reader.fail("target.features", "must be an array of strings");
-    std::optional<bool> has = hostHasFeature(feature.get<std::string>());
-    if (has && !*has)
-      missing += (missing.empty() ? "" : ", ") + feature.get<std::string>();
+/// Whether the host has `feature` for the choice of a CPU image: what
+/// hostHasFeature says, except that FWP_HIDE_CPU_FEATURES (a comma-separated
+/// list of LLVM feature names) makes features count as missing, to try a
+/// smaller machine's choice here (it can only make the choice stricter).
+std::optional<bool> hostOffersFeature(const std::string &feature) {
+  if (const char *hidden = std::getenv("FWP_HIDE_CPU_FEATURES")) {
+    std::stringstream list(hidden);
+    for (std::string name; std::getline(list, name, ',');)
+      if (name == feature)
+        return false;
   }
-  if (!missing.empty())
-    reader.fail("target", "says the code was compiled for the processor '" + cpu +
-                              "', which has features this machine lacks (" + missing +
-                              "); recompile with fwp-compile --cpu=native or an older --cpu");
+  return hostHasFeature(feature);
 }
 
-/// The CPU image carries the manifest it was compiled with (less its own
-/// section entry): a manifest cannot be paired with other code.
-void checkCodeMatchesManifest(const ArtifactContainer &container, const CpuImageInfo &image) {
+/// One entry of the manifest's "targets": a CPU image and what it needs.
+struct CpuTarget {
+  std::string cpu;
+  std::string section;
+  std::vector<std::string> features;
+};
+
+/// The manifest's "targets", in order of preference: each names a distinct
+/// CPU section, and every CPU section is named.
+std::vector<CpuTarget> readTargets(const ManifestReader &reader,
+                                   const ArtifactContainer &container) {
+  // Format 2: one image, section "cpu", described by "target".
+  const bool format2 = container.manifest.value("version", 0) == 2;
+  const json &list =
+      format2 ? json::array({reader.member(container.manifest, "manifest", "target")})
+              : reader.array(container.manifest, "manifest", "targets");
+  if (list.empty())
+    reader.fail("targets", "must list at least one CPU image");
+  std::vector<CpuTarget> targets;
+  std::set<std::string> named;
+  for (size_t i = 0; i < list.size(); ++i) {
+    std::string field = format2 ? "target" : "targets[" + std::to_string(i) + "]";
+    CpuTarget target;
+    std::string triple = reader.string(list[i], field, "triple");
+    if (triple.rfind("x86_64-", 0) != 0)
+      reader.fail(field + ".triple", "is '" + triple + "'; this runtime runs x86-64 code");
+    target.cpu = reader.string(list[i], field, "cpu");
+    target.section =
+        format2 ? kFormat2CpuSectionName : reader.string(list[i], field, "section");
+    const ArtifactSection *section = container.section(target.section);
+    if (!section || section->kind != "elf")
+      reader.fail(field + ".section", "names '" + target.section + "', which is not a CPU "
+                                      "section (kind elf)");
+    if (!named.insert(target.section).second)
+      reader.fail(field + ".section", "names the section '" + target.section + "' a second time");
+    for (const json &feature : reader.array(list[i], field, "features")) {
+      if (!feature.is_string())
+        reader.fail(field + ".features", "must be an array of strings");
+      target.features.push_back(feature.get<std::string>());
+    }
+    targets.push_back(std::move(target));
+  }
+  for (const ArtifactSection &section : container.sections)
+    if (section.kind == "elf" && !named.count(section.name))
+      reader.fail("targets", "names no entry for the CPU section '" + section.name + "'");
+  return targets;
+}
+
+/// The first target whose features this host has; none: an error naming
+/// every image and the features it lacks.
+size_t chooseTarget(const std::string &path, const std::vector<CpuTarget> &targets) {
+  std::string missingAll;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    std::string missing;
+    for (const std::string &feature : targets[i].features) {
+      std::optional<bool> has = hostOffersFeature(feature);
+      if (has && !*has)
+        missing += (missing.empty() ? "" : ", ") + feature;
+    }
+    if (missing.empty())
+      return i;
+    missingAll += "; '" + targets[i].section + "' (processor " + targets[i].cpu +
+                  ") needs " + missing;
+  }
+  throw Error(path + ": none of its CPU images runs on this machine, which lacks features "
+              "each needs" + missingAll +
+              " (recompile with fwp-compile --cpu=native or an older processor in --cpu)");
+}
+
+/// Every CPU image carries the manifest it was compiled with, less the CPU
+/// sections' entries (an image cannot hold its own digest): a manifest
+/// cannot be paired with other code.
+void checkCodeMatchesManifest(const ArtifactContainer &container, const CpuImageInfo &image,
+                              const std::string &sectionName) {
   json expected = container.manifest;
   json sections = json::array();
   for (const json &entry : expected["sections"])
-    if (entry.value("name", "") != kCpuSectionName)
+    if (entry.value("kind", "") != "elf")
       sections.push_back(entry);
   expected["sections"] = sections;
   if (image.embeddedManifest == expected)
@@ -580,8 +644,8 @@ void checkCodeMatchesManifest(const ArtifactContainer &container, const CpuImage
     hint = " (the code is for layer " + image.embeddedManifest.value("layer", std::string("?")) +
            " with dims " + image.embeddedManifest.value("dims", json::object()).dump() + ", " +
            image.embeddedManifest.value("dtype", std::string("?")) + ")";
-  throw Error(container.path + ": the manifest does not describe the CPU code it holds: "
-              "fields that differ: " + fields + hint);
+  throw Error(container.path + ": the manifest does not describe the CPU code it holds (section '" +
+              sectionName + "'): fields that differ: " + fields + hint);
 }
 
 /// Maps a verified CPU image: written to a sealed memfd and loaded from
@@ -758,8 +822,10 @@ std::shared_ptr<const Artifact> Artifact::load(const std::string &path) {
   return loadImpl(path, /*mapCode=*/true);
 }
 
-std::string describeArtifact(const std::string &path) {
-  Artifact::loadImpl(path, /*mapCode=*/false);
+std::string describeArtifact(const std::string &path, std::string *cpuSection) {
+  std::shared_ptr<Artifact> artifact = Artifact::loadImpl(path, /*mapCode=*/false);
+  if (cpuSection)
+    *cpuSection = artifact->cpuSection_;
   return readArtifactContainer(path).manifestText;
 }
 
@@ -769,19 +835,25 @@ std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCo
   // image was compiled with this manifest, the manifest's schema and every
   // cross-reference.
   const ArtifactContainer container = readArtifactContainer(path);
-  const ArtifactSection &code = *container.section(kCpuSectionName);
-  const CpuImageInfo image = checkCpuImage(code.bytes, path + " (section 'cpu')");
-  checkCodeMatchesManifest(container, image);
+  ManifestReader reader(path);
+  const std::vector<CpuTarget> targets = readTargets(reader, container);
+  std::vector<CpuImageInfo> images;
+  for (const CpuTarget &target : targets) {
+    images.push_back(checkCpuImage(container.section(target.section)->bytes,
+                                   path + " (section '" + target.section + "')"));
+    checkCodeMatchesManifest(container, images.back(), target.section);
+  }
   const json &manifest = container.manifest;
   std::shared_ptr<Artifact> artifact(new Artifact());
   artifact->path_ = path;
 
-  ManifestReader reader(path);
   if (reader.string(manifest, "manifest", "format") != "fwpk")
     reader.fail("format", "is not \"fwpk\"");
   const json &version = reader.member(manifest, "manifest", "version");
-  if (!version.is_number_integer() || version.get<int>() != kFormatVersion)
-    reader.fail("version", "is " + version.dump() + "; this runtime reads version " +
+  if (!version.is_number_integer() || version.get<int>() > kFormatVersion ||
+      version.get<int>() < kOldestArtifactFormatVersion)
+    reader.fail("version", "is " + version.dump() + "; this runtime reads versions " +
+                               std::to_string(kOldestArtifactFormatVersion) + " to " +
                                std::to_string(kFormatVersion) +
                                " (recompile the layer with this fwp-compile)");
   std::string dtype = reader.string(manifest, "manifest", "dtype");
@@ -857,10 +929,19 @@ std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCo
 
   const json &kernels = reader.member(manifest, "manifest", "kernels");
   const json &cpu = reader.member(kernels, "kernels", "cpu");
-  parseKernel(reader, cpu, "forward", image.functions, artifact->forward_);
-  parseKernel(reader, cpu, "forward_train", image.functions, artifact->forwardTrain_);
-  parseKernel(reader, cpu, "backward", image.functions, artifact->backward_);
-  checkTarget(reader, manifest);
+  parseKernel(reader, cpu, "forward", images[0].functions, artifact->forward_);
+  parseKernel(reader, cpu, "forward_train", images[0].functions, artifact->forwardTrain_);
+  parseKernel(reader, cpu, "backward", images[0].functions, artifact->backward_);
+  // Every image exports every kernel; the host runs the first it can.
+  for (size_t i = 1; i < images.size(); ++i)
+    for (const CpuKernel *kernel :
+         {&artifact->forward_, &artifact->forwardTrain_, &artifact->backward_})
+      if (std::find(images[i].functions.begin(), images[i].functions.end(), kernel->symbol) ==
+          images[i].functions.end())
+        reader.fail("kernels.cpu", "symbol " + kernel->symbol + " is not exported by the CPU "
+                                   "section '" + targets[i].section + "'");
+  const size_t chosen = chooseTarget(path, targets);
+  artifact->cpuSection_ = targets[chosen].section;
 
   if (auto cuda = kernels.find("cuda"); cuda != kernels.end()) {
     CudaImages images = loadCudaKernels(reader, *cuda, container, artifact->dtype_);
@@ -925,7 +1006,8 @@ std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCo
   if (!mapCode)
     return artifact;
   // Verified: map the code and resolve the entry points.
-  artifact->handle_ = mapImage(code.bytes, path, artifact->imageFd_);
+  artifact->handle_ =
+      mapImage(container.section(artifact->cpuSection_)->bytes, path, artifact->imageFd_);
   for (CpuKernel *kernel : {&artifact->forward_, &artifact->forwardTrain_, &artifact->backward_})
     resolveKernel(artifact->handle_, artifact->imageFd_, path, *kernel);
   return artifact;

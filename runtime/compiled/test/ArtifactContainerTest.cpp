@@ -115,12 +115,20 @@ TEST(ArtifactContainer, CompiledArtifactsVerifyAndDescribeWhatTheyWereCompiledFo
   // fwp-compile computed these digests with LLVM's SHA-256; this runtime's
   // own implementation must agree on every section.
   fwp::ArtifactContainer container = fwp::readArtifactContainer(artifactPath("delta_net"));
-  ASSERT_NE(container.section("cpu"), nullptr);
   EXPECT_EQ(container.manifest["layer"], "delta_net");
   EXPECT_EQ(container.manifest["dims"]["d"], 16);
   EXPECT_EQ(container.manifest["dtype"], "f32");
-  EXPECT_EQ(container.manifest["target"]["cpu"], "x86-64-v3");
-  EXPECT_NE(container.manifest["target"]["features"].dump().find("\"avx2\""), std::string::npos);
+  // fwp-compile's default --cpu=native,x86-64-v3: two images, each its section.
+  const json &targets = container.manifest["targets"];
+  ASSERT_EQ(targets.size(), 2u) << targets.dump();
+  EXPECT_EQ(targets[1]["cpu"], "x86-64-v3");
+  EXPECT_NE(targets[1]["features"].dump().find("\"avx2\""), std::string::npos);
+  for (const json &target : targets) {
+    const fwp::ArtifactSection *section = container.section(target["section"]);
+    ASSERT_NE(section, nullptr) << target.dump();
+    EXPECT_EQ(section->kind, "elf");
+    EXPECT_EQ(target["section"], "cpu." + target["cpu"].get<std::string>());
+  }
   for (const fwp::ArtifactSection &section : container.sections)
     EXPECT_EQ(fwp::sha256Hex(section.bytes), section.sha256) << section.name;
   EXPECT_NO_THROW(fwp::Artifact::load(artifactPath("delta_net")));
@@ -130,6 +138,39 @@ TEST(ArtifactContainer, CompiledArtifactsVerifyAndDescribeWhatTheyWereCompiledFo
   auto second = fwp::Artifact::load(artifactPath("delta_net"));
   EXPECT_NE(first->forward().entry, nullptr);
   EXPECT_NE(first->forward().entry, second->forward().entry);
+}
+
+/// What a shell command writes to stderr (stdout discarded).
+std::string stderrOf(const std::string &command) {
+  std::string text;
+  if (FILE *pipe = popen((command + " 2>&1 >/dev/null").c_str(), "r")) {
+    char buffer[4096];
+    while (size_t got = std::fread(buffer, 1, sizeof buffer, pipe))
+      text.append(buffer, got);
+    pclose(pipe);
+  }
+  return text;
+}
+
+TEST(ArtifactContainer, InspectListsEveryCpuImageAndRefusesAHostWithoutAny) {
+  REQUIRE_ARTIFACT("delta_net");
+  const std::string path = artifactPath("delta_net");
+  const json targets = fwp::readArtifactContainer(path).manifest["targets"];
+  ASSERT_EQ(targets.size(), 2u);
+  const std::string chosen = fwp::Artifact::load(path)->cpuSection();
+  std::string listing = stderrOf(std::string(FWP_INSPECT_PATH) + " " + path);
+  for (const json &target : targets) {
+    std::string line = "CPU image '" + target["section"].get<std::string>() + "': processor " +
+                       target["cpu"].get<std::string>() + ", " +
+                       std::to_string(target["features"].size()) + " features" +
+                       (target["section"] == chosen ? " (the one this machine runs)\n" : "\n");
+    EXPECT_NE(listing.find(line), std::string::npos) << line << "\n" << listing;
+  }
+  EXPECT_EQ(exitCodeOf("FWP_HIDE_CPU_FEATURES=avx2 " + std::string(FWP_INSPECT_PATH) + " " + path),
+            2);
+  EXPECT_NE(stderrOf("FWP_HIDE_CPU_FEATURES=avx2 " + std::string(FWP_INSPECT_PATH) + " " + path)
+                .find("none of its CPU images runs on this machine"),
+            std::string::npos);
 }
 
 /// Every file here must be refused; returns how many were tried.
@@ -193,7 +234,8 @@ TEST(ArtifactFuzz, EveryCorruptionIsAClearErrorBeforeAnyCodeRuns) {
   refusals.expect("empty file", "", "shorter than the header");
   refusals.expect("text file", std::string(200, 'x') + "\n", "no FWPK header");
   refusals.expect("the manifest alone", container.manifestText, "no FWPK header");
-  refusals.expect("the bare CPU image (a format-1 artifact)", container.section("cpu")->bytes,
+  const std::string firstImage = container.manifest["targets"][0]["section"];
+  refusals.expect("the bare CPU image (a format-1 artifact)", container.section(firstImage)->bytes,
                   "an ELF file, not a .fwpk container");
   for (const char *libm :
        {"/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6"})
@@ -204,11 +246,13 @@ TEST(ArtifactFuzz, EveryCorruptionIsAClearErrorBeforeAnyCodeRuns) {
 
   // Future and past versions.
   std::string future = bytes;
-  future[8] = 3;
+  future[8] = 4;
   refusals.expect("future version", future, "by a newer fwp-compile");
   std::string past = bytes;
   past[8] = 1;
   refusals.expect("past version", past, "is not supported");
+  past[8] = 2;
+  refusals.expect("format 2 header on a format 3 manifest", past, "not the header's version");
 
   // Swapped manifests: another size, layer and dtype. Naively (the
   // manifest's digests then name other bytes) and consistently (every digest
@@ -225,7 +269,9 @@ TEST(ArtifactFuzz, EveryCorruptionIsAClearErrorBeforeAnyCodeRuns) {
     // The donor's manifest (with its own PTX sections) beside this code.
     std::vector<fwp::ArtifactSection> sections;
     for (const fwp::ArtifactSection &section : donor.sections)
-      sections.push_back(section.name == "cpu" ? *container.section("cpu") : section);
+      sections.push_back(section.kind == "elf" && container.section(section.name)
+                             ? *container.section(section.name)
+                             : section);
     refusals.expect(std::string("consistent swap with ") + other,
                     fwp::buildArtifactContainer(manifestWithoutSections(donor), sections),
                     "does not describe the CPU code");
@@ -245,15 +291,19 @@ TEST(ArtifactFuzz, EveryCorruptionIsAClearErrorBeforeAnyCodeRuns) {
                                                "void fwp_delta_net_train(void) { evil_helper(); }\n");
   if (exitCodeOf("cc -shared -fPIC -o " + evil + " " + source) == 0 &&
       exitCodeOf("cc -shared -fPIC -nostartfiles -o " + needing + " " + empty + " " + evil) == 0) {
+    // In place of each CPU image: the one this host would not run is
+    // checked before any is mapped, too.
     for (const auto &[library, why] : {std::pair<std::string, std::string>{evil, "initializers"},
                                        {needing, "needs the library"}}) {
-      std::vector<fwp::ArtifactSection> sections = sectionsOf(container);
-      for (fwp::ArtifactSection &section : sections)
-        if (section.name == "cpu")
-          section.bytes = readBytes(library);
-      refusals.expect("constructor library " + library,
-                      fwp::buildArtifactContainer(manifestWithoutSections(container), sections),
-                      why);
+      for (const json &target : container.manifest["targets"]) {
+        std::vector<fwp::ArtifactSection> sections = sectionsOf(container);
+        for (fwp::ArtifactSection &section : sections)
+          if (section.name == target["section"])
+            section.bytes = readBytes(library);
+        refusals.expect("constructor library " + library + " as " + target["section"].dump(),
+                        fwp::buildArtifactContainer(manifestWithoutSections(container), sections),
+                        why);
+      }
       refusals.expect("raw constructor library " + library, readBytes(library), "an ELF file");
     }
   } else {
@@ -287,7 +337,7 @@ TEST(ArtifactContainer, ManifestFieldsAreCheckedAfterTheDigests) {
   auto edited = [&](const std::string &from, const std::string &to, bool manifestToo) {
     std::vector<fwp::ArtifactSection> sections = sectionsOf(container);
     for (fwp::ArtifactSection &section : sections)
-      if (section.name == "cpu") {
+      if (section.kind == "elf") {
         size_t at = section.bytes.find(from);
         EXPECT_NE(at, std::string::npos) << from;
         section.bytes.replace(at, from.size(), to);

@@ -12,6 +12,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "fwp/runtime/CompiledLayer.h"
+#include "fwp/runtime/ArtifactContainer.h"
 #include "fwp/runtime/Safetensors.h"
 
 #include "ArtifactTestSupport.h"
@@ -19,7 +20,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <cstdlib>
 #include <sys/wait.h>
 #include <filesystem>
@@ -96,10 +99,10 @@ std::string caseName(const testing::TestParamInfo<Case> &info) {
 
 class CompiledMatchesReference : public testing::TestWithParam<Case> {};
 
-TEST_P(CompiledMatchesReference, OutputsFinalStatesAndGradients) {
-  REQUIRE_ARTIFACTS();
-  const Case &c = GetParam();
-  auto artifact = fwp::Artifact::load(artifactPath(c.artifact));
+/// The artifact's outputs, final states and gradients against the eager
+/// reference layer (MODELS.md) on the inputs of `c`.
+void expectMatchesReference(const std::shared_ptr<const fwp::Artifact> &artifact,
+                            const Case &c) {
   fwp::CompiledLayer compiled(artifact);
   auto reference = fwp::makeReferenceLayer(artifact->signature().layer, artifact->dims());
   torch::ScalarType dtype = artifact->dtype();
@@ -140,6 +143,101 @@ TEST_P(CompiledMatchesReference, OutputsFinalStatesAndGradients) {
     ASSERT_TRUE(gradsCompiled[i].defined()) << "no gradient for " << names[i];
     EXPECT_LE(relativeError(gradsCompiled[i], gradsReference[i]), tolerance)
         << "gradient of " << names[i];
+  }
+}
+
+TEST_P(CompiledMatchesReference, OutputsFinalStatesAndGradients) {
+  REQUIRE_ARTIFACTS();
+  expectMatchesReference(fwp::Artifact::load(artifactPath(GetParam().artifact)), GetParam());
+}
+
+/// Sets an environment variable for one scope.
+class ScopedEnv {
+public:
+  ScopedEnv(const char *name, const std::string &value) : name_(name) {
+    if (const char *old = std::getenv(name))
+      old_ = old;
+    setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    if (old_)
+      setenv(name_, old_->c_str(), 1);
+    else
+      unsetenv(name_);
+  }
+
+private:
+  const char *name_;
+  std::optional<std::string> old_;
+};
+
+TEST(CompiledLayer, ReadsFormat2ArtifactsWithOneCpuImage) {
+  // Made by the fwp-compile of format 2 (one image, section "cpu", the
+  // manifest's single "target": x86-64-v3): fwp-compile
+  // models/linear_transformer.mlir --dim d=2 --dtype=f64 --cuda=off.
+  const std::string path = std::string(FWP_TEST_INPUTS) + "/linear_transformer_d2_f64_format2.fwpk";
+  ASSERT_EQ(fwp::readArtifactContainer(path).manifest["version"], 2);
+  auto artifact = fwp::Artifact::load(path);
+  EXPECT_EQ(artifact->cpuSection(), "cpu");
+  expectMatchesReference(artifact, {"linear_transformer_d2_f64_format2", 2, 3, 7, true});
+  ScopedEnv env("FWP_HIDE_CPU_FEATURES", "fma");
+  try {
+    fwp::Artifact::load(path);
+    ADD_FAILURE() << "loaded on a host without fma";
+  } catch (const fwp::Error &error) {
+    EXPECT_NE(std::string(error.what()).find("'cpu' (processor x86-64-v3) needs fma"),
+              std::string::npos)
+        << error.what();
+  }
+}
+
+TEST(CompiledLayer, EveryCpuImageRunsAndMatchesTheReference) {
+  REQUIRE_ARTIFACTS();
+  // The default --cpu=native,x86-64-v3: this machine's processor first,
+  // then a portable one. A host lacking a feature of the first (made so by
+  // FWP_HIDE_CPU_FEATURES) falls back to the second; one lacking a feature
+  // of both runs neither, and the error names each image's missing features.
+  for (const char *name : {"delta_net", "rdn_f64"}) {
+    SCOPED_TRACE(name);
+    const std::string path = artifactPath(name);
+    const nlohmann::json targets = fwp::readArtifactContainer(path).manifest["targets"];
+    ASSERT_EQ(targets.size(), 2u) << targets.dump();
+    EXPECT_EQ(targets[1]["cpu"], "x86-64-v3");
+    auto preferred = fwp::Artifact::load(path);
+    expectMatchesReference(preferred, {name, 2, 2, 9, true});
+    if (preferred->cpuSection() != targets[0]["section"]) {
+      // Artifacts compiled on another machine (FWP_PREBUILT_ARTIFACTS),
+      // whose processor this one is not: it already fell back.
+      EXPECT_EQ(preferred->cpuSection(), targets[1]["section"]);
+      continue;
+    }
+
+    std::vector<std::string> portable = targets[1]["features"];
+    std::string hidden;
+    for (const std::string &feature : targets[0]["features"])
+      if (std::find(portable.begin(), portable.end(), feature) == portable.end())
+        hidden += (hidden.empty() ? "" : ",") + feature;
+    ASSERT_FALSE(hidden.empty()) << "native has no feature beyond x86-64-v3 here";
+    {
+      ScopedEnv env("FWP_HIDE_CPU_FEATURES", hidden);
+      auto fallback = fwp::Artifact::load(path);
+      EXPECT_EQ(fallback->cpuSection(), targets[1]["section"]);
+      EXPECT_NE(fallback->forward().entry, preferred->forward().entry);
+      expectMatchesReference(fallback, {name, 2, 2, 9, true});
+    }
+    ScopedEnv env("FWP_HIDE_CPU_FEATURES", "avx2");
+    try {
+      fwp::Artifact::load(path);
+      ADD_FAILURE() << "loaded on a host without avx2";
+    } catch (const fwp::Error &error) {
+      std::string message = error.what();
+      for (std::string part : {path + ": none of its CPU images runs on this machine",
+                               "'" + targets[0]["section"].get<std::string>() + "' (processor " +
+                                   targets[0]["cpu"].get<std::string>() + ") needs avx2;",
+                               "'" + targets[1]["section"].get<std::string>() +
+                                   "' (processor x86-64-v3) needs avx2 ("})
+        EXPECT_NE(message.find(part), std::string::npos) << part << "\n" << message;
+    }
   }
 }
 

@@ -5,7 +5,8 @@
 // Verifies the artifact exactly as the runtime does before it runs anything
 // (the container's header and digests, the CPU image, the manifest and every
 // cross-reference; docs/design.md) without mapping any of its code, and
-// prints the manifest. A faulty artifact: "error: ..." and exit code 2.
+// prints the manifest, and on stderr one line per CPU image (the one this
+// machine runs marked). A faulty artifact: "error: ..." and exit code 2.
 //
 //===----------------------------------------------------------------------===//
 #include "fwp/runtime/ArtifactContainer.h"
@@ -33,9 +34,22 @@ int main(int argc, char **argv) {
     return fwp::kToolFailure;
   }
   return fwp::runReportingErrors([&] {
-    std::string manifest = fwp::describeArtifact(path);
-    if (!quiet)
-      std::cout << manifest << '\n';
+    std::string chosen;
+    std::string manifest = fwp::describeArtifact(path, &chosen);
+    if (quiet)
+      return 0;
+    std::cout << manifest << '\n';
+    // Every CPU image on stderr (stdout stays the manifest's JSON).
+    nlohmann::json parsed = nlohmann::json::parse(manifest);
+    nlohmann::json targets = parsed.contains("targets")
+                                 ? parsed["targets"]
+                                 : nlohmann::json::array({parsed["target"]});
+    for (const nlohmann::json &target : targets) {
+      std::string section = target.value("section", fwp::kFormat2CpuSectionName);
+      std::cerr << "CPU image '" << section << "': processor " << target["cpu"].get<std::string>()
+                << ", " << target["features"].size() << " features"
+                << (section == chosen ? " (the one this machine runs)" : "") << '\n';
+    }
     return 0;
   });
 }

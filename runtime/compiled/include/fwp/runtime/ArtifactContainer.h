@@ -1,7 +1,7 @@
 //===- ArtifactContainer.h - The verified .fwpk container --------*- C++ -*-===//
 //
 // A .fwpk is a container (docs/design.md, "The artifact"): a 64-byte header,
-// the sections (the CPU code as an ELF image, the PTX and cubin of every
+// the sections (the CPU code as ELF images, one per processor, the PTX and cubin of every
 // CUDA kernel) and a JSON manifest that lists every section with its size
 // and SHA-256 digest. readArtifactContainer verifies all of it; it maps no
 // code. checkCpuImage checks, from the bytes alone, that the CPU image is a
@@ -22,7 +22,10 @@
 namespace fwp {
 
 /// The container's version, which is also the manifest's "version".
-inline constexpr int kArtifactFormatVersion = 2;
+inline constexpr int kArtifactFormatVersion = 3;
+/// The oldest version read: 2, one CPU image (section "cpu", the manifest's
+/// single "target").
+inline constexpr int kOldestArtifactFormatVersion = 2;
 /// The container starts with these 8 bytes (as PNG does: a non-ASCII byte,
 /// the name, and CR LF SUB to catch text-mode transfers).
 inline constexpr char kArtifactMagic[9] = "\x89" "FWPK\r\n\x1a";
@@ -31,8 +34,11 @@ inline constexpr uint64_t kArtifactHeaderBytes = 64;
 inline constexpr uint64_t kArtifactAlignment = 64;
 /// Larger files are refused before they are read.
 inline constexpr uint64_t kMaxArtifactBytes = uint64_t(1) << 30;
-/// The name of the CPU code's section.
-inline const std::string kCpuSectionName = "cpu";
+/// The CPU images' sections (kind elf) are named "cpu.<processor>"; the
+/// manifest's "targets" list them in the order of preference. Format 2 had
+/// one, named "cpu".
+inline const std::string kCpuSectionPrefix = "cpu.";
+inline const std::string kFormat2CpuSectionName = "cpu";
 
 struct ArtifactSection {
   std::string name;

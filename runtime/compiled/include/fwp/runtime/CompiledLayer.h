@@ -53,6 +53,9 @@ public:
   Artifact &operator=(const Artifact &) = delete;
 
   const std::string &path() const { return path_; }
+  /// The CPU image this host runs: the first section of the manifest's
+  /// "targets" whose features it has (e.g. "cpu.x86-64-v3").
+  const std::string &cpuSection() const { return cpuSection_; }
   const LayerSignature &signature() const { return signature_; }
   const Dims &dims() const { return dims_; }
   torch::ScalarType dtype() const { return dtype_; }
@@ -82,11 +85,12 @@ public:
   const cuda::KernelBundle &cudaKernels(const std::string &chip) const;
 
 private:
-  friend std::string describeArtifact(const std::string &path);
+  friend std::string describeArtifact(const std::string &path, std::string *cpuSection);
   Artifact() = default;
   /// Verifies `path`; maps its code only with `mapCode`.
   static std::shared_ptr<Artifact> loadImpl(const std::string &path, bool mapCode);
   std::string path_;
+  std::string cpuSection_;
   void *handle_ = nullptr;
   int imageFd_ = -1; ///< the memfd holding the mapped CPU code
   LayerSignature signature_;
@@ -137,8 +141,9 @@ std::vector<std::pair<std::string, std::vector<int64_t>>>
 compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, int64_t steps,
                       bool train);
 /// Verifies `path` as Artifact::load does, without mapping any code, and
-/// returns its manifest (JSON text); throws fwp::Error (fwp-inspect).
-std::string describeArtifact(const std::string &path);
+/// returns its manifest (JSON text), and in `cpuSection` (when given) the
+/// CPU image this host would run; throws fwp::Error (fwp-inspect).
+std::string describeArtifact(const std::string &path, std::string *cpuSection = nullptr);
 
 /// The initial value [heads, shape...] (float32) of a param whose layer asks
 /// for `init` (Artifact::paramInits): "zeros", "ones", "constant:V", or
