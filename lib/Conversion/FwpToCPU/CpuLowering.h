@@ -69,6 +69,15 @@ void populateFeatureMapPatterns(CpuPatternSet &patterns);
 /// read, read_transposed, write_sum, write_delta, scale_rows, row_dot.
 void populateFastWeightPatterns(CpuPatternSet &patterns);
 
+/// Moves every op of a scan body that makes no fast weight (vector work and
+/// the reads of fast weights) to just after the last definition of its
+/// operands (all fwp ops are pure, so any order of the dataflow is the same
+/// step): the vector work a read needs is then ready when the matrix's
+/// first op is lowered, so that op's row sweep can take the read
+/// (FastWeightPatterns), and reads come before the writes of the values
+/// they read, which then update in place. Writes keep their order.
+void scheduleVectorWorkEarly(Block &body);
+
 /// The memref type of a buffer argument: `[T, n]` / `[T]` for per-step
 /// values, the value's own shape (or `[1]` for a scalar) otherwise.
 MemRefType bufferType(Type type, bool perStep);
@@ -106,9 +115,11 @@ public:
       return vector::BroadcastOp::create(b, loc, vector, scalar);
     return scalar;
   }
+  /// The sum of a vector's lanes in any order (`reassoc`): a tree of
+  /// shuffles and adds instead of N dependent scalar adds.
   Value sum(Value vector) {
     return vector::ReductionOp::create(b, loc, vector::CombiningKind::ADD,
-                                       vector);
+                                       vector, arith::FastMathFlags::reassoc);
   }
   Value dot(Value x, Value y) {
     return sum(arith::MulFOp::create(b, loc, x, y));

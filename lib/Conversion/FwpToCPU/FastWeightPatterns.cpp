@@ -2,7 +2,11 @@
 //
 // Reads and writes of the fast-weight matrices (memrefs), row by row
 // with vector FMAs; a write updates the matrix in place when its old
-// value is dead, else a scratch copy.
+// value is dead, else a scratch copy. Every such op works on each row
+// independently, so one pass over the rows (a RowSweep) does the work of
+// several ops on the same matrix: the op lowered first takes the later
+// reads of the matrix (and in-place writes to it, and reads of what they
+// write) whose other operands are already computed.
 //
 //===----------------------------------------------------------------------===//
 
@@ -19,33 +23,6 @@ static int64_t accumulatorsFor(int64_t rows) {
     if (rows % count == 0)
       return count;
   return 1;
-}
-
-static Value readMatrix(ScanLowering &cpu, Value matrix, Value query) {
-  // y[m] = sum_e W[e, m] q[e], rows e in groups of `lanes`, one partial sum
-  // per lane of the group.
-  auto type = cast<MemRefType>(matrix.getType());
-  auto resultType =
-      VectorType::get({type.getDimSize(1)}, type.getElementType());
-  int64_t lanes = accumulatorsFor(type.getDimSize(0));
-  SmallVector<Value> zeros(lanes, cpu.constant(resultType, 0.0));
-  Value queryRow = cpu.spill(query);
-  scf::ForOp loop = cpu.forRowGroups(
-      matrix, lanes, zeros,
-      [&](Value first, ValueRange acc) -> SmallVector<Value> {
-        SmallVector<Value> next;
-        for (int64_t lane = 0; lane < lanes; ++lane) {
-          Value e = cpu.addIndex(first, lane);
-          Value qe = cpu.splatElement(resultType, queryRow, e);
-          next.push_back(vector::FMAOp::create(
-              cpu.b, cpu.loc, cpu.row(matrix, e), qe, acc[lane]));
-        }
-        return next;
-      });
-  Value total = loop.getResult(0);
-  for (int64_t lane = 1; lane < lanes; ++lane)
-    total = cpu.add(total, loop.getResult(lane));
-  return total;
 }
 
 /// Lanes of a reduction group: the rows whose sums one tree of shuffles
@@ -88,162 +65,346 @@ static Value sumEach(ScanLowering &cpu, SmallVector<Value> partials) {
   return partials.front();
 }
 
-/// y[e] = sum_m lhs[e, m] * rhs(e)[m] for the K rows of `lhs`; `rhsChunk(e,
-/// c)` gives lanes [c G, (c + 1) G) of the row's other factor.
-template <typename Fn>
-static Value rowSums(ScanLowering &cpu, Value lhs, Fn rhsChunk) {
-  auto type = cast<MemRefType>(lhs.getType());
-  int64_t rows = type.getDimSize(0), cols = type.getDimSize(1);
-  int64_t group = reductionGroup(type);
-  Type element = type.getElementType();
-  auto resultType = VectorType::get({rows}, element);
-  auto chunkType = VectorType::get({group}, element);
-  // Each group's sums go to a stack row at a run-time offset; the whole row
-  // is read back once at the end.
-  Value sums = cpu.scratchRow(element, rows);
-  cpu.forRowGroups(lhs, group, {}, [&](Value first, ValueRange) {
-    SmallVector<Value> partials;
-    for (int64_t lane = 0; lane < group; ++lane) {
-      Value e = cpu.addIndex(first, lane);
-      Value acc;
-      for (int64_t c = 0; c < cols / group; ++c) {
-        Value chunk = vector::LoadOp::create(cpu.b, cpu.loc, chunkType, lhs,
-                                             ValueRange{e, cpu.index(c * group)});
-        acc = acc ? vector::FMAOp::create(cpu.b, cpu.loc, chunk,
-                                          rhsChunk(e, c), acc)
-                        .getResult()
-                  : cpu.mul(chunk, rhsChunk(e, c));
-      }
-      partials.push_back(acc);
-    }
-    vector::StoreOp::create(cpu.b, cpu.loc, sumEach(cpu, partials), sums,
-                            ValueRange{first});
-    return SmallVector<Value>{};
-  });
-  return vector::LoadOp::create(cpu.b, cpu.loc, resultType, sums,
-                                ValueRange{cpu.index(0)});
-}
-
-/// y[e] = sum(product(e)) for the K rows of `matrix`, one horizontal
-/// reduction per row: the fallback of rowSums for shapes it does not take.
-template <typename Fn>
-static Value sumEachRow(ScanLowering &cpu, Value matrix, Fn product) {
-  auto type = cast<MemRefType>(matrix.getType());
-  int64_t rows = type.getDimSize(0);
-  Value sums = cpu.scratchRow(type.getElementType(), rows);
-  cpu.forRows(matrix, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
-    memref::StoreOp::create(cpu.b, cpu.loc, cpu.sum(product(e)), sums,
-                            ValueRange{e});
-    return {};
-  });
-  return vector::LoadOp::create(
-      cpu.b, cpu.loc, VectorType::get({rows}, type.getElementType()), sums,
-      ValueRange{cpu.index(0)});
-}
-
-/// Lanes [c G, (c + 1) G) of a vector, for c = 0 .. N / G - 1.
-static SmallVector<Value> chunksOf(ScanLowering &cpu, Value vector,
-                                   int64_t group) {
-  int64_t size = cast<VectorType>(vector.getType()).getDimSize(0);
-  SmallVector<Value> chunks;
-  for (int64_t c = 0; c < size / group; ++c)
-    chunks.push_back(vector::ExtractStridedSliceOp::create(
-        cpu.b, cpu.loc, vector, ArrayRef<int64_t>{c * group},
-        ArrayRef<int64_t>{group}, ArrayRef<int64_t>{1}));
-  return chunks;
-}
-
-static Value readTransposedMatrix(ScanLowering &cpu, Value matrix, Value x) {
-  // y[e] = sum_m W[e, m] x[m]
-  auto type = cast<MemRefType>(matrix.getType());
-  if (int64_t group = reductionGroup(type)) {
-    SmallVector<Value> xChunks = chunksOf(cpu, x, group);
-    return rowSums(cpu, matrix,
-                   [&](Value, int64_t c) { return xChunks[c]; });
+namespace {
+/// One loop over the rows of a fast weight doing the row work of several
+/// ops, in their order: readers see the row as the earlier writers of the
+/// sweep left it. Rows go in groups (16 f32 rows when a row sum is taken
+/// and the shape allows the shuffle tree, else 4/2/1).
+class RowSweep {
+public:
+  /// Rows are read from `source` and, once written, stored to `target`
+  /// (the same buffer for an update in place; a scratch matrix when the old
+  /// value is still needed, which the sweep then fills as it goes).
+  RowSweep(ScanLowering &cpu, Value source, Value target)
+      : cpu(cpu), source(source), target(target) {
+    type = cast<MemRefType>(source.getType());
+    rowType = VectorType::get({type.getDimSize(1)}, type.getElementType());
   }
-  return sumEachRow(cpu, matrix, [&](Value e) {
-    return cpu.mul(cpu.row(matrix, e), x);
-  });
+
+  /// y = sum_e q[e] W[e, :] of the row values at this point of the sweep.
+  void read(Value result, Value query) {
+    parts.push_back({Part::Read, result, cpu.spill(query), {}});
+  }
+  /// y[e] = W[e, :] . x
+  void readTransposed(Value result, Value x) {
+    parts.push_back({Part::RowSums, result, x, {}});
+  }
+  /// y[e] = W[e, :] . B[e, :]
+  void rowDot(Value result, Value other) {
+    parts.push_back({Part::RowSums, result, {}, other});
+  }
+  /// W[e, :] += k[e] v
+  void addOuter(Value key, Value value) {
+    parts.push_back({Part::AddOuter, {}, cpu.spill(key), value});
+  }
+  /// W[e, :] *= a[e]
+  void scaleRows(Value factors) {
+    parts.push_back({Part::Scale, {}, cpu.spill(factors), {}});
+  }
+
+  /// Emits the loop and records the readers' results.
+  void emit();
+
+private:
+  struct Part {
+    enum Kind { Read, RowSums, AddOuter, Scale } kind;
+    Value result; // fwp value of a reader
+    Value vector; // spilled q / k / a, or x of a transposed read
+    Value other;  // v of a write, B of a row dot
+  };
+  ScanLowering &cpu;
+  Value source, target;
+  MemRefType type;
+  VectorType rowType;
+  SmallVector<Part> parts;
+};
+} // namespace
+
+void RowSweep::emit() {
+  int64_t rows = type.getDimSize(0);
+  bool sumsRows = llvm::any_of(
+      parts, [](const Part &part) { return part.kind == Part::RowSums; });
+  int64_t tree = sumsRows ? reductionGroup(type) : 0;
+  int64_t group = tree ? tree : accumulatorsFor(rows);
+  int64_t accumulators = accumulatorsFor(group);
+  Type element = type.getElementType();
+  auto chunkType = VectorType::get({tree ? tree : 1}, element);
+  int64_t chunks = tree ? type.getDimSize(1) / tree : 0;
+
+  // Loop-carried accumulators of the reads; stack rows of the row sums.
+  SmallVector<Value> inits;
+  SmallVector<Value> sums(parts.size());
+  SmallVector<SmallVector<Value>> xChunks(parts.size());
+  for (auto [i, part] : llvm::enumerate(parts)) {
+    if (part.kind == Part::Read)
+      inits.append(accumulators, cpu.constant(rowType, 0.0));
+    if (part.kind != Part::RowSums)
+      continue;
+    sums[i] = cpu.scratchRow(element, rows);
+    if (tree && part.vector)
+      for (int64_t c = 0; c < chunks; ++c)
+        xChunks[i].push_back(vector::ExtractStridedSliceOp::create(
+            cpu.b, cpu.loc, part.vector, ArrayRef<int64_t>{c * tree},
+            ArrayRef<int64_t>{tree}, ArrayRef<int64_t>{1}));
+  }
+  auto chunkOf = [&](Value vector, int64_t c) -> Value {
+    return vector::ExtractStridedSliceOp::create(
+        cpu.b, cpu.loc, vector, ArrayRef<int64_t>{c * tree},
+        ArrayRef<int64_t>{tree}, ArrayRef<int64_t>{1});
+  };
+
+  scf::ForOp loop = cpu.forRowGroups(
+      source, group, inits,
+      [&](Value first, ValueRange acc) -> SmallVector<Value> {
+        SmallVector<Value> next(acc.begin(), acc.end());
+        SmallVector<SmallVector<Value>> partials(parts.size());
+        for (int64_t r = 0; r < group; ++r) {
+          Value e = cpu.addIndex(first, r);
+          Value row = cpu.row(source, e);
+          bool written = false;
+          unsigned accIndex = 0;
+          for (auto [i, part] : llvm::enumerate(parts)) {
+            switch (part.kind) {
+            case Part::Read: {
+              Value &sum = next[accIndex + r % accumulators];
+              sum = vector::FMAOp::create(
+                  cpu.b, cpu.loc, row,
+                  cpu.splatElement(rowType, part.vector, e), sum);
+              accIndex += accumulators;
+              break;
+            }
+            case Part::RowSums: {
+              if (!tree) { // one horizontal reduction per row
+                Value rhs = part.vector ? part.vector : cpu.row(part.other, e);
+                memref::StoreOp::create(cpu.b, cpu.loc,
+                                        cpu.sum(cpu.mul(row, rhs)), sums[i],
+                                        ValueRange{e});
+                break;
+              }
+              Value partial;
+              for (int64_t c = 0; c < chunks; ++c) {
+                Value rhs =
+                    part.vector
+                        ? xChunks[i][c]
+                        : vector::LoadOp::create(
+                              cpu.b, cpu.loc, chunkType, part.other,
+                              ValueRange{e, cpu.index(c * tree)});
+                Value lhs = chunkOf(row, c);
+                partial = partial ? vector::FMAOp::create(cpu.b, cpu.loc, lhs,
+                                                          rhs, partial)
+                                        .getResult()
+                                  : cpu.mul(lhs, rhs);
+              }
+              partials[i].push_back(partial);
+              break;
+            }
+            case Part::AddOuter:
+              row = vector::FMAOp::create(
+                  cpu.b, cpu.loc, cpu.splatElement(rowType, part.vector, e),
+                  part.other, row);
+              written = true;
+              break;
+            case Part::Scale:
+              row = cpu.mul(row, cpu.splatElement(rowType, part.vector, e));
+              written = true;
+              break;
+            }
+          }
+          if (written)
+            vector::StoreOp::create(cpu.b, cpu.loc, row, target,
+                                    ValueRange{e, cpu.index(0)});
+        }
+        for (auto [i, part] : llvm::enumerate(parts))
+          if (part.kind == Part::RowSums && tree)
+            vector::StoreOp::create(cpu.b, cpu.loc, sumEach(cpu, partials[i]),
+                                    sums[i], ValueRange{first});
+        return next;
+      });
+
+  unsigned accIndex = 0;
+  for (auto [i, part] : llvm::enumerate(parts)) {
+    if (part.kind == Part::Read) {
+      Value total = loop.getResult(accIndex);
+      for (int64_t a = 1; a < accumulators; ++a)
+        total = cpu.add(total, loop.getResult(accIndex + a));
+      accIndex += accumulators;
+      cpu.set(part.result, total);
+    } else if (part.kind == Part::RowSums) {
+      cpu.set(part.result,
+              vector::LoadOp::create(cpu.b, cpu.loc,
+                                     VectorType::get({rows}, element), sums[i],
+                                     ValueRange{cpu.index(0)}));
+    }
+  }
 }
 
-static void addOuterInPlace(ScanLowering &cpu, Value matrix, Value key,
-                            Value value) {
-  // W[e, :] += k[e] v
-  Value keyRow = cpu.spill(key);
-  cpu.forRows(matrix, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
-    Value ke = cpu.splatElement(value.getType(), keyRow, e);
-    Value updated =
-        vector::FMAOp::create(cpu.b, cpu.loc, ke, value, cpu.row(matrix, e));
-    vector::StoreOp::create(cpu.b, cpu.loc, updated, matrix,
-                            ValueRange{e, cpu.index(0)});
-    return {};
-  });
+/// Adds to `sweep` the ops after `start` that can share its pass over the
+/// rows of `current` (the fwp value the sweep's rows hold at that point):
+/// reads of it, row dots with it, and writes to it that may update it in
+/// place (the rows then hold the written value), as long as their other
+/// operands are computed before `start`. Stops at the first other use of
+/// a value the sweep holds. The driver skips the ops taken (their results
+/// are set).
+static void takeFollowers(RowSweep &sweep, Operation *start, Value current,
+                          ScanLowering &cpu) {
+  auto ready = [&](Value v) {
+    Operation *def = v.getDefiningOp();
+    return !def || (def->getBlock() == start->getBlock() &&
+                    def->isBeforeInBlock(start));
+  };
+  llvm::SmallPtrSet<Value, 4> held{current};
+  for (Operation *op = start->getNextNode(); op && !op->hasTrait<OpTrait::IsTerminator>();
+       op = op->getNextNode()) {
+    bool usesHeld = llvm::any_of(op->getOperands(),
+                                 [&](Value v) { return held.contains(v); });
+    if (!usesHeld)
+      continue;
+    auto othersReady = [&](ValueRange others) {
+      return llvm::all_of(others, [&](Value v) {
+        return !held.contains(v) && ready(v);
+      });
+    };
+    if (auto read = dyn_cast<ReadOp>(op);
+        read && read.getWeight() == current && othersReady(read.getQuery())) {
+      sweep.read(read, cpu.in(read.getQuery()));
+      continue;
+    }
+    if (auto read = dyn_cast<ReadTransposedOp>(op);
+        read && read.getWeight() == current && othersReady(read.getValue())) {
+      sweep.readTransposed(read, cpu.in(read.getValue()));
+      continue;
+    }
+    if (auto dot = dyn_cast<RowDotOp>(op);
+        dot && dot.getLhs() == current && othersReady(dot.getRhs())) {
+      sweep.rowDot(dot, cpu.in(dot.getRhs()));
+      continue;
+    }
+    if (auto write = dyn_cast<WriteSumOp>(op);
+        write && write.getWeight() == current &&
+        othersReady({write.getKey(), write.getValue()}) &&
+        cpu.canOverwrite(current, op)) {
+      sweep.addOuter(cpu.in(write.getKey()), cpu.in(write.getValue()));
+      cpu.set(write, cpu.in(current));
+      held.insert(current = write.getResult());
+      continue;
+    }
+    if (auto scale = dyn_cast<ScaleRowsOp>(op);
+        scale && scale.getWeight() == current &&
+        othersReady(scale.getFactors()) && cpu.canOverwrite(current, op)) {
+      sweep.scaleRows(cpu.in(scale.getFactors()));
+      cpu.set(scale, cpu.in(current));
+      held.insert(current = scale.getResult());
+      continue;
+    }
+    return; // another use of the rows: what follows sees them in order
+  }
+}
+
+/// A sweep from `source` to `target` (see RowSweep) that starts at `start`
+/// with `first` and takes the followers `takeFollowers` allows; `current`
+/// is the fwp value the rows hold after `first`.
+template <typename Fn>
+static void sweepFrom(Operation *start, Value current, Value source,
+                      Value target, ScanLowering &cpu, Fn first) {
+  RowSweep sweep(cpu, source, target);
+  first(sweep);
+  takeFollowers(sweep, start, current, cpu);
+  sweep.emit();
 }
 
 static LogicalResult lowerRead(ReadOp o, ScanLowering &cpu) {
-  cpu.set(o, readMatrix(cpu, cpu.in(o.getWeight()), cpu.in(o.getQuery())));
+  Value buffer = cpu.in(o.getWeight());
+  sweepFrom(o, o.getWeight(), buffer, buffer, cpu,
+            [&](RowSweep &sweep) { sweep.read(o, cpu.in(o.getQuery())); });
   return success();
 }
 
 static LogicalResult lowerReadTransposed(ReadTransposedOp o,
                                          ScanLowering &cpu) {
-  cpu.set(o, readTransposedMatrix(cpu, cpu.in(o.getWeight()),
-                                  cpu.in(o.getValue())));
-  return success();
-}
-
-static LogicalResult lowerScaleRows(ScaleRowsOp o, ScanLowering &cpu) {
-  // W[e, :] *= a[e]
-  Value target = cpu.writableCopy(o.getWeight(), o);
-  Value factors = cpu.spill(cpu.in(o.getFactors()));
-  cpu.forRows(target, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
-    Value row_ = cpu.row(target, e);
-    Value scaled =
-        cpu.mul(row_, cpu.splatElement(row_.getType(), factors, e));
-    vector::StoreOp::create(cpu.b, cpu.loc, scaled, target,
-                            ValueRange{e, cpu.index(0)});
-    return {};
+  Value buffer = cpu.in(o.getWeight());
+  sweepFrom(o, o.getWeight(), buffer, buffer, cpu, [&](RowSweep &sweep) {
+    sweep.readTransposed(o, cpu.in(o.getValue()));
   });
-  cpu.set(o, target);
   return success();
 }
 
 static LogicalResult lowerRowDot(RowDotOp o, ScanLowering &cpu) {
-  // y[e] = A[e, :] . B[e, :]
-  Value lhs = cpu.in(o.getLhs()), rhs = cpu.in(o.getRhs());
-  auto type = cast<MemRefType>(lhs.getType());
-  if (int64_t group = reductionGroup(type)) {
-    auto chunkType = VectorType::get({group}, type.getElementType());
-    cpu.set(o, rowSums(cpu, lhs, [&](Value e, int64_t c) -> Value {
-              return vector::LoadOp::create(
-                  cpu.b, cpu.loc, chunkType, rhs,
-                  ValueRange{e, cpu.index(c * group)});
-            }));
-    return success();
-  }
-  cpu.set(o, sumEachRow(cpu, lhs, [&](Value e) {
-            return cpu.mul(cpu.row(lhs, e), cpu.row(rhs, e));
-          }));
+  Value buffer = cpu.in(o.getLhs());
+  sweepFrom(o, o.getLhs(), buffer, buffer, cpu, [&](RowSweep &sweep) {
+    sweep.rowDot(o, cpu.in(o.getRhs()));
+  });
+  return success();
+}
+
+/// The buffer a write that starts a sweep stores its rows to: its operand's
+/// when the old value is dead, else a new scratch matrix (which the sweep
+/// fills: no separate copy).
+static Value writeTarget(Operation *write, Value weight, ScanLowering &cpu) {
+  if (cpu.canOverwrite(weight, write))
+    return cpu.in(weight);
+  return cpu.scratchMatrix(weight.getType());
+}
+
+static LogicalResult lowerScaleRows(ScaleRowsOp o, ScanLowering &cpu) {
+  Value source = cpu.in(o.getWeight());
+  Value target = writeTarget(o, o.getWeight(), cpu);
+  cpu.set(o, target);
+  sweepFrom(o, o.getResult(), source, target, cpu, [&](RowSweep &sweep) {
+    sweep.scaleRows(cpu.in(o.getFactors()));
+  });
   return success();
 }
 
 static LogicalResult lowerWriteSum(WriteSumOp o, ScanLowering &cpu) {
-  Value target = cpu.writableCopy(o.getWeight(), o);
-  addOuterInPlace(cpu, target, cpu.in(o.getKey()), cpu.in(o.getValue()));
+  Value source = cpu.in(o.getWeight());
+  Value target = writeTarget(o, o.getWeight(), cpu);
   cpu.set(o, target);
+  sweepFrom(o, o.getResult(), source, target, cpu, [&](RowSweep &sweep) {
+    sweep.addOuter(cpu.in(o.getKey()), cpu.in(o.getValue()));
+  });
   return success();
 }
 
 static LogicalResult lowerWriteDelta(WriteDeltaOp o, ScanLowering &cpu) {
+  // Two passes: the read of W k, then the update (with the later reads of
+  // the new weight).
   Value key = cpu.in(o.getKey()), value = cpu.in(o.getValue());
-  Value retrieved = readMatrix(cpu, cpu.in(o.getWeight()), key);
+  Value source = cpu.in(o.getWeight());
+  RowSweep read(cpu, source, source);
+  read.read(o.getRetrieved(), key);
+  read.emit();
+  Value retrieved = cpu.in(o.getRetrieved());
   Value delta = cpu.mul(cpu.sub(value, retrieved),
                         cpu.splat(value.getType(), cpu.in(o.getBeta())));
-  Value target = cpu.writableCopy(o.getWeight(), o);
-  addOuterInPlace(cpu, target, key, delta);
+  Value target = writeTarget(o, o.getWeight(), cpu);
   cpu.set(o.getNewWeight(), target);
-  cpu.set(o.getRetrieved(), retrieved);
+  sweepFrom(o, o.getNewWeight(), source, target, cpu,
+            [&](RowSweep &sweep) { sweep.addOuter(key, delta); });
   return success();
+}
+
+void mlir::fwp::cpu::scheduleVectorWorkEarly(Block &body) {
+  auto makesFastWeight = [](Operation *op) {
+    return llvm::any_of(op->getResultTypes(),
+                        [](Type type) { return isa<FastWeightType>(type); });
+  };
+  SmallVector<Operation *> ops;
+  for (Operation &op : body.without_terminator())
+    ops.push_back(&op);
+  for (Operation *op : ops) {
+    if (makesFastWeight(op) || op->getNumRegions() != 0)
+      continue;
+    Operation *after = nullptr; // the last operand definition in the body
+    for (Value operand : op->getOperands())
+      if (Operation *def = operand.getDefiningOp();
+          def && def->getBlock() == &body &&
+          (!after || after->isBeforeInBlock(def)))
+        after = def;
+    if (after)
+      op->moveAfter(after);
+    else
+      op->moveBefore(&body.front());
+  }
 }
 
 void mlir::fwp::cpu::populateFastWeightPatterns(CpuPatternSet &patterns) {

@@ -46,6 +46,11 @@ void CpuPatternSet::insert(TypeID opType, Pattern pattern) {
 
 LogicalResult ScanLowering::lowerOp(Operation *op) {
   loc = op->getLoc();
+  // Taken by the row sweep of an earlier op (FastWeightPatterns.cpp).
+  if (op->getNumResults() && llvm::all_of(op->getResults(), [&](Value r) {
+        return lowered.contains(r);
+      }))
+    return success();
   if (const CpuPatternSet::Pattern *pattern = patterns.lookup(op))
     return (*pattern)(op, *this);
   return op->emitOpError() << "has no CPU lowering";
@@ -115,6 +120,7 @@ ScanLowering::lowerBody(Value t, ValueRange vectorStates,
 
 LogicalResult ScanLowering::run() {
   ModuleOp module = scan->getParentOfType<ModuleOp>();
+  scheduleVectorWorkEarly(scan.getBodyBlock());
   SmallVector<Type> argTypes{b.getIndexType()};
   for (BlockArgument arg : scan.getSeqArgs())
     argTypes.push_back(bufferType(arg.getType(), /*perStep=*/true));
