@@ -39,14 +39,58 @@ fwp.scan @read_transposed seq(%x : vector<32xf32>)
 // Shapes the tree does not take (3 columns) fall back to one reduction per
 // row, stored to a stack row.
 // CHECK-LABEL: func.func @read_transposed_odd
-// CHECK: %[[SUMS:.*]] = memref.alloca() : memref<4xf32>
+// CHECK: %[[SUMS:.*]] = memref.alloca() : memref<8xf32>
 // CHECK: scf.for %{{.*}} =
 // CHECK: scf.for %[[E:.*]] =
 // CHECK: vector.reduction <add>
-// CHECK: memref.store %{{.*}}, %[[SUMS]][%[[E]]] : memref<4xf32>
-// CHECK: vector.load %[[SUMS]][%{{.*}}] : memref<4xf32>, vector<4xf32>
+// CHECK: memref.store %{{.*}}, %[[SUMS]][%[[E]]] : memref<8xf32>
+// CHECK: vector.load %[[SUMS]][%{{.*}}] : memref<8xf32>, vector<8xf32>
 fwp.scan @read_transposed_odd seq(%x : vector<3xf32>)
-    states(%W : !fwp.fast_weight<4x3xf32>) outputs(y : vector<4xf32>) {
-  %y = fwp.read_transposed %W, %x : !fwp.fast_weight<4x3xf32>, vector<3xf32> -> vector<4xf32>
-  fwp.yield %W, %y : !fwp.fast_weight<4x3xf32>, vector<4xf32>
+    states(%W : !fwp.fast_weight<8x3xf32>) outputs(y : vector<8xf32>) {
+  %y = fwp.read_transposed %W, %x : !fwp.fast_weight<8x3xf32>, vector<3xf32> -> vector<8xf32>
+  fwp.yield %W, %y : !fwp.fast_weight<8x3xf32>, vector<8xf32>
+}
+
+// A row sweep: the write and the two reads of what it wrote share one pass
+// over the rows (one loop inside the time loop); the reads' vector
+// operands, computed after the write in the body, are scheduled before it.
+// CHECK-LABEL: func.func @sweep
+// CHECK: scf.for
+// CHECK: scf.for
+// CHECK: vector.fma
+// CHECK: vector.store
+// CHECK: vector.shuffle
+// CHECK: scf.yield
+// CHECK-NOT: scf.for
+// CHECK: return
+fwp.scan @sweep seq(%k : vector<32xf32>, %v : vector<16xf32>, %q : vector<32xf32>)
+    states(%W : !fwp.fast_weight<32x16xf32>) outputs(y : vector<16xf32>, z : vector<32xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<32x16xf32>, vector<32xf32>, vector<16xf32>
+  %q2 = fwp.add %q, %k : vector<32xf32>
+  %y = fwp.read %W1, %q2 : !fwp.fast_weight<32x16xf32>, vector<32xf32> -> vector<16xf32>
+  %z = fwp.read_transposed %W1, %v : !fwp.fast_weight<32x16xf32>, vector<16xf32> -> vector<32xf32>
+  fwp.yield %W1, %y, %z : !fwp.fast_weight<32x16xf32>, vector<16xf32>, vector<32xf32>
+}
+
+// A write whose old value is still read later stores its rows to a scratch
+// matrix as it goes (no separate copy); the later read of the old value
+// starts a second sweep. The one copy left is the new state's way back to
+// the state buffer at the end of the step.
+// CHECK-LABEL: func.func @copy_on_write
+// CHECK: %[[NEW:.*]] = memref.alloc() : memref<8x8xf32>
+// CHECK: scf.for
+// CHECK-NOT: memref.copy
+// CHECK: vector.store %{{.*}}, %[[NEW]]
+// CHECK-NOT: memref.copy
+// CHECK: scf.for
+// CHECK-NOT: memref.copy
+// CHECK: memref.copy %[[NEW]], %arg3
+// CHECK: return
+fwp.scan @copy_on_write seq(%k : vector<8xf32>, %v : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  %u = fwp.add %y, %v : vector<8xf32>
+  %z = fwp.read %W, %u : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  fwp.yield %W1, %z : !fwp.fast_weight<8x8xf32>, vector<8xf32>
 }
