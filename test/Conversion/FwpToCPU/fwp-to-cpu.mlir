@@ -10,12 +10,14 @@
 // CHECK: %[[LOOP:.*]] = scf.for %[[T:.*]] = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[HI:.*]] = %[[H0]]) -> (vector<3xf32>)
 // CHECK: vector.load %[[K]][%[[T]], %{{.*}}] : memref<?x4xf32>, vector<4xf32>
 // CHECK: memref.load %[[B]][%[[T]]] : memref<?xf32>
-// The write updates the state buffer in place, row by row (W[e, :] += k[e] v).
-// CHECK: scf.for %[[E:.*]] =
-// CHECK: memref.load %{{.*}}[%[[E]]] : memref<4xf32>
-// CHECK: vector.load %[[W]][%[[E]], %{{.*}}] : memref<4x3xf32>, vector<3xf32>
-// CHECK: vector.fma
-// CHECK: vector.store %{{.*}}, %[[W]][%[[E]], %{{.*}}] : memref<4x3xf32>, vector<3xf32>
+// The write updates the state buffer in place, row by row (W[e, :] += k[e] v,
+// k[e] from a stack copy of k), and the read of the new value shares that
+// pass over the rows (4 rows: the row loop is unrolled by canonicalize).
+// CHECK: vector.load %[[W]][%{{.*}}, %{{.*}}] : memref<4x3xf32>, vector<3xf32>
+// CHECK: memref.load %{{.*}}[%{{.*}}] : memref<4xf32>
+// CHECK: %[[ROW:.*]] = vector.fma
+// CHECK: vector.fma %[[ROW]]
+// CHECK: vector.store %[[ROW]], %[[W]][%{{.*}}, %{{.*}}] : memref<4x3xf32>, vector<3xf32>
 // CHECK: vector.store %{{.*}}, %[[Y]][%[[T]], %{{.*}}] : memref<?x3xf32>, vector<3xf32>
 // CHECK: scf.yield
 // CHECK: vector.store %[[LOOP]], %[[H]][%{{.*}}] : memref<3xf32>, vector<3xf32>
@@ -28,28 +30,36 @@ fwp.scan @lt seq(%k : vector<4xf32>, %v : vector<3xf32>, %b : f32)
   fwp.yield %W1, %h1, %y : !fwp.fast_weight<4x3xf32>, vector<3xf32>, vector<3xf32>
 }
 
-// A reverse scan counts time down; a matrix that is still read after a write
-// is copied to a scratch buffer allocated once, before the loop (freed after
-// it), and the result is copied back into the state buffer.
+// A reverse scan counts time down. The read of the old W is scheduled before
+// the write (reads go as early as their operands allow) and shares its pass
+// over the rows, reading each row before it is updated; so the write updates
+// the state buffer in place: no scratch matrix, no copy.
 // CHECK-LABEL: func.func @rev
-// CHECK: %[[SCRATCH:.*]] = memref.alloc() : memref<2x2xf32>
+// CHECK-SAME: %[[W:[^:]*]]: memref<2x2xf32>
+// CHECK-NOT: memref.alloc(
 // CHECK: scf.for %[[I:.*]] =
 // CHECK: %[[LAST:.*]] = arith.subi %{{.*}}, %{{.*}} : index
 // CHECK-NEXT: %[[T:.*]] = arith.subi %[[LAST]], %[[I]] : index
-// CHECK: memref.copy %{{.*}}, %[[SCRATCH]]
-// CHECK: memref.copy %[[SCRATCH]], %{{.*}} : memref<2x2xf32> to memref<2x2xf32>
-// CHECK: }
-// CHECK-NEXT: memref.dealloc %[[SCRATCH]]
+// CHECK: %[[ROW:.*]] = vector.load %[[W]]
+// CHECK: vector.fma %[[ROW]]
+// CHECK: %[[NEW:.*]] = vector.fma %{{.*}}, %{{.*}}, %[[ROW]]
+// CHECK: vector.store %[[NEW]], %[[W]]
+// CHECK-NOT: memref.copy
+// CHECK: return
 fwp.scan @rev reverse seq(%k : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
   %W1 = fwp.write_sum %W, %k, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
   %y = fwp.read %W, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
   fwp.yield %W1, %y : !fwp.fast_weight<2x2xf32>, vector<2xf32>
 }
 
-// A param matrix is never written in place.
+// A param matrix is never written in place: the write goes to a scratch matrix.
 // CHECK-LABEL: func.func @param_write
-// CHECK: memref.alloc() : memref<2x2xf32>
-// CHECK: memref.copy
+// CHECK-SAME: %[[R:[^:]*]]: memref<2x2xf32>
+// CHECK: %[[S:.*]] = memref.alloc() : memref<2x2xf32>
+// CHECK-NOT: vector.store %{{.*}}, %[[R]]
+// CHECK: vector.store %{{.*}}, %[[S]]
+// CHECK-NOT: vector.store %{{.*}}, %[[R]]
+// CHECK: return
 fwp.scan @param_write seq(%k : vector<2xf32>) params(%R : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
   %R1 = fwp.write_sum %R, %k, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
   %y = fwp.read %R1, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
