@@ -3,7 +3,10 @@
 // Every scan becomes a function that runs one (batch, head) pair over all T
 // steps. Per-head vectors are `vector` values in registers; fast weights are
 // memrefs, updated in place when the old value is dead, copied otherwise.
-// The ops of the body are lowered by the patterns of a CpuPatternSet.
+// The ops of the body are lowered by the patterns of a CpuPatternSet. A scan
+// split by fwp-split-time-parallel (`fwp.phase`, TimeParallel.h) becomes a
+// prologue loop over T, the time loop and an epilogue loop, which pass
+// per-step values through [T, n] buffers.
 //
 //===----------------------------------------------------------------------===//
 

@@ -1,6 +1,10 @@
 // RUN: fwp-opt %s --split-input-file --fwp-split-time-parallel | FileCheck %s
 // The pass is idempotent: a second run finds the same split.
 // RUN: fwp-opt %s --split-input-file --fwp-split-time-parallel --fwp-split-time-parallel | FileCheck %s
+// With epilogue=false only the prologue is marked.
+// RUN: fwp-opt %s --split-input-file --fwp-split-time-parallel="epilogue=false" | FileCheck %s --check-prefix=NOEPI
+// NOEPI: fwp.elu_plus_one %q {fwp.phase = "prologue"}
+// NOEPI-NOT: "epilogue"
 
 // The feature maps and the gate depend on the seq inputs alone: prologue.
 // The write and the read depend on the state: core. The scaled output and

@@ -19,12 +19,16 @@ using namespace mlir::fwp;
 namespace {
 struct SplitTimeParallelPass
     : public mlir::fwp::impl::FwpSplitTimeParallelBase<SplitTimeParallelPass> {
+  using Base::Base;
+
   void runOnOperation() override {
     for (ScanOp scan : getOperation().getOps<ScanOp>()) {
       for (Operation &op : scan.getBodyBlock())
         setStepPhase(&op, StepPhase::Core);
       for (auto [op, phase] : computeTimeParallelSplit(scan))
-        setStepPhase(op, phase);
+        if ((phase == StepPhase::Prologue && prologue) ||
+            (phase == StepPhase::Epilogue && epilogue))
+          setStepPhase(op, phase);
     }
   }
 };

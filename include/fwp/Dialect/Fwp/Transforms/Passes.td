@@ -140,8 +140,15 @@ def FwpSplitTimeParallel : Pass<"fwp-split-time-parallel", "mlir::ModuleOp"> {
 
     ```
     fwp-opt models/delta_net.mlir --fwp-differentiate --fwp-fuse --fwp-split-time-parallel
+    fwp-opt models/delta_net.mlir --fwp-split-time-parallel="epilogue=false"
     ```
   }];
+  let options = [
+    Option<"prologue", "prologue", "bool", /*default=*/"true",
+           "mark the prologue">,
+    Option<"epilogue", "epilogue", "bool", /*default=*/"true",
+           "mark the epilogue">
+  ];
   let dependentDialects = ["::mlir::fwp::FwpDialect"];
 }
 
