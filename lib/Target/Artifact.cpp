@@ -46,7 +46,8 @@ void buildFrontEndPipeline(OpPassManager &pm, StringRef backward) {
 
 void buildCPULoweringPipeline(OpPassManager &pm) {
   addPipeline(pm,
-              "convert-fwp-to-cpu,canonicalize,cse,fwp-approximate-math,"
+              "fwp-split-time-parallel,convert-fwp-to-cpu,canonicalize,cse,"
+              "fwp-approximate-math,"
               "convert-vector-to-scf,convert-scf-to-cf,"
               "convert-vector-to-llvm,convert-math-to-llvm,"
               "expand-strided-metadata,lower-affine,finalize-memref-to-llvm,"

@@ -31,6 +31,7 @@
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/MapVector.h"
 
 #include <functional>
 
@@ -195,6 +196,11 @@ public:
   Value splatElement(Type like, Value spilled, Value e) {
     return splat(like, memref::LoadOp::create(b, loc, spilled, ValueRange{e}));
   }
+  /// Whether two ops of the body are lowered into the same loop (the
+  /// prologue, the time loop, the epilogue or the function entry).
+  bool sameLoop(Operation *a, Operation *b) const {
+    return places.lookup(a) == places.lookup(b);
+  }
   bool canOverwrite(Value matrix, Operation *writer) {
     if (readOnly.contains(lowered.lookup(matrix)))
       return false;
@@ -250,6 +256,28 @@ public:
   Location loc = scan.getLoc();
 
 private:
+  /// Which part of the function computes a value of the body: the entry
+  /// (params and what depends on them alone), the prologue loop, the time
+  /// loop or the epilogue loop (`fwp.phase`, TimeParallel.h). Seq inputs
+  /// are read from their buffers by every loop.
+  enum class Place { Input, Entry, Prologue, Core, Epilogue };
+  Place placeOf(Value value);
+  /// The loop that stores `output` (a yielded output): its own for the
+  /// prologue's and epilogue's values, else the time loop.
+  Place storerOf(Value output);
+  bool usedIn(Value value, Place place);
+  /// Step t of a per-step buffer ([T, n] or [T]).
+  Value loadStep(Value buffer, Type type, Value t);
+  void storeStep(Value value, Value buffer, Value t);
+  /// Makes the seq inputs and the values of other loops that the ops of
+  /// `place` use available at step t.
+  void loadStepInputs(Place place, Value t);
+  /// Stores the values of `place` that later loops read.
+  void storeStepResults(Place place, Value t);
+  /// Allocates the per-step buffers through which the loops pass values.
+  void allocateStepBuffers(Value count);
+  /// One step of the prologue or the epilogue: loads, ops, outputs.
+  LogicalResult lowerTimeParallelStep(Place place, Value t);
   LogicalResult lowerOp(Operation *op);
   LogicalResult lowerBody(Value t, ValueRange vectorStates,
                           SmallVectorImpl<Value> &nextVectorStates);
@@ -262,6 +290,10 @@ private:
   SmallVector<Value> scratchBuffers;
 
   SmallVector<Value> seqBuffers, paramBuffers, stateBuffers, outputBuffers;
+  llvm::DenseMap<Operation *, Place> places;
+  /// fwp value -> the [T, ...] buffer another loop reads it from (in the
+  /// body's order, so that the emitted code is deterministic).
+  llvm::MapVector<Value, Value> stepBuffers;
 };
 
 } // namespace mlir::fwp::cpu

@@ -259,6 +259,8 @@ static void takeFollowers(RowSweep &sweep, Operation *start, Value current,
                                  [&](Value v) { return held.contains(v); });
     if (!usesHeld)
       continue;
+    if (!cpu.sameLoop(op, start))
+      return; // e.g. a read in the epilogue of a matrix the core wrote
     auto othersReady = [&](ValueRange others) {
       return llvm::all_of(others, [&](Value v) {
         return !held.contains(v) && ready(v);

@@ -3,11 +3,16 @@
 // Every scan becomes a function that runs one (batch, head) pair over all T
 // steps. Per-head vectors are `vector` values in registers; fast weights are
 // memrefs, updated in place when the old value is dead, copied otherwise.
-// The ops of the body are lowered by the patterns of a CpuPatternSet.
+// The ops of the body are lowered by the patterns of a CpuPatternSet. A scan
+// split by fwp-split-time-parallel (`fwp.phase`, TimeParallel.h) becomes a
+// prologue loop over T, the time loop and an epilogue loop, which pass
+// per-step values through [T, n] buffers.
 //
 //===----------------------------------------------------------------------===//
 
 #include "CpuLowering.h"
+
+#include "fwp/Dialect/Fwp/IR/TimeParallel.h"
 
 using namespace mlir;
 using namespace mlir::fwp;
@@ -56,22 +61,128 @@ LogicalResult ScanLowering::lowerOp(Operation *op) {
   return op->emitOpError() << "has no CPU lowering";
 }
 
-LogicalResult
-ScanLowering::lowerBody(Value t, ValueRange vectorStates,
-                        SmallVectorImpl<Value> &nextVectorStates) {
-  Block &body = scan.getBodyBlock();
+ScanLowering::Place ScanLowering::placeOf(Value value) {
+  if (auto arg = dyn_cast<BlockArgument>(value)) {
+    unsigned index = arg.getArgNumber();
+    if (index < scan.getNumSeq())
+      return Place::Input;
+    if (index < scan.getNumSeq() + scan.getNumParams())
+      return Place::Entry;
+    return Place::Core;
+  }
+  auto it = places.find(value.getDefiningOp());
+  return it == places.end() ? Place::Core : it->second;
+}
+
+ScanLowering::Place ScanLowering::storerOf(Value output) {
+  Place place = placeOf(output);
+  return place == Place::Prologue || place == Place::Epilogue ? place
+                                                              : Place::Core;
+}
+
+bool ScanLowering::usedIn(Value value, Place place) {
+  for (OpOperand &use : value.getUses()) {
+    Operation *user = use.getOwner();
+    if (!isa<YieldOp>(user)) {
+      if (places.lookup(user) == place)
+        return true;
+      continue;
+    }
+    bool isState = use.getOperandNumber() < scan.getNumStates();
+    if ((isState && place == Place::Core) ||
+        (!isState && storerOf(value) == place))
+      return true;
+  }
+  return false;
+}
+
+Value ScanLowering::loadStep(Value buffer, Type type, Value t) {
+  if (auto vector = dyn_cast<VectorType>(type))
+    return vector::LoadOp::create(b, loc, vector, buffer,
+                                  ValueRange{t, index(0)});
+  return memref::LoadOp::create(b, loc, buffer, ValueRange{t});
+}
+
+void ScanLowering::storeStep(Value value, Value buffer, Value t) {
+  if (isa<VectorType>(value.getType()))
+    vector::StoreOp::create(b, loc, value, buffer, ValueRange{t, index(0)});
+  else
+    memref::StoreOp::create(b, loc, value, buffer, ValueRange{t});
+}
+
+void ScanLowering::loadStepInputs(Place place, Value t) {
+  loc = scan.getLoc();
   for (auto [arg, buffer] : llvm::zip(scan.getSeqArgs(), seqBuffers)) {
-    if (auto vector = dyn_cast<VectorType>(arg.getType())) {
-      lowered[arg] = vector::LoadOp::create(b, loc, vector, buffer,
-                                            ValueRange{t, index(0)});
-    } else if (isa<FastWeightType>(arg.getType())) {
+    if (!usedIn(arg, place))
+      continue;
+    if (isa<FastWeightType>(arg.getType())) {
       // A matrix per step (a stored state): step t's [K, V] slice, read only.
       Value slice = stepSlice(buffer, t);
       readOnly.insert(slice);
       lowered[arg] = slice;
-    } else
-      lowered[arg] = memref::LoadOp::create(b, loc, buffer, ValueRange{t});
+    } else {
+      lowered[arg] = loadStep(buffer, arg.getType(), t);
+    }
   }
+  for (auto [value, buffer] : stepBuffers)
+    if (placeOf(value) != place && usedIn(value, place))
+      lowered[value] = loadStep(buffer, value.getType(), t);
+}
+
+void ScanLowering::storeStepResults(Place place, Value t) {
+  loc = scan.getLoc();
+  for (auto [value, buffer] : stepBuffers)
+    if (placeOf(value) == place && !llvm::is_contained(outputBuffers, buffer))
+      storeStep(lowered.lookup(value), buffer, t);
+}
+
+void ScanLowering::allocateStepBuffers(Value count) {
+  auto outputs = scan.getYield().getValues().drop_front(scan.getNumStates());
+  auto allocate = [&](Value value) {
+    Place place = placeOf(value);
+    bool crosses = (place == Place::Prologue &&
+                    (usedIn(value, Place::Core) ||
+                     usedIn(value, Place::Epilogue))) ||
+                   (place == Place::Core && usedIn(value, Place::Epilogue));
+    if (!crosses)
+      return;
+    // An output's buffer holds its steps anyway; other values get a
+    // [T, ...] scratch buffer on the heap (T is known only at run time).
+    for (auto [output, buffer] : llvm::zip(outputs, outputBuffers))
+      if (output == value) {
+        stepBuffers[value] = buffer;
+        return;
+      }
+    Value buffer = memref::AllocOp::create(
+        b, loc, bufferType(value.getType(), /*perStep=*/true),
+        ValueRange{count});
+    scratchBuffers.push_back(buffer);
+    stepBuffers[value] = buffer;
+  };
+  for (BlockArgument arg : scan.getStateArgs())
+    allocate(arg);
+  for (Operation &op : scan.getBodyBlock().without_terminator())
+    for (Value result : op.getResults())
+      allocate(result);
+}
+
+LogicalResult ScanLowering::lowerTimeParallelStep(Place place, Value t) {
+  loadStepInputs(place, t);
+  for (Operation &op : scan.getBodyBlock().without_terminator())
+    if (places.lookup(&op) == place && failed(lowerOp(&op)))
+      return failure();
+  storeStepResults(place, t);
+  auto outputs = scan.getYield().getValues().drop_front(scan.getNumStates());
+  for (auto [value, buffer] : llvm::zip(outputs, outputBuffers))
+    if (storerOf(value) == place)
+      storeStep(lowered.lookup(value), buffer, t);
+  return success();
+}
+
+LogicalResult
+ScanLowering::lowerBody(Value t, ValueRange vectorStates,
+                        SmallVectorImpl<Value> &nextVectorStates) {
+  loadStepInputs(Place::Core, t);
   unsigned vectorIndex = 0;
   for (auto [arg, buffer] : llvm::zip(scan.getStateArgs(), stateBuffers)) {
     if (isa<FastWeightType>(arg.getType()))
@@ -79,9 +190,10 @@ ScanLowering::lowerBody(Value t, ValueRange vectorStates,
     else
       lowered[arg] = vectorStates[vectorIndex++];
   }
-  for (Operation &op : body.without_terminator())
-    if (failed(lowerOp(&op)))
+  for (Operation &op : scan.getBodyBlock().without_terminator())
+    if (places.lookup(&op) == Place::Core && failed(lowerOp(&op)))
       return failure();
+  storeStepResults(Place::Core, t);
 
   loc = scan.getLoc();
   YieldOp yield = scan.getYield();
@@ -90,6 +202,8 @@ ScanLowering::lowerBody(Value t, ValueRange vectorStates,
   // the state copies below overwrite.
   for (auto [value, buffer] :
        llvm::zip(yield.getValues().drop_front(numStates), outputBuffers)) {
+    if (storerOf(value) != Place::Core)
+      continue;
     Value out = lowered.lookup(value);
     if (isa<VectorType>(out.getType()))
       vector::StoreOp::create(b, loc, out, buffer, ValueRange{t, index(0)});
@@ -182,6 +296,54 @@ LogicalResult ScanLowering::run() {
   // Scratch matrices are allocated before the loop, not in every step.
   Value zero = index(0), one = index(1);
   scratchInsertionPoint = zero.getDefiningOp();
+
+  // Where each op runs (TimeParallel.h): a prologue op that depends on
+  // params alone runs once, here; the other prologue ops in a loop over T
+  // before the time loop, the epilogue ops in one after it. Without
+  // `fwp.phase` attributes, every op runs in the time loop.
+  for (Operation &op : scan.getBodyBlock().without_terminator()) {
+    Place place = Place::Core;
+    if (getStepPhase(&op) == StepPhase::Epilogue)
+      place = Place::Epilogue;
+    else if (getStepPhase(&op) == StepPhase::Prologue)
+      place = llvm::all_of(op.getOperands(),
+                           [&](Value v) {
+                             return placeOf(v) == Place::Entry;
+                           })
+                  ? Place::Entry
+                  : Place::Prologue;
+    places[&op] = place;
+  }
+  for (Operation &op : scan.getBodyBlock().without_terminator())
+    if (places.lookup(&op) == Place::Entry && failed(lowerOp(&op))) {
+      func->erase();
+      return failure();
+    }
+  loc = scan.getLoc();
+  allocateStepBuffers(count);
+
+  // A loop over T without loop-carried values for the prologue or epilogue.
+  auto timeParallelLoop = [&](Place place) -> LogicalResult {
+    if (llvm::none_of(places, [&](auto entry) { return entry.second == place; }))
+      return success();
+    LogicalResult status = success();
+    scf::ForOp::create(
+        b, loc, zero, count, one, ValueRange{},
+        [&](OpBuilder &nested, Location, Value t, ValueRange) {
+          OpBuilder::InsertionGuard guard(b);
+          b.setInsertionPoint(nested.getInsertionBlock(),
+                              nested.getInsertionPoint());
+          status = lowerTimeParallelStep(place, t);
+          loc = scan.getLoc();
+          scf::YieldOp::create(b, loc);
+        });
+    return status;
+  };
+  if (failed(timeParallelLoop(Place::Prologue))) {
+    func->erase();
+    return failure();
+  }
+
   LogicalResult status = success();
   auto loop = scf::ForOp::create(
       b, loc, zero, count, one, initialVectorStates,
@@ -205,6 +367,10 @@ LogicalResult ScanLowering::run() {
   }
   loc = scan.getLoc();
   b.setInsertionPointAfter(loop);
+  if (failed(timeParallelLoop(Place::Epilogue))) {
+    func->erase();
+    return failure();
+  }
   unsigned vectorIndex = 0;
   for (auto [arg, buffer] : llvm::zip(scan.getStateArgs(), stateBuffers)) {
     if (isa<FastWeightType>(arg.getType()))

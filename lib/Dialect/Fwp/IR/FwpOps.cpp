@@ -2,6 +2,7 @@
 
 #include "fwp/Dialect/Fwp/IR/FwpOps.h"
 #include "fwp/Dialect/Fwp/IR/FwpLimits.h"
+#include "fwp/Dialect/Fwp/IR/TimeParallel.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/OpImplementation.h"
@@ -394,7 +395,7 @@ LogicalResult ScanOp::verifyRegions() {
              << "' has type " << value.getType() << " but the " << what
              << " has type " << want;
   }
-  return success();
+  return verifyStepPhases(*this);
 }
 
 //===----------------------------------------------------------------------===//

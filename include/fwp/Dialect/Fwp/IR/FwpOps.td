@@ -48,6 +48,14 @@ def Fwp_ScanOp : Fwp_Op<"scan", [
     re-specialise it (`fwp-compile --dim d=32`); `reverse` runs time backwards
     (the backward scans that `fwp-differentiate` builds do).
 
+    A body op may carry `fwp.phase = "prologue"` or `"epilogue"`
+    (`fwp-split-time-parallel` sets them): a prologue op uses only seq
+    inputs, params and prologue values, so a lowering may compute it for all
+    steps before the time loop; an epilogue op feeds only epilogue ops and
+    outputs (no state, no other op) and reads no state matrix, so it may run
+    after the time loop. Only side-effect free ops computing scalars or
+    vectors may carry a phase; the verifier checks these rules.
+
     ```mlir
     fwp.scan @linear dims(d = 4)
         seq(%q : vector<4xf32>, %k : vector<4xf32>, %v : vector<4xf32>)

@@ -114,4 +114,42 @@ def FwpFuse : Pass<"fwp-fuse", "mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::fwp::FwpDialect"];
 }
 
+def FwpSplitTimeParallel : Pass<"fwp-split-time-parallel", "mlir::ModuleOp"> {
+  let summary = "mark each scan's time-parallel prologue and epilogue";
+  let description = [{
+    Splits the step of every `fwp.scan` (forward, training forward and
+    backward alike) by dataflow into three parts and records the split on
+    the body's ops as `fwp.phase = "prologue"` or `"epilogue"` (no
+    attribute: the recurrent core):
+
+    * **prologue**: ops whose operands are seq inputs, params or other
+      prologue values (feature maps, sigmoids of gate logits, the backward's
+      state-independent adjoints). They do not depend on the states, so a
+      lowering computes them for all steps before the time loop.
+    * **epilogue**: the other ops whose results reach only outputs, through
+      epilogue ops (never a state or a core op), and that read no state
+      matrix (e.g. the backward's gradient through a feature map). A
+      lowering computes them for all steps after the time loop.
+
+    Only side-effect free ops computing scalars or vectors are moved (a
+    matrix per step would cost `T K V` memory). The scan's verifier checks
+    the attributes; the pass first removes existing ones, so it is
+    idempotent. It runs last, after `fwp-differentiate` and `fwp-fuse`
+    (which know nothing of phases). `convert-fwp-to-cpu` builds a loop over
+    time per part; the GPU lowering computes every op inside the step.
+
+    ```
+    fwp-opt models/delta_net.mlir --fwp-differentiate --fwp-fuse --fwp-split-time-parallel
+    fwp-opt models/delta_net.mlir --fwp-split-time-parallel="epilogue=false"
+    ```
+  }];
+  let options = [
+    Option<"prologue", "prologue", "bool", /*default=*/"true",
+           "mark the prologue">,
+    Option<"epilogue", "epilogue", "bool", /*default=*/"true",
+           "mark the epilogue">
+  ];
+  let dependentDialects = ["::mlir::fwp::FwpDialect"];
+}
+
 #endif // FWP_DIALECT_FWP_TRANSFORMS_PASSES_TD

@@ -1,0 +1,55 @@
+// RUN: fwp-opt %s --convert-fwp-to-cpu --canonicalize | FileCheck %s
+// RUN: fwp-opt %s --fwp-split-time-parallel --convert-fwp-to-cpu --canonicalize | FileCheck %s
+
+// A split scan (fwp.phase, as fwp-split-time-parallel marks it) becomes
+// three loops over T: the prologue, the time loop (here counting down) and
+// the epilogue. Values pass between them through [T, n] buffers: an
+// output's own buffer where the value is an output, else a heap scratch
+// buffer of T rows. What depends on params alone is computed once, first.
+// CHECK-LABEL: func.func @split
+// CHECK-SAME: (%[[T:.*]]: index, %[[K:.*]]: memref<?x2xf32>, %[[X:.*]]: memref<?xf32>, %[[S:.*]]: memref<1xf32>, %[[W:.*]]: memref<2x2xf32>, %[[PHI:.*]]: memref<?x2xf32>, %[[Z:.*]]: memref<?x2xf32>)
+// The param's sigmoid, once.
+// CHECK: %[[SV:.*]] = memref.load %[[S]]
+// CHECK: %[[GATE:.*]] = arith.divf
+// CHECK: %[[KA:.*]] = memref.alloc(%[[T]]) : memref<?x2xf32>
+// CHECK: %[[R:.*]] = memref.alloc(%[[T]]) : memref<?x2xf32>
+// The prologue: phi(k) into the output buffer, phi(k) x gate into scratch.
+// CHECK: scf.for %[[P:.*]] = %{{.*}} to %[[T]]
+// CHECK-NOT: %[[W]]
+// CHECK: vector.load %[[K]][%[[P]], %{{.*}}]
+// CHECK: memref.load %[[X]][%[[P]]]
+// CHECK: arith.mulf %{{.*}}, %[[GATE]]
+// CHECK: vector.store %{{.*}}, %[[KA]][%[[P]], %{{.*}}]
+// CHECK: vector.store %{{.*}}, %[[PHI]][%[[P]], %{{.*}}]
+// CHECK: }
+// The time loop reads them back and stores the read for the epilogue.
+// CHECK: scf.for %[[I:.*]] = %{{.*}} to %[[T]]
+// CHECK: %[[TT:.*]] = arith.subi %{{.*}}, %[[I]]
+// CHECK-NOT: %[[K]]
+// CHECK-DAG: vector.load %[[PHI]][%[[TT]], %{{.*}}]
+// CHECK-DAG: vector.load %[[KA]][%[[TT]], %{{.*}}]
+// CHECK: vector.store %{{.*}}, %[[W]]
+// CHECK: vector.store %{{.*}}, %[[R]][%[[TT]], %{{.*}}]
+// CHECK: }
+// The epilogue: z = tanh(r) per step.
+// CHECK: scf.for %[[E:.*]] = %{{.*}} to %[[T]]
+// CHECK-NOT: %[[W]]
+// CHECK: vector.load %[[R]][%[[E]], %{{.*}}]
+// CHECK: math.tanh
+// CHECK: vector.store %{{.*}}, %[[Z]][%[[E]], %{{.*}}]
+// CHECK: }
+// CHECK-DAG: memref.dealloc %[[KA]]
+// CHECK-DAG: memref.dealloc %[[R]]
+// CHECK: return
+fwp.scan @split reverse dims(d = 2) seq(%k : vector<2xf32>, %x : f32) params(%s : f32)
+    states(%W : !fwp.fast_weight<2x2xf32>) outputs(phi : vector<2xf32>, z : vector<2xf32>) {
+  %gate = fwp.sigmoid %s {fwp.phase = "prologue"} : f32
+  %k1 = fwp.elu_plus_one %k {fwp.phase = "prologue"} : vector<2xf32>
+  %phi = fwp.sum_norm %k1 {fwp.phase = "prologue"} : vector<2xf32>
+  %a = fwp.mul %x, %gate {fwp.phase = "prologue"} : f32
+  %ka = fwp.scale %phi, %a {fwp.phase = "prologue"} : vector<2xf32>
+  %W1 = fwp.write_sum %W, %phi, %ka : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  %r = fwp.read %W1, %phi : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
+  %z = fwp.tanh %r {fwp.phase = "epilogue"} : vector<2xf32>
+  fwp.yield %W1, %phi, %z : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+}
