@@ -224,6 +224,9 @@ Value WriteSumOp::buildInverse(OpBuilder &builder, Value newWeight,
                             NegOp::create(builder, getLoc(), tape[1]));
 }
 void WriteSumOp::recomputeOtherResults(OpBuilder &, IRMapping &) {}
+std::optional<LinearUpdate> WriteSumOp::getLinearUpdate() {
+  return LinearUpdate{{}, getKey(), getValue(), {}, {}};
+}
 
 LogicalResult WriteDeltaOp::buildAdjoint(AdjointEmitter &a) {
   // W' = W + k (x) u, u = beta (v - vbar), vbar = W^T k.
@@ -276,6 +279,9 @@ Value WriteDeltaOp::buildInverse(OpBuilder &builder, Value newWeight,
   return WriteSumOp::create(builder, getLoc(), newWeight, tape[0],
                             NegOp::create(builder, getLoc(), tape[1]));
 }
+std::optional<LinearUpdate> WriteDeltaOp::getLinearUpdate() {
+  return LinearUpdate{{}, getKey(), getValue(), getBeta(), getRetrieved()};
+}
 void WriteDeltaOp::recomputeOtherResults(OpBuilder &builder, IRMapping &mapping) {
   // vbar is re-read from the rebuilt weight before the write.
   Value retrieved =
@@ -300,6 +306,9 @@ Value ScaleRowsOp::getUpdateResult() { return getResult(); }
 /// Undoing it divides by the factors: the error of W_t grows like
 /// prod_t 1/a_t over the sequence, so the backward never inverts it.
 bool ScaleRowsOp::isInvertible() { return false; }
+std::optional<LinearUpdate> ScaleRowsOp::getLinearUpdate() {
+  return LinearUpdate{getFactors(), {}, {}, {}, {}};
+}
 
 //===----------------------------------------------------------------------===//
 // Composite ops

@@ -7,6 +7,8 @@
 #include "mlir/IR/OpDefinition.h"
 #include "mlir/IR/PatternMatch.h"
 
+#include <optional>
+
 namespace mlir::fwp {
 
 /// What an op's adjoint rule (AdjointOpInterface) sees of the backward body
@@ -28,6 +30,20 @@ public:
 
 private:
   OpBuilder &builder_;
+};
+
+/// A fast-weight update W -> W' that is linear in W, with coefficients that
+/// are values of the step: either a decay of the rows,
+///   W'[e, :] = rowScale[e] W[e, :],
+/// or a write of `key` (x) w, where w = `value` (a sum write) or, for the
+/// delta rule, w = rate (value - W^T key), with W^T key the op's `retrieved`
+/// result. The chunkwise form of a scan (CPU lowering) composes these.
+struct LinearUpdate {
+  Value rowScale;  // decay: a vector of the key dimension
+  Value key;       // write: the key (rows)
+  Value value;     // write: the value (columns)
+  Value rate;      // delta rule: the scalar rate; null for a sum write
+  Value retrieved; // delta rule: the result holding W^T key (may be unused)
 };
 
 } // namespace mlir::fwp

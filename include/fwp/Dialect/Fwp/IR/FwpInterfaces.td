@@ -59,6 +59,11 @@ def Fwp_FastWeightUpdateOpInterface : OpInterface<"FastWeightUpdateOpInterface">
       (ins "::mlir::OpBuilder &":$builder, "::mlir::Value":$newWeight,
            "::mlir::ValueRange":$tape),
       /*methodBody=*/"", /*defaultImplementation=*/"return {};">,
+    InterfaceMethod<"The update as a map linear in the old weight, for the "
+      "chunkwise form of a scan (docs/compiler.md, \"The chunkwise form\"); "
+      "nullopt when it is not one.",
+      "std::optional<::mlir::fwp::LinearUpdate>", "getLinearUpdate", (ins),
+      /*methodBody=*/"", /*defaultImplementation=*/"return std::nullopt;">,
     InterfaceMethod<"In a backward body where the weights before and after "
       "the update are already rebuilt (and mapped in `mapping`), emits the "
       "op's other results and maps them.",

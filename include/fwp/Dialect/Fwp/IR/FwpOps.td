@@ -172,7 +172,7 @@ def Fwp_ReadTransposedOp : Fwp_Op<"read_transposed", [Pure, DeclareOpInterfaceMe
 }
 
 def Fwp_WriteSumOp : Fwp_Op<"write_sum", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>,
-    DeclareOpInterfaceMethods<Fwp_FastWeightUpdateOpInterface, ["buildInverseTape", "buildInverse", "recomputeOtherResults"]>,
+    DeclareOpInterfaceMethods<Fwp_FastWeightUpdateOpInterface, ["buildInverseTape", "buildInverse", "recomputeOtherResults", "getLinearUpdate"]>,
     AllTypesMatch<["weight", "result"]>]> {
   let summary = "the sum (Hebbian) write: W + k (x) v";
   let description = [{
@@ -193,7 +193,7 @@ def Fwp_WriteSumOp : Fwp_Op<"write_sum", [Pure, DeclareOpInterfaceMethods<Fwp_Ad
 }
 
 def Fwp_WriteDeltaOp : Fwp_Op<"write_delta", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>,
-    DeclareOpInterfaceMethods<Fwp_FastWeightUpdateOpInterface, ["buildInverseTape", "buildInverse", "recomputeOtherResults"]>,
+    DeclareOpInterfaceMethods<Fwp_FastWeightUpdateOpInterface, ["buildInverseTape", "buildInverse", "recomputeOtherResults", "getLinearUpdate"]>,
     AllTypesMatch<["weight", "new_weight"]>,
     AllTypesMatch<["value", "retrieved"]>,
     TypesMatchWith<"beta is the element type of the weight", "weight", "beta",
@@ -456,7 +456,7 @@ def Fwp_SqrtOp : Fwp_UnaryValueOp<"sqrt"> {
 }
 
 def Fwp_ScaleRowsOp : Fwp_Op<"scale_rows", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>,
-    DeclareOpInterfaceMethods<Fwp_FastWeightUpdateOpInterface>,
+    DeclareOpInterfaceMethods<Fwp_FastWeightUpdateOpInterface, ["getLinearUpdate"]>,
     AllTypesMatch<["weight", "result"]>]> {
   let summary = "decay a fast weight per key row: diag(a) W";
   let description = [{
