@@ -17,10 +17,23 @@ def ConvertFwpToCPU : Pass<"convert-fwp-to-cpu", "mlir::ModuleOp"> {
     no later use and copied otherwise; scratch matrices are allocated once per
     call, outside the time loop.
 
+    A scan whose one fast weight is updated linearly (a decay of its rows,
+    then a sum or delta-rule write) with coefficients from the time-parallel
+    prologue, and only read otherwise, may instead run in the chunkwise form
+    (`chunk`): per chunk of `chunk` steps, the reads of the chunk's first
+    state for all steps at once, the steps' interactions within the chunk,
+    and one update of the state (docs/compiler.md, "The chunkwise form").
+
     ```
     fwp-opt models/delta_net.mlir --convert-fwp-to-cpu
+    fwp-opt models/delta_net.mlir --fwp-split-time-parallel --convert-fwp-to-cpu=chunk=16
     ```
   }];
+  let options = [
+    Option<"chunk", "chunk", "int64_t", /*default=*/"0",
+           "steps per chunk of the chunkwise form where a scan has one "
+           "(0: the recurrent form; -1: chosen by the fast weight's size)">
+  ];
   let dependentDialects = [
     "::mlir::func::FuncDialect", "::mlir::scf::SCFDialect",
     "::mlir::memref::MemRefDialect", "::mlir::vector::VectorDialect",

@@ -83,12 +83,39 @@ void scheduleVectorWorkEarly(Block &body);
 /// values, the value's own shape (or `[1]` for a scalar) otherwise.
 MemRefType bufferType(Type type, bool perStep);
 
+/// The chunk length of `convert-fwp-to-cpu{chunk=auto}` for a fast weight of
+/// `keys` x `values` entries of `elementBits` bits: 0 (the recurrent form)
+/// below the size where the chunkwise form measured faster.
+int64_t automaticChunkLength(int64_t keys, int64_t values, unsigned elementBits);
+
+/// What the chunkwise form of a scan (ChunkwiseScan.cpp) computes: the one
+/// fast-weight state, its update chain (a decay of the rows, then one write:
+/// FastWeightUpdateOpInterface::getLinearUpdate) and the reads of it, all
+/// with time-parallel coefficients.
+struct ChunkPlan {
+  /// A read of the state at each step: `result = W^T query`, of the weight
+  /// after the step's write (`afterWrite`) or the decayed one before it.
+  struct Read {
+    Value result, query;
+    bool afterWrite;
+  };
+  unsigned state = 0;
+  Operation *decay = nullptr, *write = nullptr;
+  LinearUpdate decayForm, writeForm;
+  /// For the delta rule, reads.front() is the write's own retrieval.
+  SmallVector<Read> reads;
+  int64_t chunk = 0;
+};
+
 /// Lowers one scan to `func.func @<scan>(%T, buffers...)` with an scf.for
-/// over time; the patterns lower the body's ops.
+/// over time; the patterns lower the body's ops. `chunk`: the chunk length
+/// of the chunkwise form where the scan has one (0: never; -1: chosen by
+/// automaticChunkLength).
 class ScanLowering {
 public:
-  ScanLowering(ScanOp scan, const CpuPatternSet &patterns)
-      : scan(scan), b(scan.getContext()), patterns(patterns) {}
+  ScanLowering(ScanOp scan, const CpuPatternSet &patterns, int64_t chunk = 0)
+      : scan(scan), b(scan.getContext()), patterns(patterns),
+        chunkOption(chunk) {}
 
   /// Builds the function before the scan (which the caller erases).
   LogicalResult run();
@@ -174,6 +201,21 @@ public:
     b.setInsertionPoint(scratchInsertionPoint);
     Value buffer = memref::AllocOp::create(b, loc, bufferType(type, false));
     scratchBuffers.push_back(buffer);
+    return buffer;
+  }
+  /// A [rows, n] buffer on the heap, allocated and zeroed once per call
+  /// before the time loop, freed after it.
+  Value zeroedScratch(MemRefType type) {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPoint(scratchInsertionPoint);
+    Value buffer = memref::AllocOp::create(b, loc, type);
+    scratchBuffers.push_back(buffer);
+    Value zeros = constant(
+        VectorType::get({type.getDimSize(1)}, type.getElementType()), 0.0);
+    forRows(buffer, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+      vector::StoreOp::create(b, loc, zeros, buffer, ValueRange{e, index(0)});
+      return {};
+    });
     return buffer;
   }
   /// A stack buffer of `size` elements for one op, allocated once per call
@@ -281,8 +323,23 @@ private:
   LogicalResult lowerOp(Operation *op);
   LogicalResult lowerBody(Value t, ValueRange vectorStates,
                           SmallVectorImpl<Value> &nextVectorStates);
+  /// The time loop of the recurrent form, after the prologue.
+  LogicalResult lowerTimeLoop(Value count, ValueRange initialVectorStates,
+                              SmallVectorImpl<Value> &finalVectorStates);
+
+  /// The chunkwise form (ChunkwiseScan.cpp): the plan when the scan has one
+  /// and `chunkOption` asks for it; the chunk loop that replaces the time
+  /// loop, returning the vector states' final values.
+  std::optional<ChunkPlan> planChunkwise();
+  LogicalResult lowerChunkwise(const ChunkPlan &plan, Value count,
+                               ValueRange initialVectorStates,
+                               SmallVectorImpl<Value> &finalVectorStates);
+  /// The value of a time-parallel fwp value (seq input, entry or prologue
+  /// value) at step t.
+  Value stepValue(Value value, Value t);
 
   const CpuPatternSet &patterns;
+  int64_t chunkOption;
   /// fwp value -> lowered value (vector/scalar SSA value, or a memref).
   llvm::DenseMap<Value, Value> lowered;
   llvm::DenseSet<Value> readOnly;

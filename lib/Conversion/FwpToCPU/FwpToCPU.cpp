@@ -22,14 +22,21 @@ using namespace mlir::fwp::cpu;
 namespace {
 struct ConvertFwpToCPUPass
     : public mlir::fwp::impl::ConvertFwpToCPUBase<ConvertFwpToCPUPass> {
+  using Base::Base;
   void runOnOperation() override {
+    if (chunk < -1) {
+      getOperation().emitError() << "chunk must be -1 (automatic), 0 (the "
+                                    "recurrent form) or a length, got "
+                                 << static_cast<int64_t>(chunk);
+      return signalPassFailure();
+    }
     CpuPatternSet patterns;
     populateElementwisePatterns(patterns);
     populateFeatureMapPatterns(patterns);
     populateFastWeightPatterns(patterns);
     SmallVector<ScanOp> scans(getOperation().getOps<ScanOp>());
     for (ScanOp scan : scans) {
-      ScanLowering lowering(scan, patterns);
+      ScanLowering lowering(scan, patterns, chunk);
       if (failed(lowering.run()))
         return signalPassFailure();
       scan->erase();

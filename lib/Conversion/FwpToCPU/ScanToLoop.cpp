@@ -344,6 +344,45 @@ LogicalResult ScanLowering::run() {
     return failure();
   }
 
+  SmallVector<Value> finalVectorStates;
+  if (std::optional<ChunkPlan> plan = planChunkwise()) {
+    if (failed(lowerChunkwise(*plan, count, initialVectorStates,
+                              finalVectorStates))) {
+      func->erase();
+      return failure();
+    }
+    func->setAttr("fwp.chunk", b.getI64IntegerAttr(plan->chunk));
+  } else if (failed(lowerTimeLoop(count, initialVectorStates,
+                                  finalVectorStates))) {
+    func->erase();
+    return failure();
+  }
+  loc = scan.getLoc();
+  if (failed(timeParallelLoop(Place::Epilogue))) {
+    func->erase();
+    return failure();
+  }
+  unsigned vectorIndex = 0;
+  for (auto [arg, buffer] : llvm::zip(scan.getStateArgs(), stateBuffers)) {
+    if (isa<FastWeightType>(arg.getType()))
+      continue;
+    Value final = finalVectorStates[vectorIndex++];
+    if (isa<VectorType>(arg.getType()))
+      vector::StoreOp::create(b, loc, final, buffer, ValueRange{index(0)});
+    else
+      memref::StoreOp::create(b, loc, final, buffer, ValueRange{index(0)});
+  }
+  for (Value buffer : scratchBuffers)
+    memref::DeallocOp::create(b, loc, buffer);
+  func::ReturnOp::create(b, loc);
+  (void)module;
+  return success();
+}
+
+LogicalResult
+ScanLowering::lowerTimeLoop(Value count, ValueRange initialVectorStates,
+                            SmallVectorImpl<Value> &finalVectorStates) {
+  Value zero = index(0), one = index(1);
   LogicalResult status = success();
   auto loop = scf::ForOp::create(
       b, loc, zero, count, one, initialVectorStates,
@@ -361,29 +400,9 @@ LogicalResult ScanLowering::run() {
           nextStates.assign(iters.begin(), iters.end());
         scf::YieldOp::create(b, loc, nextStates);
       });
-  if (failed(status)) {
-    func->erase();
+  if (failed(status))
     return failure();
-  }
-  loc = scan.getLoc();
   b.setInsertionPointAfter(loop);
-  if (failed(timeParallelLoop(Place::Epilogue))) {
-    func->erase();
-    return failure();
-  }
-  unsigned vectorIndex = 0;
-  for (auto [arg, buffer] : llvm::zip(scan.getStateArgs(), stateBuffers)) {
-    if (isa<FastWeightType>(arg.getType()))
-      continue;
-    Value final = loop.getResult(vectorIndex++);
-    if (isa<VectorType>(arg.getType()))
-      vector::StoreOp::create(b, loc, final, buffer, ValueRange{index(0)});
-    else
-      memref::StoreOp::create(b, loc, final, buffer, ValueRange{index(0)});
-  }
-  for (Value buffer : scratchBuffers)
-    memref::DeallocOp::create(b, loc, buffer);
-  func::ReturnOp::create(b, loc);
-  (void)module;
+  llvm::append_range(finalVectorStates, loop.getResults());
   return success();
 }

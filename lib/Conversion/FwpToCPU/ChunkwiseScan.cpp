@@ -1,0 +1,445 @@
+//===- ChunkwiseScan.cpp - The chunkwise form of a linear scan ------------===//
+//
+// A scan whose one fast weight W (K x V) is updated linearly, with
+// coefficients from the time-parallel prologue, can run chunk by chunk
+// instead of step by step (docs/compiler.md, "The chunkwise form"). Each op
+// of the update chain says how it is linear (FastWeightUpdateOpInterface::
+// getLinearUpdate): a decay of the rows by a_t, then a write of k_t (x) w_t
+// with w_t = v_t (sum) or b_t (v_t - (D_t W)^T k_t) (delta rule). Within a
+// chunk that starts from S, with lambda_j the product of the chunk's decays
+// up to step j and p_i^(j) = (prod_{i<l<=j} a_l) k_i the key of step i as
+// decayed up to step j,
+//
+//   (D_j W_{j-1})^T x = S^T (lambda_j x) + sum_{i<j}  (x . p_i^(j)) w_i
+//          W_j^T    x = S^T (lambda_j x) + sum_{i<=j} (x . p_i^(j)) w_i
+//   W_n             = diag(lambda_n) S   + sum_i p_i^(n) (x) w_i
+//
+// so a chunk costs one blocked pass over S for all its steps' reads (every
+// row of S is loaded once per block of queries instead of once per step),
+// the steps' interactions (which solve the delta rule's triangular system
+// as they go), and one pass that writes the new state. The decayed keys are
+// products of the decays themselves, never quotients of cumulative products
+// (which overflow for strong decays). Everything else of the step (vector
+// states, ops on the reads) then runs step by step as before.
+//
+//===----------------------------------------------------------------------===//
+
+#include "CpuLowering.h"
+
+using namespace mlir;
+using namespace mlir::fwp;
+using namespace mlir::fwp::cpu;
+
+int64_t mlir::fwp::cpu::automaticChunkLength(int64_t keys, int64_t values,
+                                             unsigned elementBits) {
+  // The chunkwise form does as many multiply-adds as the recurrent one (for
+  // the delta rule a few more), but passes over the state once per chunk
+  // instead of once per step. That pays once the state no longer fits the
+  // L1 data cache (32-48 KiB on current x86 cores) and every pass of the
+  // recurrent form streams it from L2. Measured with fwp-bench-strategies,
+  // one thread, delta_net's forward (docs/benchmarks.md, "The chunkwise
+  // form"): d = 32 and 64 (4 and 16 KiB) are 1.1-1.7x slower chunkwise,
+  // d = 128 (64 KiB) 2.0x faster with chunks of 8 or 16.
+  int64_t bytes = keys * values * elementBits / 8;
+  return bytes > 48 * 1024 ? 16 : 0;
+}
+
+std::optional<ChunkPlan> ScanLowering::planChunkwise() {
+  if (chunkOption == 0 || scan.getReverse())
+    return std::nullopt;
+  // One fast-weight state; no other matrix in the body.
+  std::optional<unsigned> matrixState;
+  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs()))
+    if (isa<FastWeightType>(arg.getType())) {
+      if (matrixState)
+        return std::nullopt;
+      matrixState = i;
+    }
+  if (!matrixState)
+    return std::nullopt;
+  auto isMatrix = [](Value v) { return isa<FastWeightType>(v.getType()); };
+  if (llvm::any_of(scan.getSeqArgs(), isMatrix) ||
+      llvm::any_of(scan.getParamArgs(), isMatrix))
+    return std::nullopt;
+
+  ChunkPlan plan;
+  plan.state = *matrixState;
+  // The update chain: a decay, then one write.
+  SmallVector<Value> chain{scan.getStateArgs()[*matrixState]};
+  while (true) {
+    Operation *next = nullptr;
+    for (Operation *user : chain.back().getUsers()) {
+      auto update = dyn_cast<FastWeightUpdateOpInterface>(user);
+      if (!update || update.getUpdatedWeight() != chain.back())
+        continue;
+      if (next)
+        return std::nullopt; // two updates of one value
+      next = user;
+    }
+    if (!next)
+      break;
+    auto update = cast<FastWeightUpdateOpInterface>(next);
+    std::optional<LinearUpdate> form = update.getLinearUpdate();
+    if (!form || plan.write)
+      return std::nullopt;
+    if (form->rowScale) {
+      if (plan.decay)
+        return std::nullopt;
+      plan.decay = next;
+      plan.decayForm = *form;
+    } else {
+      plan.write = next;
+      plan.writeForm = *form;
+    }
+    chain.push_back(update.getUpdateResult());
+  }
+  if (!plan.write || scan.getYield().getValues()[*matrixState] != chain.back())
+    return std::nullopt;
+  if (plan.writeForm.rate)
+    plan.reads.push_back(
+        {plan.writeForm.retrieved, plan.writeForm.key, /*afterWrite=*/false});
+
+  // Every other use of the chain is a read with a time-parallel query.
+  for (auto [position, value] : llvm::enumerate(chain)) {
+    for (OpOperand &use : value.getUses()) {
+      Operation *user = use.getOwner();
+      if (user == plan.decay || user == plan.write) {
+        if (cast<FastWeightUpdateOpInterface>(user).getUpdatedWeight() ==
+            use.get())
+          continue;
+        return std::nullopt;
+      }
+      if (isa<YieldOp>(user)) {
+        if (value == chain.back() && use.getOperandNumber() == *matrixState)
+          continue;
+        return std::nullopt; // the matrix as an output
+      }
+      auto read = dyn_cast<ReadOp>(user);
+      if (!read || (position == 0 && plan.decay))
+        return std::nullopt; // a read before the decay
+      plan.reads.push_back(
+          {read.getResult(), read.getQuery(), value == chain.back()});
+    }
+  }
+  auto timeParallel = [&](Value v) {
+    Place place = placeOf(v);
+    return place == Place::Input || place == Place::Entry ||
+           place == Place::Prologue;
+  };
+  SmallVector<Value> coefficients{plan.writeForm.key, plan.writeForm.value};
+  if (plan.writeForm.rate)
+    coefficients.push_back(plan.writeForm.rate);
+  if (plan.decay)
+    coefficients.push_back(plan.decayForm.rowScale);
+  for (const ChunkPlan::Read &read : plan.reads)
+    coefficients.push_back(read.query);
+  if (!llvm::all_of(coefficients, timeParallel))
+    return std::nullopt;
+
+  auto type = cast<FastWeightType>(chain.front().getType());
+  plan.chunk = chunkOption > 0
+                   ? chunkOption
+                   : automaticChunkLength(type.getKeyDim(), type.getValueDim(),
+                                          type.getElementType()
+                                              .getIntOrFloatBitWidth());
+  if (plan.chunk == 0)
+    return std::nullopt;
+  return plan;
+}
+
+Value ScanLowering::stepValue(Value value, Value t) {
+  switch (placeOf(value)) {
+  case Place::Entry:
+    return lowered.lookup(value);
+  case Place::Input:
+    return loadStep(seqBuffers[cast<BlockArgument>(value).getArgNumber()],
+                    value.getType(), t);
+  default:
+    return loadStep(stepBuffers.lookup(value), value.getType(), t);
+  }
+}
+
+namespace {
+/// Builders of the chunk's loops and row buffers.
+struct ChunkBuilder {
+  ScanLowering &cpu;
+  OpBuilder &b;
+  Location loc;
+
+  /// for (i = lower; i < upper; i += step) with loop-carried `inits`.
+  template <typename Fn>
+  scf::ForOp loop(Value lower, Value upper, int64_t step, ValueRange inits,
+                  Fn body) {
+    return scf::ForOp::create(
+        b, loc, lower, upper, cpu.index(step), inits,
+        [&](OpBuilder &nested, Location, Value i, ValueRange iters) {
+          OpBuilder::InsertionGuard guard(b);
+          b.setInsertionPoint(nested.getInsertionBlock(),
+                              nested.getInsertionPoint());
+          SmallVector<Value> results = body(i, iters);
+          scf::YieldOp::create(b, loc, results);
+        });
+  }
+  Value load(VectorType type, Value buffer, Value j) {
+    return vector::LoadOp::create(b, loc, type, buffer,
+                                  ValueRange{j, cpu.index(0)});
+  }
+  void store(Value value, Value buffer, Value j) {
+    vector::StoreOp::create(b, loc, value, buffer, ValueRange{j, cpu.index(0)});
+  }
+  /// Element [j, e] of a [C, n] buffer broadcast to `like`.
+  Value splatAt(Type like, Value buffer, Value j, Value e) {
+    return cpu.splat(like, memref::LoadOp::create(b, loc, buffer,
+                                                  ValueRange{j, e}));
+  }
+  Value fma(Value a, Value x, Value acc) {
+    return vector::FMAOp::create(b, loc, a, x, acc);
+  }
+  /// A [rows, n] scratch buffer on the heap, zeroed once per call (rows past
+  /// a short last chunk are computed on but never used).
+  Value scratch(int64_t rows, int64_t n, Type element) {
+    return cpu.zeroedScratch(MemRefType::get({rows, n}, element));
+  }
+};
+} // namespace
+
+LogicalResult
+ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
+                             ValueRange initialVectorStates,
+                             SmallVectorImpl<Value> &finalVectorStates) {
+  loc = scan.getLoc();
+  ChunkBuilder cb{*this, b, loc};
+  Value state = stateBuffers[plan.state];
+  auto stateType = cast<MemRefType>(state.getType());
+  int64_t keys = stateType.getDimSize(0), values = stateType.getDimSize(1);
+  Type element = stateType.getElementType();
+  auto keyRow = VectorType::get({keys}, element);
+  auto valueRow = VectorType::get({values}, element);
+  int64_t chunk = plan.chunk;
+  const LinearUpdate &write = plan.writeForm;
+  bool delta = static_cast<bool>(write.rate);
+
+  // Query blocks of the pass over S: as many queries as keep their
+  // accumulators (rows of V) within 16 vector registers.
+  int64_t lanes = 512 / element.getIntOrFloatBitWidth();
+  int64_t registersPerRow = (values + lanes - 1) / lanes;
+  int64_t block = 1;
+  while (block * 2 * registersPerRow <= 16 && block * 2 <= chunk &&
+         chunk % (block * 2) == 0)
+    block *= 2;
+  int64_t rowBlock = 1;
+  while (rowBlock * 2 * registersPerRow <= 16 && keys % (rowBlock * 2) == 0 &&
+         rowBlock < 4)
+    rowBlock *= 2;
+
+  // Per chunk: the decayed keys p_i (transposed), the writes w_i, and per
+  // read the decayed queries lambda_j x_j and the results.
+  Value keysT = cb.scratch(keys, chunk, element);
+  auto chunkRow = VectorType::get({chunk}, element);
+  Value writesBuffer = cb.scratch(chunk, values, element);
+  SmallVector<Value> queryBuffers, resultBuffers;
+  for (size_t r = 0; r < plan.reads.size(); ++r) {
+    queryBuffers.push_back(cb.scratch(chunk, keys, element));
+    resultBuffers.push_back(cb.scratch(chunk, values, element));
+  }
+  Value lambdaRow = scratchRow(element, keys);
+
+  Value zero = index(0);
+  LogicalResult status = success();
+  scf::ForOp chunks = cb.loop(
+      zero, count, chunk, initialVectorStates,
+      [&](Value start, ValueRange vectorStates) -> SmallVector<Value> {
+        Value length = arith::MinSIOp::create(
+            b, loc, index(chunk), arith::SubIOp::create(b, loc, count, start));
+        auto stepOf = [&](Value j) -> Value {
+          return arith::AddIOp::create(b, loc, start, j);
+        };
+
+        // 1. lambda_j and the decayed queries lambda_j x_j.
+        Value ones = constant(keyRow, 1.0);
+        scf::ForOp decays = cb.loop(
+            zero, length, 1, ValueRange{ones},
+            [&](Value j, ValueRange lambda) -> SmallVector<Value> {
+              Value t = stepOf(j);
+              Value current = lambda.front();
+              if (plan.decay)
+                current = mul(current,
+                              stepValue(plan.decayForm.rowScale, t));
+              for (auto [read, buffer] : llvm::zip(plan.reads, queryBuffers)) {
+                Value x = stepValue(read.query, t);
+                cb.store(plan.decay ? mul(current, x) : x, buffer, j);
+              }
+              return {current};
+            });
+        Value lambdaEnd = decays.getResult(0);
+
+        // 2. S^T (lambda_j x_j) for every read and step, `block` steps per
+        // pass over the rows of S.
+        for (auto [queries, results] : llvm::zip(queryBuffers, resultBuffers))
+          cb.loop(zero, length, block, {},
+                  [&](Value first, ValueRange) -> SmallVector<Value> {
+                    SmallVector<Value> inits(block, constant(valueRow, 0.0));
+                    scf::ForOp rows = forRows(
+                        state, inits,
+                        [&](Value e, ValueRange acc) -> SmallVector<Value> {
+                          Value row = this->row(state, e);
+                          SmallVector<Value> next;
+                          for (int64_t q = 0; q < block; ++q)
+                            next.push_back(cb.fma(
+                                cb.splatAt(valueRow, queries,
+                                           addIndex(first, q), e),
+                                row, acc[q]));
+                          return next;
+                        });
+                    for (int64_t q = 0; q < block; ++q)
+                      cb.store(rows.getResult(q), results, addIndex(first, q));
+                    return {};
+                  });
+
+        // 3. Step by step: decay the earlier keys, solve for w_j (delta
+        // rule), add the chunk's earlier writes to the reads. The keys are
+        // stored transposed ([K, C]), so that one pass over their K rows
+        // gives a query's products with all the chunk's keys as one vector
+        // (no horizontal sums), and a decay scales K rows of C.
+        cb.loop(
+            zero, length, 1, {},
+            [&](Value j, ValueRange) -> SmallVector<Value> {
+              Value t = stepOf(j);
+              if (plan.decay) {
+                Value factors =
+                    spill(stepValue(plan.decayForm.rowScale, t));
+                forRows(keysT, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+                  cb.store(mul(row(keysT, e), splatElement(chunkRow, factors, e)),
+                           keysT, e);
+                  return {};
+                });
+              }
+              // (x . p_i) for every key i of the chunk, as one vector.
+              auto productsWithKeys = [&](Value x) {
+                Value elements = spill(x);
+                int64_t group = keys % 4 == 0 ? 4 : keys % 2 == 0 ? 2 : 1;
+                SmallVector<Value> inits(group, constant(chunkRow, 0.0));
+                scf::ForOp sums = forRowGroups(
+                    keysT, group, inits,
+                    [&](Value first, ValueRange acc) -> SmallVector<Value> {
+                      SmallVector<Value> next;
+                      for (int64_t r = 0; r < group; ++r) {
+                        Value e = addIndex(first, r);
+                        next.push_back(cb.fma(
+                            splatElement(chunkRow, elements, e),
+                            row(keysT, e), acc[r]));
+                      }
+                      return next;
+                    });
+                Value total = sums.getResult(0);
+                for (int64_t r = 1; r < group; ++r)
+                  total = add(total, sums.getResult(r));
+                return spill(total);
+              };
+              // base + sum over the chunk's writes i < end of (x . p_i) w_i.
+              auto withEarlierWrites = [&](Value x, Value base, Value end) {
+                Value products = productsWithKeys(x);
+                return cb
+                    .loop(zero, end, 1, ValueRange{base},
+                          [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                            return {cb.fma(
+                                splatElement(valueRow, products, i),
+                                cb.load(valueRow, writesBuffer, i),
+                                acc.front())};
+                          })
+                    .getResult(0);
+              };
+              Value key = stepValue(write.key, t);
+              Value w = stepValue(write.value, t);
+              if (delta) {
+                Value retrieved = withEarlierWrites(
+                    key, cb.load(valueRow, resultBuffers.front(), j), j);
+                cb.store(retrieved, resultBuffers.front(), j);
+                w = mul(splat(valueRow, stepValue(write.rate, t)),
+                        sub(w, retrieved));
+              }
+              cb.store(w, writesBuffer, j);
+              Value keyElements = spill(key);
+              forRows(keysT, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+                memref::StoreOp::create(
+                    b, loc,
+                    memref::LoadOp::create(b, loc, keyElements, ValueRange{e}),
+                    keysT, ValueRange{e, j});
+                return {};
+              });
+              Value next = addIndex(j, 1);
+              for (auto [r, read] : llvm::enumerate(plan.reads)) {
+                if (delta && r == 0)
+                  continue;
+                Value y = withEarlierWrites(
+                    stepValue(read.query, t),
+                    cb.load(valueRow, resultBuffers[r], j),
+                    read.afterWrite ? next : j);
+                cb.store(y, resultBuffers[r], j);
+              }
+              return {};
+            });
+
+        // 4. The new state: W[e, :] = lambda_n[e] S[e, :] + sum_i p_i[e] w_i,
+        // `rowBlock` rows at a time.
+        vector::StoreOp::create(b, loc, lambdaEnd, lambdaRow,
+                                ValueRange{zero});
+        forRowGroups(
+            state, rowBlock, {},
+            [&](Value first, ValueRange) -> SmallVector<Value> {
+              SmallVector<Value> inits;
+              for (int64_t r = 0; r < rowBlock; ++r) {
+                Value e = addIndex(first, r);
+                Value row = this->row(state, e);
+                inits.push_back(
+                    plan.decay ? mul(splatElement(valueRow, lambdaRow, e), row)
+                               : row);
+              }
+              scf::ForOp sums = cb.loop(
+                  zero, length, 1, inits,
+                  [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                    Value w = cb.load(valueRow, writesBuffer, i);
+                    SmallVector<Value> next;
+                    for (int64_t r = 0; r < rowBlock; ++r)
+                      next.push_back(cb.fma(
+                          cb.splatAt(valueRow, keysT, addIndex(first, r), i),
+                          w, acc[r]));
+                    return next;
+                  });
+              for (int64_t r = 0; r < rowBlock; ++r)
+                vector::StoreOp::create(b, loc, sums.getResult(r), state,
+                                        ValueRange{addIndex(first, r), zero});
+              return {};
+            });
+
+        // 5. The rest of each step, with the chunk's reads.
+        scf::ForOp steps = cb.loop(
+            zero, length, 1, vectorStates,
+            [&](Value j, ValueRange states) -> SmallVector<Value> {
+              for (auto [read, buffer] :
+                   llvm::zip(plan.reads, resultBuffers))
+                lowered[read.result] = cb.load(valueRow, buffer, j);
+              for (Operation *op : {plan.decay, plan.write})
+                if (op)
+                  for (Value result : op->getResults())
+                    if (isa<FastWeightType>(result.getType()))
+                      lowered[result] = state;
+              SmallVector<Value> next;
+              if (failed(lowerBody(stepOf(j), states, next))) {
+                status = failure();
+                return SmallVector<Value>(states.begin(), states.end());
+              }
+              loc = scan.getLoc();
+              return next;
+            });
+        if (failed(status))
+          return SmallVector<Value>(vectorStates.begin(), vectorStates.end());
+        return SmallVector<Value>(steps.getResults().begin(),
+                                  steps.getResults().end());
+      });
+  if (failed(status))
+    return failure();
+  b.setInsertionPointAfter(chunks);
+  llvm::append_range(finalVectorStates, chunks.getResults());
+  return success();
+}

@@ -1,0 +1,133 @@
+// RUN: fwp-opt %s --fwp-split-time-parallel --convert-fwp-to-cpu=chunk=4 --canonicalize | FileCheck %s
+// RUN: fwp-opt %s --fwp-split-time-parallel --convert-fwp-to-cpu=chunk=0 | FileCheck %s --check-prefix=OFF
+// RUN: fwp-opt %s --fwp-split-time-parallel --convert-fwp-to-cpu=chunk=-1 | FileCheck %s --check-prefix=AUTO
+// RUN: not fwp-opt %s --convert-fwp-to-cpu=chunk=-2 2>&1 | FileCheck %s --check-prefix=BAD
+
+// The chunkwise form of scans whose one fast weight is updated linearly
+// with time-parallel coefficients (ChunkwiseScan.cpp).
+
+// BAD: error: chunk must be -1 (automatic), 0 (the recurrent form) or a length, got -2
+
+// The delta rule with a decay of the rows: a loop over chunks of 4 steps
+// (the last one shorter); the decays' products and the decayed queries;
+// one pass over the rows of the state for 4 queries at a time (4
+// accumulators, the row loaded once for all 4); the steps one by one; the
+// new state, 4 rows at a time, written once per chunk; then the rest of
+// each step.
+// CHECK-LABEL: func.func @gated_delta
+// CHECK-SAME: fwp.chunk = 4
+// CHECK: scf.for %[[START:.*]] = %{{.*}} to %arg0 step %[[C4:c4.*]] {
+// CHECK-NEXT: %[[LEFT:.*]] = arith.subi %arg0, %[[START]]
+// CHECK-NEXT: %[[LEN:.*]] = arith.minsi %[[LEFT]], %{{.*}}
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[LEN]] step %{{.*}} iter_args(%{{.*}} = %{{.*}}) -> (vector<8xf32>)
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[LEN]] step %[[C4]]
+// CHECK: scf.for %{{.*}} iter_args(%{{.*}} = %{{.*}}, %{{.*}} = %{{.*}}, %{{.*}} = %{{.*}}, %{{.*}} = %{{.*}}) -> (vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>)
+// CHECK: vector.load %arg{{.*}} : memref<8x16xf32>, vector<16xf32>
+// CHECK-COUNT-4: vector.fma
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[LEN]]
+// CHECK: scf.for %[[ROW:.*]] = %{{.*}} to %{{.*}} step %[[C4]]
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[LEN]] step %{{.*}} iter_args(
+// CHECK-COUNT-4: vector.fma
+// CHECK-COUNT-4: vector.store %{{.*}}, %arg{{.*}} : memref<8x16xf32>, vector<16xf32>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[LEN]]
+// CHECK-NOT: memref.copy
+// CHECK: return
+fwp.scan @gated_delta seq(%q : vector<8xf32>, %k : vector<8xf32>, %v : vector<16xf32>,
+                          %beta : f32, %g : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x16xf32>) outputs(y : vector<16xf32>, r : vector<16xf32>) {
+  %a = fwp.sigmoid %g : vector<8xf32>
+  %b = fwp.sigmoid %beta : f32
+  %Wd = fwp.scale_rows %W, %a : !fwp.fast_weight<8x16xf32>, vector<8xf32>
+  %W1, %vbar = fwp.write_delta %Wd, %k, %v, %b : !fwp.fast_weight<8x16xf32>, vector<8xf32>, vector<16xf32>
+  %y = fwp.read %W1, %q : !fwp.fast_weight<8x16xf32>, vector<8xf32> -> vector<16xf32>
+  fwp.yield %W1, %y, %vbar : !fwp.fast_weight<8x16xf32>, vector<16xf32>, vector<16xf32>
+}
+// OFF-LABEL: func.func @gated_delta
+// OFF-NOT: fwp.chunk
+// AUTO-LABEL: func.func @gated_delta
+// AUTO-NOT: fwp.chunk
+
+// A vector state beside the fast weight (the linear Transformer's
+// normaliser) runs step by step inside each chunk, carried across chunks.
+// CHECK-LABEL: func.func @with_vector_state
+// CHECK-SAME: fwp.chunk = 4
+// CHECK: scf.for %{{.*}} iter_args(%[[Z:.*]] = %{{.*}}) -> (vector<32xf32>)
+// AUTO-LABEL: func.func @with_vector_state
+// AUTO-NOT: fwp.chunk
+fwp.scan @with_vector_state seq(%q : vector<32xf32>, %k : vector<32xf32>, %v : vector<32xf32>)
+    states(%W : !fwp.fast_weight<32x32xf32>, %z : vector<32xf32>) outputs(y : vector<32xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<32x32xf32>, vector<32xf32>, vector<32xf32>
+  %z1 = fwp.add %z, %k : vector<32xf32>
+  %num = fwp.read %W1, %q : !fwp.fast_weight<32x32xf32>, vector<32xf32> -> vector<32xf32>
+  %den = fwp.dot %z1, %q : vector<32xf32>
+  %y = fwp.scale %num, %den : vector<32xf32>
+  fwp.yield %W1, %z1, %y : !fwp.fast_weight<32x32xf32>, vector<32xf32>, vector<32xf32>
+}
+
+// chunk=-1 (fwp-compile's default) takes the chunkwise form once the state
+// outgrows the L1 data cache (more than 48 KiB): 128 x 128 f32 is 64 KiB.
+// AUTO-LABEL: func.func @large_state
+// AUTO-SAME: fwp.chunk = 16
+fwp.scan @large_state seq(%q : vector<128xf32>, %k : vector<128xf32>, %v : vector<128xf32>)
+    states(%W : !fwp.fast_weight<128x128xf32>) outputs(y : vector<128xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<128x128xf32>, vector<128xf32>, vector<128xf32>
+  %y = fwp.read %W1, %q : !fwp.fast_weight<128x128xf32>, vector<128xf32> -> vector<128xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<128x128xf32>, vector<128xf32>
+}
+
+// Not linear with time-parallel coefficients: the recurrent form.
+// A transposed read (not a read of the form W^T x).
+// CHECK-LABEL: func.func @transposed_read
+// CHECK-NOT: fwp.chunk
+// CHECK: return
+fwp.scan @transposed_read seq(%k : vector<8xf32>, %v : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %y = fwp.read_transposed %W1, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+}
+
+// A write whose value depends on the state through another read.
+// CHECK-LABEL: func.func @state_dependent_value
+// CHECK-NOT: fwp.chunk
+// CHECK: return
+fwp.scan @state_dependent_value seq(%k : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
+  %r = fwp.read %W, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  %u = fwp.tanh %r : vector<8xf32>
+  %W1 = fwp.write_sum %W, %k, %u : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  fwp.yield %W1, %r : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+}
+
+// The matrix itself as an output (a stored tape).
+// CHECK-LABEL: func.func @matrix_output
+// CHECK-NOT: fwp.chunk
+// CHECK: return
+fwp.scan @matrix_output seq(%k : vector<8xf32>, %v : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(prev : !fwp.fast_weight<8x8xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  fwp.yield %W1, %W : !fwp.fast_weight<8x8xf32>, !fwp.fast_weight<8x8xf32>
+}
+
+// A read of the state before its decay.
+// CHECK-LABEL: func.func @read_before_decay
+// CHECK-NOT: fwp.chunk
+// CHECK: return
+fwp.scan @read_before_decay seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
+  %Wd = fwp.scale_rows %W, %g : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+  %W1 = fwp.write_sum %Wd, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %y = fwp.read %W, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+}
+
+// A scan backwards in time.
+// CHECK-LABEL: func.func @reverse
+// CHECK-NOT: fwp.chunk
+// CHECK: return
+fwp.scan @reverse reverse seq(%k : vector<8xf32>, %v : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+}
