@@ -1,10 +1,11 @@
 //===- backward_strategies.cpp - Time and memory of the backward strategies -===//
 //
 //   fwp-bench-strategies --artifact A.fwpk [--artifact B.fwpk ...]
-//                        --shape B,H,T [--repeats N]
+//                        --shape B,H,T [--repeats N] [--forward-only]
 //
 // Times forward + backward (`y.sum().backward()`, median after a warm-up) of
-// compiled layers at one shape. With several artifacts (the same layer under
+// compiled layers at one shape, or the inference forward alone
+// (--forward-only: the chunkwise against the recurrent form, say). With several artifacts (the same layer under
 // different backward strategies) the runs are interleaved in this process and
 // every time is also given as a ratio to the first artifact's. The peak
 // resident memory (ru_maxrss) and its rise over the memory before the first
@@ -62,6 +63,9 @@ int main(int argc, char **argv) {
       ->required();
   app.add_option("--shape", shape, "B,H,T")->delimiter(',')->expected(3)->required();
   app.add_option("--repeats", repeats, "timed runs (median)");
+  bool forwardOnly = false;
+  app.add_flag("--forward-only", forwardOnly,
+               "time the inference forward alone (no gradients): \"fwd_ms\"");
   CLI11_PARSE(app, argc, argv);
   try {
     const int64_t B = shape[0], H = shape[1], T = shape[2];
@@ -93,8 +97,13 @@ int main(int argc, char **argv) {
         for (auto &[name, input] : run.inputs)
           input.mutable_grad() = torch::Tensor();
         auto start = std::chrono::steady_clock::now();
-        fwp::TensorMap out = run.layer->forward(run.inputs);
-        out.at("y").sum().backward();
+        if (forwardOnly) {
+          torch::NoGradGuard noGrad;
+          run.layer->forward(run.inputs);
+        } else {
+          fwp::TensorMap out = run.layer->forward(run.inputs);
+          out.at("y").sum().backward();
+        }
         double seconds = std::chrono::duration<double>(
                              std::chrono::steady_clock::now() - start)
                              .count();
@@ -117,7 +126,7 @@ int main(int argc, char **argv) {
                             {"d", run.layer->dims().at("d")},
                             {"threads", at::get_num_threads()},
                             {"repeats", repeats},
-                            {"fwd_bwd_ms", ms},
+                            {forwardOnly ? "fwd_ms" : "fwd_bwd_ms", ms},
                             {"ratio_to_first", ms / firstMs}};
       if (runs.size() == 1) {
         row["peak_rss_mib"] = residentPeak;

@@ -44,15 +44,39 @@ void buildFrontEndPipeline(OpPassManager &pm, StringRef backward) {
     llvm::report_fatal_error("fwp: bad front-end pipeline");
 }
 
-void buildCPULoweringPipeline(OpPassManager &pm) {
+void buildCPULoweringPipeline(OpPassManager &pm, int64_t chunk) {
   addPipeline(pm,
-              "fwp-split-time-parallel,convert-fwp-to-cpu,canonicalize,cse,"
+              "fwp-split-time-parallel,convert-fwp-to-cpu{chunk=" +
+                  std::to_string(chunk) +
+                  "},canonicalize,cse,"
               "fwp-approximate-math,"
               "convert-vector-to-scf,convert-scf-to-cf,"
               "convert-vector-to-llvm,convert-math-to-llvm,"
               "expand-strided-metadata,lower-affine,finalize-memref-to-llvm,"
               "convert-arith-to-llvm,convert-func-to-llvm,convert-cf-to-llvm,"
               "reconcile-unrealized-casts,fwp-cpu-entry-points,canonicalize");
+}
+
+void recordCpuKernelForms(llvm::json::Object &manifest, ModuleOp lowered) {
+  llvm::StringMap<int64_t> chunks;
+  lowered.walk([&](Operation *op) {
+    auto name = op->getAttrOfType<StringAttr>(SymbolTable::getSymbolAttrName());
+    if (auto chunk = op->getAttrOfType<IntegerAttr>("fwp.chunk"); chunk && name)
+      chunks[name.getValue()] = chunk.getInt();
+  });
+  llvm::json::Object *kernels = manifest.getObject("kernels");
+  llvm::json::Object *cpu = kernels ? kernels->getObject("cpu") : nullptr;
+  if (!cpu)
+    return;
+  for (auto &[role, entry] : *cpu) {
+    llvm::json::Object *kernel = entry.getAsObject();
+    std::optional<StringRef> symbol =
+        kernel ? kernel->getString("symbol") : std::nullopt;
+    if (!symbol)
+      continue;
+    // The entry point fwp_<scan> calls the scan's function <scan>.
+    (*kernel)["chunk"] = chunks.lookup(symbol->drop_front(strlen("fwp_")));
+  }
 }
 
 namespace {

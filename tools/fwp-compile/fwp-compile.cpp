@@ -91,6 +91,12 @@ static cl::opt<std::string>
     dtype("dtype", cl::desc("compute in this float type instead of the "
                             "model's (f32 or f64)"),
           cl::init(""), cl::cat(modelCategory));
+static cl::opt<std::string> chunk(
+    "chunk",
+    cl::desc("the chunkwise form of the forward scans of linear layers: "
+             "auto (default: where the fast weight is large enough), off, or "
+             "the steps per chunk (docs/compiler.md)"),
+    cl::value_desc("auto|off|N"), cl::init("auto"), cl::cat(targetCategory));
 static cl::opt<std::string>
     cpu("cpu",
         cl::desc("processors of the CPU code, best first (one image each)"),
@@ -216,6 +222,15 @@ int main(int argc, char **argv) {
     return fail("--backward=" + backward +
                 ": expected invert, store, checkpoint or checkpoint:C");
 
+  int64_t chunkLength = -1;
+  if (chunk == "off")
+    chunkLength = 0;
+  else if (chunk != "auto" &&
+           (StringRef(chunk).getAsInteger(10, chunkLength) || chunkLength < 1 ||
+            chunkLength > 1024))
+    return fail("--chunk=" + chunk +
+                ": expected auto, off or a chunk length from 1 to 1024");
+
   PassManager frontEnd(&context);
   if (failed(applyPassManagerCLOptions(frontEnd)))
     return 1;
@@ -322,6 +337,14 @@ int main(int argc, char **argv) {
   }
   (*manifest)["targets"] = fwp::cpuTargetEntries(*targets);
   (*manifest)["sections"] = ::fwp::sectionEntries(sections);
+  PassManager lowering(&context);
+  if (failed(applyPassManagerCLOptions(lowering)))
+    return 1;
+  fwp::buildCPULoweringPipeline(lowering, chunkLength);
+  if (failed(lowering.run(*module)))
+    return 1;
+  // Which form each CPU kernel took (the lowering chose it).
+  fwp::recordCpuKernelForms(*manifest, *module);
   std::string manifestJson;
   {
     llvm::raw_string_ostream os(manifestJson);
@@ -329,13 +352,6 @@ int main(int argc, char **argv) {
   }
   if (emit == Stage::Manifest)
     return failed(writeText(output, manifestJson + "\n")) ? 1 : 0;
-
-  PassManager lowering(&context);
-  if (failed(applyPassManagerCLOptions(lowering)))
-    return 1;
-  fwp::buildCPULoweringPipeline(lowering);
-  if (failed(lowering.run(*module)))
-    return 1;
   if (emit == Stage::LlvmMlir) {
     std::string text;
     llvm::raw_string_ostream os(text);

@@ -27,8 +27,14 @@ inline constexpr int kArtifactFormatVersion = 3;
 /// the forward scan @L, @L_train and @L_grad. `backward`, when not empty, is
 /// the backward strategy of every fast-weight state (fwp-compile --backward).
 void buildFrontEndPipeline(mlir::OpPassManager &pm, llvm::StringRef backward = "");
-/// fwp scans -> LLVM dialect with packed entry points fwp_<scan>.
-void buildCPULoweringPipeline(mlir::OpPassManager &pm);
+/// fwp scans -> LLVM dialect with packed entry points fwp_<scan>. `chunk`:
+/// the chunk length of the chunkwise form of linear scans (-1: chosen by the
+/// fast weight's size; 0: never; convert-fwp-to-cpu's option).
+void buildCPULoweringPipeline(mlir::OpPassManager &pm, int64_t chunk = -1);
+/// Adds "chunk" to every CPU kernel of the manifest: the chunk length of its
+/// chunkwise form, 0 for the recurrent one (the `fwp.chunk` attribute that
+/// convert-fwp-to-cpu leaves on the lowered functions of `lowered`).
+void recordCpuKernelForms(llvm::json::Object &manifest, mlir::ModuleOp lowered);
 /// Registers `fwp-pipeline` (options: target=cpu) with the pass registry.
 void registerFwpPipelines();
 

@@ -710,6 +710,11 @@ void parseKernel(const ManifestReader &reader, const json &kernels,
   std::string field = "kernels.cpu." + role;
   const json &entry = reader.member(kernels, "kernels.cpu", role);
   kernel.symbol = reader.string(entry, field, "symbol");
+  if (auto chunk = entry.find("chunk"); chunk != entry.end()) {
+    if (!chunk->is_number_integer() || chunk->get<int64_t>() < 0)
+      reader.fail(field + ".chunk", "must be a non-negative integer");
+    kernel.chunk = chunk->get<int64_t>();
+  }
   const json &args = reader.array(entry, field, "args");
   for (size_t i = 0; i < args.size(); ++i) {
     std::string argField = field + ".args[" + std::to_string(i) + "]";

@@ -52,4 +52,26 @@ set(variants
   "delta_product_store|delta_product|--backward=store"
   "delta_product_f64|delta_product|--dim,d=5,--dtype=f64"
   "delta_product_f64_store|delta_product|--dim,d=5,--dtype=f64,--backward=store"
-  "delta_product_f64_ckpt7|delta_product|--dim,d=5,--dtype=f64,--backward=checkpoint:7")
+  "delta_product_f64_ckpt7|delta_product|--dim,d=5,--dtype=f64,--backward=checkpoint:7"
+  # the chunkwise form against the recurrent one (ChunkwiseFormTest.cpp):
+  # chunks of 4 steps in f64 (d = 5), of 16 in f32 (d = 32)
+  "linear_transformer_f64_chunk|linear_transformer|--dim,d=5,--dtype=f64,--chunk=4"
+  "linear_transformer_f64_recurrent|linear_transformer|--dim,d=5,--dtype=f64,--chunk=off"
+  "delta_net_f64_chunk|delta_net|--dim,d=5,--dtype=f64,--chunk=4"
+  "delta_net_f64_recurrent|delta_net|--dim,d=5,--dtype=f64,--chunk=off"
+  "gated_delta_net_f64_chunk|gated_delta_net|--dim,d=5,--dtype=f64,--chunk=4"
+  "gated_delta_net_f64_recurrent|gated_delta_net|--dim,d=5,--dtype=f64,--chunk=off"
+  "retnet_f64_chunk|retnet|--dim,d=5,--dtype=f64,--chunk=4"
+  "retnet_f64_recurrent|retnet|--dim,d=5,--dtype=f64,--chunk=off"
+  "gla_f64_chunk|gla|--dim,d=5,--dtype=f64,--chunk=4"
+  "gla_f64_recurrent|gla|--dim,d=5,--dtype=f64,--chunk=off"
+  "linear_transformer_chunk|linear_transformer|--dim,d=32,--chunk=16,--cuda=off"
+  "linear_transformer_recurrent|linear_transformer|--dim,d=32,--chunk=off,--cuda=off"
+  "delta_net_chunk|delta_net|--dim,d=32,--chunk=16,--cuda=off"
+  "delta_net_recurrent|delta_net|--dim,d=32,--chunk=off,--cuda=off"
+  "gated_delta_net_chunk|gated_delta_net|--dim,d=32,--chunk=16,--cuda=off"
+  "gated_delta_net_recurrent|gated_delta_net|--dim,d=32,--chunk=off,--cuda=off"
+  "retnet_chunk|retnet|--dim,d=32,--chunk=16,--cuda=off"
+  "retnet_recurrent|retnet|--dim,d=32,--chunk=off,--cuda=off"
+  "gla_chunk|gla|--dim,d=32,--chunk=16,--cuda=off"
+  "gla_recurrent|gla|--dim,d=32,--chunk=off,--cuda=off")

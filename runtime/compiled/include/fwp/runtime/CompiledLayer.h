@@ -37,6 +37,9 @@ struct KernelArg {
 /// A CPU entry point: void symbol(int64_t T, void **descriptors).
 struct CpuKernel {
   std::string symbol;
+  /// Steps per chunk of the kernel's chunkwise form; 0 for the recurrent form
+  /// (the manifest's "chunk"; absent in artifacts that predate it).
+  int64_t chunk = 0;
   std::vector<KernelArg> args;
   void (*entry)(int64_t, void **) = nullptr;
 };

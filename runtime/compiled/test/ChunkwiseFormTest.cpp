@@ -1,0 +1,173 @@
+//===- ChunkwiseFormTest.cpp - The chunkwise form against the recurrent one ===//
+//
+// fwp-compile --chunk=N compiles the forward scans of the linear layers
+// (linear_transformer, delta_net and the three decaying layers) in the
+// chunkwise form (docs/compiler.md, "The chunkwise form"); --chunk=off in
+// the recurrent form. Both artifacts of a layer run on the same inputs:
+// outputs, final states and every gradient (the training forward is
+// chunkwise too where it records only vectors) must agree to 1e-10 in f64
+// and 1e-4 in f32, over lengths that are not multiples of the chunk, a
+// single step, initial states or none and decays near 0 and 1.
+//
+//===----------------------------------------------------------------------===//
+
+#include "fwp/runtime/CompiledLayer.h"
+
+#include "ArtifactTestSupport.h"
+
+#include <gtest/gtest.h>
+
+namespace {
+
+using fwp::TensorMap;
+using fwp::test::artifactPath;
+using fwp::test::relativeError;
+using torch::Tensor;
+
+struct Case {
+  std::string layer;  // artifacts <layer>_chunk and <layer>_recurrent
+  int64_t steps;
+  bool withInit;
+  double decayShift;  // centre of the decay gates' logits
+};
+
+void PrintTo(const Case &c, std::ostream *os) {
+  *os << c.layer << " T=" << c.steps << " decay logits ~ " << c.decayShift
+      << (c.withInit ? " with initial states" : "");
+}
+
+std::string caseName(const testing::TestParamInfo<Case> &info) {
+  const Case &c = info.param;
+  std::string shift = c.decayShift < 0 ? "m" + std::to_string(int(-c.decayShift))
+                                       : std::to_string(int(c.decayShift));
+  return c.layer + "_T" + std::to_string(c.steps) + "_decay" + shift +
+         (c.withInit ? "_init" : "_zero");
+}
+
+/// Random inputs for every seq input, param and (optionally) initial state
+/// of the artifact's signature, [B = 2, H = 2, T, ...].
+TensorMap randomInputs(const fwp::Artifact &artifact, const Case &c) {
+  torch::manual_seed(17);
+  auto options = torch::TensorOptions().dtype(artifact.dtype());
+  const fwp::LayerSignature &signature = artifact.signature();
+  auto isDecay = [](const std::string &name) {
+    return name == "alpha" || name == "decay" || name == "g";
+  };
+  TensorMap inputs;
+  for (const auto &spec : signature.seq) {
+    Tensor value = torch::randn(
+        fwp::test::shapeWithPrefix({2, 2, c.steps}, spec, artifact.dims()), options);
+    inputs[spec.name] = isDecay(spec.name) ? 0.5 * value + c.decayShift : value;
+  }
+  for (const auto &spec : signature.params) {
+    Tensor value =
+        0.5 * torch::randn(fwp::test::shapeWithPrefix({2}, spec, artifact.dims()), options);
+    inputs[spec.name] = isDecay(spec.name) ? value + c.decayShift : value;
+  }
+  if (c.withInit)
+    for (const auto &spec : signature.states)
+      inputs[fwp::initName(spec.name)] =
+          0.3 * torch::randn(fwp::test::shapeWithPrefix({2, 2}, spec, artifact.dims()),
+                             options);
+  return inputs;
+}
+
+/// Outputs, final states and the gradients of a random linear loss of one
+/// compiled layer.
+struct Results {
+  TensorMap outputs;
+  std::map<std::string, Tensor> gradients;
+};
+
+Results run(const std::string &artifactName, const TensorMap &inputs) {
+  auto artifact = fwp::Artifact::load(artifactPath(artifactName));
+  fwp::CompiledLayer layer(artifact);
+  std::vector<std::string> names;
+  std::vector<Tensor> leaves;
+  TensorMap leafInputs;
+  for (const auto &[name, value] : inputs) {
+    names.push_back(name);
+    leaves.push_back(value.clone().requires_grad_(true));
+    leafInputs[name] = leaves.back();
+  }
+  Results result;
+  result.outputs = layer.forward(leafInputs);
+  torch::manual_seed(99);
+  Tensor loss = torch::zeros({}, torch::TensorOptions().dtype(artifact->dtype()));
+  for (const auto &[name, value] : result.outputs)
+    loss = loss + (value * torch::randn(value.sizes(), value.options())).sum();
+  std::vector<Tensor> grads = torch::autograd::grad({loss}, leaves);
+  for (size_t i = 0; i < names.size(); ++i)
+    result.gradients[names[i]] = grads[i];
+  return result;
+}
+
+class ChunkwiseMatchesRecurrent : public testing::TestWithParam<Case> {};
+
+TEST_P(ChunkwiseMatchesRecurrent, OutputsFinalStatesAndGradients) {
+  const Case &c = GetParam();
+  std::string chunked = c.layer + "_chunk", recurrent = c.layer + "_recurrent";
+  REQUIRE_ARTIFACT(chunked);
+  REQUIRE_ARTIFACT(recurrent);
+  auto artifact = fwp::Artifact::load(artifactPath(chunked));
+  double tolerance = artifact->dtype() == torch::kDouble ? 1e-10 : 1e-4;
+  TensorMap inputs = randomInputs(*artifact, c);
+  Results got = run(chunked, inputs), want = run(recurrent, inputs);
+  ASSERT_EQ(got.outputs.size(), want.outputs.size());
+  for (const auto &[name, value] : want.outputs) {
+    ASSERT_TRUE(got.outputs.count(name)) << "chunkwise form lacks output " << name;
+    EXPECT_LE(relativeError(got.outputs.at(name).detach(), value.detach()), tolerance)
+        << "output " << name;
+  }
+  for (const auto &[name, value] : want.gradients) {
+    ASSERT_TRUE(got.gradients.at(name).defined()) << "no gradient for " << name;
+    EXPECT_LE(relativeError(got.gradients.at(name), value), tolerance)
+        << "gradient of " << name;
+  }
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  // f64 with chunks of 4 (d = 5) and f32 with chunks of 16 (d = 32).
+  for (std::string layer : {"linear_transformer", "delta_net", "gated_delta_net",
+                            "retnet", "gla"})
+    for (std::string suffix : {"_f64", ""}) {
+      std::string name = layer + suffix;
+      out.push_back({name, 1, false, 0.0});
+      out.push_back({name, 3, true, 0.0});
+      out.push_back({name, 37, true, 0.0});
+      out.push_back({name, 130, false, 6.0});
+      out.push_back({name, 130, true, -6.0});
+    }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(LinearLayers, ChunkwiseMatchesRecurrent, testing::ValuesIn(cases()),
+                         caseName);
+
+/// The manifest says which form each CPU kernel took: the forward and
+/// training forward of the --chunk artifacts are chunkwise (except where the
+/// training forward records the matrix itself, as under store), the backward
+/// scans (backwards in time) and every --chunk=off kernel recurrent. Were
+/// both artifacts of a layer compiled alike, the comparisons above would
+/// pass vacuously.
+TEST(ChunkwiseForm, ManifestSaysWhichKernelsAreChunkwise) {
+  for (std::string layer : {"delta_net_f64", "gla_f64", "delta_net", "retnet"}) {
+    REQUIRE_ARTIFACT(layer + "_chunk");
+    auto chunked = fwp::Artifact::load(artifactPath(layer + "_chunk"));
+    auto recurrent = fwp::Artifact::load(artifactPath(layer + "_recurrent"));
+    int64_t expected = chunked->dtype() == torch::kDouble ? 4 : 16;
+    EXPECT_EQ(chunked->forward().chunk, expected) << layer;
+    EXPECT_EQ(chunked->backward().chunk, 0) << layer;
+    EXPECT_EQ(recurrent->forward().chunk, 0) << layer;
+    EXPECT_EQ(recurrent->forwardTrain().chunk, 0) << layer;
+  }
+  // delta_net's training forward records vectors (invert): chunkwise; gla's
+  // records the matrix before each step (checkpoint): recurrent.
+  auto deltaNet = fwp::Artifact::load(artifactPath("delta_net_f64_chunk"));
+  EXPECT_EQ(deltaNet->forwardTrain().chunk, 4);
+  auto gla = fwp::Artifact::load(artifactPath("gla_f64_chunk"));
+  EXPECT_EQ(gla->forwardTrain().chunk, 0);
+}
+
+} // namespace
