@@ -10,8 +10,7 @@
 //   - the same layer compiled by an older fwp in the --baseline folder (the
 //     kernels before issue 18; interleaved with the current ones in this
 //     process), or their times recorded by an earlier run (--baseline-json),
-//   - the eager reference (fwp::makeReferenceLayer; the paper's six layers
-//     only: the decaying layers have no runtime reference, "eager_ms": null),
+//   - the eager reference (fwp::makeReferenceLayer, which has every model),
 //   - for delta_net, a chunkwise delta rule in plain LibTorch (the WY / UT
 //     form, written below from the math), checked against the compiled
 //     delta_net (max |y| difference at the benchmark shape, and output and
@@ -532,12 +531,9 @@ nlohmann::json measureRow(const std::string &model, const Shape &s, const Option
         maxAbsDiff(current->forward(inputs).at("y"), chunkwiseOf(inputs, options.chunk));
   }
 
-  const auto &known = fwp::referenceLayerNames();
-  if (options.skipEager || std::find(known.begin(), known.end(), model) == known.end()) {
+  if (options.skipEager) {
     row["eager_ms"] = nullptr;
     row["speedup_vs_eager"] = nullptr;
-    if (!options.skipEager)
-      row["eager_note"] = "no eager reference in the runtime (fwp::makeReferenceLayer)";
   } else {
     auto reference = fwp::makeReferenceLayer(model, current->dims());
     const double ms = eagerMs(*reference, inputs, s.T, options.eagerRepeats);

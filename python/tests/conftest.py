@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import decay_reference
 import fwp
 from fwp._paths import REPO_ROOT, build_dir, compiler_path
 
@@ -74,12 +73,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def run_reference(model: str, inputs: dict[str, torch.Tensor], tmp: Path) -> dict[str, torch.Tensor]:
     """The eager reference layer on ``inputs``, forward and backward, independent of
-    the compiled kernels: the C++ reference (fwp-run --layer) for the paper's layers,
-    the test's own PyTorch reference (decay_reference.py) for the layers beyond it."""
-    if model in decay_reference.LAYERS:
-        sig = fwp.signature(artifact(model))
-        return decay_reference.run(model, inputs, [s.name for s in sig.seq],
-                                   [s.name for s in sig.params])
+    the compiled kernels: the C++ reference (fwp-run --layer), which has every model."""
     assert FWP_RUN.is_file(), f"{FWP_RUN} is missing: run scripts/build.sh"
     write_safetensors(tmp / "in.safetensors", inputs)
     result = subprocess.run(

@@ -3,7 +3,7 @@
 Issue 12 asks that a new layer needs no C++: the model stacks take its seq inputs, params
 and states from the artifact's manifest. Each test trains a tiny model of one layer for a few
 dozen steps on CPU and checks that the run succeeds and its training loss falls; the layers'
-numerics are checked elsewhere (DecayLayerTest.cpp, test_layer.py against decay_reference.py).
+numerics are checked elsewhere (DecayLayerTest.cpp, test_reference.py against fwp-run --layer).
 """
 
 from __future__ import annotations

@@ -459,17 +459,17 @@ TEST(CompiledLayer, RejectsMismatchedTensors) {
 namespace {
 
 /// fwp-run --artifact X.fwpk [--device cuda] and fwp-run --layer <its layer>
-/// agree on a forward + backward round trip through safetensors files.
+/// agree on a forward + backward round trip through safetensors files, for
+/// every reference layer (each has an artifact of its name at the default d).
 void expectFwpRunMatchesReference(const std::string &device) {
   std::string dir = fs::temp_directory_path().string();
-  for (const char *model : {"linear_transformer", "delta_net", "delta_mlp", "delta_rnn",
-                            "delta_lstm", "rdn"}) {
+  for (const std::string &model : fwp::referenceLayerNames()) {
     fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath(model)));
     fwp::TensorMap tensors = makeInputs(layer, 2, 2, 5, true, torch::kFloat, 21);
     torch::manual_seed(5);
     for (const auto &[name, value] : fwp::makeReferenceLayer(model, layer.dims())->forward(tensors))
       tensors["grad." + name] = torch::randn(value.sizes());
-    std::string tag = std::string(model) + "-" + device;
+    std::string tag = model + "-" + device;
     std::string in = dir + "/fwp-run-in-" + tag + ".safetensors";
     std::string outReference = dir + "/fwp-run-ref-" + tag + ".safetensors";
     std::string outCompiled = dir + "/fwp-run-fwpk-" + tag + ".safetensors";

@@ -4,8 +4,10 @@
 // delta_product.mlir, the layer docs/writing-a-layer.md adds), compiled by
 // fwp-compile under each backward strategy that applies (their decays
 // cannot be inverted: store, checkpoint with a few segment lengths; for
-// delta_product invert too), against eager LibTorch
-// references written here from shared/MODELS.md ("Beyond the paper"):
+// delta_product invert too), against the runtime's eager LibTorch
+// references (fwp::makeReferenceLayer, written from shared/MODELS.md "Beyond
+// the paper" and docs/models.md; runtime/core/test checks them by hand,
+// against unrolled forms and finite differences):
 // outputs, final states and every gradient (autograd through the reference),
 // over T = 1 and T = 300, odd d, decays near sigmoid(-6) and sigmoid(6), with
 // and without initial states; finite differences for retnet's decay param.
@@ -21,7 +23,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <functional>
 
 namespace {
 
@@ -31,101 +32,6 @@ using torch::Tensor;
 using fwp::test::artifactPath;
 using fwp::test::relativeError;
 
-
-//===----------------------------------------------------------------------===//
-// References, per MODELS.md. All tensors [B, H, T, n] / [H, ...] / [B, H, ...].
-//===----------------------------------------------------------------------===//
-
-Tensor l2n(const Tensor &x) { return x / torch::sqrt((x * x).sum(-1, true) + 1e-6); }
-
-/// readW(W, q)[m] = sum_e W[e, m] q[e], batched over [B, H].
-Tensor readW(const Tensor &W, const Tensor &q) {
-  return (W * q.unsqueeze(-1)).sum(-2);
-}
-Tensor outerProduct(const Tensor &k, const Tensor &v) { return k.unsqueeze(-1) * v.unsqueeze(-2); }
-
-Tensor initialState(const TensorMap &in, const Tensor &like, int64_t d) {
-  auto it = in.find("init.W");
-  if (it != in.end())
-    return it->second;
-  return torch::zeros({like.size(0), like.size(1), d, d}, like.options());
-}
-
-TensorMap finish(std::vector<Tensor> &ys, const Tensor &W) {
-  return {{"y", torch::stack(ys, 2)}, {"final.W", W}};
-}
-
-TensorMap gatedDeltaNet(const TensorMap &in) {
-  const Tensor &q = in.at("q"), &k = in.at("k"), &v = in.at("v");
-  const Tensor &beta = in.at("beta"), &alpha = in.at("alpha");
-  int64_t d = q.size(3);
-  Tensor W = initialState(in, q, d);
-  std::vector<Tensor> ys;
-  for (int64_t t = 0; t < q.size(2); ++t) {
-    Tensor a = torch::sigmoid(alpha.select(2, t)).unsqueeze(-1); // [B, H, 1, 1]
-    Tensor b = torch::sigmoid(beta.select(2, t));                 // [B, H, 1]
-    Tensor kt = l2n(k.select(2, t)), qt = l2n(q.select(2, t)) / std::sqrt(double(d));
-    Tensor decayed = a * W;
-    Tensor vbar = readW(decayed, kt);
-    W = decayed + outerProduct(kt, b * (v.select(2, t) - vbar));
-    ys.push_back(readW(W, qt));
-  }
-  return finish(ys, W);
-}
-
-TensorMap retnet(const TensorMap &in) {
-  const Tensor &q = in.at("q"), &k = in.at("k"), &v = in.at("v");
-  int64_t d = q.size(3);
-  Tensor gamma = torch::sigmoid(in.at("decay")).view({1, -1, 1, 1}); // [1, H, 1, 1]
-  Tensor W = initialState(in, q, d);
-  std::vector<Tensor> ys;
-  for (int64_t t = 0; t < q.size(2); ++t) {
-    W = gamma * W + outerProduct(k.select(2, t), v.select(2, t));
-    ys.push_back(readW(W, q.select(2, t)));
-  }
-  return finish(ys, W);
-}
-
-TensorMap gla(const TensorMap &in) {
-  const Tensor &q = in.at("q"), &k = in.at("k"), &v = in.at("v"), &g = in.at("g");
-  int64_t d = q.size(3);
-  Tensor W = initialState(in, q, d);
-  std::vector<Tensor> ys;
-  for (int64_t t = 0; t < q.size(2); ++t) {
-    Tensor a = torch::sigmoid(g.select(2, t)).unsqueeze(-1); // [B, H, d, 1]: per key row
-    W = a * W + outerProduct(k.select(2, t), v.select(2, t));
-    ys.push_back(readW(W, q.select(2, t)));
-  }
-  return finish(ys, W);
-}
-
-/// The fourth layer, added by following docs/writing-a-layer.md.
-TensorMap deltaProduct(const TensorMap &in) {
-  const Tensor &q = in.at("q");
-  int64_t d = q.size(3);
-  Tensor W = initialState(in, q, d);
-  auto delta = [](const Tensor &W, const Tensor &k, const Tensor &v, const Tensor &b) {
-    return W + outerProduct(k, b * (v - readW(W, k)));
-  };
-  std::vector<Tensor> ys;
-  for (int64_t t = 0; t < q.size(2); ++t) {
-    auto at = [&](const char *name) { return in.at(name).select(2, t); };
-    W = delta(W, l2n(at("k1")), at("v1"), torch::sigmoid(at("beta1")));
-    W = delta(W, l2n(at("k2")), at("v2"), torch::sigmoid(at("beta2")));
-    ys.push_back(readW(W, l2n(at("q"))));
-  }
-  return finish(ys, W);
-}
-
-std::function<TensorMap(const TensorMap &)> referenceFor(const std::string &layer) {
-  if (layer == "delta_product")
-    return deltaProduct;
-  if (layer == "gated_delta_net")
-    return gatedDeltaNet;
-  if (layer == "retnet")
-    return retnet;
-  return gla;
-}
 
 //===----------------------------------------------------------------------===//
 // Inputs
@@ -191,7 +97,7 @@ std::string caseName(const testing::TestParamInfo<Case> &info) {
 void compareWithReference(const Case &c, torch::Device device, double tolerance) {
   auto artifact = fwp::Artifact::load(artifactPath(c.artifact));
   fwp::CompiledLayer compiled(artifact);
-  auto reference = referenceFor(artifact->signature().layer);
+  auto reference = fwp::makeReferenceLayer(artifact->signature().layer, artifact->dims());
   torch::ScalarType referenceType = device.is_cuda() ? torch::kDouble : artifact->dtype();
   TensorMap inputs =
       makeInputs(*artifact, c.batch, c.heads, c.steps, c.withInit, c.decayShift, 2024);
@@ -206,7 +112,7 @@ void compareWithReference(const Case &c, torch::Device device, double tolerance)
     referenceInputs[name] = leavesReference.back();
   }
   TensorMap got = compiled.forward(compiledInputs);
-  TensorMap want = reference(referenceInputs);
+  TensorMap want = reference->forward(referenceInputs);
   ASSERT_EQ(got.size(), want.size());
   torch::manual_seed(99);
   auto referenceOptions = torch::TensorOptions().dtype(referenceType);
@@ -289,6 +195,33 @@ std::vector<Case> cudaCases() {
 
 INSTANTIATE_TEST_SUITE_P(DecayLayers, DecayLayerCudaMatchesReference,
                          testing::ValuesIn(cudaCases()), caseName);
+
+/// The runtime's reference has the compiled layer's signature: the names,
+/// order and per-step shapes of seq inputs, params and states, and the
+/// params' initial values (fwp.param_init).
+TEST(DecayLayer, ReferenceHasTheArtifactsSignature) {
+  auto names = [](const std::vector<fwp::TensorSpec> &specs) {
+    std::vector<std::pair<std::string, std::vector<std::string>>> out;
+    for (const auto &spec : specs)
+      out.emplace_back(spec.name, spec.shape);
+    return out;
+  };
+  for (const char *layer : {"gated_delta_net", "retnet", "gla", "delta_product"}) {
+    SCOPED_TRACE(layer);
+    REQUIRE_ARTIFACT(layer);
+    auto artifact = fwp::Artifact::load(artifactPath(layer));
+    auto reference = fwp::makeReferenceLayer(layer, artifact->dims());
+    const fwp::LayerSignature &want = artifact->signature(), &got = reference->signature();
+    EXPECT_EQ(got.layer, want.layer);
+    EXPECT_EQ(names(got.seq), names(want.seq));
+    EXPECT_EQ(names(got.params), names(want.params));
+    EXPECT_EQ(names(got.states), names(want.states));
+    EXPECT_EQ(got.output.name, want.output.name);
+    EXPECT_EQ(got.output.shape, want.output.shape);
+    EXPECT_EQ(reference->dims(), artifact->dims());
+    EXPECT_EQ(reference->paramInits(), artifact->paramInits());
+  }
+}
 
 /// The gradient of retnet's decay param against central finite differences
 /// of the compiled forward (f64), under each strategy.

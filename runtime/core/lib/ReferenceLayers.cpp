@@ -1,7 +1,11 @@
-//===- ReferenceLayers.cpp - The six paper layers in eager LibTorch -------===//
+//===- ReferenceLayers.cpp - The fast-weight layers in eager LibTorch -----===//
 //
 // The test oracle and CPU fallback: each layer is MODELS.md's per-head step
-// written literally, looped over time, batched over the leading [B, H] dims.
+// written literally, looped over time, batched over the leading [B, H] dims:
+// the paper's six layers, then the three whose fast weights decay
+// (gated_delta_net, retnet, gla: MODELS.md, "Beyond the paper") and
+// delta_product (docs/models.md), which the runtime otherwise knows only as
+// .mlir files compiled by fwp-compile.
 // Gradients come from torch autograd, so nothing here has a hand-written
 // backward.
 //
@@ -9,6 +13,7 @@
 #include "fwp/runtime/Layer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <utility>
 
@@ -25,6 +30,10 @@ Tensor sumNormEps(const Tensor &x) { return x / (x.sum(-1, /*keepdim=*/true) + 1
 Tensor softmax(const Tensor &x) { return torch::softmax(x, -1); }
 Tensor sigma(const Tensor &x) { return torch::sigmoid(x); }
 
+/// l2n(x) = x / sqrt(Σ x² + 1e-6), the key and query map of gated_delta_net
+/// and delta_product.
+Tensor l2Norm(const Tensor &x) { return x / torch::sqrt(x.pow(2).sum(-1, /*keepdim=*/true) + 1e-6); }
+
 /// φ of delta_net, delta_rnn and delta_lstm: sumnorm(elu1(x)).
 Tensor phi(const Tensor &x) { return sumNorm(elu1(x)); }
 
@@ -33,10 +42,12 @@ Tensor read(const Tensor &W, const Tensor &q) {
   return torch::matmul(q.unsqueeze(-2), W).squeeze(-2);
 }
 
+/// k ⊗ v, [.., e, m].
+Tensor outerProduct(const Tensor &k, const Tensor &v) { return k.unsqueeze(-1) * v.unsqueeze(-2); }
+
 /// delta(W, k, v, β) = W + k ⊗ β (v − read(W, k)); β is [B, H, 1].
 Tensor deltaWrite(const Tensor &W, const Tensor &k, const Tensor &v, const Tensor &beta) {
-  const Tensor update = beta * (v - read(W, k));
-  return W + k.unsqueeze(-1) * update.unsqueeze(-2);
+  return W + outerProduct(k, beta * (v - read(W, k)));
 }
 
 /// LayerNorm over the last dim (biased variance, eps 1e-5) with per-head
@@ -59,17 +70,22 @@ TensorSpec matrix(std::string name, const std::string &rows = "d", const std::st
   return spec(std::move(name), {rows, cols});
 }
 
+/// The params' initial values a layer asks for (FastWeightLayer::paramInits).
+using ParamInits = std::map<std::string, std::string>;
+
 /// One time step of a layer: reads this step's seq slices `x` ([B, H, n])
 /// and the params ([H, ...]), replaces the states in `state`, returns y_t.
 using StepFn = std::function<Tensor(const TensorMap &x, const TensorMap &params, TensorMap &state)>;
 
 class ReferenceLayer final : public FastWeightLayer {
 public:
-  ReferenceLayer(LayerSignature signature, Dims dims, StepFn step)
-      : signature_(std::move(signature)), dims_(std::move(dims)), step_(std::move(step)) {}
+  ReferenceLayer(LayerSignature signature, Dims dims, StepFn step, ParamInits paramInits)
+      : signature_(std::move(signature)), dims_(std::move(dims)), step_(std::move(step)),
+        paramInits_(std::move(paramInits)) {}
 
   const LayerSignature &signature() const override { return signature_; }
   const Dims &dims() const override { return dims_; }
+  ParamInits paramInits() const override { return paramInits_; }
 
   TensorMap forward(const TensorMap &inputs) const override {
     const CallShape call = validateInputs(signature_, dims_, inputs);
@@ -118,6 +134,7 @@ private:
   LayerSignature signature_;
   Dims dims_;
   StepFn step_;
+  ParamInits paramInits_;
 };
 
 // --- the six layers (MODELS.md, in its order) -------------------------------
@@ -227,10 +244,59 @@ Tensor rdnStep(const TensorMap &x, const TensorMap &p, TensorMap &s) {
   return s.at("y");
 }
 
+// --- the layers beyond the paper (MODELS.md "Beyond the paper"; ----------
+// --- delta_product as docs/models.md) ----------------------------------------
+
+LayerSignature gatedDeltaNetSignature() {
+  return {"gated_delta_net",
+          {vec("q"), vec("k"), vec("v"), scalar("beta"), scalar("alpha")},
+          {},
+          {matrix("W")},
+          vec("y")};
+}
+Tensor gatedDeltaNetStep(const TensorMap &x, const TensorMap &, TensorMap &s) {
+  const Tensor decay = sigma(x.at("alpha")).unsqueeze(-1); // a_t, [B, H, 1, 1]
+  s["W"] = deltaWrite(decay * s.at("W"), l2Norm(x.at("k")), x.at("v"), sigma(x.at("beta")));
+  const Tensor q = x.at("q");
+  return read(s.at("W"), l2Norm(q) / std::sqrt(static_cast<double>(q.size(-1))));
+}
+
+LayerSignature retnetSignature() {
+  return {"retnet", {vec("q"), vec("k"), vec("v")}, {scalar("decay")}, {matrix("W")}, vec("y")};
+}
+Tensor retnetStep(const TensorMap &x, const TensorMap &p, TensorMap &s) {
+  const Tensor gamma = sigma(p.at("decay")).unsqueeze(-1); // [H, 1, 1] against W's [B, H, d, d]
+  s["W"] = gamma * s.at("W") + outerProduct(x.at("k"), x.at("v"));
+  return read(s.at("W"), x.at("q"));
+}
+
+LayerSignature glaSignature() {
+  return {"gla", {vec("q"), vec("k"), vec("v"), vec("g")}, {}, {matrix("W")}, vec("y")};
+}
+Tensor glaStep(const TensorMap &x, const TensorMap &, TensorMap &s) {
+  const Tensor rowDecay = sigma(x.at("g")).unsqueeze(-1); // a_t[e] for key row e, [B, H, d, 1]
+  s["W"] = rowDecay * s.at("W") + outerProduct(x.at("k"), x.at("v"));
+  return read(s.at("W"), x.at("q"));
+}
+
+LayerSignature deltaProductSignature() {
+  return {"delta_product",
+          {vec("q"), vec("k1"), vec("v1"), scalar("beta1"), vec("k2"), vec("v2"), scalar("beta2")},
+          {},
+          {matrix("W")},
+          vec("y")};
+}
+Tensor deltaProductStep(const TensorMap &x, const TensorMap &, TensorMap &s) {
+  s["W"] = deltaWrite(s.at("W"), l2Norm(x.at("k1")), x.at("v1"), sigma(x.at("beta1")));
+  s["W"] = deltaWrite(s.at("W"), l2Norm(x.at("k2")), x.at("v2"), sigma(x.at("beta2")));
+  return read(s.at("W"), l2Norm(x.at("q")));
+}
+
 struct LayerEntry {
   const char *name;
   LayerSignature (*signature)();
   Tensor (*step)(const TensorMap &, const TensorMap &, TensorMap &);
+  ParamInits paramInits;
 };
 
 const std::vector<LayerEntry> &layerTable() {
@@ -241,6 +307,12 @@ const std::vector<LayerEntry> &layerTable() {
       {"delta_rnn", deltaRnnSignature, deltaRnnStep},
       {"delta_lstm", deltaLstmSignature, deltaLstmStep},
       {"rdn", rdnSignature, rdnStep},
+      {"gated_delta_net", gatedDeltaNetSignature, gatedDeltaNetStep},
+      // σ(3) = 0.95 for the first head to σ(7) = 0.999 for the last, as
+      // models/retnet.mlir's fwp.param_init asks.
+      {"retnet", retnetSignature, retnetStep, {{"decay", "linspace:3.0:7.0"}}},
+      {"gla", glaSignature, glaStep},
+      {"delta_product", deltaProductSignature, deltaProductStep},
   };
   return table;
 }
@@ -281,7 +353,7 @@ std::unique_ptr<FastWeightLayer> makeReferenceLayer(const std::string &name, con
       resolved[dim] = size;
     }
     return std::make_unique<ReferenceLayer>(std::move(signature), std::move(resolved),
-                                            entry.step);
+                                            entry.step, entry.paramInits);
   }
   std::string list;
   for (const auto &each : referenceLayerNames())

@@ -308,6 +308,103 @@ TEST(Hand, Rdn) {
   checkBothDtypes(c);
 }
 
+// The layers beyond the paper. l2n(x) = x / √(Σx² + ε), ε = 1e-6, so the
+// cases below name √(n + ε) for the squared norms n that occur: r1, r2, r4, r9,
+// r25 (≈ 1, √2, 2, 3, 5; the ≈ values in the comments drop ε).
+const double kL2Eps = 1e-6;
+double rootPlusEps(double squaredNorm) { return std::sqrt(squaredNorm + kL2Eps); }
+
+TEST(Hand, GatedDeltaNet) {
+  HandCase c{"gated_delta_net", {{"d", 2}}};
+  const double r1 = rootPlusEps(1), r4 = rootPlusEps(4), r9 = rootPlusEps(9),
+               r25 = rootPlusEps(25), sqrtD = std::sqrt(2.0);
+  // t=1: W0 = 0, so the decay σ(alpha) = ½ does not act. k=[3,4] → l2n = [3,4]/r25;
+  //   v=[4,8], β = σ(ln 3) = ¾, v̄ = 0: W1 = [3,4]/r25 ⊗ [3,6] = [[9,18],[12,24]]/r25.
+  //   q=[1,0] → l2n(q)/√d = [1,0]/(r1 √2); y1 = row0(W1)/(r1 √2) = [9,18]/(r25 r1 √2) ≈ [1.273,2.546].
+  // t=2: a = σ(ln 3) = ¾ (alpha), β = σ(0) = ½ (beta: swapping the two gates changes both).
+  //   a W1 = [[6.75,13.5],[9,18]]/r25; k=[0,2] → l2n = [0,2/r4];
+  //   v̄ = read(a W1, l2n(k)) = (2/r4)[9,18]/r25 ≈ [1.8,3.6] (the decayed weight is read);
+  //   v=[1,−1]: u = ½(v − v̄) ≈ [−0.4,−2.3]; W2 = a W1 + [0,2/r4] ⊗ u: row0 = [6.75,13.5]/r25,
+  //   row1 = [9,18]/r25 + (2/r4) u ≈ [1.4,1.3].
+  //   q=[0,−3] → l2n(q)/√d = [0,−3/(r9 √2)]; y2 = −3/(r9 √2) row1(W2) ≈ [−0.990,−0.919].
+  const double n = 1 / r25;
+  const std::vector<double> vbar{2 / r4 * 9 * n, 2 / r4 * 18 * n};
+  const std::vector<double> u{0.5 * (1 - vbar[0]), 0.5 * (-1 - vbar[1])};
+  const std::vector<double> row1{9 * n + 2 / r4 * u[0], 18 * n + 2 / r4 * u[1]};
+  const double read2 = -3 / (r9 * sqrtD);
+  c.seq = {{"q", {{1, 0}, {0, -3}}},
+           {"k", {{3, 4}, {0, 2}}},
+           {"v", {{4, 8}, {1, -1}}},
+           {"beta", {{kLn3}, {0}}},
+           {"alpha", {{0}, {kLn3}}}};
+  c.y = {{9 * n / (r1 * sqrtD), 18 * n / (r1 * sqrtD)}, {read2 * row1[0], read2 * row1[1]}};
+  c.statesAfter[0] = {{"W", {9 * n, 18 * n, 12 * n, 24 * n}}};
+  c.statesAfter[1] = {{"W", {6.75 * n, 13.5 * n, row1[0], row1[1]}}};
+  EXPECT_NEAR(c.y[1][0], -0.98995, 1e-4); // the ≈ of the comment
+  EXPECT_NEAR(c.y[1][1], -0.91924, 1e-4);
+  checkBothDtypes(c);
+}
+
+TEST(Hand, Retnet) {
+  HandCase c{"retnet", {{"d", 2}}};
+  // decay = ln 3 → γ = ¾ (a param: the same every step).
+  // t=1: k=[1,2], v=[4,−4]: W1 = [[4,−4],[8,−8]]; q=[1,1]: y1 = row0 + row1 = [12,−12].
+  // t=2: k=[0,1], v=[2,3]: W2 = ¾ W1 + [[0,0],[2,3]] = [[3,−3],[8,−3]];
+  //   q=[2,−1]: y2 = 2 row0 − row1 = [−2,−3] (transposed W would give [9,19]).
+  c.params = {{"decay", {kLn3}}};
+  c.seq = {{"q", {{1, 1}, {2, -1}}}, {"k", {{1, 2}, {0, 1}}}, {"v", {{4, -4}, {2, 3}}}};
+  c.y = {{12, -12}, {-2, -3}};
+  c.statesAfter[0] = {{"W", {4, -4, 8, -8}}};
+  c.statesAfter[1] = {{"W", {3, -3, 8, -3}}};
+  checkBothDtypes(c);
+}
+
+TEST(Hand, Gla) {
+  HandCase c{"gla", {{"d", 2}}};
+  // t=1: W0 = 0, so g = [5,−5] does not act. k=[1,2], v=[4,−4]: W1 = [[4,−4],[8,−8]];
+  //   q=[1,1]: y1 = [12,−12].
+  // t=2: g=[0, ln 3] → a = [½, ¾], one decay per key row: row0 = ½[4,−4] + 1·[2,6] = [4,4],
+  //   row1 = ¾[8,−8] + 0 = [6,−6]; q=[1,−1]: y2 = row0 − row1 = [−2,10]
+  //   (a decay per value column instead would give W2 = [[4,3],[4,−6]], y2 = [0,9]).
+  c.seq = {{"q", {{1, 1}, {1, -1}}},
+           {"k", {{1, 2}, {1, 0}}},
+           {"v", {{4, -4}, {2, 6}}},
+           {"g", {{5, -5}, {0, kLn3}}}};
+  c.y = {{12, -12}, {-2, 10}};
+  c.statesAfter[0] = {{"W", {4, -4, 8, -8}}};
+  c.statesAfter[1] = {{"W", {4, 4, 6, -6}}};
+  checkBothDtypes(c);
+}
+
+TEST(Hand, DeltaProduct) {
+  HandCase c{"delta_product", {{"d", 2}}};
+  const double r1 = rootPlusEps(1), r2 = rootPlusEps(2), r4 = rootPlusEps(4),
+               r25 = rootPlusEps(25);
+  // t=1, first write: k1=[3,4] → l2n = [3,4]/r25; v1=[5,10]; β1 = σ(0) = ½; v̄ = 0:
+  //   W' = [3,4]/r25 ⊗ [2.5,5] = [[7.5,15],[10,20]]/r25.
+  //   Second write: k2=[0,−2] → l2n = [0,−2/r4]; v̄ = −(2/r4) row1(W') ≈ [−2,−4];
+  //   v2=[1,1], β2 = σ(ln 3) = ¾: u = ¾(v2 − v̄) ≈ [2.25,3.75];
+  //   W1 = W' + [0,−2/r4] ⊗ u: row0 = [7.5,15]/r25, row1 = [10,20]/r25 − (2/r4) u ≈ [−0.25,0.25].
+  //   q=[0,1] → l2n = [0,1/r1]; y1 = row1(W1)/r1 ≈ [−0.25,0.25].
+  // t=2: every key 0, so l2n(0) = 0 (ε keeps it finite) and both writes leave W1 as it is;
+  //   q=[1,1] → l2n = [1,1]/r2; y2 = (row0 + row1)/r2 ≈ [1.25,3.25]/√2 = [0.884,2.298].
+  const double n = 1 / r25;
+  const std::vector<double> vbar{-2 / r4 * 10 * n, -2 / r4 * 20 * n};
+  const std::vector<double> u{0.75 * (1 - vbar[0]), 0.75 * (1 - vbar[1])};
+  const std::vector<double> row0{7.5 * n, 15 * n};
+  const std::vector<double> row1{10 * n - 2 / r4 * u[0], 20 * n - 2 / r4 * u[1]};
+  const std::vector<double> W1{row0[0], row0[1], row1[0], row1[1]};
+  c.seq = {{"q", {{0, 1}, {1, 1}}},     {"k1", {{3, 4}, {0, 0}}}, {"v1", {{5, 10}, {0, 0}}},
+           {"beta1", {{0}, {0}}},       {"k2", {{0, -2}, {0, 0}}}, {"v2", {{1, 1}, {0, 0}}},
+           {"beta2", {{kLn3}, {0}}}};
+  c.y = {{row1[0] / r1, row1[1] / r1}, {(row0[0] + row1[0]) / r2, (row0[1] + row1[1]) / r2}};
+  c.statesAfter[0] = {{"W", W1}};
+  c.statesAfter[1] = {{"W", W1}};
+  EXPECT_NEAR(c.y[0][0], -0.25, 1e-5); // the ≈ of the comment
+  EXPECT_NEAR(c.y[0][1], 0.25, 1e-5);
+  checkBothDtypes(c);
+}
+
 // --- Part 2: invariants ------------------------------------------------------
 
 /// An independent scalar delta-rule layer (plain loops, no torch), used as the
@@ -369,6 +466,15 @@ std::vector<double> scalarSumNormElu1(std::vector<double> x) {
     total += (each = each >= 0 ? each + 1 : std::exp(each));
   for (double &each : x)
     each /= total;
+  return x;
+}
+
+std::vector<double> scalarL2Norm(std::vector<double> x) {
+  double squares = 0;
+  for (double each : x)
+    squares += each * each;
+  for (double &each : x)
+    each /= std::sqrt(squares + 1e-6);
   return x;
 }
 
@@ -439,6 +545,68 @@ TEST(Invariant, RdnWithoutRecurrenceIsSoftmaxDeltaRule) {
   // not: softmax ignores a shift shared by all entries).
   in["R_k"] = torch::randn_like(in.at("R_k"));
   EXPECT_GT(maxAbsDiff(layer->forward(in).at("y"), expected), 1e-3);
+}
+
+TEST(Invariant, GatedDeltaNetWithoutDecayIsAnL2DeltaRule) {
+  // alpha = 40: σ = 1 − 4e−18, i.e. 1 in double precision, so W_t is the delta
+  // rule with l2n keys; the query l2n(q)/√d scales y by 1/√d.
+  const int64_t d = 4;
+  const auto layer = makeReferenceLayer("gated_delta_net", {{"d", d}});
+  TensorMap in = randomInputs(*layer, 2, 3, 5, torch::kDouble, 41, false);
+  in["alpha"] = torch::full_like(in.at("alpha"), 40.0);
+  const torch::Tensor expected =
+      scalarDeltaRule(in.at("q"), in.at("k"), in.at("v"), in.at("beta"), scalarL2Norm) / 2.0;
+  EXPECT_TRUE(tensorsNear(layer->forward(in).at("y"), expected, 1e-12));
+  in["alpha"] = torch::zeros_like(in.at("alpha")); // a = ½: the decay must act
+  EXPECT_GT(maxAbsDiff(layer->forward(in).at("y"), expected), 1e-3);
+}
+
+TEST(Invariant, DeltaProductWithOneKeyIsAnL2DeltaRule) {
+  // k2 = 0: l2n(0) = 0, so the second write adds 0 ⊗ (…) and W_t is the delta
+  // rule of (l2n(k1), v1, σ(beta1)); y reads it with l2n(q).
+  const auto layer = makeReferenceLayer("delta_product", {{"d", 3}});
+  TensorMap in = randomInputs(*layer, 2, 2, 5, torch::kDouble, 43, false);
+  in["k2"] = torch::zeros_like(in.at("k2"));
+  const torch::Tensor expected =
+      scalarDeltaRule(in.at("q"), in.at("k1"), in.at("v1"), in.at("beta1"), scalarL2Norm);
+  EXPECT_TRUE(tensorsNear(layer->forward(in).at("y"), expected, 1e-12));
+  in["k2"] = torch::randn_like(in.at("k2")); // and the second write does act
+  EXPECT_GT(maxAbsDiff(layer->forward(in).at("y"), expected), 1e-3);
+}
+
+TEST(Invariant, RetnetEqualsDecayedAttention) {
+  // Unrolled from W_0: y_t = γ^t read(W_0, q_t) + Σ_{s≤t} γ^(t−s) (q_t·k_s) v_s
+  // (t counted from 1), γ = σ(decay) per head.
+  const int64_t T = 6;
+  const auto layer = makeReferenceLayer("retnet", {{"d", 4}});
+  TensorMap in = randomInputs(*layer, 2, 3, T, torch::kDouble, 47, true);
+  in["decay"] = in.at("decay") + 1.0;
+  const torch::Tensor gamma = torch::sigmoid(in.at("decay")).view({1, 3, 1, 1});
+  const torch::Tensor steps = torch::arange(T, torch::kDouble);
+  const torch::Tensor lag = (steps.view({T, 1}) - steps.view({1, T})).clamp_min(0); // t − s
+  const torch::Tensor causal = torch::ones({T, T}, torch::kDouble).tril();
+  const torch::Tensor scores =
+      torch::matmul(in.at("q"), in.at("k").transpose(-1, -2)) * gamma.pow(lag) * causal;
+  const torch::Tensor fromInit =
+      gamma.pow(steps.view({T, 1}) + 1) * torch::matmul(in.at("q"), in.at("init.W"));
+  const torch::Tensor expected = torch::matmul(scores, in.at("v")) + fromInit;
+  EXPECT_TRUE(tensorsNear(layer->forward(in).at("y"), expected, 1e-12));
+}
+
+TEST(Invariant, GlaEqualsDecayedAttention) {
+  // Unrolled: y_t[m] = Σ_{s≤t} Σ_e q_t[e] k_s[e] v_s[m] Π_{s<r≤t} a_r[e], with
+  // the product as exp(L_t[e] − L_s[e]), L_t = Σ_{r≤t} log σ(g_r).
+  const int64_t T = 6;
+  const auto layer = makeReferenceLayer("gla", {{"d", 3}});
+  const TensorMap in = randomInputs(*layer, 2, 2, T, torch::kDouble, 53, false);
+  const torch::Tensor logDecay = torch::log_sigmoid(in.at("g")).cumsum(2); // L [B, H, T, d]
+  const torch::Tensor decayFromTo =
+      torch::exp(logDecay.unsqueeze(3) - logDecay.unsqueeze(2)); // [B, H, t, s, d]
+  const torch::Tensor causal = torch::ones({T, T}, torch::kDouble).tril();
+  const torch::Tensor scores =
+      (in.at("q").unsqueeze(3) * in.at("k").unsqueeze(2) * decayFromTo).sum(-1) * causal;
+  const torch::Tensor expected = torch::matmul(scores, in.at("v"));
+  EXPECT_TRUE(tensorsNear(layer->forward(in).at("y"), expected, 1e-12));
 }
 
 TEST(Invariant, DeltaRnnWithoutRecurrentInputsIsDeltaNet) {
@@ -541,9 +709,26 @@ TEST(Invariant, EmptySequenceKeepsStates) {
 // --- Part 3: the layer factory and input validation -------------------------
 
 TEST(Layer, NamesSignaturesAndDefaultDims) {
-  const std::vector<std::string> expected{"linear_transformer", "delta_net", "delta_mlp",
-                                          "delta_rnn",          "delta_lstm", "rdn"};
+  const std::vector<std::string> expected{
+      "linear_transformer", "delta_net", "delta_mlp", "delta_rnn",    "delta_lstm",
+      "rdn",                "gated_delta_net", "retnet", "gla", "delta_product"};
   EXPECT_EQ(referenceLayerNames(), expected);
+  // Only retnet asks for a param's initial value (models/retnet.mlir's
+  // fwp.param_init); the others take the model's defaults.
+  for (const auto &name : referenceLayerNames())
+    EXPECT_EQ(makeReferenceLayer(name)->paramInits(),
+              name == "retnet" ? (std::map<std::string, std::string>{{"decay", "linspace:3.0:7.0"}})
+                               : (std::map<std::string, std::string>{}))
+        << name;
+  const auto retnet = makeReferenceLayer("retnet");
+  ASSERT_EQ(retnet->signature().params.size(), 1u);
+  EXPECT_EQ(retnet->signature().params[0].name, "decay");
+  EXPECT_EQ(retnet->signature().params[0].shape, (std::vector<std::string>{"1"}));
+  const auto product = makeReferenceLayer("delta_product");
+  std::vector<std::string> productSeq;
+  for (const auto &spec : product->signature().seq)
+    productSeq.push_back(spec.name);
+  EXPECT_EQ(productSeq, (std::vector<std::string>{"q", "k1", "v1", "beta1", "k2", "v2", "beta2"}));
   EXPECT_EQ(makeReferenceLayer("delta_net")->dims(), (Dims{{"d", 16}}));
   EXPECT_EQ(makeReferenceLayer("delta_mlp")->dims(), (Dims{{"d", 16}, {"d_ff", 64}}));
   const auto lstm = makeReferenceLayer("delta_lstm");

@@ -197,13 +197,22 @@ int run(const Options &options) {
 
 int main(int argc, char **argv) {
   Options options;
-  std::string layers;
-  for (const auto &name : fwp::referenceLayerNames())
-    layers += (layers.empty() ? "" : ", ") + name;
+  // The names, wrapped so that no line of --help is wider than 100 columns.
+  std::string layers, line = "Reference layers:";
+  for (const auto &name : fwp::referenceLayerNames()) {
+    if (line.size() + name.size() + 2 > 96) {
+      layers += line + ",\n";
+      line = " ";
+    } else if (line.back() != ':') {
+      line += ",";
+    }
+    line += " " + name;
+  }
+  layers += line;
 
   CLI::App app{"Run one fast-weight layer (forward, optionally backward) on the tensors of a "
                "safetensors file."};
-  app.footer("\nReference layers: " + layers + "\n\nExamples:\n"
+  app.footer("\n" + layers + "\n\nExamples:\n"
              "  fwp-run --layer delta_rnn --inputs in.safetensors --out out.safetensors --backward\n"
              "  fwp-run --artifact rdn.fwpk --device cuda --inputs in.safetensors "
              "--out out.safetensors");

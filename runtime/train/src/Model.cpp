@@ -134,18 +134,18 @@ FastWeightBlockImpl::FastWeightBlockImpl(int64_t hidden, int64_t heads,
   dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
 
   // Per-head slow params of the layer: the initial value the layer asks
-  // for (the artifact manifest's params[].init), else LayerNorm
-  // gains 1, biases and vectors (r_b) 0, matrices (R_q, R_k, R_v) small
-  // random.
+  // for (FastWeightLayer::paramInits: the artifact manifest's params[].init
+  // or the reference's, e.g. retnet's decay), else LayerNorm gains 1, biases
+  // and vectors (r_b) 0, matrices (R_q, R_k, R_v) small random.
   torch::NoGradGuard noGrad;
-  const auto *compiled = dynamic_cast<const CompiledLayer *>(layer_.get());
+  const std::map<std::string, std::string> inits = layer_->paramInits();
   for (const auto &spec : signature.params) {
     std::vector<int64_t> shape = resolveShape(spec, dims);
     std::vector<int64_t> full = {heads};
     full.insert(full.end(), shape.begin(), shape.end());
     torch::Tensor init;
-    if (compiled && compiled->artifact().paramInits().count(spec.name))
-      init = initialParam(compiled->artifact().paramInits().at(spec.name), heads, shape);
+    if (inits.count(spec.name))
+      init = initialParam(inits.at(spec.name), heads, shape);
     else if (startsWith(spec.name, "ln_weight"))
       init = torch::ones(full);
     else if (shape.size() >= 2)

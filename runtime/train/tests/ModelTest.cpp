@@ -53,6 +53,19 @@ TEST(Model, FastWeightBlockSlicesMergesAndProjects) {
   EXPECT_TRUE(torch::allclose(finalState["S"], lastS, 1e-5, 1e-5));
 }
 
+TEST(Model, FastWeightBlockTakesTheParamInitTheLayerAsksFor) {
+  // The eager retnet asks for decay = linspace:3.0:7.0 over the heads (as its
+  // compiled artifact does, from models/retnet.mlir), not the default 0.
+  const int64_t H = 3, d = 4;
+  std::shared_ptr<const fwp::FastWeightLayer> layer =
+      fwp::makeReferenceLayer("retnet", {{"d", d}});
+  FastWeightBlock block(H * d, H, /*dropout=*/0.0, layer);
+  auto params = block->named_parameters(false);
+  ASSERT_TRUE(params.contains("decay"));
+  EXPECT_TRUE(torch::equal(params["decay"], torch::tensor({3.0f, 5.0f, 7.0f}).view({H, 1})))
+      << params["decay"];
+}
+
 TEST(Model, FastWeightBlockRejectsMissingOutputs) {
   struct Broken : FakeLayer {
     using FakeLayer::FakeLayer;

@@ -114,6 +114,9 @@ public:
   const LayerSignature &signature() const override;
   const Dims &dims() const override;
   TensorMap forward(const TensorMap &inputs) const override;
+  std::map<std::string, std::string> paramInits() const override {
+    return artifact_->paramInits();
+  }
   const Artifact &artifact() const { return *artifact_; }
 
 private:

@@ -96,9 +96,16 @@ public:
   /// "init.<state>"; returns "y" and "final.<state>" for every state.
   /// Validates names, shapes, dtypes and devices (fwp::Error otherwise).
   virtual TensorMap forward(const TensorMap &inputs) const = 0;
+  /// The initial values the layer asks for, by param name ("zeros", "ones",
+  /// "constant:V", "linspace:A:B": the rules of fwp::initialParam; the IR's
+  /// `fwp.param_init`), e.g. {"decay": "linspace:3.0:7.0"} for retnet. A
+  /// param missing here takes the model's default.
+  virtual std::map<std::string, std::string> paramInits() const { return {}; }
 };
 
-/// The six layers of shared/MODELS.md.
+/// The layers of shared/MODELS.md: the paper's six, then the three whose
+/// fast weights decay (gated_delta_net, retnet, gla) and delta_product
+/// (docs/models.md).
 const std::vector<std::string> &referenceLayerNames();
 
 /// The eager LibTorch reference of layer `name` at `dims` (missing dims take
