@@ -93,9 +93,8 @@ static cl::opt<std::string>
           cl::init(""), cl::cat(modelCategory));
 static cl::opt<std::string> chunk(
     "chunk",
-    cl::desc("the chunkwise form of the forward scans of linear layers: "
-             "auto (default: where the fast weight is large enough), off, or "
-             "the steps per chunk (docs/compiler.md)"),
+    cl::desc("chunkwise form of linear layers' forward scans: auto "
+             "(default), off, or steps per chunk"),
     cl::value_desc("auto|off|N"), cl::init("auto"), cl::cat(targetCategory));
 static cl::opt<std::string>
     cpu("cpu",

@@ -166,19 +166,10 @@ struct ChunkBuilder {
   OpBuilder &b;
   Location loc;
 
-  /// for (i = lower; i < upper; i += step) with loop-carried `inits`.
   template <typename Fn>
   scf::ForOp loop(Value lower, Value upper, int64_t step, ValueRange inits,
                   Fn body) {
-    return scf::ForOp::create(
-        b, loc, lower, upper, cpu.index(step), inits,
-        [&](OpBuilder &nested, Location, Value i, ValueRange iters) {
-          OpBuilder::InsertionGuard guard(b);
-          b.setInsertionPoint(nested.getInsertionBlock(),
-                              nested.getInsertionPoint());
-          SmallVector<Value> results = body(i, iters);
-          scf::YieldOp::create(b, loc, results);
-        });
+    return cpu.forLoop(lower, upper, step, inits, body);
   }
   Value load(VectorType type, Value buffer, Value j) {
     return vector::LoadOp::create(b, loc, type, buffer,

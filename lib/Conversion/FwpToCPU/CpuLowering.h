@@ -177,13 +177,20 @@ public:
   scf::ForOp forRowGroups(Value matrix, int64_t group, ValueRange inits,
                           Fn body) {
     int64_t rows = cast<MemRefType>(matrix.getType()).getDimSize(0);
+    return forLoop(index(0), index(rows), group, inits, body);
+  }
+  /// Emits `for i in [lower, upper) step step` with loop-carried `inits`;
+  /// the body returns the next values.
+  template <typename Fn>
+  scf::ForOp forLoop(Value lower, Value upper, int64_t step, ValueRange inits,
+                     Fn body) {
     return scf::ForOp::create(
-        b, loc, index(0), index(rows), index(group), inits,
-        [&](OpBuilder &nested, Location, Value e, ValueRange iters) {
+        b, loc, lower, upper, index(step), inits,
+        [&](OpBuilder &nested, Location, Value i, ValueRange iters) {
           OpBuilder::InsertionGuard guard(b);
           b.setInsertionPoint(nested.getInsertionBlock(),
                               nested.getInsertionPoint());
-          SmallVector<Value> results = body(e, iters);
+          SmallVector<Value> results = body(i, iters);
           scf::YieldOp::create(b, loc, results);
         });
   }

@@ -44,34 +44,6 @@ std::string caseName(const testing::TestParamInfo<Case> &info) {
          (c.withInit ? "_init" : "_zero");
 }
 
-/// Random inputs for every seq input, param and (optionally) initial state
-/// of the artifact's signature, [B = 2, H = 2, T, ...].
-TensorMap randomInputs(const fwp::Artifact &artifact, const Case &c) {
-  torch::manual_seed(17);
-  auto options = torch::TensorOptions().dtype(artifact.dtype());
-  const fwp::LayerSignature &signature = artifact.signature();
-  auto isDecay = [](const std::string &name) {
-    return name == "alpha" || name == "decay" || name == "g";
-  };
-  TensorMap inputs;
-  for (const auto &spec : signature.seq) {
-    Tensor value = torch::randn(
-        fwp::test::shapeWithPrefix({2, 2, c.steps}, spec, artifact.dims()), options);
-    inputs[spec.name] = isDecay(spec.name) ? 0.5 * value + c.decayShift : value;
-  }
-  for (const auto &spec : signature.params) {
-    Tensor value =
-        0.5 * torch::randn(fwp::test::shapeWithPrefix({2}, spec, artifact.dims()), options);
-    inputs[spec.name] = isDecay(spec.name) ? value + c.decayShift : value;
-  }
-  if (c.withInit)
-    for (const auto &spec : signature.states)
-      inputs[fwp::initName(spec.name)] =
-          0.3 * torch::randn(fwp::test::shapeWithPrefix({2, 2}, spec, artifact.dims()),
-                             options);
-  return inputs;
-}
-
 /// Outputs, final states and the gradients of a random linear loss of one
 /// compiled layer.
 struct Results {
@@ -111,7 +83,8 @@ TEST_P(ChunkwiseMatchesRecurrent, OutputsFinalStatesAndGradients) {
   REQUIRE_ARTIFACT(recurrent);
   auto artifact = fwp::Artifact::load(artifactPath(chunked));
   double tolerance = artifact->dtype() == torch::kDouble ? 1e-10 : 1e-4;
-  TensorMap inputs = randomInputs(*artifact, c);
+  TensorMap inputs =
+      fwp::test::decayLayerInputs(*artifact, 2, 2, c.steps, c.withInit, c.decayShift, 17);
   Results got = run(chunked, inputs), want = run(recurrent, inputs);
   ASSERT_EQ(got.outputs.size(), want.outputs.size());
   for (const auto &[name, value] : want.outputs) {

@@ -33,44 +33,6 @@ using fwp::test::artifactPath;
 using fwp::test::relativeError;
 
 
-//===----------------------------------------------------------------------===//
-// Inputs
-//===----------------------------------------------------------------------===//
-
-/// The decay's input (alpha, decay, g) is centred on `decayShift`:
-/// sigmoid(-6) = 0.0025 forgets almost everything each step, sigmoid(6) =
-/// 0.9975 almost nothing.
-TensorMap makeInputs(const fwp::Artifact &artifact, int64_t batch, int64_t heads,
-                     int64_t steps, bool withInit, double decayShift, uint64_t seed) {
-  torch::manual_seed(seed);
-  auto options = torch::TensorOptions().dtype(artifact.dtype());
-  const fwp::LayerSignature &signature = artifact.signature();
-  auto isDecay = [](const std::string &name) {
-    return name == "alpha" || name == "decay" || name == "g";
-  };
-  TensorMap inputs;
-  for (const auto &spec : signature.seq) {
-    std::vector<int64_t> shape =
-        fwp::test::shapeWithPrefix({batch, heads, steps}, spec, artifact.dims());
-    Tensor value = torch::randn(shape, options);
-    inputs[spec.name] = isDecay(spec.name) ? 0.5 * value + decayShift : value;
-  }
-  for (const auto &spec : signature.params) {
-    std::vector<int64_t> shape =
-        fwp::test::shapeWithPrefix({heads}, spec, artifact.dims());
-    Tensor value = 0.5 * torch::randn(shape, options);
-    inputs[spec.name] = isDecay(spec.name) ? value + decayShift : value;
-  }
-  if (withInit)
-    for (const auto &spec : signature.states) {
-      std::vector<int64_t> shape =
-          fwp::test::shapeWithPrefix({batch, heads}, spec, artifact.dims());
-      inputs[fwp::initName(spec.name)] = 0.3 * torch::randn(shape, options);
-    }
-  return inputs;
-}
-
-
 struct Case {
   std::string artifact;
   int64_t batch, heads, steps;
@@ -100,7 +62,7 @@ void compareWithReference(const Case &c, torch::Device device, double tolerance)
   auto reference = fwp::makeReferenceLayer(artifact->signature().layer, artifact->dims());
   torch::ScalarType referenceType = device.is_cuda() ? torch::kDouble : artifact->dtype();
   TensorMap inputs =
-      makeInputs(*artifact, c.batch, c.heads, c.steps, c.withInit, c.decayShift, 2024);
+      fwp::test::decayLayerInputs(*artifact, c.batch, c.heads, c.steps, c.withInit, c.decayShift, 2024);
   std::vector<std::string> names;
   std::vector<Tensor> leavesCompiled, leavesReference;
   TensorMap compiledInputs, referenceInputs;
@@ -230,7 +192,7 @@ TEST(DecayLayer, RetnetDecayGradientMatchesFiniteDifferences) {
     REQUIRE_ARTIFACT(name);
     auto artifact = fwp::Artifact::load(artifactPath(name));
     fwp::CompiledLayer compiled(artifact);
-    TensorMap inputs = makeInputs(*artifact, 2, 3, 40, true, 2.0, 7);
+    TensorMap inputs = fwp::test::decayLayerInputs(*artifact, 2, 3, 40, true, 2.0, 7);
     torch::manual_seed(5);
     Tensor cotY = torch::randn({2, 3, 40, artifact->dims().at("d")}, torch::kDouble);
     auto loss = [&](const TensorMap &in) {
