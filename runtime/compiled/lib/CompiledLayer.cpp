@@ -136,43 +136,68 @@ private:
   std::vector<int64_t> words_;
 };
 
-/// Where each buffer of a kernel call lives: a contiguous tensor whose
-/// leading dims are [B, H] (per batch and head) or [H] (params).
+/// Elements of one sequence's block of `arg` when it holds `steps` steps
+/// (the manifest writes the time dim of a time-major argument as -1).
+int64_t blockElements(const KernelArg &arg, int64_t steps) {
+  int64_t elements = 1;
+  for (int64_t size : arg.shape)
+    elements *= size == -1 ? steps : size;
+  return elements;
+}
+
+bool timeMajor(const KernelArg &arg) { return !arg.shape.empty() && arg.shape[0] == -1; }
+
+/// Where the values of one kernel argument live: a contiguous tensor of one
+/// block per (batch, head) pair ([B, H, ...]) or per head ([H, ...],
+/// params), where a time-major block holds `steps` steps (-1: the call's)
+/// and a call may start at any of them; or one block that every call uses
+/// from its start (a thread's scratch).
 struct Buffer {
+  enum class Index { Pair, Head, Shared };
   torch::Tensor tensor;
-  bool perHead = false; ///< [H, ...] rather than [B, H, ...]
+  Index index = Index::Pair;
+  int64_t steps = -1;
+
+  /// Where `arg`'s values for sequence `pair` start at step `firstStep`.
+  char *at(const KernelArg &arg, int64_t pair, int64_t heads, int64_t callSteps,
+           int64_t firstStep = 0) const {
+    int64_t block = blockElements(arg, steps == -1 ? callSteps : steps);
+    int64_t offset = 0;
+    if (index != Index::Shared) {
+      offset = (index == Index::Pair ? pair : pair % heads) * block;
+      if (timeMajor(arg))
+        offset += firstStep * blockElements(arg, 1);
+    }
+    return static_cast<char *>(tensor.data_ptr()) + offset * tensor.element_size();
+  }
 };
+
+/// Calls `kernel` on one sequence for `steps` steps; `data[i]` is where
+/// argument i's values start.
+void callKernel(const CpuKernel &kernel, const std::vector<char *> &data, int64_t steps) {
+  std::vector<Descriptor> descriptors;
+  descriptors.reserve(kernel.args.size());
+  std::vector<void *> pointers;
+  for (size_t i = 0; i < kernel.args.size(); ++i) {
+    std::vector<int64_t> sizes = kernel.args[i].shape;
+    for (int64_t &size : sizes)
+      if (size == -1)
+        size = steps;
+    descriptors.emplace_back(data[i], sizes);
+    pointers.push_back(descriptors.back().get());
+  }
+  kernel.entry(steps, pointers.data());
+}
 
 /// Runs `kernel` over every (batch, head) pair in parallel.
 void runKernel(const CpuKernel &kernel, const std::vector<Buffer> &buffers,
                int64_t batch, int64_t heads, int64_t steps) {
-  std::vector<std::vector<int64_t>> sizes;
-  std::vector<int64_t> strides; // elements between consecutive pairs
-  std::vector<char *> bases;
-  for (size_t i = 0; i < kernel.args.size(); ++i) {
-    std::vector<int64_t> shape = kernel.args[i].shape;
-    int64_t elements = 1;
-    for (int64_t &size : shape) {
-      if (size == -1)
-        size = steps;
-      elements *= size;
-    }
-    sizes.push_back(shape);
-    strides.push_back(elements * buffers[i].tensor.element_size());
-    bases.push_back(static_cast<char *>(buffers[i].tensor.data_ptr()));
-  }
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<char *> data(kernel.args.size());
     for (int64_t pair = begin; pair < end; ++pair) {
-      int64_t head = pair % heads;
-      std::vector<Descriptor> descriptors;
-      descriptors.reserve(kernel.args.size());
-      std::vector<void *> pointers;
-      for (size_t i = 0; i < kernel.args.size(); ++i) {
-        int64_t index = buffers[i].perHead ? head : pair;
-        descriptors.emplace_back(bases[i] + index * strides[i], sizes[i]);
-        pointers.push_back(descriptors.back().get());
-      }
-      kernel.entry(steps, pointers.data());
+      for (size_t i = 0; i < kernel.args.size(); ++i)
+        data[i] = buffers[i].at(kernel.args[i], pair, heads, steps);
+      callKernel(kernel, data, steps);
     }
   });
 }
@@ -216,7 +241,7 @@ TensorMap runCpuForward(const Artifact &artifact, const CpuKernel &kernel,
       buffer.tensor = inputs.at(arg.name).detach().contiguous();
     } else if (arg.role == "param") {
       buffer.tensor = inputs.at(arg.name).detach().contiguous();
-      buffer.perHead = true;
+      buffer.index = Buffer::Index::Head;
     } else if (arg.role == "state") {
       buffer.tensor = results.at(finalName(arg.name));
     } else if (arg.role == "output" || arg.role == "tape") {
@@ -248,7 +273,7 @@ TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
       buffer.tensor = inputs.at(arg.name).detach().contiguous();
     } else if (arg.role == "param") {
       buffer.tensor = inputs.at(arg.name).detach().contiguous();
-      buffer.perHead = true;
+      buffer.index = Buffer::Index::Head;
     } else if (arg.role == "tape") {
       buffer.tensor = forwardResults.at(arg.name).contiguous();
     } else if (arg.role == "grad_output") {
@@ -347,6 +372,211 @@ std::string checkpointName(size_t segment, const std::string &state) {
   return "checkpoint." + std::to_string(segment) + "." + state;
 }
 
+/// A fresh [B, H, T, ...] / [B, H, ...] tensor for every argument of
+/// `kernel` with role `role`, by name.
+TensorMap fullTensors(const CpuKernel &kernel, const std::string &role, const CallShape &shape,
+                      torch::TensorOptions options, bool zeroed) {
+  TensorMap out;
+  for (const KernelArg &arg : kernel.args)
+    if (arg.role == role) {
+      std::vector<int64_t> size = tensorShape(arg, shape.batch, shape.heads, shape.steps);
+      out[arg.name] = zeroed ? torch::zeros(size, options) : torch::empty(size, options);
+    }
+  return out;
+}
+
+/// The training forward of a checkpointed layer on CPU: the plain forward
+/// kernel, one (batch, head) sequence at a time through all its segments,
+/// copying the states at each segment's start into the checkpoints. The
+/// inputs and outputs are read and written in place (no per-segment slices).
+TensorMap checkpointedForwardCpu(const Artifact &artifact, const TensorMap &inputs,
+                                 const CallShape &shape, std::vector<std::string> &savedNames) {
+  const CpuKernel &kernel = artifact.forward();
+  auto options = torch::TensorOptions().dtype(artifact.dtype());
+  int64_t every = artifact.checkpointEvery();
+  int64_t segments = (shape.steps + every - 1) / every;
+  TensorMap out = fullTensors(kernel, "output", shape, options, /*zeroed=*/false);
+  TensorMap checkpoints; // per state: [segments, B, H, ...]
+  std::vector<Buffer> buffers;
+  for (const KernelArg &arg : kernel.args) {
+    Buffer buffer;
+    if (arg.role == "seq") {
+      buffer.tensor = inputs.at(arg.name).detach().contiguous();
+    } else if (arg.role == "param") {
+      buffer.tensor = inputs.at(arg.name).detach().contiguous();
+      buffer.index = Buffer::Index::Head;
+    } else if (arg.role == "state") {
+      std::vector<int64_t> size = tensorShape(arg, shape.batch, shape.heads, shape.steps);
+      auto init = inputs.find(initName(arg.name));
+      buffer.tensor = init != inputs.end()
+                          ? init->second.detach().contiguous().clone().view(size)
+                          : torch::zeros(size, options);
+      out[finalName(arg.name)] = buffer.tensor;
+      size.insert(size.begin(), segments);
+      checkpoints[arg.name] = torch::empty(size, options);
+    } else if (arg.role == "output") {
+      buffer.tensor = out.at(arg.name);
+    } else {
+      throw Error(artifact.path() + ": kernel " + kernel.symbol + " has an argument of role '" +
+                  arg.role + "' in a forward kernel");
+    }
+    buffers.push_back(std::move(buffer));
+  }
+  at::parallel_for(0, shape.batch * shape.heads, 1, [&](int64_t first, int64_t last) {
+    std::vector<char *> data(kernel.args.size());
+    for (int64_t pair = first; pair < last; ++pair)
+      for (int64_t segment = 0; segment < segments; ++segment) {
+        int64_t begin = segment * every, steps = std::min(shape.steps, begin + every) - begin;
+        for (size_t i = 0; i < kernel.args.size(); ++i) {
+          const KernelArg &arg = kernel.args[i];
+          data[i] = buffers[i].at(arg, pair, shape.heads, shape.steps, begin);
+          if (arg.role == "state") {
+            const torch::Tensor &checkpoint = checkpoints.at(arg.name);
+            int64_t bytes = blockElements(arg, 0) * checkpoint.element_size();
+            std::memcpy(static_cast<char *>(checkpoint.data_ptr()) +
+                            (segment * shape.batch * shape.heads + pair) * bytes,
+                        data[i], bytes);
+          }
+        }
+        callKernel(kernel, data, steps);
+      }
+  });
+  for (const auto &[state, storage] : checkpoints)
+    for (int64_t segment = 0; segment < segments; ++segment) {
+      out[checkpointName(segment, state)] = storage[segment];
+      savedNames.push_back(checkpointName(segment, state));
+    }
+  return out;
+}
+
+/// The backward of a checkpointed layer on CPU, one (batch, head) sequence
+/// at a time from its last segment to its first: forward_train recomputes
+/// the segment from its checkpoint into a scratch tape of this thread, and
+/// the backward kernel runs over it at once, while the tape is in cache.
+/// The states' gradients and the params' accumulators carry over from
+/// segment to segment in place; the sequences' gradients are written in
+/// place.
+TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inputs,
+                                  const CallShape &shape, const TensorMap &saved,
+                                  const TensorMap &grads) {
+  const CpuKernel &train = artifact.forwardTrain(), &backward = artifact.backward();
+  auto options = torch::TensorOptions().dtype(artifact.dtype());
+  int64_t every = artifact.checkpointEvery();
+  int64_t segments = (shape.steps + every - 1) / every;
+  TensorMap out;
+  // What every thread shares: the inputs, the gradients in and out.
+  auto shared = [&](const KernelArg &arg) -> std::optional<Buffer> {
+    Buffer buffer;
+    if (arg.role == "seq") {
+      buffer.tensor = inputs.at(arg.name).detach().contiguous();
+    } else if (arg.role == "param") {
+      buffer.tensor = inputs.at(arg.name).detach().contiguous();
+      buffer.index = Buffer::Index::Head;
+    } else if (arg.role == "grad_output") {
+      torch::Tensor &grad = out["grad_output." + arg.name];
+      if (!grad.defined()) {
+        auto given = grads.find("grad." + arg.name);
+        grad = given != grads.end() && given->second.defined()
+                   ? given->second.detach().to(artifact.dtype()).contiguous()
+                   : torch::zeros(tensorShape(arg, shape.batch, shape.heads, shape.steps),
+                                  options);
+      }
+      buffer.tensor = grad;
+    } else if (arg.role == "grad_state") {
+      // In/out across the segments: the final state's gradient in, the
+      // initial state's out.
+      torch::Tensor &grad = out["grad." + initName(arg.name)];
+      std::vector<int64_t> size = tensorShape(arg, shape.batch, shape.heads, shape.steps);
+      auto given = grads.find("grad." + finalName(arg.name));
+      grad = given != grads.end() && given->second.defined()
+                 ? given->second.detach().to(artifact.dtype()).clone(
+                       at::MemoryFormat::Contiguous).view(size)
+                 : torch::zeros(size, options);
+      buffer.tensor = grad;
+    } else if (arg.role == "grad_param") {
+      // One accumulator per (batch, head); summed over the batch below.
+      std::vector<int64_t> size{shape.batch, shape.heads};
+      size.insert(size.end(), arg.shape.begin(), arg.shape.end());
+      buffer.tensor = out["grad." + arg.name] = torch::zeros(size, options);
+    } else if (arg.role == "grad_seq") {
+      buffer.tensor = out["grad." + arg.name] =
+          torch::empty(tensorShape(arg, shape.batch, shape.heads, shape.steps), options);
+    } else {
+      return std::nullopt;
+    }
+    return buffer;
+  };
+  std::vector<std::optional<Buffer>> trainShared, backwardShared;
+  for (const KernelArg &arg : train.args)
+    trainShared.push_back(arg.role == "seq" || arg.role == "param" ? shared(arg) : std::nullopt);
+  for (const KernelArg &arg : backward.args)
+    backwardShared.push_back(shared(arg));
+
+  at::parallel_for(0, shape.batch * shape.heads, 1, [&](int64_t first, int64_t last) {
+    // This thread's scratch, one segment long: forward_train's states,
+    // outputs and tape ("<role>.<name>"), and the states the backward
+    // rebuilds in place.
+    TensorMap scratch;
+    auto local = [&](const KernelArg &arg, const std::string &role) {
+      torch::Tensor &tensor = scratch[role + "." + arg.name];
+      if (!tensor.defined())
+        tensor = torch::empty({blockElements(arg, every)}, options);
+      return Buffer{tensor, Buffer::Index::Shared, every};
+    };
+    std::vector<Buffer> trainBuffers, backwardBuffers;
+    for (size_t i = 0; i < train.args.size(); ++i)
+      trainBuffers.push_back(trainShared[i] ? *trainShared[i]
+                                            : local(train.args[i], train.args[i].role));
+    for (size_t i = 0; i < backward.args.size(); ++i) {
+      const KernelArg &arg = backward.args[i];
+      if (backwardShared[i])
+        backwardBuffers.push_back(*backwardShared[i]);
+      else if (arg.role == "tape")
+        backwardBuffers.push_back(local(arg, "tape"));
+      else if (arg.role == "state")
+        backwardBuffers.push_back(local(arg, "rebuilt"));
+      else
+        throw Error(artifact.path() + ": role '" + arg.role + "' in the backward kernel");
+    }
+    std::vector<char *> trainData(train.args.size()), backwardData(backward.args.size());
+    for (int64_t pair = first; pair < last; ++pair)
+      for (int64_t segment = segments - 1; segment >= 0; --segment) {
+        int64_t begin = segment * every, steps = std::min(shape.steps, begin + every) - begin;
+        for (size_t i = 0; i < train.args.size(); ++i) {
+          const KernelArg &arg = train.args[i];
+          trainData[i] = trainBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
+          if (arg.role != "state")
+            continue;
+          int64_t bytes = blockElements(arg, 0) * trainBuffers[i].tensor.element_size();
+          auto checkpoint = saved.find(checkpointName(segment, arg.name));
+          if (checkpoint == saved.end())
+            std::memset(trainData[i], 0, bytes);
+          else
+            std::memcpy(trainData[i],
+                        static_cast<const char *>(checkpoint->second.data_ptr()) + pair * bytes,
+                        bytes);
+        }
+        callKernel(train, trainData, steps);
+        for (size_t i = 0; i < backward.args.size(); ++i) {
+          const KernelArg &arg = backward.args[i];
+          backwardData[i] = backwardBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
+          if (arg.role == "state")
+            std::memcpy(backwardData[i],
+                        scratch.at("state." + arg.name).data_ptr(),
+                        blockElements(arg, 0) * backwardBuffers[i].tensor.element_size());
+        }
+        callKernel(backward, backwardData, steps);
+      }
+  });
+  for (const KernelArg &arg : backward.args)
+    if (arg.role == "grad_param")
+      out["grad." + arg.name] = out["grad." + arg.name].sum(0);
+  TensorMap gradients;
+  for (const auto &[name, tensor] : inputs)
+    gradients["grad." + name] = out.at("grad." + name);
+  return gradients;
+}
+
 /// The forward of a call that needs gradients: "y", "final.<state>" and
 /// what the backward needs kept. Without checkpoints: forward_train and its
 /// tape. With checkpoints every C steps: the plain forward segment by
@@ -362,6 +592,8 @@ TensorMap trainForward(const Artifact &artifact, const TensorMap &inputs, int64_
       savedNames.push_back(spec.name);
     return results;
   }
+  if (PreparedCall call = prepareCall(artifact, inputs); !call.cuda)
+    return checkpointedForwardCpu(artifact, inputs, call.shape, savedNames);
   TensorMap states, out;
   for (const TensorSpec &state : signature.states)
     if (auto init = inputs.find(initName(state.name)); init != inputs.end())
@@ -394,6 +626,8 @@ TensorMap trainBackward(const Artifact &artifact, const TensorMap &inputs, int64
   int64_t every = artifact.checkpointEvery();
   if (every <= 0)
     return runCompiledBackward(artifact, inputs, saved, grads);
+  if (PreparedCall call = prepareCall(artifact, inputs); !call.cuda)
+    return checkpointedBackwardCpu(artifact, inputs, call.shape, saved, grads);
   // Segments from the last to the first: recompute the segment's tape from
   // its checkpoint (forward_train), then run the backward over it, carrying
   // the states' gradients into the segment before.
