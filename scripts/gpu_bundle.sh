@@ -60,15 +60,20 @@ cp "$build"/runtime/compiled/artifacts/*.fwpk "$stage/artifacts/"
 cp "$build"/bench/artifacts/*.fwpk "$stage/bench/"
 cp -r "$build/cuda-kernels" "$stage/cuda-kernels"
 
-# Every model of models/ at its own dims; cached next to the build, redone
-# when the model or fwp-compile is newer. A model that does not compile is
-# listed in MANIFEST.txt (and reported), the rest of the bundle is made.
+# Every model of models/ at its own dims: the build's own (build/artifacts,
+# target fwp_artifacts: the same fwp-compile command) when it is newer than
+# the model and fwp-compile, else compiled here and cached next to the build.
+# A model that does not compile is listed in MANIFEST.txt (and reported),
+# the rest of the bundle is made.
 cache="$build/gpu-bundle-models"
 mkdir -p "$cache"
 failed=()
 for mlir in "$root"/models/*.mlir; do
   name="$(basename "$mlir" .mlir)"
-  fwpk="$cache/$name.fwpk"
+  fwpk="$build/artifacts/$name.fwpk"
+  if [ ! "$fwpk" -nt "$mlir" ] || [ ! "$fwpk" -nt "$compile" ]; then
+    fwpk="$cache/$name.fwpk"
+  fi
   if [ ! "$fwpk" -nt "$mlir" ] || [ ! "$fwpk" -nt "$compile" ]; then
     if ! "$compile" "$mlir" -o "$fwpk.tmp" > "$cache/$name.log" 2>&1; then
       say "warning: fwp-compile $name failed (see $cache/$name.log)"

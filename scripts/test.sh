@@ -7,7 +7,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${FWP_BUILD_DIR:-$root/build}"
 start=$(date +%s)
 bash "$root/scripts/setup.sh"
-bash "$root/scripts/build.sh"
+# The benchmarks (`ninja benchmarks`) are no test's business: not built here.
+FWP_BENCHMARKS="${FWP_BENCHMARKS:-0}" bash "$root/scripts/build.sh"
 echo "[test] built in $(( $(date +%s) - start )) s"
 ctest --test-dir "$build" --output-on-failure -j"${FWP_JOBS:-$(nproc)}" "$@"
 # The GPU kit's dry run (docs/gpu.md): bundle -> runtime-only build from the
