@@ -581,7 +581,8 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
 /// what the backward needs kept. Without checkpoints: forward_train and its
 /// tape. With checkpoints every C steps: the plain forward segment by
 /// segment, keeping only the states at each segment's start (the backward
-/// recomputes one segment's tape at a time).
+/// recomputes one segment's tape at a time): on CPU one sequence at a time
+/// (checkpointedForwardCpu), on CUDA all sequences a segment at a time.
 TensorMap trainForward(const Artifact &artifact, const TensorMap &inputs, int64_t steps,
                        std::vector<std::string> &savedNames) {
   const LayerSignature &signature = artifact.signature();
@@ -628,9 +629,10 @@ TensorMap trainBackward(const Artifact &artifact, const TensorMap &inputs, int64
     return runCompiledBackward(artifact, inputs, saved, grads);
   if (PreparedCall call = prepareCall(artifact, inputs); !call.cuda)
     return checkpointedBackwardCpu(artifact, inputs, call.shape, saved, grads);
-  // Segments from the last to the first: recompute the segment's tape from
-  // its checkpoint (forward_train), then run the backward over it, carrying
-  // the states' gradients into the segment before.
+  // CUDA: segments from the last to the first, all sequences at once:
+  // recompute the segment's tape from its checkpoint (forward_train), then
+  // run the backward over it, carrying the states' gradients into the
+  // segment before.
   int64_t segments = (steps + every - 1) / every;
   TensorMap carried; // "grad.final.<state>"
   for (const TensorSpec &state : signature.states)
