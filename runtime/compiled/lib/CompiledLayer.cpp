@@ -217,19 +217,19 @@ std::vector<int64_t> tensorShape(const KernelArg &arg, int64_t batch,
   return out;
 }
 
-/// The forward pass on CPU: runs `kernel` (forward or forward_train) and
-/// returns "y", "final.<state>" and, for forward_train, the tape by name.
-TensorMap runCpuForward(const Artifact &artifact, const CpuKernel &kernel,
-                        const TensorMap &inputs, int64_t batch, int64_t heads,
-                        int64_t steps) {
+/// The buffers of a forward kernel's call (forward or forward_train) over
+/// the whole sequence; `results` gets "final.<state>" (in/out: a copy of the
+/// initial state, overwritten with the final one) and every output and tape
+/// entry by name.
+std::vector<Buffer> forwardBuffers(const Artifact &artifact, const CpuKernel &kernel,
+                                   const TensorMap &inputs, int64_t batch, int64_t heads,
+                                   int64_t steps, TensorMap &results) {
   auto options = torch::TensorOptions().dtype(artifact.dtype());
-  TensorMap results;
   for (const TensorSpec &state : artifact.signature().states) {
     auto init = inputs.find(initName(state.name));
     std::vector<int64_t> shape{batch, heads};
     for (int64_t size : resolveShape(state, artifact.dims()))
       shape.push_back(size);
-    // In/out: the kernel overwrites it with the final state.
     results[finalName(state.name)] =
         init != inputs.end() ? init->second.detach().contiguous().clone().view(shape)
                              : torch::zeros(shape, options);
@@ -253,6 +253,17 @@ TensorMap runCpuForward(const Artifact &artifact, const CpuKernel &kernel,
     }
     buffers.push_back(std::move(buffer));
   }
+  return buffers;
+}
+
+/// The forward pass on CPU: runs `kernel` (forward or forward_train) and
+/// returns "y", "final.<state>" and, for forward_train, the tape by name.
+TensorMap runCpuForward(const Artifact &artifact, const CpuKernel &kernel,
+                        const TensorMap &inputs, int64_t batch, int64_t heads,
+                        int64_t steps) {
+  TensorMap results;
+  std::vector<Buffer> buffers =
+      forwardBuffers(artifact, kernel, inputs, batch, heads, steps, results);
   runKernel(kernel, buffers, batch, heads, steps);
   return results;
 }
@@ -372,19 +383,6 @@ std::string checkpointName(size_t segment, const std::string &state) {
   return "checkpoint." + std::to_string(segment) + "." + state;
 }
 
-/// A fresh [B, H, T, ...] / [B, H, ...] tensor for every argument of
-/// `kernel` with role `role`, by name.
-TensorMap fullTensors(const CpuKernel &kernel, const std::string &role, const CallShape &shape,
-                      torch::TensorOptions options, bool zeroed) {
-  TensorMap out;
-  for (const KernelArg &arg : kernel.args)
-    if (arg.role == role) {
-      std::vector<int64_t> size = tensorShape(arg, shape.batch, shape.heads, shape.steps);
-      out[arg.name] = zeroed ? torch::zeros(size, options) : torch::empty(size, options);
-    }
-  return out;
-}
-
 /// The training forward of a checkpointed layer on CPU: the plain forward
 /// kernel, one (batch, head) sequence at a time through all its segments,
 /// copying the states at each segment's start into the checkpoints. The
@@ -392,36 +390,18 @@ TensorMap fullTensors(const CpuKernel &kernel, const std::string &role, const Ca
 TensorMap checkpointedForwardCpu(const Artifact &artifact, const TensorMap &inputs,
                                  const CallShape &shape, std::vector<std::string> &savedNames) {
   const CpuKernel &kernel = artifact.forward();
-  auto options = torch::TensorOptions().dtype(artifact.dtype());
   int64_t every = artifact.checkpointEvery();
   int64_t segments = (shape.steps + every - 1) / every;
-  TensorMap out = fullTensors(kernel, "output", shape, options, /*zeroed=*/false);
+  TensorMap out;
+  std::vector<Buffer> buffers =
+      forwardBuffers(artifact, kernel, inputs, shape.batch, shape.heads, shape.steps, out);
   TensorMap checkpoints; // per state: [segments, B, H, ...]
-  std::vector<Buffer> buffers;
-  for (const KernelArg &arg : kernel.args) {
-    Buffer buffer;
-    if (arg.role == "seq") {
-      buffer.tensor = inputs.at(arg.name).detach().contiguous();
-    } else if (arg.role == "param") {
-      buffer.tensor = inputs.at(arg.name).detach().contiguous();
-      buffer.index = Buffer::Index::Head;
-    } else if (arg.role == "state") {
-      std::vector<int64_t> size = tensorShape(arg, shape.batch, shape.heads, shape.steps);
-      auto init = inputs.find(initName(arg.name));
-      buffer.tensor = init != inputs.end()
-                          ? init->second.detach().contiguous().clone().view(size)
-                          : torch::zeros(size, options);
-      out[finalName(arg.name)] = buffer.tensor;
+  for (const KernelArg &arg : kernel.args)
+    if (arg.role == "state") {
+      std::vector<int64_t> size = out.at(finalName(arg.name)).sizes().vec();
       size.insert(size.begin(), segments);
-      checkpoints[arg.name] = torch::empty(size, options);
-    } else if (arg.role == "output") {
-      buffer.tensor = out.at(arg.name);
-    } else {
-      throw Error(artifact.path() + ": kernel " + kernel.symbol + " has an argument of role '" +
-                  arg.role + "' in a forward kernel");
+      checkpoints[arg.name] = torch::empty(size, out.at(finalName(arg.name)).options());
     }
-    buffers.push_back(std::move(buffer));
-  }
   at::parallel_for(0, shape.batch * shape.heads, 1, [&](int64_t first, int64_t last) {
     std::vector<char *> data(kernel.args.size());
     for (int64_t pair = first; pair < last; ++pair)
