@@ -9,6 +9,9 @@
 
 #include "mlir/Pass/PassRegistry.h"
 #include "mlir/Target/LLVMIR/Export.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/InstIterator.h"
+#include "llvm/IR/Instructions.h"
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/MC/MCSubtargetInfo.h"
 #include "llvm/MC/TargetRegistry.h"
@@ -404,6 +407,139 @@ llvm::json::Array cpuTargetEntries(ArrayRef<CpuTarget> targets) {
   return entries;
 }
 
+/// A fixed vector type whose length is not a power of two (<96 x float>),
+/// or null.
+static llvm::FixedVectorType *unevenVector(llvm::Type *type) {
+  auto *vector = llvm::dyn_cast<llvm::FixedVectorType>(type);
+  if (!vector || vector->getNumElements() < 2 ||
+      llvm::isPowerOf2_32(vector->getNumElements()))
+    return nullptr;
+  return vector;
+}
+
+/// The power-of-two pieces of `value` (the bits of its length, largest
+/// first: 96 -> 64, 32), extracted at the builder's position.
+static SmallVector<llvm::Value *> splitUneven(llvm::IRBuilder<> &builder,
+                                              llvm::Value *value) {
+  unsigned lanes = unevenVector(value->getType())->getNumElements();
+  SmallVector<llvm::Value *> pieces;
+  unsigned offset = 0;
+  for (unsigned bit = llvm::bit_floor(lanes); bit; bit >>= 1) {
+    if (!(lanes & bit))
+      continue;
+    SmallVector<int> mask;
+    for (unsigned i = 0; i < bit; ++i)
+      mask.push_back(offset + i);
+    pieces.push_back(builder.CreateShuffleVector(value, mask));
+    offset += bit;
+  }
+  return pieces;
+}
+
+/// The inverse of splitUneven: each piece widened to the whole length, then
+/// blended in (the form the x86 back end lowers to whole-register moves).
+static llvm::Value *joinUneven(llvm::IRBuilder<> &builder,
+                               llvm::FixedVectorType *type,
+                               ArrayRef<llvm::Value *> pieces) {
+  unsigned lanes = type->getNumElements();
+  llvm::Value *whole = nullptr;
+  unsigned offset = 0;
+  for (llvm::Value *piece : pieces) {
+    unsigned length =
+        llvm::cast<llvm::FixedVectorType>(piece->getType())->getNumElements();
+    SmallVector<int> widen(lanes, llvm::PoisonMaskElem);
+    for (unsigned i = 0; i < length; ++i)
+      widen[offset + i] = static_cast<int>(i);
+    llvm::Value *wide = builder.CreateShuffleVector(piece, widen);
+    if (!whole) {
+      whole = wide;
+    } else {
+      SmallVector<int> blend;
+      for (unsigned i = 0; i < lanes; ++i)
+        blend.push_back(i >= offset && i < offset + length ? lanes + i : i);
+      whole = builder.CreateShuffleVector(whole, wide, blend);
+    }
+    offset += length;
+  }
+  return whole;
+}
+
+/// Passes no vector whose length is not a power of two between basic
+/// blocks. SelectionDAG selects one block at a time and hands such a value
+/// (a phi, or a value used past an inner loop) to the next block as one
+/// scalar register per lane (TargetLoweringBase::getVectorTypeBreakdown
+/// does not split other lengths into vectors): a d = 96 row sweep then moves
+/// its 96-lane accumulators through the stack lane by lane at every row and
+/// runs ~15x slower than d = 64. Each such value is split into power-of-two
+/// pieces where it is defined and joined again in each block that uses it,
+/// and each such phi becomes one phi per piece. Runs after the optimisation
+/// pipeline, which would fold the joins of the pieces back.
+static void splitUnevenVectorsAcrossBlocks(llvm::Function &function) {
+  llvm::IRBuilder<> builder(function.getContext());
+  SmallVector<llvm::PHINode *> phis;
+  for (llvm::BasicBlock &block : function)
+    for (llvm::PHINode &phi : block.phis())
+      if (unevenVector(phi.getType()))
+        phis.push_back(&phi);
+  for (llvm::PHINode *phi : phis) {
+    auto *type = unevenVector(phi->getType());
+    SmallVector<llvm::PHINode *> piecePhis;
+    // A block that branches here twice (a switch) gives the same pieces.
+    llvm::DenseMap<llvm::BasicBlock *, SmallVector<llvm::Value *>> split;
+    for (unsigned i = 0; i < phi->getNumIncomingValues(); ++i) {
+      llvm::BasicBlock *from = phi->getIncomingBlock(i);
+      builder.SetInsertPoint(from->getTerminator());
+      SmallVector<llvm::Value *> &pieces = split[from];
+      if (pieces.empty())
+        pieces = splitUneven(builder, phi->getIncomingValue(i));
+      if (piecePhis.empty()) {
+        builder.SetInsertPoint(phi);
+        for (llvm::Value *piece : pieces)
+          piecePhis.push_back(builder.CreatePHI(
+              piece->getType(), phi->getNumIncomingValues()));
+      }
+      for (auto [piecePhi, piece] : llvm::zip(piecePhis, pieces))
+        piecePhi->addIncoming(piece, from);
+    }
+    builder.SetInsertPoint(phi->getParent(),
+                           phi->getParent()->getFirstInsertionPt());
+    SmallVector<llvm::Value *> pieces(piecePhis.begin(), piecePhis.end());
+    phi->replaceAllUsesWith(joinUneven(builder, type, pieces));
+    phi->eraseFromParent();
+  }
+
+  SmallVector<llvm::Instruction *> crossing;
+  for (llvm::Instruction &inst : llvm::instructions(function))
+    if (unevenVector(inst.getType()) &&
+        llvm::any_of(inst.users(), [&](llvm::User *user) {
+          return llvm::cast<llvm::Instruction>(user)->getParent() !=
+                 inst.getParent();
+        }))
+      crossing.push_back(&inst);
+  for (llvm::Instruction *inst : crossing) {
+    auto *type = unevenVector(inst->getType());
+    builder.SetInsertPoint(inst->getParent(),
+                           std::next(inst->getIterator()));
+    if (llvm::isa<llvm::PHINode>(inst))
+      builder.SetInsertPoint(inst->getParent(),
+                             inst->getParent()->getFirstInsertionPt());
+    SmallVector<llvm::Value *> pieces = splitUneven(builder, inst);
+    llvm::DenseMap<llvm::BasicBlock *, llvm::Value *> joins;
+    for (llvm::Use &use : llvm::make_early_inc_range(inst->uses())) {
+      auto *user = llvm::cast<llvm::Instruction>(use.getUser());
+      llvm::BasicBlock *block = user->getParent();
+      if (block == inst->getParent())
+        continue;
+      llvm::Value *&joined = joins[block];
+      if (!joined) {
+        builder.SetInsertPoint(block, block->getFirstInsertionPt());
+        joined = joinUneven(builder, type, pieces);
+      }
+      use.set(joined);
+    }
+  }
+}
+
 FailureOr<std::unique_ptr<llvm::Module>>
 translateToOptimizedLLVM(ModuleOp module, llvm::LLVMContext &context,
                               StringRef manifestJson, StringRef cpu,
@@ -456,6 +592,9 @@ translateToOptimizedLLVM(ModuleOp module, llvm::LLVMContext &context,
   llvm::ModulePassManager passes =
       passBuilder.buildPerModuleDefaultPipeline(llvm::OptimizationLevel::O3);
   passes.run(*llvmModule, mam);
+  for (llvm::Function &function : *llvmModule)
+    if (!function.isDeclaration())
+      splitUnevenVectorsAcrossBlocks(function);
   return llvmModule;
 }
 

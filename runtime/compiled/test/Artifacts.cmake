@@ -13,6 +13,9 @@ set(variants
   "rdn_d7|rdn|--dim,d=7"
   "delta_lstm_d3|delta_lstm|--dim,d=3"
   "delta_net_d128|delta_net|--dim,d=128"
+  # a row length that is not a power of two (64 + 32 lanes: Artifact.cpp,
+  # splitUnevenVectorsAcrossBlocks); CPU only
+  "delta_net_d96|delta_net|--dim,d=96,--cuda=off"
   # for the Atari cores' tests (runtime/rl: head_dim 8)
   "linear_transformer_d8|linear_transformer|--dim,d=8"
   "delta_net_d8|delta_net|--dim,d=8"
