@@ -172,6 +172,14 @@ struct Buffer {
   }
 };
 
+/// The buffer of a seq input or a param (per head), or none for other roles.
+std::optional<Buffer> inputBuffer(const KernelArg &arg, const TensorMap &inputs) {
+  if (arg.role != "seq" && arg.role != "param")
+    return std::nullopt;
+  return Buffer{inputs.at(arg.name).detach().contiguous(),
+                arg.role == "param" ? Buffer::Index::Head : Buffer::Index::Pair};
+}
+
 /// Calls `kernel` on one sequence for `steps` steps; `data[i]` is where
 /// argument i's values start.
 void callKernel(const CpuKernel &kernel, const std::vector<char *> &data, int64_t steps) {
@@ -237,11 +245,8 @@ std::vector<Buffer> forwardBuffers(const Artifact &artifact, const CpuKernel &ke
   std::vector<Buffer> buffers;
   for (const KernelArg &arg : kernel.args) {
     Buffer buffer;
-    if (arg.role == "seq") {
-      buffer.tensor = inputs.at(arg.name).detach().contiguous();
-    } else if (arg.role == "param") {
-      buffer.tensor = inputs.at(arg.name).detach().contiguous();
-      buffer.index = Buffer::Index::Head;
+    if (std::optional<Buffer> input = inputBuffer(arg, inputs)) {
+      buffer = *input;
     } else if (arg.role == "state") {
       buffer.tensor = results.at(finalName(arg.name));
     } else if (arg.role == "output" || arg.role == "tape") {
@@ -280,11 +285,8 @@ TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
   for (const KernelArg &arg : kernel.args) {
     Buffer buffer;
     std::vector<int64_t> shape = tensorShape(arg, batch, heads, steps);
-    if (arg.role == "seq") {
-      buffer.tensor = inputs.at(arg.name).detach().contiguous();
-    } else if (arg.role == "param") {
-      buffer.tensor = inputs.at(arg.name).detach().contiguous();
-      buffer.index = Buffer::Index::Head;
+    if (std::optional<Buffer> input = inputBuffer(arg, inputs)) {
+      buffer = *input;
     } else if (arg.role == "tape") {
       buffer.tensor = forwardResults.at(arg.name).contiguous();
     } else if (arg.role == "grad_output") {
@@ -447,11 +449,8 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
   // What every thread shares: the inputs, the gradients in and out.
   auto shared = [&](const KernelArg &arg) -> std::optional<Buffer> {
     Buffer buffer;
-    if (arg.role == "seq") {
-      buffer.tensor = inputs.at(arg.name).detach().contiguous();
-    } else if (arg.role == "param") {
-      buffer.tensor = inputs.at(arg.name).detach().contiguous();
-      buffer.index = Buffer::Index::Head;
+    if (std::optional<Buffer> input = inputBuffer(arg, inputs)) {
+      buffer = *input;
     } else if (arg.role == "grad_output") {
       torch::Tensor &grad = out["grad_output." + arg.name];
       if (!grad.defined()) {
@@ -488,7 +487,7 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
   };
   std::vector<std::optional<Buffer>> trainShared, backwardShared;
   for (const KernelArg &arg : train.args)
-    trainShared.push_back(arg.role == "seq" || arg.role == "param" ? shared(arg) : std::nullopt);
+    trainShared.push_back(inputBuffer(arg, inputs));
   for (const KernelArg &arg : backward.args)
     backwardShared.push_back(shared(arg));
 
