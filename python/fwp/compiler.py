@@ -17,6 +17,7 @@ def compile(  # noqa: A001 - the package's verb, as in fwp-compile
     cuda: bool = True,
     out: str | os.PathLike[str] | None = None,
     dtype: str | None = None,
+    backward: str | None = None,
 ) -> Path:
     """Compiles a layer (``models/*.mlir``) into a ``.fwpk`` with ``fwp-compile``.
 
@@ -27,6 +28,10 @@ def compile(  # noqa: A001 - the package's verb, as in fwp-compile
             ``--cuda=auto``); ``False`` for CPU kernels only (``--cuda=off``).
         out: the artifact's path; default ``<model name>.fwpk`` in the current folder.
         dtype: ``"f32"`` or ``"f64"`` to compute in another float type than the model's.
+        backward: how the backward recovers past fast-weight states (``--backward``):
+            ``"invert"``, ``"store"`` or ``"checkpoint"`` / ``"checkpoint:C"``; default: the
+            compiler's choice (``invert`` where the writes can be undone, else
+            ``checkpoint:64``; docs/design.md, "Backward strategies").
 
     Returns:
         The artifact's path.
@@ -52,6 +57,8 @@ def compile(  # noqa: A001 - the package's verb, as in fwp-compile
         command += ["--dim", f"{name}={int(value)}"]
     if dtype is not None:
         command.append(f"--dtype={dtype}")
+    if backward is not None:
+        command.append(f"--backward={backward}")
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise FwpError(

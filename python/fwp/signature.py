@@ -38,6 +38,9 @@ class Signature:
             ``"linspace:A:B"`` over the heads); other params take fwp-train's defaults.
         backward: per state, how the backward recovers past states (``"invert"``,
             ``"store"`` or ``"checkpoint"``; docs/design.md).
+        checkpoint_every: for a checkpointed layer, the steps per segment: its training
+            forward keeps the states at every segment's start instead of the tape, and its
+            backward recomputes one segment at a time; 0 otherwise.
     """
 
     path: str
@@ -52,6 +55,7 @@ class Signature:
     cuda: bool
     param_inits: dict[str, str] = field(default_factory=dict)
     backward: dict[str, str] = field(default_factory=dict)
+    checkpoint_every: int = 0
 
 
 def _specs(entries: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
@@ -88,4 +92,5 @@ def signature(path: str | os.PathLike[str]) -> Signature:
         cuda=bool(m["cuda"]),
         param_inits=dict(m.get("param_inits", {})),
         backward=dict(m.get("backward", {})),
+        checkpoint_every=int(m.get("checkpoint_every", 0)),
     )

@@ -397,12 +397,14 @@ TensorMap checkpointedForwardCpu(const Artifact &artifact, const TensorMap &inpu
   TensorMap out;
   std::vector<Buffer> buffers =
       forwardBuffers(artifact, kernel, inputs, shape.batch, shape.heads, shape.steps, out);
-  TensorMap checkpoints; // per state: [segments, B, H, ...]
+  // Per state, one [B, H, ...] tensor per segment (separate tensors: the
+  // torch.ops.fwp operators return them, and outputs must not alias).
+  std::map<std::string, std::vector<torch::Tensor>> checkpoints;
   for (const KernelArg &arg : kernel.args)
     if (arg.role == "state") {
-      std::vector<int64_t> size = out.at(finalName(arg.name)).sizes().vec();
-      size.insert(size.begin(), segments);
-      checkpoints[arg.name] = torch::empty(size, out.at(finalName(arg.name)).options());
+      const torch::Tensor &final = out.at(finalName(arg.name));
+      for (int64_t segment = 0; segment < segments; ++segment)
+        checkpoints[arg.name].push_back(torch::empty_like(final));
     }
   at::parallel_for(0, shape.batch * shape.heads, 1, [&](int64_t first, int64_t last) {
     std::vector<char *> data(kernel.args.size());
@@ -413,11 +415,10 @@ TensorMap checkpointedForwardCpu(const Artifact &artifact, const TensorMap &inpu
           const KernelArg &arg = kernel.args[i];
           data[i] = buffers[i].at(arg, pair, shape.heads, shape.steps, begin);
           if (arg.role == "state") {
-            const torch::Tensor &checkpoint = checkpoints.at(arg.name);
+            const torch::Tensor &checkpoint = checkpoints.at(arg.name)[segment];
             int64_t bytes = blockElements(arg, 0) * checkpoint.element_size();
-            std::memcpy(static_cast<char *>(checkpoint.data_ptr()) +
-                            (segment * shape.batch * shape.heads + pair) * bytes,
-                        data[i], bytes);
+            std::memcpy(static_cast<char *>(checkpoint.data_ptr()) + pair * bytes, data[i],
+                        bytes);
           }
         }
         callKernel(kernel, data, steps);
@@ -572,12 +573,20 @@ TensorMap trainForward(const Artifact &artifact, const TensorMap &inputs, int64_
       savedNames.push_back(spec.name);
     return results;
   }
-  if (PreparedCall call = prepareCall(artifact, inputs); !call.cuda)
+  PreparedCall call = prepareCall(artifact, inputs);
+  if (!call.cuda)
     return checkpointedForwardCpu(artifact, inputs, call.shape, savedNames);
+  // Every segment's start is kept, the first one too (zero without an
+  // initial state); a copy, so that no kept tensor aliases an input.
   TensorMap states, out;
-  for (const TensorSpec &state : signature.states)
-    if (auto init = inputs.find(initName(state.name)); init != inputs.end())
-      states[state.name] = init->second.detach();
+  auto shapes = compiledForwardShapes(artifact, call.shape.batch, call.shape.heads, steps, false);
+  auto options = inputs.at(signature.seq.front().name).options();
+  for (size_t i = 0; i < signature.states.size(); ++i) {
+    const std::string &name = signature.states[i].name;
+    auto init = inputs.find(initName(name));
+    states[name] = init != inputs.end() ? init->second.detach().clone()
+                                        : torch::zeros(shapes[1 + i].second, options);
+  }
   std::vector<torch::Tensor> ys;
   for (int64_t begin = 0, segment = 0; begin < steps; begin += every, ++segment) {
     int64_t end = std::min(steps, begin + every);
@@ -1307,12 +1316,17 @@ TensorMap runCompiledForward(const Artifact &artifact, const TensorMap &inputs, 
                        call.shape.batch, call.shape.heads, call.shape.steps);
 }
 
-TensorMap runCompiledBackward(const Artifact &artifact, const TensorMap &inputs,
-                              const TensorMap &forwardResults, const TensorMap &grads) {
-  PreparedCall call = prepareCall(artifact, inputs);
-  const CallShape &shape = call.shape;
-  // The kernels trust every buffer's size: check what the caller kept of the
-  // forward and the gradients it hands in.
+namespace {
+/// The saved forward results and the output gradients of a backward call,
+/// checked against `shapes` (what the training forward returns: "y",
+/// "final.<state>", then what it kept) and converted to the layer's dtype:
+/// the kernels trust every buffer's size. Fills `results` (everything after
+/// "y", all required) and `checkedGrads` ("grad.y", "grad.final.<state>",
+/// each optional).
+void checkBackwardArgs(const Artifact &artifact, const CallShape &shape,
+                       const std::vector<std::pair<std::string, std::vector<int64_t>>> &shapes,
+                       const TensorMap &forwardResults, const TensorMap &grads,
+                       TensorMap &results, TensorMap &checkedGrads) {
   auto check = [&](const TensorMap &map, const std::string &name,
                    const std::vector<int64_t> &want, bool required) -> std::optional<torch::Tensor> {
     auto it = map.find(name);
@@ -1333,9 +1347,7 @@ TensorMap runCompiledBackward(const Artifact &artifact, const TensorMap &inputs,
                   c10::toString(tensor.scalar_type()) + "; expected a floating-point dtype");
     return tensor.detach().to(artifact.dtype()).contiguous();
   };
-  TensorMap results, checkedGrads;
-  for (const auto &[name, want] :
-       compiledForwardShapes(artifact, shape.batch, shape.heads, shape.steps, /*train=*/true)) {
+  for (const auto &[name, want] : shapes) {
     if (name != "y")
       results[name] = *check(forwardResults, name, want, /*required=*/true);
     std::string gradName = "grad." + name;
@@ -1347,13 +1359,62 @@ TensorMap runCompiledBackward(const Artifact &artifact, const TensorMap &inputs,
     if (!checkedGrads.count(name) && tensor.defined())
       throw Error(artifact.path() + ": unexpected gradient '" + name +
                   "' (expected grad.y and grad.final.<state>)");
-  TensorMap all = call.cuda ? cuda::runBackward(*call.cuda, inputs, results, checkedGrads)
-                            : runCpuBackward(artifact, inputs, results, checkedGrads,
-                                             shape.batch, shape.heads, shape.steps);
+}
+
+/// "grad.<input>" for every tensor of `inputs`, in the input's shape.
+TensorMap inputGradients(const TensorMap &inputs, const TensorMap &all) {
   TensorMap gradients;
   for (const auto &[name, tensor] : inputs)
     gradients["grad." + name] = all.at("grad." + name).view(tensor.sizes());
   return gradients;
+}
+} // namespace
+
+TensorMap runCompiledBackward(const Artifact &artifact, const TensorMap &inputs,
+                              const TensorMap &forwardResults, const TensorMap &grads) {
+  PreparedCall call = prepareCall(artifact, inputs);
+  const CallShape &shape = call.shape;
+  TensorMap results, checkedGrads;
+  checkBackwardArgs(
+      artifact, shape,
+      compiledForwardShapes(artifact, shape.batch, shape.heads, shape.steps, /*train=*/true),
+      forwardResults, grads, results, checkedGrads);
+  TensorMap all = call.cuda ? cuda::runBackward(*call.cuda, inputs, results, checkedGrads)
+                            : runCpuBackward(artifact, inputs, results, checkedGrads,
+                                             shape.batch, shape.heads, shape.steps);
+  return inputGradients(inputs, all);
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>>
+trainingForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, int64_t steps) {
+  int64_t every = artifact.checkpointEvery();
+  if (every <= 0)
+    return compiledForwardShapes(artifact, batch, heads, steps, /*train=*/true);
+  auto shapes = compiledForwardShapes(artifact, batch, heads, steps, /*train=*/false);
+  const LayerSignature &signature = artifact.signature();
+  for (int64_t segment = 0; segment * every < steps; ++segment)
+    for (size_t i = 0; i < signature.states.size(); ++i)
+      shapes.emplace_back(checkpointName(segment, signature.states[i].name), shapes[1 + i].second);
+  return shapes;
+}
+
+TensorMap runTrainingForward(const Artifact &artifact, const TensorMap &inputs) {
+  CallShape shape = prepareCall(artifact, inputs).shape;
+  std::vector<std::string> savedNames;
+  return trainForward(artifact, inputs, shape.steps, savedNames);
+}
+
+TensorMap runTrainingBackward(const Artifact &artifact, const TensorMap &inputs,
+                              const TensorMap &forwardResults, const TensorMap &grads) {
+  if (artifact.checkpointEvery() <= 0)
+    return runCompiledBackward(artifact, inputs, forwardResults, grads);
+  const CallShape shape = prepareCall(artifact, inputs).shape;
+  TensorMap results, checkedGrads;
+  checkBackwardArgs(artifact, shape,
+                    trainingForwardShapes(artifact, shape.batch, shape.heads, shape.steps),
+                    forwardResults, grads, results, checkedGrads);
+  return inputGradients(inputs,
+                        trainBackward(artifact, inputs, shape.steps, results, checkedGrads));
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>>

@@ -1,7 +1,7 @@
 //===- Ops.cpp - Compiled layers as torch.ops.fwp operators ---------------===//
 //
 // The operator library of docs/python.md: TORCH_LIBRARY(fwp) registers the
-// kernels of a .fwpk (fwp::runCompiledForward / runCompiledBackward, on CPU
+// kernels of a .fwpk (fwp::runCompiledForward, runTrainingForward / Backward, on CPU
 // and CUDA tensors) as PyTorch operators, with Meta kernels that compute the
 // output shapes from the artifact's manifest, so torch.compile traces them
 // with fake tensors. An artifact is named to an operator by its path (a str
@@ -9,13 +9,13 @@
 //
 //   fwp::manifest(str artifact) -> str               the manifest (JSON)
 //   fwp::forward(str artifact, Tensor[] inputs) -> Tensor[]        y, finals
-//   fwp::forward_train(str artifact, Tensor[] inputs) -> Tensor[]  y, finals, tape
+//   fwp::forward_train(str artifact, Tensor[] inputs) -> Tensor[]  y, finals, saved
 //   fwp::backward(str artifact, Tensor[] inputs, Tensor[] saved,
 //                 Tensor?[] grads) -> Tensor[]       a gradient per input
 //
 // `inputs`: the seq inputs, then the params (both in the manifest's order),
 // then optionally every initial state. `saved`: forward_train's outputs after
-// y. `grads`: the gradients of y and of every final state (None: zero).
+// y (after the finals: the tape, or a checkpointed layer's checkpoints). `grads`: the gradients of y and of every final state (None: zero).
 // The autograd formula (forward_train -> backward) is registered from Python
 // (python/fwp/_ops.py).
 //
@@ -99,15 +99,23 @@ CallShape checkCall(const Artifact &artifact, const TensorMap &inputs) {
   return call;
 }
 
+/// What forward (y, finals) or forward_train (y, finals, then what the
+/// backward needs: runTrainingForward) returns for a call, in order.
+std::vector<std::pair<std::string, std::vector<int64_t>>>
+outputShapes(const Artifact &artifact, const CallShape &call, bool train) {
+  return train ? trainingForwardShapes(artifact, call.batch, call.heads, call.steps)
+               : compiledForwardShapes(artifact, call.batch, call.heads, call.steps, false);
+}
+
 std::vector<at::Tensor> forwardOutputs(const std::string &path, at::TensorList inputs,
                                        bool train) {
   std::shared_ptr<const Artifact> artifact = artifactAt(path);
   TensorMap named = nameInputs(*artifact, inputs, train ? "forward_train" : "forward");
-  TensorMap results = runCompiledForward(*artifact, named, train); // validates
-  const at::Tensor &first = inputs[0];
+  CallShape call = checkCall(*artifact, named);
+  TensorMap results = train ? runTrainingForward(*artifact, named)
+                            : runCompiledForward(*artifact, named, false);
   std::vector<at::Tensor> outputs;
-  for (const auto &[name, shape] :
-       compiledForwardShapes(*artifact, first.size(0), first.size(1), first.size(2), train))
+  for (const auto &[name, shape] : outputShapes(*artifact, call, train))
     outputs.push_back(results.at(name));
   return outputs;
 }
@@ -118,14 +126,13 @@ std::vector<at::Tensor> forwardMeta(const std::string &path, at::TensorList inpu
   TensorMap named = nameInputs(*artifact, inputs, train ? "forward_train" : "forward");
   CallShape call = checkCall(*artifact, named);
   std::vector<at::Tensor> outputs;
-  for (const auto &[name, shape] :
-       compiledForwardShapes(*artifact, call.batch, call.heads, call.steps, train))
+  for (const auto &[name, shape] : outputShapes(*artifact, call, train))
     outputs.push_back(at::empty(shape, inputs[0].options()));
   return outputs;
 }
 
 /// One backward call: its inputs, the saved forward results and the
-/// output gradients, named for runCompiledBackward, after the checks.
+/// output gradients, named for runTrainingBackward, after the checks.
 struct BackwardCall {
   std::shared_ptr<const Artifact> artifact;
   std::vector<std::string> inputNames; ///< in the order of `inputs`
@@ -144,7 +151,7 @@ BackwardCall prepareBackward(const std::string &path, at::TensorList inputs,
   CallShape shape = checkCall(artifact, call.inputs);
   call.inputNames = inputNames(artifact);
   call.inputNames.resize(inputs.size());
-  auto shapes = compiledForwardShapes(artifact, shape.batch, shape.heads, shape.steps, true);
+  auto shapes = outputShapes(artifact, shape, /*train=*/true);
   const size_t outputs = 1 + artifact.signature().states.size();
   if (saved.size() + 1 != shapes.size())
     throw Error(artifact.path() + ": fwp::backward takes " + std::to_string(shapes.size() - 1) +
@@ -169,7 +176,7 @@ std::vector<at::Tensor> backward(const std::string &path, at::TensorList inputs,
                                  const c10::List<std::optional<at::Tensor>> &grads) {
   BackwardCall call = prepareBackward(path, inputs, saved, grads);
   TensorMap results =
-      runCompiledBackward(*call.artifact, call.inputs, call.forwardResults, call.gradients);
+      runTrainingBackward(*call.artifact, call.inputs, call.forwardResults, call.gradients);
   std::vector<at::Tensor> out;
   for (const std::string &name : call.inputNames)
     out.push_back(results.at("grad." + name));

@@ -146,6 +146,29 @@ TensorMap runCompiledBackward(const Artifact &artifact, const TensorMap &inputs,
 std::vector<std::pair<std::string, std::vector<int64_t>>>
 compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, int64_t steps,
                       bool train);
+/// The forward of a call that needs gradients, as CompiledLayer's autograd
+/// function runs it: "y", "final.<state>" and what the backward needs kept
+/// (trainingForwardShapes): forward_train's tape, or, for a checkpointed
+/// layer (Artifact::checkpointEvery), only the states at every segment's
+/// start ("checkpoint.<k>.<state>"; on CPU the plain forward kernel, one
+/// sequence at a time). `inputs` as for runCompiledForward.
+TensorMap runTrainingForward(const Artifact &artifact, const TensorMap &inputs);
+
+/// The backward of runTrainingForward: from its `inputs`, its results
+/// (everything after "y") and the gradients "grad.y" / "grad.final.<state>"
+/// (each optional), "grad.<name>" for every tensor of `inputs`. A
+/// checkpointed layer recomputes one segment's tape at a time. Checks every
+/// result's and gradient's shape and device (fwp::Error).
+TensorMap runTrainingBackward(const Artifact &artifact, const TensorMap &inputs,
+                              const TensorMap &forwardResults, const TensorMap &grads);
+
+/// Names and shapes of what runTrainingForward returns, in order: "y",
+/// "final.<state>", then the tape (compiledForwardShapes with `train`) or,
+/// for a checkpointed layer, "checkpoint.<k>.<state>" for every segment k
+/// and state (each [batch, heads, state shape...]).
+std::vector<std::pair<std::string, std::vector<int64_t>>>
+trainingForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, int64_t steps);
+
 /// Verifies `path` as Artifact::load does, without mapping any code, and
 /// returns its manifest (JSON text), and in `cpuSection` (when given) the
 /// CPU image this host would run; throws fwp::Error (fwp-inspect).
