@@ -34,7 +34,7 @@
 // CHECK: "symbol": "fwp_delta_net_train"
 // CHECK: "layer": "delta_net"
 // CHECK: "tape": [
-// CHECK: "name": "tape.W.0.key"
+// CHECK: "name": "tape.W.0.delta"
 // The default --cpu=native,x86-64-v3: this machine's processor, then x86-64-v3.
 // CHECK: "targets": [
 // CHECK: "cpu": "{{[a-z0-9-]+}}",

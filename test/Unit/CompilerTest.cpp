@@ -74,15 +74,16 @@ TEST_F(CompilerTest, FastWeightTypeRejectsBadSizesWithoutAborting) {
 }
 
 /// The manifest names every kernel argument with the role the runtime
-/// expects, in the order of the kernel's buffers.
+/// expects, in the order of the kernel's buffers. (The key depends on the
+/// state h, so the tape records it.)
 TEST_F(CompilerTest, ManifestListsKernelArgumentsByRole) {
   const char *source = R"mlir(
     fwp.scan @layer dims(d = 2)
         seq(%k : vector<2xf32>, %b : f32) params(%w : vector<2xf32>)
         states(%W : !fwp.fast_weight<2x2xf32>, %h : vector<2xf32>)
         outputs(y : vector<2xf32>) {
-      %k2 = fwp.mul %k, %w : vector<2xf32>
-      %W1, %r = fwp.write_delta %W, %k2, %h, %b : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+      %k2 = fwp.mul %h, %w : vector<2xf32>
+      %W1, %r = fwp.write_delta %W, %k2, %k, %b : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
       %y = fwp.read %W1, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
       fwp.yield %W1, %y, %y : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
     })mlir";

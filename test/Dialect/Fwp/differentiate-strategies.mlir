@@ -6,7 +6,9 @@
 // state at t-1.
 
 // invert (the default for invertible writes): the tape records the written
-// key and row; the backward carries W and rebuilds W_{t-1} = W_t - k (x) v.
+// key and row, unless the backward can recompute them from the step's inputs
+// (here both are seq inputs: no tape); the backward carries W and rebuilds
+// W_{t-1} = W_t - k (x) v.
 fwp.scan @sum_default seq(%k : vector<2xf32>, %v : vector<3xf32>) states(%W : !fwp.fast_weight<2x3xf32>) outputs(y : vector<3xf32>) {
   %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<2x3xf32>, vector<2xf32>, vector<3xf32>
   %y = fwp.read %W1, %k : !fwp.fast_weight<2x3xf32>, vector<2xf32> -> vector<3xf32>
@@ -15,14 +17,14 @@ fwp.scan @sum_default seq(%k : vector<2xf32>, %v : vector<3xf32>) states(%W : !f
 // FWD-LABEL: fwp.scan @sum_default{{$}}
 // FWD: attributes {fwp.backward = {W = "invert"}}
 // CHECK-LABEL: fwp.scan @sum_default_train
-// CHECK: outputs(y : vector<3xf32>, tape.W.0.key : vector<2xf32>, tape.W.0.delta : vector<3xf32>)
+// CHECK: outputs(y : vector<3xf32>) attributes
 // CHECK-SAME: fwp.backward = {W = "invert"}
 // CHECK-LABEL: fwp.scan @sum_default_grad reverse
-// CHECK-NEXT: seq(%k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>, %tape.W.0.key: vector<2xf32>, %tape.W.0.delta: vector<3xf32>)
+// CHECK-NEXT: seq(%k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>)
 // CHECK-NEXT: states(%W: !fwp.fast_weight<2x3xf32>, %grad.state.W: !fwp.fast_weight<2x3xf32>)
 // CHECK: fwp.backward = {W = "invert"}
-// CHECK: %[[NEG:.*]] = fwp.neg %tape.W.0.delta
-// CHECK-NEXT: %[[PREV:.*]] = fwp.write_sum %W, %tape.W.0.key, %[[NEG]]
+// CHECK: %[[NEG:.*]] = fwp.neg %v
+// CHECK-NEXT: %[[PREV:.*]] = fwp.write_sum %W, %k, %[[NEG]]
 // CHECK: fwp.yield %[[PREV]],
 
 // store: the tape records W_{t-1} (a matrix per step); the backward reads
@@ -77,3 +79,38 @@ fwp.scan @checkpoint_mixed seq(%a : vector<2xf32>, %k : vector<2xf32>, %v : vect
 // FWD: attributes {fwp.backward = {W = "checkpoint:16", h = "checkpoint:16"}}
 // CHECK-LABEL: fwp.scan @checkpoint_mixed_train
 // CHECK: outputs(y : vector<3xf32>, tape.W.prev : !fwp.fast_weight<2x3xf32>, tape.h.prev : vector<3xf32>)
+
+// The tape records only what the backward cannot recompute from the step's
+// inputs: a key made from a seq input by a feature map is recomputed in the
+// backward (and the inverse write uses it), the delta depends on the state
+// and stays on the tape.
+fwp.scan @computed_key seq(%k : vector<2xf32>, %v : vector<2xf32>, %b : f32) states(%W : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
+  %e = fwp.elu_plus_one %k : vector<2xf32>
+  %phi = fwp.sum_norm %e : vector<2xf32>
+  %W1, %r = fwp.write_delta %W, %phi, %v, %b : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  %y = fwp.read %W1, %phi : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<2x2xf32>, vector<2xf32>
+}
+// CHECK-LABEL: fwp.scan @computed_key_train
+// CHECK: outputs(y : vector<2xf32>, tape.W.0.delta : vector<2xf32>) attributes
+// CHECK-LABEL: fwp.scan @computed_key_grad reverse
+// CHECK-NEXT: seq(%k: vector<2xf32>, %v: vector<2xf32>, %b: f32, %grad.y: vector<2xf32>, %tape.W.0.delta: vector<2xf32>)
+// CHECK: %[[E:.*]] = fwp.elu_plus_one %k
+// CHECK-NEXT: %[[PHI:.*]] = fwp.sum_norm %[[E]]
+// CHECK-NEXT: %[[NEG:.*]] = fwp.neg %tape.W.0.delta
+// CHECK-NEXT: %[[PREV:.*]] = fwp.write_sum %W, %[[PHI]], %[[NEG]]
+// CHECK-NOT: fwp.sum_norm %
+// CHECK: fwp.yield %[[PREV]],
+
+// A key that depends on a state (here the vector state h) is recorded.
+fwp.scan @state_key seq(%v : vector<2xf32>, %b : f32) states(%W : !fwp.fast_weight<2x2xf32>, %h : vector<2xf32>) outputs(y : vector<2xf32>) {
+  %key = fwp.tanh %h : vector<2xf32>
+  %W1, %r = fwp.write_delta %W, %key, %v, %b : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  %y = fwp.read %W1, %key : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
+  fwp.yield %W1, %y, %y : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+}
+// CHECK-LABEL: fwp.scan @state_key_train
+// CHECK: outputs(y : vector<2xf32>, tape.W.0.key : vector<2xf32>, tape.W.0.delta : vector<2xf32>, tape.h.prev : vector<2xf32>) attributes
+// CHECK-LABEL: fwp.scan @state_key_grad reverse
+// CHECK: %[[NEG:.*]] = fwp.neg %tape.W.0.delta
+// CHECK-NEXT: %[[PREV:.*]] = fwp.write_sum %W, %tape.W.0.key, %[[NEG]]

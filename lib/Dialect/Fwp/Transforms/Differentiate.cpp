@@ -15,6 +15,7 @@
 #include "mlir/IR/SymbolTable.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/SetVector.h"
 
 namespace mlir::fwp {
 #define GEN_PASS_DEF_FWPDIFFERENTIATE
@@ -38,8 +39,11 @@ struct StateInfo {
   /// Invertible matrix states: the writes from `arg` to `yielded`, in
   /// program order.
   SmallVector<Operation *> chain;
-  /// Per update of the chain: how many tape values it records.
-  SmallVector<unsigned> tapeCounts;
+  /// Per update of the chain, per value its inverse needs: null when the
+  /// training forward records it on the tape, else the forward scan's value
+  /// that the backward recomputes instead (it depends on the step's inputs
+  /// alone: a key made from the seq inputs, say).
+  SmallVector<SmallVector<Value>> tapeRecomputed;
   bool inverts() const { return strategy.kind == BackwardStrategy::Invert; }
 };
 
@@ -198,6 +202,29 @@ static SmallVector<Type> typesOf(ValueRange values) {
 // The training forward: the forward plus the tape.
 //===----------------------------------------------------------------------===//
 
+/// Whether `value` of the scan's body depends on the step's seq inputs,
+/// params and constants alone, not on a state: the backward can recompute
+/// it (it is in the time-parallel prologue there), so the tape need not
+/// record it. The body's ops have no side effects.
+static bool dependsOnInputsAlone(ScanOp scan, Value value,
+                                 llvm::DenseMap<Value, bool> &memo) {
+  if (auto it = memo.find(value); it != memo.end())
+    return it->second;
+  bool result;
+  if (auto arg = dyn_cast<BlockArgument>(value)) {
+    result = llvm::is_contained(scan.getSeqArgs(), arg) ||
+             llvm::is_contained(scan.getParamArgs(), arg);
+  } else {
+    Operation *op = value.getDefiningOp();
+    result = op->getNumRegions() == 0 &&
+             llvm::all_of(op->getOperands(), [&](Value operand) {
+               return dependsOnInputsAlone(scan, operand, memo);
+             });
+  }
+  memo[value] = result;
+  return result;
+}
+
 static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
                              SmallVectorImpl<std::string> &tapeNames,
                              SmallVectorImpl<Type> &tapeTypes) {
@@ -211,6 +238,15 @@ static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
 
   YieldOp yield = train.getYield();
   builder.setInsertionPoint(yield);
+  // The forward scan's value of each value of the training scan.
+  llvm::DenseMap<Value, Value> original;
+  for (Operation &op : scan.getBodyBlock().without_terminator())
+    for (Value result : op.getResults())
+      original[mapping.lookup(result)] = result;
+  for (BlockArgument arg : scan.getBodyBlock().getArguments())
+    original[mapping.lookup(arg)] = arg;
+  llvm::DenseMap<Value, bool> inputsAlone;
+
   SmallVector<Value> tapeValues;
   for (StateInfo &state : states) {
     if (!state.inverts()) {
@@ -221,7 +257,14 @@ static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
     for (auto [i, write] : llvm::enumerate(state.chain)) {
       auto cloned = cast<FastWeightUpdateOpInterface>(mapping.lookup(write));
       SmallVector<Value> tape = cloned.buildInverseTape(builder);
+      SmallVector<Value> &recomputed = state.tapeRecomputed.emplace_back();
       for (auto [j, value] : llvm::enumerate(tape)) {
+        Value source = original.lookup(value);
+        if (source && dependsOnInputsAlone(scan, source, inputsAlone)) {
+          recomputed.push_back(source);
+          continue;
+        }
+        recomputed.push_back(Value());
         tapeNames.push_back(j == 0   ? tapeKeyName(state.name, i)
                             : j == 1 ? tapeDeltaName(state.name, i)
                                      : ("tape." + state.name + "." + Twine(i) +
@@ -229,7 +272,6 @@ static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
                                            .str());
         tapeValues.push_back(value);
       }
-      state.tapeCounts.push_back(tape.size());
     }
   }
   llvm::append_range(tapeTypes, ValueRange(tapeValues).getTypes());
@@ -376,6 +418,26 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   for (auto [fwd, bwd] : llvm::zip(scan.getParamArgs(), grad.getParamArgs()))
     forward.map(fwd, bwd);
 
+  // A forward value that depends on the step's inputs alone, recomputed
+  // here: the forward ops it needs, cloned in program order (the step's
+  // recomputation below skips them).
+  auto recompute = [&](Value source) -> Value {
+    if (Value done = forward.lookupOrNull(source))
+      return done;
+    llvm::SetVector<Operation *> needed;
+    SmallVector<Value> pending{source};
+    while (!pending.empty()) {
+      Operation *op = pending.pop_back_val().getDefiningOp();
+      if (!op || forward.contains(op->getResult(0)) || !needed.insert(op))
+        continue;
+      llvm::append_range(pending, op->getOperands());
+    }
+    for (Operation &op : scan.getBodyBlock().without_terminator())
+      if (needed.contains(&op))
+        builder.clone(op, forward);
+    return forward.lookup(source);
+  };
+
   // Rebuild every state at t-1: invert the chain of writes of inverted
   // states (S_{t-1} = S_t - key (x) delta), read the others off the tape.
   unsigned tapeIndex = numSeq + numOutputs;
@@ -388,10 +450,11 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
       continue;
     }
     Value current = gradStateArgs[matrixIndex++];
-    SmallVector<ValueRange> tapes; // per update, in program order
-    for (unsigned count : state.tapeCounts) {
-      tapes.push_back(gradSeqArgs.slice(tapeIndex, count));
-      tapeIndex += count;
+    SmallVector<SmallVector<Value>> tapes; // per update, in program order
+    for (ArrayRef<Value> recomputed : state.tapeRecomputed) {
+      SmallVector<Value> &tape = tapes.emplace_back();
+      for (Value source : recomputed)
+        tape.push_back(source ? recompute(source) : gradSeqArgs[tapeIndex++]);
     }
     for (int i = static_cast<int>(state.chain.size()) - 1; i >= 0; --i) {
       auto update = cast<FastWeightUpdateOpInterface>(state.chain[i]);
@@ -414,6 +477,8 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
                                                                   forward);
       continue;
     }
+    if (op.getNumResults() > 0 && forward.contains(op.getResult(0)))
+      continue; // recomputed for the rebuild above
     builder.clone(op, forward);
   }
 
