@@ -14,13 +14,21 @@
 //          W_j^T    x = S^T (lambda_j x) + sum_{i<=j} (x . p_i^(j)) w_i
 //   W_n             = diag(lambda_n) S   + sum_i p_i^(n) (x) w_i
 //
+// and the transposed reads (fwp.read_transposed, x a V-vector)
+//
+//   D_j W_{j-1} x = lambda_j (.) (S x) + sum_{i<j}  p_i^(j) (w_i . x)
+//          W_j  x = lambda_j (.) (S x) + sum_{i<=j} p_i^(j) (w_i . x)
+//
 // so a chunk costs one blocked pass over S for all its steps' reads (every
 // row of S is loaded once per block of queries instead of once per step),
 // the steps' interactions (which solve the delta rule's triangular system
 // as they go), and one pass that writes the new state. The decayed keys are
 // products of the decays themselves, never quotients of cumulative products
 // (which overflow for strong decays). Everything else of the step (vector
-// states, ops on the reads) then runs step by step as before.
+// states, ops on the reads) then runs step by step as before. A scan
+// backwards in time (`reverse`, as the backward scans are) takes its steps
+// in its own order: step j of the chunk that starts at iteration s is step
+// T - 1 - (s + j) of time.
 //
 //===----------------------------------------------------------------------===//
 
@@ -45,7 +53,7 @@ int64_t mlir::fwp::cpu::automaticChunkLength(int64_t keys, int64_t values,
 }
 
 std::optional<ChunkPlan> ScanLowering::planChunkwise() {
-  if (chunkOption == 0 || scan.getReverse())
+  if (chunkOption == 0)
     return std::nullopt;
   // One fast-weight state; no other matrix in the body.
   std::optional<unsigned> matrixState;
@@ -114,11 +122,16 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
           continue;
         return std::nullopt; // the matrix as an output
       }
-      auto read = dyn_cast<ReadOp>(user);
-      if (!read || (position == 0 && plan.decay))
+      if (position == 0 && plan.decay)
         return std::nullopt; // a read before the decay
-      plan.reads.push_back(
-          {read.getResult(), read.getQuery(), value == chain.back()});
+      if (auto read = dyn_cast<ReadOp>(user))
+        plan.reads.push_back(
+            {read.getResult(), read.getQuery(), value == chain.back()});
+      else if (auto read = dyn_cast<ReadTransposedOp>(user))
+        plan.reads.push_back({read.getResult(), read.getValue(),
+                              value == chain.back(), /*transposed=*/true});
+      else
+        return std::nullopt;
     }
   }
   auto timeParallel = [&](Value v) {
@@ -224,16 +237,29 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
     rowBlock *= 2;
 
   // Per chunk: the decayed keys p_i (transposed), the writes w_i, and per
-  // read the decayed queries lambda_j x_j and the results.
+  // read the decayed queries lambda_j x_j (a transposed read's queries x_j
+  // as they are) and the results; lambda_j itself where a transposed read
+  // of a decayed state needs it.
   Value keysT = cb.scratch(keys, chunk, element);
   auto chunkRow = VectorType::get({chunk}, element);
   Value writesBuffer = cb.scratch(chunk, values, element);
   SmallVector<Value> queryBuffers, resultBuffers;
-  for (size_t r = 0; r < plan.reads.size(); ++r) {
-    queryBuffers.push_back(cb.scratch(chunk, keys, element));
-    resultBuffers.push_back(cb.scratch(chunk, values, element));
+  bool anyTransposed = false;
+  for (const ChunkPlan::Read &read : plan.reads) {
+    anyTransposed |= read.transposed;
+    queryBuffers.push_back(
+        cb.scratch(chunk, read.transposed ? values : keys, element));
+    resultBuffers.push_back(
+        cb.scratch(chunk, read.transposed ? keys : values, element));
   }
+  Value lambdas = plan.decay && anyTransposed
+                      ? cb.scratch(chunk, keys, element)
+                      : Value();
   Value lambdaRow = scratchRow(element, keys);
+  auto rowOf = [](Value buffer) {
+    auto type = cast<MemRefType>(buffer.getType());
+    return VectorType::get({type.getDimSize(1)}, type.getElementType());
+  };
 
   Value zero = index(0);
   LogicalResult status = success();
@@ -242,8 +268,15 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
       [&](Value start, ValueRange vectorStates) -> SmallVector<Value> {
         Value length = arith::MinSIOp::create(
             b, loc, index(chunk), arith::SubIOp::create(b, loc, count, start));
+        // Step j of the chunk is iteration start + j of the scan: step
+        // start + j of time, or T - 1 - (start + j) backwards in time (the
+        // chunks then cover T from its end, a short last chunk at its start).
         auto stepOf = [&](Value j) -> Value {
-          return arith::AddIOp::create(b, loc, start, j);
+          Value i = arith::AddIOp::create(b, loc, start, j);
+          if (!scan.getReverse())
+            return i;
+          return arith::SubIOp::create(
+              b, loc, arith::SubIOp::create(b, loc, count, index(1)), i);
         };
 
         // 1. lambda_j and the decayed queries lambda_j x_j.
@@ -258,15 +291,40 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                               stepValue(plan.decayForm.rowScale, t));
               for (auto [read, buffer] : llvm::zip(plan.reads, queryBuffers)) {
                 Value x = stepValue(read.query, t);
-                cb.store(plan.decay ? mul(current, x) : x, buffer, j);
+                cb.store(plan.decay && !read.transposed ? mul(current, x) : x,
+                         buffer, j);
               }
+              if (lambdas)
+                cb.store(current, lambdas, j);
               return {current};
             });
         Value lambdaEnd = decays.getResult(0);
 
         // 2. S^T (lambda_j x_j) for every read and step, `block` steps per
-        // pass over the rows of S.
-        for (auto [queries, results] : llvm::zip(queryBuffers, resultBuffers))
+        // pass over the rows of S; for a transposed read S x_j (lambda_j
+        // applies to the result), element e the product of row e with x_j.
+        for (auto [read, queries, results] :
+             llvm::zip(plan.reads, queryBuffers, resultBuffers)) {
+          if (read.transposed) {
+            cb.loop(zero, length, block, {},
+                    [&](Value first, ValueRange) -> SmallVector<Value> {
+                      SmallVector<Value> xs;
+                      for (int64_t q = 0; q < block; ++q)
+                        xs.push_back(
+                            cb.load(valueRow, queries, addIndex(first, q)));
+                      forRows(state, {},
+                              [&](Value e, ValueRange) -> SmallVector<Value> {
+                                Value row = this->row(state, e);
+                                for (int64_t q = 0; q < block; ++q)
+                                  memref::StoreOp::create(
+                                      b, loc, dot(row, xs[q]), results,
+                                      ValueRange{addIndex(first, q), e});
+                                return {};
+                              });
+                      return {};
+                    });
+            continue;
+          }
           cb.loop(zero, length, block, {},
                   [&](Value first, ValueRange) -> SmallVector<Value> {
                     SmallVector<Value> inits(block, constant(valueRow, 0.0));
@@ -286,6 +344,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                       cb.store(rows.getResult(q), results, addIndex(first, q));
                     return {};
                   });
+        }
 
         // 3. Step by step: decay the earlier keys, solve for w_j (delta
         // rule), add the chunk's earlier writes to the reads. The keys are
@@ -359,9 +418,48 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                 return {};
               });
               Value next = addIndex(j, 1);
+              // A transposed read: lambda_j (S x) + sum_{i < end} p_i
+              // (w_i . x), the products (w_i . x) as one vector of the
+              // chunk's steps (zero from `end` on) and its product with each
+              // of the K rows of the transposed keys.
+              auto transposedRead = [&](Value x, Value base, Value end) {
+                Value products = scratchRow(element, chunk);
+                vector::StoreOp::create(b, loc, constant(chunkRow, 0.0),
+                                        products, ValueRange{zero});
+                cb.loop(zero, end, 1, {},
+                        [&](Value i, ValueRange) -> SmallVector<Value> {
+                          memref::StoreOp::create(
+                              b, loc,
+                              dot(cb.load(valueRow, writesBuffer, i), x),
+                              products, ValueRange{i});
+                          return {};
+                        });
+                Value coefficients = vector::LoadOp::create(
+                    b, loc, chunkRow, products, ValueRange{zero});
+                Value sums = scratchRow(element, keys);
+                forRows(keysT, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+                  memref::StoreOp::create(b, loc,
+                                          dot(row(keysT, e), coefficients),
+                                          sums, ValueRange{e});
+                  return {};
+                });
+                Value written =
+                    vector::LoadOp::create(b, loc, keyRow, sums, ValueRange{zero});
+                if (lambdas)
+                  base = mul(cb.load(keyRow, lambdas, j), base);
+                return add(base, written);
+              };
               for (auto [r, read] : llvm::enumerate(plan.reads)) {
                 if (delta && r == 0)
                   continue;
+                if (read.transposed) {
+                  Value y = transposedRead(
+                      stepValue(read.query, t),
+                      cb.load(keyRow, resultBuffers[r], j),
+                      read.afterWrite ? next : j);
+                  cb.store(y, resultBuffers[r], j);
+                  continue;
+                }
                 Value y = withEarlierWrites(
                     stepValue(read.query, t),
                     cb.load(valueRow, resultBuffers[r], j),
@@ -409,7 +507,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
             [&](Value j, ValueRange states) -> SmallVector<Value> {
               for (auto [read, buffer] :
                    llvm::zip(plan.reads, resultBuffers))
-                lowered[read.result] = cb.load(valueRow, buffer, j);
+                lowered[read.result] = cb.load(rowOf(buffer), buffer, j);
               for (Operation *op : {plan.decay, plan.write})
                 if (op)
                   for (Value result : op->getResults())
