@@ -237,24 +237,30 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
     rowBlock *= 2;
 
   // Per chunk: the decayed keys p_i (transposed), the writes w_i, and per
-  // read the decayed queries lambda_j x_j (a transposed read's queries x_j
-  // as they are) and the results; lambda_j itself where a transposed read
-  // of a decayed state needs it.
+  // read the decayed queries lambda_j x_j and the results. A transposed
+  // read keeps its queries x_j transposed ([V, C]) and S x_j as the columns
+  // of a [K, C] buffer (sTimesQueries); the transposed reads need lambda_j
+  // and the decayed keys p_i once more, as rows ([C, K]).
   Value keysT = cb.scratch(keys, chunk, element);
   auto chunkRow = VectorType::get({chunk}, element);
   Value writesBuffer = cb.scratch(chunk, values, element);
-  SmallVector<Value> queryBuffers, resultBuffers;
+  SmallVector<Value> queryBuffers, resultBuffers, sTimesQueries;
   bool anyTransposed = false;
   for (const ChunkPlan::Read &read : plan.reads) {
     anyTransposed |= read.transposed;
-    queryBuffers.push_back(
-        cb.scratch(chunk, read.transposed ? values : keys, element));
+    queryBuffers.push_back(read.transposed ? cb.scratch(values, chunk, element)
+                                           : cb.scratch(chunk, keys, element));
     resultBuffers.push_back(
         cb.scratch(chunk, read.transposed ? keys : values, element));
+    sTimesQueries.push_back(read.transposed ? cb.scratch(keys, chunk, element)
+                                            : Value());
   }
   Value lambdas = plan.decay && anyTransposed
                       ? cb.scratch(chunk, keys, element)
                       : Value();
+  Value keyRows = anyTransposed ? cb.scratch(chunk, keys, element) : Value();
+  // Rows of S per pass of a transposed read's products.
+  int64_t rowGroup = keys % 4 == 0 ? 4 : keys % 2 == 0 ? 2 : 1;
   Value lambdaRow = scratchRow(element, keys);
   auto rowOf = [](Value buffer) {
     auto type = cast<MemRefType>(buffer.getType());
@@ -291,8 +297,18 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                               stepValue(plan.decayForm.rowScale, t));
               for (auto [read, buffer] : llvm::zip(plan.reads, queryBuffers)) {
                 Value x = stepValue(read.query, t);
-                cb.store(plan.decay && !read.transposed ? mul(current, x) : x,
-                         buffer, j);
+                if (!read.transposed) {
+                  cb.store(plan.decay ? mul(current, x) : x, buffer, j);
+                  continue;
+                }
+                Value elements = spill(x);
+                forRows(buffer, {}, [&](Value m, ValueRange) -> SmallVector<Value> {
+                  memref::StoreOp::create(
+                      b, loc,
+                      memref::LoadOp::create(b, loc, elements, ValueRange{m}),
+                      buffer, ValueRange{m, j});
+                  return {};
+                });
               }
               if (lambdas)
                 cb.store(current, lambdas, j);
@@ -301,28 +317,33 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
         Value lambdaEnd = decays.getResult(0);
 
         // 2. S^T (lambda_j x_j) for every read and step, `block` steps per
-        // pass over the rows of S; for a transposed read S x_j (lambda_j
-        // applies to the result), element e the product of row e with x_j.
-        for (auto [read, queries, results] :
-             llvm::zip(plan.reads, queryBuffers, resultBuffers)) {
+        // pass over the rows of S; for a transposed read S x_j for all the
+        // chunk's steps at once (lambda_j applies to the result): row e of
+        // S times the transposed queries, sum_m S[e, m] X^T[m, :], a vector
+        // of the chunk's steps (no horizontal sums), `rowGroup` rows of S
+        // per pass over the queries.
+        for (auto [read, queries, results, products] : llvm::zip(
+                 plan.reads, queryBuffers, resultBuffers, sTimesQueries)) {
           if (read.transposed) {
-            cb.loop(zero, length, block, {},
-                    [&](Value first, ValueRange) -> SmallVector<Value> {
-                      SmallVector<Value> xs;
-                      for (int64_t q = 0; q < block; ++q)
-                        xs.push_back(
-                            cb.load(valueRow, queries, addIndex(first, q)));
-                      forRows(state, {},
-                              [&](Value e, ValueRange) -> SmallVector<Value> {
-                                Value row = this->row(state, e);
-                                for (int64_t q = 0; q < block; ++q)
-                                  memref::StoreOp::create(
-                                      b, loc, dot(row, xs[q]), results,
-                                      ValueRange{addIndex(first, q), e});
-                                return {};
-                              });
-                      return {};
-                    });
+            forRowGroups(
+                state, rowGroup, {},
+                [&](Value first, ValueRange) -> SmallVector<Value> {
+                  SmallVector<Value> inits(rowGroup, constant(chunkRow, 0.0));
+                  scf::ForOp sums = forRows(
+                      queries, inits,
+                      [&](Value m, ValueRange acc) -> SmallVector<Value> {
+                        Value x = row(queries, m);
+                        SmallVector<Value> next;
+                        for (int64_t r = 0; r < rowGroup; ++r)
+                          next.push_back(cb.fma(
+                              cb.splatAt(chunkRow, state, addIndex(first, r), m),
+                              x, acc[r]));
+                        return next;
+                      });
+                  for (int64_t r = 0; r < rowGroup; ++r)
+                    cb.store(sums.getResult(r), products, addIndex(first, r));
+                  return {};
+                });
             continue;
           }
           cb.loop(zero, length, block, {},
@@ -418,45 +439,53 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                 return {};
               });
               Value next = addIndex(j, 1);
-              // A transposed read: lambda_j (S x) + sum_{i < end} p_i
-              // (w_i . x), the products (w_i . x) as one vector of the
-              // chunk's steps (zero from `end` on) and its product with each
-              // of the K rows of the transposed keys.
-              auto transposedRead = [&](Value x, Value base, Value end) {
-                Value products = scratchRow(element, chunk);
-                vector::StoreOp::create(b, loc, constant(chunkRow, 0.0),
-                                        products, ValueRange{zero});
-                cb.loop(zero, end, 1, {},
-                        [&](Value i, ValueRange) -> SmallVector<Value> {
-                          memref::StoreOp::create(
-                              b, loc,
-                              dot(cb.load(valueRow, writesBuffer, i), x),
-                              products, ValueRange{i});
-                          return {};
-                        });
-                Value coefficients = vector::LoadOp::create(
-                    b, loc, chunkRow, products, ValueRange{zero});
-                Value sums = scratchRow(element, keys);
-                forRows(keysT, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
-                  memref::StoreOp::create(b, loc,
-                                          dot(row(keysT, e), coefficients),
-                                          sums, ValueRange{e});
+              // The decayed keys as rows, for the transposed reads: the
+              // earlier ones decayed by this step's a_j, then k_j.
+              if (keyRows) {
+                if (plan.decay) {
+                  Value factors = stepValue(plan.decayForm.rowScale, t);
+                  cb.loop(zero, j, 1, {},
+                          [&](Value i, ValueRange) -> SmallVector<Value> {
+                            cb.store(mul(cb.load(keyRow, keyRows, i), factors),
+                                     keyRows, i);
+                            return {};
+                          });
+                }
+                cb.store(key, keyRows, j);
+              }
+              // A transposed read: lambda_j (S x_j) (column j of the pass
+              // over S) + sum_{i < end} (w_i . x_j) p_i.
+              auto transposedRead = [&](Value x, Value products, Value end) {
+                Value column = scratchRow(element, keys);
+                forRows(products, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+                  memref::StoreOp::create(
+                      b, loc,
+                      memref::LoadOp::create(b, loc, products, ValueRange{e, j}),
+                      column, ValueRange{e});
                   return {};
                 });
-                Value written =
-                    vector::LoadOp::create(b, loc, keyRow, sums, ValueRange{zero});
+                Value base =
+                    vector::LoadOp::create(b, loc, keyRow, column, ValueRange{zero});
                 if (lambdas)
                   base = mul(cb.load(keyRow, lambdas, j), base);
-                return add(base, written);
+                return cb
+                    .loop(zero, end, 1, ValueRange{base},
+                          [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                            Value overlap =
+                                dot(cb.load(valueRow, writesBuffer, i), x);
+                            return {cb.fma(splat(keyRow, overlap),
+                                           cb.load(keyRow, keyRows, i),
+                                           acc.front())};
+                          })
+                    .getResult(0);
               };
               for (auto [r, read] : llvm::enumerate(plan.reads)) {
                 if (delta && r == 0)
                   continue;
                 if (read.transposed) {
-                  Value y = transposedRead(
-                      stepValue(read.query, t),
-                      cb.load(keyRow, resultBuffers[r], j),
-                      read.afterWrite ? next : j);
+                  Value y = transposedRead(stepValue(read.query, t),
+                                           sTimesQueries[r],
+                                           read.afterWrite ? next : j);
                   cb.store(y, resultBuffers[r], j);
                   continue;
                 }

@@ -99,37 +99,39 @@ fwp.scan @reverse reverse seq(%k : vector<8xf32>, %v : vector<8xf32>)
 // OFF-NOT: fwp.chunk
 
 // Transposed reads W x (K = 8, V = 16) of the decayed weight before the
-// write (%r) and of the weight after it (%y): lambda_j and the queries x_j
-// as they are; per block of 4 queries one pass over the rows of S, element
-// e of S x_j the product of row e with x_j; then step by step the products
-// (w_i . x_j) of the chunk's writes i < j (before the write) or i <= j
-// (after it) as one vector of the chunk, its product with each of the K
-// rows of the transposed decayed keys, and lambda_j (S x_j) added.
+// write (%r) and of the weight after it (%y). Per chunk: lambda_j, and the
+// queries x_j stored transposed ([V, C]); S x_j for all the chunk's steps
+// as one product of S with the transposed queries, 4 rows of S per pass, a
+// vector of the chunk's steps per row (no horizontal sums); then step by
+// step the decayed keys as rows (the earlier ones decayed, then k_j), and
+// lambda_j (S x_j) + sum (w_i . x_j) p_i over the chunk's writes i < j
+// (before the write) or i <= j (after it).
 // CHECK-LABEL: func.func @transposed_read
 // CHECK-SAME: fwp.chunk = 4
 // CHECK: scf.for %[[START:.*]] = %{{.*}} to %arg0 step %[[C4:c4.*]] {
 // CHECK: %[[LEN:.*]] = arith.minsi
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[LEN]] step %{{.*}} iter_args(%{{.*}} = %{{.*}}) -> (vector<8xf32>)
-// CHECK: vector.store %{{.*}}, %[[LAMBDAS:.*]][%{{.*}}, %{{.*}}] : memref<4x8xf32>, vector<8xf32>
-// CHECK: scf.for %[[FIRST:.*]] = %{{.*}} to %[[LEN]] step %[[C4]] {
-// CHECK-COUNT-4: vector.load %{{.*}} : memref<4x16xf32>, vector<16xf32>
-// CHECK: scf.for %[[E:.*]] = %{{.*}} to %c8 step %c1 {
-// CHECK-NEXT: vector.load %arg5[%[[E]], %{{.*}}] : memref<8x16xf32>, vector<16xf32>
-// CHECK-COUNT-4: vector.reduction <add>, %{{.*}} : vector<16xf32> into f32
+// CHECK: scf.for %[[J1:.*]] = %{{.*}} to %[[LEN]] step %{{.*}} iter_args(%{{.*}} = %{{.*}}) -> (vector<8xf32>)
+// CHECK: memref.store %{{.*}}, %[[QT:.*]][%{{.*}}, %[[J1]]] : memref<16x4xf32>
+// CHECK: vector.store %{{.*}}, %[[LAMBDAS:.*]][%[[J1]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
+// CHECK: scf.for %[[E:.*]] = %{{.*}} to %c8 step %[[C4]] {
+// CHECK-NEXT: scf.for %[[M:.*]] = %{{.*}} to %c16 step %c1 iter_args({{.*}}) -> (vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>) {
+// CHECK-NEXT: vector.load %[[QT]][%[[M]], %{{.*}}] : memref<16x4xf32>, vector<4xf32>
+// CHECK-NEXT: memref.load %arg5[%[[E]], %[[M]]] : memref<8x16xf32>
+// CHECK-COUNT-4: vector.fma
+// CHECK-NOT: vector.reduction
 // CHECK: scf.for %[[J:.*]] = %{{.*}} to %[[LEN]] step %c1 {
 // CHECK: %[[NEXT:.*]] = arith.addi %[[J]], %c1
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[J]] step %c1 {
-// CHECK: vector.reduction <add>, %{{.*}} : vector<16xf32> into f32
-// CHECK: scf.for %{{.*}} = %{{.*}} to %c8 step %c1 {
-// CHECK: vector.reduction <add>, %{{.*}} : vector<4xf32> into f32
+// CHECK: scf.for %[[I:.*]] = %{{.*}} to %[[J]] step %c1 {
+// CHECK: arith.mulf %{{.*}} : vector<8xf32>
+// CHECK: vector.store %{{.*}}, %[[ROWS:.*]][%[[J]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
 // CHECK: %[[LAMBDA:.*]] = vector.load %[[LAMBDAS]][%[[J]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
 // CHECK-NEXT: %[[SCALED:.*]] = arith.mulf %[[LAMBDA]], %{{.*}} : vector<8xf32>
-// CHECK-NEXT: arith.addf %[[SCALED]], %{{.*}} : vector<8xf32>
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[NEXT]] step %c1 {
+// CHECK-NEXT: scf.for %{{.*}} = %{{.*}} to %[[J]] step %c1 iter_args(%{{.*}} = %[[SCALED]]) -> (vector<8xf32>) {
 // CHECK: vector.reduction <add>, %{{.*}} : vector<16xf32> into f32
-// CHECK: scf.for %{{.*}} = %{{.*}} to %c8 step %c1 {
-// CHECK: vector.reduction <add>, %{{.*}} : vector<4xf32> into f32
+// CHECK: vector.load %[[ROWS]]
+// CHECK: vector.fma
 // CHECK: vector.load %[[LAMBDAS]][%[[J]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[NEXT]] step %c1 iter_args(
 // CHECK: return
 fwp.scan @transposed_read seq(%k : vector<8xf32>, %v : vector<16xf32>, %x : vector<16xf32>,
                               %g : vector<8xf32>)
