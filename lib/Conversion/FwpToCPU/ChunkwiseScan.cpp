@@ -199,6 +199,25 @@ struct ChunkBuilder {
   Value fma(Value a, Value x, Value acc) {
     return vector::FMAOp::create(b, loc, a, x, acc);
   }
+  /// inits[r] + sum_{i < count} a[first + r, i] rhs[i, :] for each r, with
+  /// `rhs` a [count, n] buffer: one pass over the rows of `rhs` for
+  /// inits.size() rows of `a`.
+  SmallVector<Value> rowsTimes(Value a, Value first, Value rhs, Value count,
+                               ValueRange inits) {
+    auto rowType = cast<VectorType>(inits.front().getType());
+    scf::ForOp sums = loop(
+        cpu.index(0), count, 1, inits,
+        [&](Value i, ValueRange acc) -> SmallVector<Value> {
+          Value row = load(rowType, rhs, i);
+          SmallVector<Value> next;
+          for (auto [r, partial] : llvm::enumerate(acc))
+            next.push_back(fma(splatAt(rowType, a, cpu.addIndex(first, r), i),
+                               row, partial));
+          return next;
+        });
+    return SmallVector<Value>(sums.getResults().begin(),
+                              sums.getResults().end());
+  }
   /// A [rows, n] scratch buffer on the heap, zeroed once per call (rows past
   /// a short last chunk are computed on but never used).
   Value scratch(int64_t rows, int64_t n, Type element) {
@@ -329,19 +348,10 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                 state, rowGroup, {},
                 [&](Value first, ValueRange) -> SmallVector<Value> {
                   SmallVector<Value> inits(rowGroup, constant(chunkRow, 0.0));
-                  scf::ForOp sums = forRows(
-                      queries, inits,
-                      [&](Value m, ValueRange acc) -> SmallVector<Value> {
-                        Value x = row(queries, m);
-                        SmallVector<Value> next;
-                        for (int64_t r = 0; r < rowGroup; ++r)
-                          next.push_back(cb.fma(
-                              cb.splatAt(chunkRow, state, addIndex(first, r), m),
-                              x, acc[r]));
-                        return next;
-                      });
+                  SmallVector<Value> sums = cb.rowsTimes(
+                      state, first, queries, index(values), inits);
                   for (int64_t r = 0; r < rowGroup; ++r)
-                    cb.store(sums.getResult(r), products, addIndex(first, r));
+                    cb.store(sums[r], products, addIndex(first, r));
                   return {};
                 });
             continue;
@@ -513,19 +523,10 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                     plan.decay ? mul(splatElement(valueRow, lambdaRow, e), row)
                                : row);
               }
-              scf::ForOp sums = cb.loop(
-                  zero, length, 1, inits,
-                  [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                    Value w = cb.load(valueRow, writesBuffer, i);
-                    SmallVector<Value> next;
-                    for (int64_t r = 0; r < rowBlock; ++r)
-                      next.push_back(cb.fma(
-                          cb.splatAt(valueRow, keysT, addIndex(first, r), i),
-                          w, acc[r]));
-                    return next;
-                  });
+              SmallVector<Value> sums =
+                  cb.rowsTimes(keysT, first, writesBuffer, length, inits);
               for (int64_t r = 0; r < rowBlock; ++r)
-                vector::StoreOp::create(b, loc, sums.getResult(r), state,
+                vector::StoreOp::create(b, loc, sums[r], state,
                                         ValueRange{addIndex(first, r), zero});
               return {};
             });
