@@ -218,6 +218,16 @@ struct ChunkBuilder {
     return SmallVector<Value>(sums.getResults().begin(),
                               sums.getResults().end());
   }
+  /// Column j of a transposed [n, C] buffer = `vector` (n elements).
+  void storeColumn(Value vector, Value buffer, Value j) {
+    Value elements = cpu.spill(vector);
+    cpu.forRows(buffer, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+      memref::StoreOp::create(
+          b, loc, memref::LoadOp::create(b, loc, elements, ValueRange{e}),
+          buffer, ValueRange{e, j});
+      return {};
+    });
+  }
   /// A [rows, n] scratch buffer on the heap, zeroed once per call (rows past
   /// a short last chunk are computed on but never used).
   Value scratch(int64_t rows, int64_t n, Type element) {
@@ -320,14 +330,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                   cb.store(plan.decay ? mul(current, x) : x, buffer, j);
                   continue;
                 }
-                Value elements = spill(x);
-                forRows(buffer, {}, [&](Value m, ValueRange) -> SmallVector<Value> {
-                  memref::StoreOp::create(
-                      b, loc,
-                      memref::LoadOp::create(b, loc, elements, ValueRange{m}),
-                      buffer, ValueRange{m, j});
-                  return {};
-                });
+                cb.storeColumn(x, buffer, j);
               }
               if (lambdas)
                 cb.store(current, lambdas, j);
@@ -440,14 +443,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                         sub(w, retrieved));
               }
               cb.store(w, writesBuffer, j);
-              Value keyElements = spill(key);
-              forRows(keysT, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
-                memref::StoreOp::create(
-                    b, loc,
-                    memref::LoadOp::create(b, loc, keyElements, ValueRange{e}),
-                    keysT, ValueRange{e, j});
-                return {};
-              });
+              cb.storeColumn(key, keysT, j);
               Value next = addIndex(j, 1);
               // The decayed keys as rows, for the transposed reads: the
               // earlier ones decayed by this step's a_j, then k_j.
