@@ -14,13 +14,21 @@
 //          W_j^T    x = S^T (lambda_j x) + sum_{i<=j} (x . p_i^(j)) w_i
 //   W_n             = diag(lambda_n) S   + sum_i p_i^(n) (x) w_i
 //
+// and the transposed reads (fwp.read_transposed, x a V-vector)
+//
+//   D_j W_{j-1} x = lambda_j (.) (S x) + sum_{i<j}  p_i^(j) (w_i . x)
+//          W_j  x = lambda_j (.) (S x) + sum_{i<=j} p_i^(j) (w_i . x)
+//
 // so a chunk costs one blocked pass over S for all its steps' reads (every
 // row of S is loaded once per block of queries instead of once per step),
 // the steps' interactions (which solve the delta rule's triangular system
 // as they go), and one pass that writes the new state. The decayed keys are
 // products of the decays themselves, never quotients of cumulative products
 // (which overflow for strong decays). Everything else of the step (vector
-// states, ops on the reads) then runs step by step as before.
+// states, ops on the reads) then runs step by step as before. A scan
+// backwards in time (`reverse`, as the backward scans are) takes its steps
+// in its own order: step j of the chunk that starts at iteration s is step
+// T - 1 - (s + j) of time.
 //
 //===----------------------------------------------------------------------===//
 
@@ -45,7 +53,7 @@ int64_t mlir::fwp::cpu::automaticChunkLength(int64_t keys, int64_t values,
 }
 
 std::optional<ChunkPlan> ScanLowering::planChunkwise() {
-  if (chunkOption == 0 || scan.getReverse())
+  if (chunkOption == 0)
     return std::nullopt;
   // One fast-weight state; no other matrix in the body.
   std::optional<unsigned> matrixState;
@@ -114,11 +122,16 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
           continue;
         return std::nullopt; // the matrix as an output
       }
-      auto read = dyn_cast<ReadOp>(user);
-      if (!read || (position == 0 && plan.decay))
+      if (position == 0 && plan.decay)
         return std::nullopt; // a read before the decay
-      plan.reads.push_back(
-          {read.getResult(), read.getQuery(), value == chain.back()});
+      if (auto read = dyn_cast<ReadOp>(user))
+        plan.reads.push_back(
+            {read.getResult(), read.getQuery(), value == chain.back()});
+      else if (auto read = dyn_cast<ReadTransposedOp>(user))
+        plan.reads.push_back({read.getResult(), read.getValue(),
+                              value == chain.back(), /*transposed=*/true});
+      else
+        return std::nullopt;
     }
   }
   auto timeParallel = [&](Value v) {
@@ -186,6 +199,35 @@ struct ChunkBuilder {
   Value fma(Value a, Value x, Value acc) {
     return vector::FMAOp::create(b, loc, a, x, acc);
   }
+  /// inits[r] + sum_{i < count} a[first + r, i] rhs[i, :] for each r, with
+  /// `rhs` a [count, n] buffer: one pass over the rows of `rhs` for
+  /// inits.size() rows of `a`.
+  SmallVector<Value> rowsTimes(Value a, Value first, Value rhs, Value count,
+                               ValueRange inits) {
+    auto rowType = cast<VectorType>(inits.front().getType());
+    scf::ForOp sums = loop(
+        cpu.index(0), count, 1, inits,
+        [&](Value i, ValueRange acc) -> SmallVector<Value> {
+          Value row = load(rowType, rhs, i);
+          SmallVector<Value> next;
+          for (auto [r, partial] : llvm::enumerate(acc))
+            next.push_back(fma(splatAt(rowType, a, cpu.addIndex(first, r), i),
+                               row, partial));
+          return next;
+        });
+    return SmallVector<Value>(sums.getResults().begin(),
+                              sums.getResults().end());
+  }
+  /// Column j of a transposed [n, C] buffer = `vector` (n elements).
+  void storeColumn(Value vector, Value buffer, Value j) {
+    Value elements = cpu.spill(vector);
+    cpu.forRows(buffer, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+      memref::StoreOp::create(
+          b, loc, memref::LoadOp::create(b, loc, elements, ValueRange{e}),
+          buffer, ValueRange{e, j});
+      return {};
+    });
+  }
   /// A [rows, n] scratch buffer on the heap, zeroed once per call (rows past
   /// a short last chunk are computed on but never used).
   Value scratch(int64_t rows, int64_t n, Type element) {
@@ -224,16 +266,35 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
     rowBlock *= 2;
 
   // Per chunk: the decayed keys p_i (transposed), the writes w_i, and per
-  // read the decayed queries lambda_j x_j and the results.
+  // read the decayed queries lambda_j x_j and the results. A transposed
+  // read keeps its queries x_j transposed ([V, C]) and S x_j as the columns
+  // of a [K, C] buffer (sTimesQueries); the transposed reads need lambda_j
+  // and the decayed keys p_i once more, as rows ([C, K]).
   Value keysT = cb.scratch(keys, chunk, element);
   auto chunkRow = VectorType::get({chunk}, element);
   Value writesBuffer = cb.scratch(chunk, values, element);
-  SmallVector<Value> queryBuffers, resultBuffers;
-  for (size_t r = 0; r < plan.reads.size(); ++r) {
-    queryBuffers.push_back(cb.scratch(chunk, keys, element));
-    resultBuffers.push_back(cb.scratch(chunk, values, element));
+  SmallVector<Value> queryBuffers, resultBuffers, sTimesQueries;
+  bool anyTransposed = false;
+  for (const ChunkPlan::Read &read : plan.reads) {
+    anyTransposed |= read.transposed;
+    queryBuffers.push_back(read.transposed ? cb.scratch(values, chunk, element)
+                                           : cb.scratch(chunk, keys, element));
+    resultBuffers.push_back(
+        cb.scratch(chunk, read.transposed ? keys : values, element));
+    sTimesQueries.push_back(read.transposed ? cb.scratch(keys, chunk, element)
+                                            : Value());
   }
+  Value lambdas = plan.decay && anyTransposed
+                      ? cb.scratch(chunk, keys, element)
+                      : Value();
+  Value keyRows = anyTransposed ? cb.scratch(chunk, keys, element) : Value();
+  // Rows of S per pass of a transposed read's products.
+  int64_t rowGroup = keys % 4 == 0 ? 4 : keys % 2 == 0 ? 2 : 1;
   Value lambdaRow = scratchRow(element, keys);
+  auto rowOf = [](Value buffer) {
+    auto type = cast<MemRefType>(buffer.getType());
+    return VectorType::get({type.getDimSize(1)}, type.getElementType());
+  };
 
   Value zero = index(0);
   LogicalResult status = success();
@@ -242,8 +303,15 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
       [&](Value start, ValueRange vectorStates) -> SmallVector<Value> {
         Value length = arith::MinSIOp::create(
             b, loc, index(chunk), arith::SubIOp::create(b, loc, count, start));
+        // Step j of the chunk is iteration start + j of the scan: step
+        // start + j of time, or T - 1 - (start + j) backwards in time (the
+        // chunks then cover T from its end, a short last chunk at its start).
         auto stepOf = [&](Value j) -> Value {
-          return arith::AddIOp::create(b, loc, start, j);
+          Value i = arith::AddIOp::create(b, loc, start, j);
+          if (!scan.getReverse())
+            return i;
+          return arith::SubIOp::create(
+              b, loc, arith::SubIOp::create(b, loc, count, index(1)), i);
         };
 
         // 1. lambda_j and the decayed queries lambda_j x_j.
@@ -258,15 +326,39 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                               stepValue(plan.decayForm.rowScale, t));
               for (auto [read, buffer] : llvm::zip(plan.reads, queryBuffers)) {
                 Value x = stepValue(read.query, t);
-                cb.store(plan.decay ? mul(current, x) : x, buffer, j);
+                if (!read.transposed) {
+                  cb.store(plan.decay ? mul(current, x) : x, buffer, j);
+                  continue;
+                }
+                cb.storeColumn(x, buffer, j);
               }
+              if (lambdas)
+                cb.store(current, lambdas, j);
               return {current};
             });
         Value lambdaEnd = decays.getResult(0);
 
         // 2. S^T (lambda_j x_j) for every read and step, `block` steps per
-        // pass over the rows of S.
-        for (auto [queries, results] : llvm::zip(queryBuffers, resultBuffers))
+        // pass over the rows of S; for a transposed read S x_j for all the
+        // chunk's steps at once (lambda_j applies to the result): row e of
+        // S times the transposed queries, sum_m S[e, m] X^T[m, :], a vector
+        // of the chunk's steps (no horizontal sums), `rowGroup` rows of S
+        // per pass over the queries.
+        for (auto [read, queries, results, products] : llvm::zip(
+                 plan.reads, queryBuffers, resultBuffers, sTimesQueries)) {
+          if (read.transposed) {
+            forRowGroups(
+                state, rowGroup, {},
+                [&](Value first, ValueRange) -> SmallVector<Value> {
+                  SmallVector<Value> inits(rowGroup, constant(chunkRow, 0.0));
+                  SmallVector<Value> sums = cb.rowsTimes(
+                      state, first, queries, index(values), inits);
+                  for (int64_t r = 0; r < rowGroup; ++r)
+                    cb.store(sums[r], products, addIndex(first, r));
+                  return {};
+                });
+            continue;
+          }
           cb.loop(zero, length, block, {},
                   [&](Value first, ValueRange) -> SmallVector<Value> {
                     SmallVector<Value> inits(block, constant(valueRow, 0.0));
@@ -286,6 +378,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                       cb.store(rows.getResult(q), results, addIndex(first, q));
                     return {};
                   });
+        }
 
         // 3. Step by step: decay the earlier keys, solve for w_j (delta
         // rule), add the chunk's earlier writes to the reads. The keys are
@@ -350,18 +443,58 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                         sub(w, retrieved));
               }
               cb.store(w, writesBuffer, j);
-              Value keyElements = spill(key);
-              forRows(keysT, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
-                memref::StoreOp::create(
-                    b, loc,
-                    memref::LoadOp::create(b, loc, keyElements, ValueRange{e}),
-                    keysT, ValueRange{e, j});
-                return {};
-              });
+              cb.storeColumn(key, keysT, j);
               Value next = addIndex(j, 1);
+              // The decayed keys as rows, for the transposed reads: the
+              // earlier ones decayed by this step's a_j, then k_j.
+              if (keyRows) {
+                if (plan.decay) {
+                  Value factors = stepValue(plan.decayForm.rowScale, t);
+                  cb.loop(zero, j, 1, {},
+                          [&](Value i, ValueRange) -> SmallVector<Value> {
+                            cb.store(mul(cb.load(keyRow, keyRows, i), factors),
+                                     keyRows, i);
+                            return {};
+                          });
+                }
+                cb.store(key, keyRows, j);
+              }
+              // A transposed read: lambda_j (S x_j) (column j of the pass
+              // over S) + sum_{i < end} (w_i . x_j) p_i.
+              auto transposedRead = [&](Value x, Value products, Value end) {
+                Value column = scratchRow(element, keys);
+                forRows(products, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+                  memref::StoreOp::create(
+                      b, loc,
+                      memref::LoadOp::create(b, loc, products, ValueRange{e, j}),
+                      column, ValueRange{e});
+                  return {};
+                });
+                Value base =
+                    vector::LoadOp::create(b, loc, keyRow, column, ValueRange{zero});
+                if (lambdas)
+                  base = mul(cb.load(keyRow, lambdas, j), base);
+                return cb
+                    .loop(zero, end, 1, ValueRange{base},
+                          [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                            Value overlap =
+                                dot(cb.load(valueRow, writesBuffer, i), x);
+                            return {cb.fma(splat(keyRow, overlap),
+                                           cb.load(keyRow, keyRows, i),
+                                           acc.front())};
+                          })
+                    .getResult(0);
+              };
               for (auto [r, read] : llvm::enumerate(plan.reads)) {
                 if (delta && r == 0)
                   continue;
+                if (read.transposed) {
+                  Value y = transposedRead(stepValue(read.query, t),
+                                           sTimesQueries[r],
+                                           read.afterWrite ? next : j);
+                  cb.store(y, resultBuffers[r], j);
+                  continue;
+                }
                 Value y = withEarlierWrites(
                     stepValue(read.query, t),
                     cb.load(valueRow, resultBuffers[r], j),
@@ -386,19 +519,10 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                     plan.decay ? mul(splatElement(valueRow, lambdaRow, e), row)
                                : row);
               }
-              scf::ForOp sums = cb.loop(
-                  zero, length, 1, inits,
-                  [&](Value i, ValueRange acc) -> SmallVector<Value> {
-                    Value w = cb.load(valueRow, writesBuffer, i);
-                    SmallVector<Value> next;
-                    for (int64_t r = 0; r < rowBlock; ++r)
-                      next.push_back(cb.fma(
-                          cb.splatAt(valueRow, keysT, addIndex(first, r), i),
-                          w, acc[r]));
-                    return next;
-                  });
+              SmallVector<Value> sums =
+                  cb.rowsTimes(keysT, first, writesBuffer, length, inits);
               for (int64_t r = 0; r < rowBlock; ++r)
-                vector::StoreOp::create(b, loc, sums.getResult(r), state,
+                vector::StoreOp::create(b, loc, sums[r], state,
                                         ValueRange{addIndex(first, r), zero});
               return {};
             });
@@ -409,7 +533,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
             [&](Value j, ValueRange states) -> SmallVector<Value> {
               for (auto [read, buffer] :
                    llvm::zip(plan.reads, resultBuffers))
-                lowered[read.result] = cb.load(valueRow, buffer, j);
+                lowered[read.result] = cb.load(rowOf(buffer), buffer, j);
               for (Operation *op : {plan.decay, plan.write})
                 if (op)
                   for (Value result : op->getResults())

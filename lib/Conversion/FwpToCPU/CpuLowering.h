@@ -91,13 +91,17 @@ int64_t automaticChunkLength(int64_t keys, int64_t values, unsigned elementBits)
 /// What the chunkwise form of a scan (ChunkwiseScan.cpp) computes: the one
 /// fast-weight state, its update chain (a decay of the rows, then one write:
 /// FastWeightUpdateOpInterface::getLinearUpdate) and the reads of it, all
-/// with time-parallel coefficients.
+/// with time-parallel coefficients. The scan may run backwards in time
+/// (`reverse`): the chunks then cover T from its end.
 struct ChunkPlan {
-  /// A read of the state at each step: `result = W^T query`, of the weight
-  /// after the step's write (`afterWrite`) or the decayed one before it.
+  /// A read of the state at each step: `result = W^T query` (fwp.read), or
+  /// `result = W query` when `transposed` (fwp.read_transposed), of the
+  /// weight after the step's write (`afterWrite`) or the decayed one before
+  /// it.
   struct Read {
     Value result, query;
     bool afterWrite;
+    bool transposed = false;
   };
   unsigned state = 0;
   Operation *decay = nullptr, *write = nullptr;

@@ -77,4 +77,23 @@ set(variants
   "retnet_chunk|retnet|--dim,d=32,--chunk=16,--cuda=off"
   "retnet_recurrent|retnet|--dim,d=32,--chunk=off,--cuda=off"
   "gla_chunk|gla|--dim,d=32,--chunk=16,--cuda=off"
-  "gla_recurrent|gla|--dim,d=32,--chunk=off,--cuda=off")
+  "gla_recurrent|gla|--dim,d=32,--chunk=off,--cuda=off"
+  # test-only layers (runtime/compiled/test/layers/: the model field is a
+  # path under models/): scans backwards in time and transposed reads in the
+  # chunkwise form, K != V
+  "reverse_sum_f64_chunk|../runtime/compiled/test/layers/reverse_sum|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=4,--cuda=off"
+  "reverse_sum_f64_recurrent|../runtime/compiled/test/layers/reverse_sum|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=off,--cuda=off"
+  "reverse_sum_chunk|../runtime/compiled/test/layers/reverse_sum|--dim,d=32,--dim,e=16,--chunk=16,--cuda=off"
+  "reverse_sum_recurrent|../runtime/compiled/test/layers/reverse_sum|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off"
+  "reverse_decay_sum_f64_chunk|../runtime/compiled/test/layers/reverse_decay_sum|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=4,--cuda=off"
+  "reverse_decay_sum_f64_recurrent|../runtime/compiled/test/layers/reverse_decay_sum|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=off,--cuda=off"
+  "reverse_decay_sum_chunk|../runtime/compiled/test/layers/reverse_decay_sum|--dim,d=32,--dim,e=16,--chunk=16,--cuda=off"
+  "reverse_decay_sum_recurrent|../runtime/compiled/test/layers/reverse_decay_sum|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off"
+  "reverse_delta_f64_chunk|../runtime/compiled/test/layers/reverse_delta|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=4,--cuda=off"
+  "reverse_delta_f64_recurrent|../runtime/compiled/test/layers/reverse_delta|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=off,--cuda=off"
+  "reverse_delta_chunk|../runtime/compiled/test/layers/reverse_delta|--dim,d=32,--dim,e=16,--chunk=16,--cuda=off"
+  "reverse_delta_recurrent|../runtime/compiled/test/layers/reverse_delta|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off"
+  "gated_delta_transposed_f64_chunk|../runtime/compiled/test/layers/gated_delta_transposed|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=4,--cuda=off"
+  "gated_delta_transposed_f64_recurrent|../runtime/compiled/test/layers/gated_delta_transposed|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=off,--cuda=off"
+  "gated_delta_transposed_chunk|../runtime/compiled/test/layers/gated_delta_transposed|--dim,d=32,--dim,e=16,--chunk=16,--cuda=off"
+  "gated_delta_transposed_recurrent|../runtime/compiled/test/layers/gated_delta_transposed|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off")

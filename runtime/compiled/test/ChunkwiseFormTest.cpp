@@ -4,10 +4,19 @@
 // (linear_transformer, delta_net and the three decaying layers) in the
 // chunkwise form (docs/compiler.md, "The chunkwise form"); --chunk=off in
 // the recurrent form. Both artifacts of a layer run on the same inputs:
-// outputs, final states and every gradient (the training forward is
-// chunkwise too where it records only vectors) must agree to 1e-10 in f64
-// and 1e-4 in f32, over lengths that are not multiples of the chunk, a
-// single step, initial states or none and decays near 0 and 1.
+// outputs and final states of the forward and of the training forward, and
+// every gradient (the training forward is chunkwise too where it records
+// only vectors), must agree to 1e-10 in f64 and 1e-4 in f32, over lengths
+// that are not multiples of the chunk, shorter than a chunk, a single step,
+// initial states or none and decays near 0 and 1.
+//
+// The test-only layers of layers/ take the chunkwise form's building blocks
+// for the backward scans: scans backwards in time (`reverse`) and
+// transposed reads (W x) of the weight before and after the write, with
+// K != V. fwp-differentiate builds every backward as a scan backwards in
+// time, which is not the adjoint of a scan that itself runs backwards: for
+// the reverse layers only the forward and the training forward are
+// compared, not gradients.
 //
 //===----------------------------------------------------------------------===//
 
@@ -16,6 +25,8 @@
 #include "ArtifactTestSupport.h"
 
 #include <gtest/gtest.h>
+
+#include <tuple>
 
 namespace {
 
@@ -29,6 +40,7 @@ struct Case {
   int64_t steps;
   bool withInit;
   double decayShift;  // centre of the decay gates' logits
+  bool gradients = true;  // false for scans backwards in time (above)
 };
 
 void PrintTo(const Case &c, std::ostream *os) {
@@ -44,10 +56,11 @@ std::string caseName(const testing::TestParamInfo<Case> &info) {
          (c.withInit ? "_init" : "_zero");
 }
 
-/// Outputs, final states and the gradients of a random linear loss of one
+/// Outputs and final states of the forward (no gradient) and of the
+/// training forward, and the gradients of a random linear loss of one
 /// compiled layer.
 struct Results {
-  TensorMap outputs;
+  TensorMap inference, outputs;
   std::map<std::string, Tensor> gradients;
 };
 
@@ -63,6 +76,10 @@ Results run(const std::string &artifactName, const TensorMap &inputs) {
     leafInputs[name] = leaves.back();
   }
   Results result;
+  {
+    torch::NoGradGuard noGrad;
+    result.inference = layer.forward(inputs);
+  }
   result.outputs = layer.forward(leafInputs);
   torch::manual_seed(99);
   Tensor loss = torch::zeros({}, torch::TensorOptions().dtype(artifact->dtype()));
@@ -86,12 +103,19 @@ TEST_P(ChunkwiseMatchesRecurrent, OutputsFinalStatesAndGradients) {
   TensorMap inputs =
       fwp::test::decayLayerInputs(*artifact, 2, 2, c.steps, c.withInit, c.decayShift, 17);
   Results got = run(chunked, inputs), want = run(recurrent, inputs);
-  ASSERT_EQ(got.outputs.size(), want.outputs.size());
-  for (const auto &[name, value] : want.outputs) {
-    ASSERT_TRUE(got.outputs.count(name)) << "chunkwise form lacks output " << name;
-    EXPECT_LE(relativeError(got.outputs.at(name).detach(), value.detach()), tolerance)
-        << "output " << name;
+  for (auto [gotMap, wantMap, kind] :
+       {std::tuple{&got.inference, &want.inference, "forward"},
+        std::tuple{&got.outputs, &want.outputs, "training forward"}}) {
+    ASSERT_EQ(gotMap->size(), wantMap->size()) << kind;
+    ASSERT_GE(wantMap->size(), 2u) << kind << ": no final state";
+    for (const auto &[name, value] : *wantMap) {
+      ASSERT_TRUE(gotMap->count(name)) << kind << ": chunkwise form lacks output " << name;
+      EXPECT_LE(relativeError(gotMap->at(name).detach(), value.detach()), tolerance)
+          << kind << " output " << name;
+    }
   }
+  if (!c.gradients)
+    return; // a scan backwards in time: no true gradients (above)
   for (const auto &[name, value] : want.gradients) {
     ASSERT_TRUE(got.gradients.at(name).defined()) << "no gradient for " << name;
     EXPECT_LE(relativeError(got.gradients.at(name), value), tolerance)
@@ -111,6 +135,19 @@ std::vector<Case> cases() {
       out.push_back({name, 37, true, 0.0});
       out.push_back({name, 130, false, 6.0});
       out.push_back({name, 130, true, -6.0});
+    }
+  // The test-only layers: chunks of 4 (f64, d = 5, e = 3) and 16 (f32,
+  // d = 32, e = 16); T = 3 is shorter than either chunk.
+  for (std::string layer : {"reverse_sum", "reverse_decay_sum", "reverse_delta",
+                            "gated_delta_transposed"})
+    for (std::string suffix : {"_f64", ""}) {
+      std::string name = layer + suffix;
+      bool gradients = layer == "gated_delta_transposed";
+      out.push_back({name, 1, false, 0.0, gradients});
+      out.push_back({name, 3, true, 0.0, gradients});
+      out.push_back({name, 37, true, 0.0, gradients});
+      out.push_back({name, 130, false, 6.0, gradients});
+      out.push_back({name, 130, true, -6.0, gradients});
     }
   return out;
 }
@@ -141,6 +178,27 @@ TEST(ChunkwiseForm, ManifestSaysWhichKernelsAreChunkwise) {
   EXPECT_EQ(deltaNet->forwardTrain().chunk, 4);
   auto gla = fwp::Artifact::load(artifactPath("gla_f64_chunk"));
   EXPECT_EQ(gla->forwardTrain().chunk, 0);
+}
+
+/// The test-only layers' forward scans (backwards in time, transposed reads)
+/// are chunkwise under --chunk and recurrent under --chunk=off; the training
+/// forwards that record only vectors too.
+TEST(ChunkwiseForm, ReverseScansAndTransposedReadsAreChunkwise) {
+  for (std::string layer : {"reverse_sum", "reverse_decay_sum", "reverse_delta",
+                            "gated_delta_transposed"})
+    for (std::string suffix : {"_f64", ""}) {
+      std::string name = layer + suffix;
+      REQUIRE_ARTIFACT(name + "_chunk");
+      auto chunked = fwp::Artifact::load(artifactPath(name + "_chunk"));
+      auto recurrent = fwp::Artifact::load(artifactPath(name + "_recurrent"));
+      int64_t expected = suffix == "_f64" ? 4 : 16;
+      EXPECT_EQ(chunked->forward().chunk, expected) << name;
+      EXPECT_EQ(recurrent->forward().chunk, 0) << name;
+      EXPECT_EQ(recurrent->forwardTrain().chunk, 0) << name;
+      // Without a decay the write inverts (the tape is vectors).
+      bool recordsVectors = layer == "reverse_sum" || layer == "reverse_delta";
+      EXPECT_EQ(chunked->forwardTrain().chunk, recordsVectors ? expected : 0) << name;
+    }
 }
 
 } // namespace

@@ -75,18 +75,75 @@ fwp.scan @large_state seq(%q : vector<128xf32>, %k : vector<128xf32>, %v : vecto
   fwp.yield %W1, %y : !fwp.fast_weight<128x128xf32>, vector<128xf32>
 }
 
-// Not linear with time-parallel coefficients: the recurrent form.
-// A transposed read (not a read of the form W^T x).
-// CHECK-LABEL: func.func @transposed_read
-// CHECK-NOT: fwp.chunk
+// A scan backwards in time: the chunks cover T from its end, step j of a
+// chunk is step T - 1 - (start + j) of time (a short chunk is then the
+// start of time).
+// CHECK-LABEL: func.func @reverse
+// CHECK-SAME: fwp.chunk = 4
+// CHECK: scf.for %[[START:.*]] = %{{.*}} to %arg0 step %[[C4:c4.*]] {
+// CHECK-NEXT: %[[LEFT:.*]] = arith.subi %arg0, %[[START]]
+// CHECK-NEXT: %[[LEN:.*]] = arith.minsi %[[LEFT]], %[[C4]]
+// CHECK-NEXT: scf.for %[[J:.*]] = %{{.*}} to %[[LEN]] step %{{.*}} {
+// CHECK-NEXT: %[[I:.*]] = arith.addi %[[START]], %[[J]]
+// CHECK-NEXT: %[[LAST:.*]] = arith.subi %arg0, %c1
+// CHECK-NEXT: %[[T:.*]] = arith.subi %[[LAST]], %[[I]]
+// CHECK-NEXT: vector.load %arg1[%[[T]], %{{.*}}] : memref<?x8xf32>, vector<8xf32>
 // CHECK: return
-fwp.scan @transposed_read seq(%k : vector<8xf32>, %v : vector<8xf32>)
+fwp.scan @reverse reverse seq(%k : vector<8xf32>, %v : vector<8xf32>)
     states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
   %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
-  %y = fwp.read_transposed %W1, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
   fwp.yield %W1, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
 }
+// OFF-LABEL: func.func @reverse
+// OFF-NOT: fwp.chunk
 
+// Transposed reads W x (K = 8, V = 16) of the decayed weight before the
+// write (%r) and of the weight after it (%y). Per chunk: lambda_j, and the
+// queries x_j stored transposed ([V, C]); S x_j for all the chunk's steps
+// as one product of S with the transposed queries, 4 rows of S per pass, a
+// vector of the chunk's steps per row (no horizontal sums); then step by
+// step the decayed keys as rows (the earlier ones decayed, then k_j), and
+// lambda_j (S x_j) + sum (w_i . x_j) p_i over the chunk's writes i < j
+// (before the write) or i <= j (after it).
+// CHECK-LABEL: func.func @transposed_read
+// CHECK-SAME: fwp.chunk = 4
+// CHECK: scf.for %[[START:.*]] = %{{.*}} to %arg0 step %[[C4:c4.*]] {
+// CHECK: %[[LEN:.*]] = arith.minsi
+// CHECK: scf.for %[[J1:.*]] = %{{.*}} to %[[LEN]] step %{{.*}} iter_args(%{{.*}} = %{{.*}}) -> (vector<8xf32>)
+// CHECK: memref.store %{{.*}}, %[[QT:.*]][%{{.*}}, %[[J1]]] : memref<16x4xf32>
+// CHECK: vector.store %{{.*}}, %[[LAMBDAS:.*]][%[[J1]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
+// CHECK: scf.for %[[E:.*]] = %{{.*}} to %c8 step %[[C4]] {
+// CHECK-NEXT: scf.for %[[M:.*]] = %{{.*}} to %c16 step %c1 iter_args({{.*}}) -> (vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>) {
+// CHECK-NEXT: vector.load %[[QT]][%[[M]], %{{.*}}] : memref<16x4xf32>, vector<4xf32>
+// CHECK-NEXT: memref.load %arg5[%[[E]], %[[M]]] : memref<8x16xf32>
+// CHECK-COUNT-4: vector.fma
+// CHECK-NOT: vector.reduction
+// CHECK: scf.for %[[J:.*]] = %{{.*}} to %[[LEN]] step %c1 {
+// CHECK: %[[NEXT:.*]] = arith.addi %[[J]], %c1
+// CHECK: scf.for %[[I:.*]] = %{{.*}} to %[[J]] step %c1 {
+// CHECK: arith.mulf %{{.*}} : vector<8xf32>
+// CHECK: vector.store %{{.*}}, %[[ROWS:.*]][%[[J]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
+// CHECK: %[[LAMBDA:.*]] = vector.load %[[LAMBDAS]][%[[J]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
+// CHECK-NEXT: %[[SCALED:.*]] = arith.mulf %[[LAMBDA]], %{{.*}} : vector<8xf32>
+// CHECK-NEXT: scf.for %{{.*}} = %{{.*}} to %[[J]] step %c1 iter_args(%{{.*}} = %[[SCALED]]) -> (vector<8xf32>) {
+// CHECK: vector.reduction <add>, %{{.*}} : vector<16xf32> into f32
+// CHECK: vector.load %[[ROWS]]
+// CHECK: vector.fma
+// CHECK: vector.load %[[LAMBDAS]][%[[J]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[NEXT]] step %c1 iter_args(
+// CHECK: return
+fwp.scan @transposed_read seq(%k : vector<8xf32>, %v : vector<16xf32>, %x : vector<16xf32>,
+                              %g : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x16xf32>) outputs(y : vector<8xf32>, r : vector<8xf32>) {
+  %Wd = fwp.scale_rows %W, %g : !fwp.fast_weight<8x16xf32>, vector<8xf32>
+  %W1 = fwp.write_sum %Wd, %k, %v : !fwp.fast_weight<8x16xf32>, vector<8xf32>, vector<16xf32>
+  %y = fwp.read_transposed %W1, %x : !fwp.fast_weight<8x16xf32>, vector<16xf32> -> vector<8xf32>
+  %r = fwp.read_transposed %Wd, %v : !fwp.fast_weight<8x16xf32>, vector<16xf32> -> vector<8xf32>
+  fwp.yield %W1, %y, %r : !fwp.fast_weight<8x16xf32>, vector<8xf32>, vector<8xf32>
+}
+
+// Not linear with time-parallel coefficients: the recurrent form.
 // A write whose value depends on the state through another read.
 // CHECK-LABEL: func.func @state_dependent_value
 // CHECK-NOT: fwp.chunk
@@ -121,13 +178,40 @@ fwp.scan @read_before_decay seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vec
   fwp.yield %W1, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
 }
 
-// A scan backwards in time.
-// CHECK-LABEL: func.func @reverse
+
+// A transposed read of the state before its decay.
+// CHECK-LABEL: func.func @transposed_read_before_decay
 // CHECK-NOT: fwp.chunk
 // CHECK: return
-fwp.scan @reverse reverse seq(%k : vector<8xf32>, %v : vector<8xf32>)
+fwp.scan @transposed_read_before_decay seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
+  %Wd = fwp.scale_rows %W, %g : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+  %W1 = fwp.write_sum %Wd, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %y = fwp.read_transposed %W, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+}
+
+// A transposed read whose query depends on the state (a read of it).
+// CHECK-LABEL: func.func @state_dependent_transposed_query
+// CHECK-NOT: fwp.chunk
+// CHECK: return
+fwp.scan @state_dependent_transposed_query seq(%k : vector<8xf32>, %v : vector<8xf32>)
     states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
   %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
-  %y = fwp.read %W1, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  %r = fwp.read %W1, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  %y = fwp.read_transposed %W1, %r : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
   fwp.yield %W1, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+}
+
+// Backwards in time with two writes per step on the matrix (as the
+// backward's dW takes): not yet the chunkwise form.
+// CHECK-LABEL: func.func @reverse_two_writes
+// CHECK-NOT: fwp.chunk
+// CHECK: return
+fwp.scan @reverse_two_writes reverse seq(%k : vector<8xf32>, %v : vector<8xf32>, %x : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %W2 = fwp.write_sum %W1, %x, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %y = fwp.read_transposed %W2, %x : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  fwp.yield %W2, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
 }
