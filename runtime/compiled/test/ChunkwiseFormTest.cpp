@@ -13,10 +13,8 @@
 // The test-only layers of layers/ take the chunkwise form's building blocks
 // for the backward scans: scans backwards in time (`reverse`) and
 // transposed reads (W x) of the weight before and after the write, with
-// K != V. fwp-differentiate builds every backward as a scan backwards in
-// time, which is not the adjoint of a scan that itself runs backwards: for
-// the reverse layers only the forward and the training forward are
-// compared, not gradients.
+// K != V. A scan backwards in time has a backward that runs forwards in
+// time; its gradients are checked against finite differences below.
 //
 //===----------------------------------------------------------------------===//
 
@@ -40,7 +38,6 @@ struct Case {
   int64_t steps;
   bool withInit;
   double decayShift;  // centre of the decay gates' logits
-  bool gradients = true;  // false for scans backwards in time (above)
 };
 
 void PrintTo(const Case &c, std::ostream *os) {
@@ -114,8 +111,6 @@ TEST_P(ChunkwiseMatchesRecurrent, OutputsFinalStatesAndGradients) {
           << kind << " output " << name;
     }
   }
-  if (!c.gradients)
-    return; // a scan backwards in time: no true gradients (above)
   for (const auto &[name, value] : want.gradients) {
     ASSERT_TRUE(got.gradients.at(name).defined()) << "no gradient for " << name;
     EXPECT_LE(relativeError(got.gradients.at(name), value), tolerance)
@@ -125,9 +120,12 @@ TEST_P(ChunkwiseMatchesRecurrent, OutputsFinalStatesAndGradients) {
 
 std::vector<Case> cases() {
   std::vector<Case> out;
-  // f64 with chunks of 4 (d = 5) and f32 with chunks of 16 (d = 32).
-  for (std::string layer : {"linear_transformer", "delta_net", "gated_delta_net",
-                            "retnet", "gla"})
+  // The models' linear layers and the test-only layers; f64 with chunks of
+  // 4 (d = 5, e = 3) and f32 with chunks of 16 (d = 32, e = 16): T = 3 is
+  // shorter than either chunk, 37 and 130 no multiple of it.
+  for (std::string layer : {"linear_transformer", "delta_net", "gated_delta_net", "retnet",
+                            "gla", "reverse_sum", "reverse_decay_sum", "reverse_delta",
+                            "gated_delta_transposed"})
     for (std::string suffix : {"_f64", ""}) {
       std::string name = layer + suffix;
       out.push_back({name, 1, false, 0.0});
@@ -135,19 +133,6 @@ std::vector<Case> cases() {
       out.push_back({name, 37, true, 0.0});
       out.push_back({name, 130, false, 6.0});
       out.push_back({name, 130, true, -6.0});
-    }
-  // The test-only layers: chunks of 4 (f64, d = 5, e = 3) and 16 (f32,
-  // d = 32, e = 16); T = 3 is shorter than either chunk.
-  for (std::string layer : {"reverse_sum", "reverse_decay_sum", "reverse_delta",
-                            "gated_delta_transposed"})
-    for (std::string suffix : {"_f64", ""}) {
-      std::string name = layer + suffix;
-      bool gradients = layer == "gated_delta_transposed";
-      out.push_back({name, 1, false, 0.0, gradients});
-      out.push_back({name, 3, true, 0.0, gradients});
-      out.push_back({name, 37, true, 0.0, gradients});
-      out.push_back({name, 130, false, 6.0, gradients});
-      out.push_back({name, 130, true, -6.0, gradients});
     }
   return out;
 }
@@ -198,6 +183,59 @@ TEST(ChunkwiseForm, ReverseScansAndTransposedReadsAreChunkwise) {
       // Without a decay the write inverts (the tape is vectors).
       bool recordsVectors = layer == "reverse_sum" || layer == "reverse_delta";
       EXPECT_EQ(chunked->forwardTrain().chunk, recordsVectors ? expected : 0) << name;
+    }
+}
+
+/// The backward of a scan that runs backwards in time runs forwards in time
+/// (fwp-differentiate): every gradient of the reverse test layers (recurrent
+/// and chunkwise forms, f64) against central differences of the loss, at a
+/// few entries of every input, the initial state included. Invert (sum and
+/// delta rule) and store (the decay) backwards both.
+TEST(ChunkwiseForm, ReverseLayersGradientsMatchFiniteDifferences) {
+  for (std::string layer : {"reverse_sum", "reverse_decay_sum", "reverse_delta"})
+    for (std::string form : {"_f64_recurrent", "_f64_chunk"}) {
+      std::string name = layer + form;
+      REQUIRE_ARTIFACT(name);
+      auto artifact = fwp::Artifact::load(artifactPath(name));
+      fwp::CompiledLayer compiled(artifact);
+      TensorMap inputs = fwp::test::decayLayerInputs(*artifact, 1, 2, 6, true, 0.0, 23);
+      torch::manual_seed(31);
+      Tensor cotangent;
+      auto loss = [&](const TensorMap &in) {
+        TensorMap out = compiled.forward(in);
+        if (!cotangent.defined())
+          cotangent = torch::randn(out.at("y").sizes(), out.at("y").options());
+        Tensor total = (out.at("y") * cotangent).sum();
+        for (const auto &[key, value] : out)
+          if (key != "y")
+            total = total + value.sum(); // the final state
+        return total;
+      };
+      std::vector<std::string> names;
+      std::vector<Tensor> leaves;
+      TensorMap withGrad;
+      for (const auto &[key, value] : inputs) {
+        names.push_back(key);
+        leaves.push_back(value.clone().requires_grad_(true));
+        withGrad[key] = leaves.back();
+      }
+      std::vector<Tensor> grads = torch::autograd::grad({loss(withGrad)}, leaves);
+      const double h = 1e-6;
+      for (size_t i = 0; i < names.size(); ++i) {
+        Tensor flat = inputs.at(names[i]).reshape(-1);
+        for (int64_t entry : {int64_t{0}, flat.numel() / 2, flat.numel() - 1}) {
+          TensorMap plus = inputs, minus = inputs;
+          plus[names[i]] = inputs.at(names[i]).clone();
+          minus[names[i]] = inputs.at(names[i]).clone();
+          plus[names[i]].view(-1)[entry] += h;
+          minus[names[i]].view(-1)[entry] -= h;
+          torch::NoGradGuard noGrad;
+          double numeric = (loss(plus).item<double>() - loss(minus).item<double>()) / (2 * h);
+          double analytic = grads[i].reshape(-1)[entry].item<double>();
+          EXPECT_NEAR(analytic, numeric, 1e-6 * std::max(1.0, std::abs(numeric)))
+              << name << ": d loss / d " << names[i] << "[" << entry << "]";
+        }
+      }
     }
 }
 

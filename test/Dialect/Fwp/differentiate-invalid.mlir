@@ -89,3 +89,13 @@ fwp.scan @twice seq(%x : f32) outputs(y : f32) {
 fwp.scan @twice_train seq(%x : f32) outputs(y : f32) {
   fwp.yield %x : f32
 }
+
+// -----
+
+// The runtime runs a checkpointed layer's segments forwards in time: a scan
+// that runs backwards in time stores (or inverts) instead.
+// expected-error @+1 {{state 'W': a scan that runs backwards in time (reverse) cannot be checkpointed; use fwp.backward = {W = "store"} (or "invert")}}
+fwp.scan @reverse_checkpointed reverse seq(%a : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf32>) attributes {fwp.backward = {W = "checkpoint:4"}} {
+  %W2 = fwp.scale_rows %W, %a : !fwp.fast_weight<2x2xf32>, vector<2xf32>
+  fwp.yield %W2 : !fwp.fast_weight<2x2xf32>
+}

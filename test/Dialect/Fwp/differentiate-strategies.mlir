@@ -114,3 +114,17 @@ fwp.scan @state_key seq(%v : vector<2xf32>, %b : f32) states(%W : !fwp.fast_weig
 // CHECK-LABEL: fwp.scan @state_key_grad reverse
 // CHECK: %[[NEG:.*]] = fwp.neg %tape.W.0.delta
 // CHECK-NEXT: %[[PREV:.*]] = fwp.write_sum %W, %tape.W.0.key, %[[NEG]]
+
+// A scan that runs backwards in time has a backward that runs forwards; a
+// matrix it cannot invert is stored by default (checkpoints run forwards).
+fwp.scan @reverse_decay reverse seq(%a : vector<2xf32>, %k : vector<2xf32>, %v : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
+  %W1 = fwp.scale_rows %W, %a : !fwp.fast_weight<2x2xf32>, vector<2xf32>
+  %W2 = fwp.write_sum %W1, %k, %v : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  %y = fwp.read %W2, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
+  fwp.yield %W2, %y : !fwp.fast_weight<2x2xf32>, vector<2xf32>
+}
+// FWD-LABEL: fwp.scan @reverse_decay reverse{{$}}
+// FWD: attributes {fwp.backward = {W = "store"}}
+// FWD-LABEL: fwp.scan @reverse_decay_grad{{$}}
+// FWD-NEXT: seq(%a: vector<2xf32>, %k: vector<2xf32>, %v: vector<2xf32>, %grad.y: vector<2xf32>, %tape.W.prev: !fwp.fast_weight<2x2xf32>)
+// FWD: fwp.role = "backward"

@@ -141,11 +141,20 @@ static FailureOr<SmallVector<StateInfo>> analyzeStates(ScanOp scan) {
                 "fwp.backward = {"
              << info.name << " = \"checkpoint\"} or \"store\"";
     }
+    // The runtime runs a checkpointed layer's segments forwards in time, so
+    // a scan that runs backwards in time stores its states instead.
+    if (asked && asked->kind == BackwardStrategy::Checkpoint &&
+        scan.getReverse())
+      return scan.emitOpError()
+             << "state '" << info.name
+             << "': a scan that runs backwards in time (reverse) cannot be "
+                "checkpointed; use fwp.backward = {"
+             << info.name << " = \"store\"} (or \"invert\")";
     if (asked)
       info.strategy = *asked;
     else if (succeeded(chain))
       info.strategy = {BackwardStrategy::Invert, 0};
-    else if (info.isMatrix)
+    else if (info.isMatrix && !scan.getReverse())
       info.strategy = {BackwardStrategy::Checkpoint, kDefaultCheckpointEvery};
     else
       info.strategy = {BackwardStrategy::Store, 0};
@@ -400,7 +409,9 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   auto grad = ScanOp::create(
       builder, scan.getLoc(), (scan.getSymName() + "_grad").str(),
       scan.getDims(), seqNames, seqTypes, paramNames, paramTypes, stateNames,
-      stateTypes, outputNames, outputTypes, /*reverse=*/true);
+      stateTypes, outputNames, outputTypes,
+      // The backward undoes the steps in the opposite order.
+      /*reverse=*/!scan.getReverse());
   grad->setAttr(kRoleAttrName, builder.getStringAttr("backward"));
   grad->setAttr(kForwardAttrName, FlatSymbolRefAttr::get(scan.getSymNameAttr()));
   grad->setAttr(kBackwardAttrName, backwardAttr(context, states));
