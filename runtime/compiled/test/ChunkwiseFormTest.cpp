@@ -61,30 +61,41 @@ struct Results {
   std::map<std::string, Tensor> gradients;
 };
 
+/// Copies of `inputs` that require gradients: their names, the tensors, and
+/// the same tensors by name (the layer's inputs).
+struct Leaves {
+  std::vector<std::string> names;
+  std::vector<Tensor> tensors;
+  TensorMap byName;
+};
+
+Leaves leavesOf(const TensorMap &inputs) {
+  Leaves out;
+  for (const auto &[name, value] : inputs) {
+    out.names.push_back(name);
+    out.tensors.push_back(value.clone().requires_grad_(true));
+    out.byName[name] = out.tensors.back();
+  }
+  return out;
+}
+
 Results run(const std::string &artifactName, const TensorMap &inputs) {
   auto artifact = fwp::Artifact::load(artifactPath(artifactName));
   fwp::CompiledLayer layer(artifact);
-  std::vector<std::string> names;
-  std::vector<Tensor> leaves;
-  TensorMap leafInputs;
-  for (const auto &[name, value] : inputs) {
-    names.push_back(name);
-    leaves.push_back(value.clone().requires_grad_(true));
-    leafInputs[name] = leaves.back();
-  }
+  Leaves leaves = leavesOf(inputs);
   Results result;
   {
     torch::NoGradGuard noGrad;
     result.inference = layer.forward(inputs);
   }
-  result.outputs = layer.forward(leafInputs);
+  result.outputs = layer.forward(leaves.byName);
   torch::manual_seed(99);
   Tensor loss = torch::zeros({}, torch::TensorOptions().dtype(artifact->dtype()));
   for (const auto &[name, value] : result.outputs)
     loss = loss + (value * torch::randn(value.sizes(), value.options())).sum();
-  std::vector<Tensor> grads = torch::autograd::grad({loss}, leaves);
-  for (size_t i = 0; i < names.size(); ++i)
-    result.gradients[names[i]] = grads[i];
+  std::vector<Tensor> grads = torch::autograd::grad({loss}, leaves.tensors);
+  for (size_t i = 0; i < leaves.names.size(); ++i)
+    result.gradients[leaves.names[i]] = grads[i];
   return result;
 }
 
@@ -211,15 +222,10 @@ TEST(ChunkwiseForm, ReverseLayersGradientsMatchFiniteDifferences) {
             total = total + value.sum(); // the final state
         return total;
       };
-      std::vector<std::string> names;
-      std::vector<Tensor> leaves;
-      TensorMap withGrad;
-      for (const auto &[key, value] : inputs) {
-        names.push_back(key);
-        leaves.push_back(value.clone().requires_grad_(true));
-        withGrad[key] = leaves.back();
-      }
-      std::vector<Tensor> grads = torch::autograd::grad({loss(withGrad)}, leaves);
+      Leaves leaves = leavesOf(inputs);
+      const std::vector<std::string> &names = leaves.names;
+      std::vector<Tensor> grads =
+          torch::autograd::grad({loss(leaves.byName)}, leaves.tensors);
       const double h = 1e-6;
       for (size_t i = 0; i < names.size(); ++i) {
         Tensor flat = inputs.at(names[i]).reshape(-1);
