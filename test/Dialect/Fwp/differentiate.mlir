@@ -138,7 +138,10 @@ fwp.scan @delta seq(%k : vector<2xf32>, %v : vector<2xf32>, %b : f32, %q : vecto
 // CHECK-NEXT: %[[DQ:.*]] = fwp.read_transposed %W, %grad.y
 // CHECK-NEXT: %[[G:.*]] = fwp.write_sum %grad.state.W, %q, %grad.y
 // CHECK-NEXT: %[[DIFF:.*]] = fwp.sub %v, %[[VBAR]]
-// CHECK-NEXT: %[[DU:.*]] = fwp.read %[[G]], %k
+// The adjoint's own update G - b k (x) (G^T k) is a delta-rule write of G
+// with value 0, whose retrieval is du = G^T k.
+// CHECK-NEXT: %[[ZERO:.*]] = fwp.constant 0.0{{.*}} : vector<2xf32>
+// CHECK-NEXT: %[[DW:.*]], %[[DU:.*]] = fwp.write_delta %[[G]], %k, %[[ZERO]], %b
 // CHECK-NEXT: %[[DB:.*]] = fwp.dot %[[DU]], %[[DIFF]]
 // CHECK-NEXT: %[[DV:.*]] = fwp.scale %[[DU]], %b
 // CHECK-NEXT: %[[U:.*]] = fwp.scale %[[DIFF]], %b
@@ -146,5 +149,4 @@ fwp.scan @delta seq(%k : vector<2xf32>, %v : vector<2xf32>, %b : f32, %q : vecto
 // CHECK-NEXT: %[[DVBAR:.*]] = fwp.neg %[[DV]]
 // CHECK-NEXT: %[[DK2:.*]] = fwp.read_transposed %[[PREV]], %[[DVBAR]]
 // CHECK-NEXT: %[[DK:.*]] = fwp.add %[[DK1]], %[[DK2]]
-// CHECK-NEXT: %[[DW:.*]] = fwp.write_sum %[[G]], %k, %[[DVBAR]]
 // CHECK-NEXT: fwp.yield %[[PREV]], %[[DW]], %[[DK]], %[[DV]], %[[DB]], %[[DQ]]

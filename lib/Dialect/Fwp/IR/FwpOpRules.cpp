@@ -237,9 +237,20 @@ LogicalResult WriteDeltaOp::buildAdjoint(AdjointEmitter &a) {
   Value gRetrieved = a.adjointOf(getRetrieved());
   Value key = r.m(getKey()), beta = r.m(getBeta());
   Value diff = SubOp::create(b, loc, r.m(getValue()), r.m(getRetrieved()));
-  Value du, dv, dk;
-  if (gW) {
+  Value du, dv, dk, previousAdjoint;
+  if (gW && !gRetrieved) {
+    // G - beta k (x) (G^T k) is itself a delta-rule write of G (value 0)
+    // whose retrieval is du: the adjoint's update is then linear with the
+    // forward's coefficients, so the backward scan has the chunkwise form.
+    Value zeros = ConstantOp::create(b, loc, getValue().getType(),
+                                     b.getF64FloatAttr(0.0));
+    auto adjointWrite = WriteDeltaOp::create(b, loc, gW, key, zeros, beta);
+    previousAdjoint = adjointWrite.getNewWeight();
+    du = adjointWrite.getRetrieved();
+  } else if (gW) {
     du = ReadOp::create(b, loc, getValue().getType(), gW, key);
+  }
+  if (gW) {
     a.accumulate(getBeta(), DotOp::create(b, loc, du, diff));
     dv = ScaleOp::create(b, loc, du, beta);
     a.accumulate(getValue(), dv);
@@ -258,6 +269,10 @@ LogicalResult WriteDeltaOp::buildAdjoint(AdjointEmitter &a) {
     dk = dk ? AddOp::create(b, loc, dk, viaRetrieved).getResult() : viaRetrieved;
   }
   a.accumulate(getKey(), dk);
+  if (previousAdjoint) {
+    a.accumulate(getWeight(), previousAdjoint);
+    return success();
+  }
   if (gW)
     a.accumulate(getWeight(), gW);
   if (dRetrieved)
