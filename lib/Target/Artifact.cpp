@@ -61,11 +61,15 @@ void buildCPULoweringPipeline(OpPassManager &pm, int64_t chunk) {
 }
 
 void recordCpuKernelForms(llvm::json::Object &manifest, ModuleOp lowered) {
-  llvm::StringMap<int64_t> chunks;
+  llvm::StringMap<int64_t> chunks, stages;
   lowered.walk([&](Operation *op) {
     auto name = op->getAttrOfType<StringAttr>(SymbolTable::getSymbolAttrName());
-    if (auto chunk = op->getAttrOfType<IntegerAttr>("fwp.chunk"); chunk && name)
+    if (!name)
+      return;
+    if (auto chunk = op->getAttrOfType<IntegerAttr>("fwp.chunk"))
       chunks[name.getValue()] = chunk.getInt();
+    if (auto passes = op->getAttrOfType<IntegerAttr>("fwp.stages"))
+      stages[name.getValue()] = passes.getInt();
   });
   llvm::json::Object *kernels = manifest.getObject("kernels");
   llvm::json::Object *cpu = kernels ? kernels->getObject("cpu") : nullptr;
@@ -78,7 +82,11 @@ void recordCpuKernelForms(llvm::json::Object &manifest, ModuleOp lowered) {
     if (!symbol)
       continue;
     // The entry point fwp_<scan> calls the scan's function <scan>.
-    (*kernel)["chunk"] = chunks.lookup(symbol->drop_front(strlen("fwp_")));
+    StringRef scan = symbol->drop_front(strlen("fwp_"));
+    (*kernel)["chunk"] = chunks.lookup(scan);
+    // A scan of several fast weights lowered as passes over time of one
+    // weight each (StagedScan.cpp); 1 for one loop.
+    (*kernel)["stages"] = std::max<int64_t>(1, stages.lookup(scan));
   }
 }
 

@@ -88,6 +88,16 @@ MemRefType bufferType(Type type, bool perStep);
 /// below the size where the chunkwise form measured faster.
 int64_t automaticChunkLength(int64_t keys, int64_t values, unsigned elementBits);
 
+/// The type of a scan's function: `(T, seq buffers, params, states,
+/// outputs)`, buffers as bufferType gives them.
+FunctionType scanFunctionType(ScanOp scan);
+
+/// Lowers a scan of several fast weights as passes over time of one weight
+/// each (StagedScan.cpp) where every pass takes the chunkwise form: true
+/// when it did, false (nothing built) when the scan does not split so.
+FailureOr<bool> lowerInStages(ScanOp scan, const CpuPatternSet &patterns,
+                              int64_t chunk);
+
 /// What the chunkwise form of a scan (ChunkwiseScan.cpp) computes: the one
 /// fast-weight state, its update chain (a decay of the rows, then one write:
 /// FastWeightUpdateOpInterface::getLinearUpdate) and the reads of it, all

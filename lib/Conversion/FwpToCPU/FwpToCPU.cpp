@@ -36,6 +36,13 @@ struct ConvertFwpToCPUPass
     populateFastWeightPatterns(patterns);
     SmallVector<ScanOp> scans(getOperation().getOps<ScanOp>());
     for (ScanOp scan : scans) {
+      FailureOr<bool> staged = lowerInStages(scan, patterns, chunk);
+      if (failed(staged))
+        return signalPassFailure();
+      if (*staged) {
+        scan->erase();
+        continue;
+      }
       ScanLowering lowering(scan, patterns, chunk);
       if (failed(lowering.run()))
         return signalPassFailure();

@@ -232,9 +232,8 @@ ScanLowering::lowerBody(Value t, ValueRange vectorStates,
   return success();
 }
 
-LogicalResult ScanLowering::run() {
-  ModuleOp module = scan->getParentOfType<ModuleOp>();
-  scheduleVectorWorkEarly(scan.getBodyBlock());
+FunctionType mlir::fwp::cpu::scanFunctionType(ScanOp scan) {
+  Builder b(scan.getContext());
   SmallVector<Type> argTypes{b.getIndexType()};
   for (BlockArgument arg : scan.getSeqArgs())
     argTypes.push_back(bufferType(arg.getType(), /*perStep=*/true));
@@ -245,10 +244,15 @@ LogicalResult ScanLowering::run() {
   for (Attribute type : scan.getOutputTypes())
     argTypes.push_back(
         bufferType(cast<TypeAttr>(type).getValue(), /*perStep=*/true));
+  return b.getFunctionType(argTypes, TypeRange{});
+}
 
+LogicalResult ScanLowering::run() {
+  ModuleOp module = scan->getParentOfType<ModuleOp>();
+  scheduleVectorWorkEarly(scan.getBodyBlock());
   b.setInsertionPoint(scan);
   auto func = func::FuncOp::create(b, loc, scan.getSymName(),
-                                   b.getFunctionType(argTypes, TypeRange{}));
+                                   scanFunctionType(scan));
   func->setAttr("llvm.emit_c_interface", b.getUnitAttr());
   for (StringRef attr : {"fwp.role", "fwp.forward"})
     if (Attribute value = scan->getAttr(attr))

@@ -939,6 +939,11 @@ void parseKernel(const ManifestReader &reader, const json &kernels,
       reader.fail(field + ".chunk", "must be a non-negative integer");
     kernel.chunk = chunk->get<int64_t>();
   }
+  if (auto stages = entry.find("stages"); stages != entry.end()) {
+    if (!stages->is_number_integer() || stages->get<int64_t>() < 1)
+      reader.fail(field + ".stages", "must be a positive integer");
+    kernel.stages = stages->get<int64_t>();
+  }
   const json &args = reader.array(entry, field, "args");
   for (size_t i = 0; i < args.size(); ++i) {
     std::string argField = field + ".args[" + std::to_string(i) + "]";

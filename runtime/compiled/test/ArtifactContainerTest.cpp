@@ -359,6 +359,10 @@ TEST(ArtifactContainer, ManifestFieldsAreCheckedAfterTheDigests) {
   EXPECT_NE(edited("\"symbol\": \"fwp_delta_net_grad\"", "\"symbol\": \"fwp_delta_net_xxxx\"", true)
                 .find("which the CPU code does not export"),
             std::string::npos);
+  std::string stagesError = edited("\"stages\": 1", "\"stages\": 0", true);
+  EXPECT_NE(stagesError.find("'kernels.cpu.backward.stages' must be a positive integer"),
+            std::string::npos)
+      << stagesError;
   EXPECT_NE(edited("\"dims\": {", "\"dims\"  {", false).find("not valid JSON"),
             std::string::npos);
 }

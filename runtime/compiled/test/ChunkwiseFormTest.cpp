@@ -245,4 +245,25 @@ TEST(ChunkwiseForm, ReverseLayersGradientsMatchFiniteDifferences) {
     }
 }
 
+/// A backward scan of two fast weights (the weight rebuilt backwards and
+/// its adjoint) whose updates take no coefficient from each other's reads
+/// runs as passes over time of one weight each, every pass chunkwise
+/// (StagedScan.cpp): linear_transformer's W, then its adjoint. The
+/// gradients of these kernels are the ones compared with the recurrent
+/// form's above.
+TEST(ChunkwiseForm, BackwardOfTwoWeightsRunsInChunkwisePasses) {
+  for (auto [layer, stages] : {std::pair{"linear_transformer", 2}}) {
+    for (std::string suffix : {"_f64", ""}) {
+      std::string name = layer + suffix;
+      REQUIRE_ARTIFACT(name + "_chunk");
+      auto chunked = fwp::Artifact::load(artifactPath(name + "_chunk"));
+      auto recurrent = fwp::Artifact::load(artifactPath(name + "_recurrent"));
+      EXPECT_EQ(chunked->backward().chunk, suffix == "_f64" ? 4 : 16) << name;
+      EXPECT_EQ(chunked->backward().stages, stages) << name;
+      EXPECT_EQ(recurrent->backward().chunk, 0) << name;
+      EXPECT_EQ(recurrent->backward().stages, 1) << name;
+    }
+  }
+}
+
 } // namespace

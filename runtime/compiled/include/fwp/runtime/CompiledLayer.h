@@ -40,6 +40,9 @@ struct CpuKernel {
   /// Steps per chunk of the kernel's chunkwise form; 0 for the recurrent form
   /// (the manifest's "chunk"; absent in artifacts that predate it).
   int64_t chunk = 0;
+  /// Passes over time of one fast weight each (the manifest's "stages"; 1
+  /// for one loop, and in artifacts that predate it).
+  int64_t stages = 1;
   std::vector<KernelArg> args;
   void (*entry)(int64_t, void **) = nullptr;
 };

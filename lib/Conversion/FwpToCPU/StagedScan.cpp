@@ -1,0 +1,539 @@
+//===- StagedScan.cpp - A scan of several fast weights, one pass each -----===//
+//
+// The chunkwise form (ChunkwiseScan.cpp) runs a scan of one fast weight
+// whose update and reads take time-parallel coefficients. A backward scan
+// has two fast weights, W (rebuilt backwards) and its adjoint G, and reads
+// each with queries computed from reads of the other: delta_net's
+//
+//   W_prev = W - k (x) delta        (rebuilt: coefficients from the inputs)
+//   vbar   = W_prev^T k             (a read of W)
+//   G1     = G + q (x) dy           (the adjoint: coefficients from inputs)
+//   G_prev, du = write_delta(G1, k, 0, b)
+//   dk     = G1 (b (v - vbar)) + W_prev (-b du)
+//
+// Neither weight's update needs the other's reads, so the step splits into
+// passes over the whole sequence, each the update of one weight and the
+// reads of it whose queries earlier passes computed: W (vbar, W^T dy), G
+// (du, G1 (b (v - vbar))), W again (W_prev (-b du)). Each pass is a scan of
+// one fast weight, which takes the chunkwise form; the values that cross
+// passes go through [T, n] buffers. A weight rebuilt in several passes
+// starts each but its last from a copy of its initial value.
+//
+// The passes are found greedily: in rounds over the weights, a weight gets
+// a pass when some unread read of it has its query ready (or when it has
+// had none yet and its update's coefficients are ready); each pass then
+// takes the vector work that its results make computable. Vector states
+// (and the work that depends on them) go to the last pass. The split is
+// kept only where every pass takes the chunkwise form; otherwise the scan
+// is lowered as one recurrent loop.
+//
+//===----------------------------------------------------------------------===//
+
+#include "CpuLowering.h"
+
+#include "fwp/Dialect/Fwp/IR/TimeParallel.h"
+
+#include "mlir/IR/IRMapping.h"
+#include "llvm/ADT/SetVector.h"
+
+using namespace mlir;
+using namespace mlir::fwp;
+using namespace mlir::fwp::cpu;
+
+namespace {
+
+/// What an op of the body is to the split.
+enum class Role {
+  InputOnly, // depends on seq inputs and params alone: recomputed where used
+  Chain,     // an update of a fast weight: in every pass of that weight
+  Read,      // a read of a fast weight: in one pass of that weight
+  Vector,    // other vector work: in the first pass that can compute it
+  Late,      // depends on a vector state: in the last pass
+};
+
+struct StagePlan {
+  /// The fast-weight state (its index among the states) of each pass.
+  SmallVector<unsigned> passState;
+  llvm::DenseMap<Operation *, Role> role;
+  /// The pass of each Read, Vector and Late op.
+  llvm::DenseMap<Operation *, unsigned> passOf;
+  /// The weight each Chain and Read op updates or reads.
+  llvm::DenseMap<Operation *, unsigned> stateOf;
+  /// The first and last pass of each weight.
+  llvm::DenseMap<unsigned, unsigned> firstPass, lastPass;
+};
+
+std::optional<StagePlan> planStages(ScanOp scan) {
+  auto isMatrix = [](Value v) { return isa<FastWeightType>(v.getType()); };
+  if (llvm::any_of(scan.getSeqArgs(), isMatrix) ||
+      llvm::any_of(scan.getParamArgs(), isMatrix))
+    return std::nullopt;
+  SmallVector<unsigned> weights;
+  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs()))
+    if (isMatrix(arg))
+      weights.push_back(i);
+  if (weights.size() < 2)
+    return std::nullopt;
+
+  StagePlan plan;
+  YieldOp yield = scan.getYield();
+  // Each weight's update chain; every matrix value must be on one.
+  llvm::DenseMap<Value, unsigned> chainOf;
+  for (unsigned s : weights) {
+    Value current = scan.getStateArgs()[s];
+    chainOf[current] = s;
+    while (true) {
+      Operation *next = nullptr;
+      for (Operation *user : current.getUsers()) {
+        auto update = dyn_cast<FastWeightUpdateOpInterface>(user);
+        if (!update || update.getUpdatedWeight() != current)
+          continue;
+        if (next)
+          return std::nullopt; // two updates of one value
+        next = user;
+      }
+      if (!next)
+        break;
+      plan.role[next] = Role::Chain;
+      plan.stateOf[next] = s;
+      current = cast<FastWeightUpdateOpInterface>(next).getUpdateResult();
+      chainOf[current] = s;
+    }
+    if (yield.getValues()[s] != current)
+      return std::nullopt;
+  }
+  for (Value output : yield.getValues().drop_front(scan.getNumStates()))
+    if (isMatrix(output))
+      return std::nullopt;
+
+  unsigned numInputs = scan.getNumSeq() + scan.getNumParams();
+  SmallVector<Operation *> reads;
+  for (Operation &op : scan.getBodyBlock().without_terminator()) {
+    if (plan.role.contains(&op)) {
+      // An update's operands other than its weight are vectors.
+      Value weight = cast<FastWeightUpdateOpInterface>(op).getUpdatedWeight();
+      for (Value operand : op.getOperands())
+        if (operand != weight && isMatrix(operand))
+          return std::nullopt;
+      continue;
+    }
+    if (llvm::any_of(op.getResults(), isMatrix))
+      return std::nullopt;
+    if (llvm::any_of(op.getOperands(), isMatrix)) {
+      if (!isa<ReadOp, ReadTransposedOp>(op) ||
+          !chainOf.contains(op.getOperand(0)) || isMatrix(op.getOperand(1)))
+        return std::nullopt;
+      plan.role[&op] = Role::Read;
+      plan.stateOf[&op] = chainOf.lookup(op.getOperand(0));
+      reads.push_back(&op);
+      continue;
+    }
+    Role role = Role::InputOnly;
+    for (Value operand : op.getOperands()) {
+      Role of = Role::InputOnly;
+      if (auto arg = dyn_cast<BlockArgument>(operand))
+        of = arg.getArgNumber() < numInputs ? Role::InputOnly : Role::Late;
+      else
+        of = plan.role.lookup(operand.getDefiningOp());
+      if (of == Role::Late)
+        role = Role::Late;
+      else if (of != Role::InputOnly && role == Role::InputOnly)
+        role = Role::Vector;
+    }
+    plan.role[&op] = role;
+  }
+
+  // Whether `v` is computed by passes before `pass` (or needs none).
+  auto readyBefore = [&](Value v, unsigned pass) {
+    if (auto arg = dyn_cast<BlockArgument>(v))
+      return arg.getArgNumber() < numInputs;
+    Operation *def = v.getDefiningOp();
+    switch (plan.role.lookup(def)) {
+    case Role::InputOnly:
+      return true;
+    case Role::Late:
+      return false;
+    case Role::Chain: { // a delta-rule write's retrieval
+      auto first = plan.firstPass.find(plan.stateOf.lookup(def));
+      return first != plan.firstPass.end() && first->second < pass;
+    }
+    default: {
+      auto it = plan.passOf.find(def);
+      return it != plan.passOf.end() && it->second < pass;
+    }
+    }
+  };
+  auto coefficientsReady = [&](unsigned s, unsigned pass) {
+    for (auto [op, role] : plan.role)
+      if (role == Role::Chain && plan.stateOf.lookup(op) == s) {
+        Value weight = cast<FastWeightUpdateOpInterface>(op).getUpdatedWeight();
+        for (Value operand : op->getOperands())
+          if (operand != weight && !readyBefore(operand, pass))
+            return false;
+      }
+    return true;
+  };
+
+  while (true) {
+    bool progress = false;
+    for (unsigned s : weights) {
+      unsigned pass = plan.passState.size();
+      bool first = !plan.firstPass.contains(s);
+      if (first && !coefficientsReady(s, pass))
+        continue;
+      SmallVector<Operation *> taken;
+      for (Operation *read : reads)
+        if (!plan.passOf.contains(read) && plan.stateOf.lookup(read) == s &&
+            readyBefore(read->getOperand(1), pass))
+          taken.push_back(read);
+      if (!first && taken.empty())
+        continue;
+      plan.passState.push_back(s);
+      if (first)
+        plan.firstPass[s] = pass;
+      plan.lastPass[s] = pass;
+      for (Operation *read : taken)
+        plan.passOf[read] = pass;
+      // The vector work this pass's results make computable.
+      for (Operation &op : scan.getBodyBlock().without_terminator())
+        if (plan.role.lookup(&op) == Role::Vector && !plan.passOf.contains(&op) &&
+            llvm::all_of(op.getOperands(),
+                         [&](Value v) { return readyBefore(v, pass + 1); }))
+          plan.passOf[&op] = pass;
+      progress = true;
+    }
+    bool done = plan.firstPass.size() == weights.size() &&
+                llvm::all_of(reads, [&](Operation *read) {
+                  return plan.passOf.contains(read);
+                });
+    if (done)
+      break;
+    if (!progress)
+      return std::nullopt;
+  }
+  unsigned last = plan.passState.size() - 1;
+  for (auto &[op, role] : plan.role) {
+    if (role == Role::Late)
+      plan.passOf[op] = last;
+    if (role == Role::Vector && !plan.passOf.contains(op))
+      return std::nullopt;
+  }
+  return plan;
+}
+
+/// The pass that computes `v` for the others (none for seq inputs, params
+/// and input-only values, which every pass computes itself; a
+/// retrieval's first pass for the weight's retrievals).
+std::optional<unsigned> producerOf(const StagePlan &plan, ScanOp scan, Value v) {
+  if (auto arg = dyn_cast<BlockArgument>(v)) {
+    if (arg.getArgNumber() < scan.getNumSeq() + scan.getNumParams())
+      return std::nullopt;
+    return plan.passState.size() - 1; // a vector state
+  }
+  Operation *def = v.getDefiningOp();
+  switch (plan.role.lookup(def)) {
+  case Role::InputOnly:
+    return std::nullopt;
+  case Role::Chain:
+    return plan.firstPass.lookup(plan.stateOf.lookup(def));
+  default:
+    return plan.passOf.lookup(def);
+  }
+}
+
+/// Whether pass `pass` computes `v` itself.
+bool computedIn(const StagePlan &plan, ScanOp scan, Value v, unsigned pass) {
+  std::optional<unsigned> producer = producerOf(plan, scan, v);
+  if (!producer)
+    return true;
+  if (Operation *def = v.getDefiningOp();
+      def && plan.role.lookup(def) == Role::Chain)
+    return plan.stateOf.lookup(def) == plan.passState[pass];
+  return *producer == pass;
+}
+
+/// The ops of the body that pass `pass` lowers (input-only ones aside).
+bool inPass(const StagePlan &plan, Operation *op, unsigned pass) {
+  Role role = plan.role.lookup(op);
+  if (role == Role::InputOnly)
+    return false;
+  if (role == Role::Chain)
+    return plan.stateOf.lookup(op) == plan.passState[pass];
+  return plan.passOf.lookup(op) == pass;
+}
+
+} // namespace
+
+FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
+                                              const CpuPatternSet &patterns,
+                                              int64_t chunk) {
+  if (chunk == 0)
+    return false;
+  std::optional<StagePlan> found = planStages(scan);
+  if (!found)
+    return false;
+  const StagePlan &plan = *found;
+  if (chunk < 0)
+    for (auto [s, first] : plan.firstPass) {
+      auto type = cast<FastWeightType>(scan.getStateArgs()[s].getType());
+      if (automaticChunkLength(type.getKeyDim(), type.getValueDim(),
+                               type.getElementType().getIntOrFloatBitWidth()) == 0)
+        return false;
+    }
+
+  Block &body = scan.getBodyBlock();
+  YieldOp yield = scan.getYield();
+  unsigned numPasses = plan.passState.size(), last = numPasses - 1;
+  auto outputs = yield.getValues().drop_front(scan.getNumStates());
+  SmallVector<unsigned> vectorStates;
+  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs()))
+    if (!isa<FastWeightType>(arg.getType()))
+      vectorStates.push_back(i);
+
+  // The values that cross passes (in the body's order) and the pass that
+  // stores each original output.
+  llvm::SetVector<Value> crossing;
+  auto noteUses = [&](Operation *op, unsigned pass) {
+    for (Value operand : op->getOperands())
+      if (!isa<FastWeightType>(operand.getType()) &&
+          !computedIn(plan, scan, operand, pass))
+        crossing.insert(operand);
+  };
+  for (Operation &op : body.without_terminator())
+    for (unsigned pass = 0; pass < numPasses; ++pass)
+      if (inPass(plan, &op, pass))
+        noteUses(&op, pass);
+  // The vector states' next values, yielded by the last pass.
+  for (Value next : yield.getValues().take_front(scan.getNumStates()))
+    if (!isa<FastWeightType>(next.getType()) &&
+        !computedIn(plan, scan, next, last))
+      crossing.insert(next);
+  auto storerOf = [&](Value output) {
+    return producerOf(plan, scan, output).value_or(last);
+  };
+
+  // One scan per pass, before the original.
+  OpBuilder b(scan);
+  Location loc = scan.getLoc();
+  bool prologue = false, epilogue = false;
+  for (Operation &op : body) {
+    prologue |= getStepPhase(&op) == StepPhase::Prologue;
+    epilogue |= getStepPhase(&op) == StepPhase::Epilogue;
+  }
+  SmallVector<ScanOp> stages;
+  // Per pass: the crossing values it reads and the ones it stores.
+  SmallVector<SmallVector<Value>> crossingIn(numPasses), crossingOut(numPasses);
+  SmallVector<SmallVector<unsigned>> storedOutputs(numPasses);
+  for (Value v : crossing) {
+    unsigned producer = *producerOf(plan, scan, v);
+    if (!llvm::is_contained(outputs, v))
+      crossingOut[producer].push_back(v);
+    for (unsigned pass = 0; pass < numPasses; ++pass)
+      if (pass != producer && llvm::any_of(v.getUses(), [&](OpOperand &use) {
+            Operation *user = use.getOwner();
+            if (isa<YieldOp>(user))
+              return pass == last && use.getOperandNumber() < scan.getNumStates();
+            return inPass(plan, user, pass);
+          }))
+        crossingIn[pass].push_back(v);
+  }
+  for (auto [i, output] : llvm::enumerate(outputs))
+    storedOutputs[storerOf(output)].push_back(i);
+
+  auto names = [](ArrayAttr array) {
+    SmallVector<StringRef> out;
+    for (Attribute name : array)
+      out.push_back(cast<StringAttr>(name).getValue());
+    return out;
+  };
+  SmallVector<std::string> crossingNames;
+  llvm::DenseMap<Value, unsigned> crossingIndex;
+  for (auto [i, v] : llvm::enumerate(crossing)) {
+    crossingNames.push_back("stage.value." + std::to_string(i));
+    crossingIndex[v] = i;
+  }
+  auto crossingName = [&](Value v) -> StringRef {
+    return crossingNames[crossingIndex.lookup(v)];
+  };
+
+  for (unsigned pass = 0; pass < numPasses; ++pass) {
+    unsigned s = plan.passState[pass];
+    SmallVector<StringRef> seqNames = names(scan.getSeqNames());
+    SmallVector<Type> seqTypes(ValueRange(scan.getSeqArgs()).getTypes());
+    for (Value v : crossingIn[pass]) {
+      seqNames.push_back(crossingName(v));
+      seqTypes.push_back(v.getType());
+    }
+    SmallVector<StringRef> stateNames{
+        cast<StringAttr>(scan.getStateNames()[s]).getValue()};
+    SmallVector<Type> stateTypes{scan.getStateArgs()[s].getType()};
+    if (pass == last)
+      for (unsigned i : vectorStates) {
+        stateNames.push_back(cast<StringAttr>(scan.getStateNames()[i]).getValue());
+        stateTypes.push_back(scan.getStateArgs()[i].getType());
+      }
+    SmallVector<StringRef> outputNames;
+    SmallVector<Type> outputTypes;
+    for (unsigned i : storedOutputs[pass]) {
+      outputNames.push_back(cast<StringAttr>(scan.getOutputNames()[i]).getValue());
+      outputTypes.push_back(outputs[i].getType());
+    }
+    for (Value v : crossingOut[pass]) {
+      outputNames.push_back(crossingName(v));
+      outputTypes.push_back(v.getType());
+    }
+    auto stage = ScanOp::create(
+        b, loc, (scan.getSymName() + "__stage" + Twine(pass)).str(),
+        scan.getDims(), seqNames, seqTypes, names(scan.getParamNames()),
+        ValueRange(scan.getParamArgs()).getTypes(), stateNames, stateTypes, outputNames,
+        outputTypes, scan.getReverse());
+    stages.push_back(stage);
+
+    IRMapping mapping;
+    auto stageSeq = stage.getSeqArgs();
+    for (auto [from, to] : llvm::zip(scan.getSeqArgs(), stageSeq))
+      mapping.map(from, to);
+    for (auto [v, to] :
+         llvm::zip(crossingIn[pass], stageSeq.drop_front(scan.getNumSeq())))
+      mapping.map(v, to);
+    for (auto [from, to] : llvm::zip(scan.getParamArgs(), stage.getParamArgs()))
+      mapping.map(from, to);
+    mapping.map(scan.getStateArgs()[s], stage.getStateArgs()[0]);
+    if (pass == last)
+      for (auto [i, to] :
+           llvm::zip(vectorStates, stage.getStateArgs().drop_front()))
+        mapping.map(scan.getStateArgs()[i], to);
+
+    OpBuilder inner = OpBuilder::atBlockBegin(&stage.getBodyBlock());
+    // An input-only value, cloned (with what it needs) on first use.
+    std::function<Value(Value)> materialize = [&](Value v) -> Value {
+      if (Value done = mapping.lookupOrNull(v))
+        return done;
+      Operation *def = v.getDefiningOp();
+      assert(def && plan.role.lookup(def) == Role::InputOnly);
+      for (Value operand : def->getOperands())
+        materialize(operand);
+      inner.clone(*def, mapping);
+      return mapping.lookup(v);
+    };
+    for (Operation &op : body.without_terminator()) {
+      if (!inPass(plan, &op, pass))
+        continue;
+      for (Value operand : op.getOperands())
+        materialize(operand);
+      inner.clone(op, mapping);
+    }
+    SmallVector<Value> yielded{materialize(yield.getValues()[s])};
+    if (pass == last)
+      for (unsigned i : vectorStates)
+        yielded.push_back(materialize(yield.getValues()[i]));
+    for (unsigned i : storedOutputs[pass])
+      yielded.push_back(materialize(outputs[i]));
+    for (Value v : crossingOut[pass])
+      yielded.push_back(materialize(v));
+    YieldOp::create(inner, loc, yielded);
+
+    // Phases as fwp-split-time-parallel gives them to the new scan.
+    for (Operation &op : stage.getBodyBlock())
+      op.removeAttr(kPhaseAttrName);
+    for (auto [op, phase] : computeTimeParallelSplit(stage))
+      if ((phase == StepPhase::Prologue && prologue) ||
+          (phase == StepPhase::Epilogue && epilogue))
+        setStepPhase(op, phase);
+  }
+
+  // Lower the passes; keep the split only if each is chunkwise.
+  SmallVector<func::FuncOp> stageFuncs;
+  bool allChunkwise = true;
+  int64_t chunkLength = 0;
+  for (ScanOp stage : stages) {
+    ScanLowering lowering(stage, patterns, chunk);
+    if (failed(lowering.run()))
+      return failure();
+    auto func = cast<func::FuncOp>(stage->getPrevNode());
+    stage->erase();
+    func.setPrivate();
+    for (StringRef attr : {"llvm.emit_c_interface", "fwp.role", "fwp.forward"})
+      func->removeAttr(attr);
+    stageFuncs.push_back(func);
+    auto chunkAttr = func->getAttrOfType<IntegerAttr>("fwp.chunk");
+    allChunkwise &= static_cast<bool>(chunkAttr);
+    if (chunkAttr)
+      chunkLength = chunkAttr.getInt();
+  }
+  if (!allChunkwise) {
+    for (func::FuncOp func : stageFuncs)
+      func->erase();
+    return false;
+  }
+
+  // The scan's function: the per-step buffers of the crossing values, a
+  // copy of each weight's initial value for its passes before the last,
+  // then the passes in order.
+  b.setInsertionPoint(scan);
+  auto func = func::FuncOp::create(b, loc, scan.getSymName(),
+                                   scanFunctionType(scan));
+  func->setAttr("llvm.emit_c_interface", b.getUnitAttr());
+  for (StringRef attr : {"fwp.role", "fwp.forward"})
+    if (Attribute value = scan->getAttr(attr))
+      func->setAttr(attr, value);
+  func->setAttr("fwp.chunk", b.getI64IntegerAttr(chunkLength));
+  func->setAttr("fwp.stages", b.getI64IntegerAttr(numPasses));
+  Block *entry = func.addEntryBlock();
+  b.setInsertionPointToStart(entry);
+  ValueRange args = entry->getArguments();
+  Value count = args[0];
+  ValueRange seqBuffers = args.slice(1, scan.getNumSeq());
+  ValueRange paramBuffers = args.slice(1 + scan.getNumSeq(), scan.getNumParams());
+  ValueRange stateBuffers =
+      args.slice(1 + scan.getNumSeq() + scan.getNumParams(), scan.getNumStates());
+  ValueRange outputBuffers = args.take_back(scan.getNumOutputs());
+
+  SmallVector<Value> scratch;
+  llvm::DenseMap<Value, Value> bufferOf;
+  for (Value v : crossing) {
+    auto it = llvm::find(outputs, v);
+    if (it != outputs.end()) {
+      bufferOf[v] = outputBuffers[it - outputs.begin()];
+      continue;
+    }
+    Value buffer = memref::AllocOp::create(
+        b, loc, bufferType(v.getType(), /*perStep=*/true), ValueRange{count});
+    scratch.push_back(buffer);
+    bufferOf[v] = buffer;
+  }
+  llvm::DenseMap<unsigned, Value> copyOf;
+  for (auto [s, first] : plan.firstPass)
+    if (first != plan.lastPass.lookup(s)) {
+      Value copy = memref::AllocOp::create(
+          b, loc, bufferType(scan.getStateArgs()[s].getType(), false));
+      scratch.push_back(copy);
+      copyOf[s] = copy;
+    }
+  for (unsigned pass = 0; pass < numPasses; ++pass) {
+    unsigned s = plan.passState[pass];
+    Value state = stateBuffers[s];
+    if (pass != plan.lastPass.lookup(s)) {
+      memref::CopyOp::create(b, loc, state, copyOf.lookup(s));
+      state = copyOf.lookup(s);
+    }
+    SmallVector<Value> callArgs{count};
+    llvm::append_range(callArgs, seqBuffers);
+    for (Value v : crossingIn[pass])
+      callArgs.push_back(bufferOf.lookup(v));
+    llvm::append_range(callArgs, paramBuffers);
+    callArgs.push_back(state);
+    if (pass == last)
+      for (unsigned i : vectorStates)
+        callArgs.push_back(stateBuffers[i]);
+    for (unsigned i : storedOutputs[pass])
+      callArgs.push_back(outputBuffers[i]);
+    for (Value v : crossingOut[pass])
+      callArgs.push_back(bufferOf.lookup(v));
+    func::CallOp::create(b, loc, stageFuncs[pass], callArgs);
+  }
+  for (Value buffer : scratch)
+    memref::DeallocOp::create(b, loc, buffer);
+  func::ReturnOp::create(b, loc);
+  return true;
+}

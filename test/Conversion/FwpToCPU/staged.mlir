@@ -1,0 +1,85 @@
+// RUN: fwp-opt %s --fwp-split-time-parallel --convert-fwp-to-cpu=chunk=4 | FileCheck %s
+// RUN: fwp-opt %s --fwp-split-time-parallel --convert-fwp-to-cpu=chunk=0 | FileCheck %s --check-prefix=OFF
+// RUN: fwp-opt %s --fwp-split-time-parallel --convert-fwp-to-cpu=chunk=-1 | FileCheck %s --check-prefix=AUTO
+
+// A scan of several fast weights as passes over time of one weight each
+// (StagedScan.cpp), each pass chunkwise.
+
+// Two weights, each read with a query from the other's reads: W's first
+// pass reads with x (an input), V's pass with W's result, W's second pass
+// with V's result. W is rebuilt twice: its first pass starts from a copy of
+// its initial value, its last from the buffer itself (which it leaves
+// final). The values that cross passes go through [T, n] buffers; y (W's
+// second read) is an output, written by the last pass into its own buffer.
+// CHECK-LABEL: func.func private @two_weights__stage0(
+// CHECK-SAME: fwp.chunk = 4
+// CHECK-LABEL: func.func private @two_weights__stage1(
+// CHECK-SAME: fwp.chunk = 4
+// CHECK-LABEL: func.func private @two_weights__stage2(
+// CHECK-SAME: fwp.chunk = 4
+// CHECK-LABEL: func.func @two_weights(
+// CHECK-SAME: %[[T:arg0]]: index
+// CHECK-SAME: %[[W:arg4]]: memref<4x4xf32>, %[[V:arg5]]: memref<4x4xf32>, %[[Y:arg6]]: memref<?x4xf32>, %[[Z:arg7]]: memref<?x4xf32>
+// CHECK-SAME: fwp.chunk = 4 : i64, fwp.stages = 3 : i64
+// CHECK-DAG: %[[A:.*]] = memref.alloc(%[[T]]) : memref<?x4xf32>
+// CHECK-DAG: %[[B:.*]] = memref.alloc(%[[T]]) : memref<?x4xf32>
+// CHECK-DAG: %[[COPY:.*]] = memref.alloc() : memref<4x4xf32>
+// CHECK: memref.copy %[[W]], %[[COPY]]
+// CHECK-NEXT: call @two_weights__stage0(%[[T]], %arg1, %arg2, %arg3, %[[COPY]], %[[A]])
+// CHECK-NEXT: call @two_weights__stage1(%[[T]], %arg1, %arg2, %arg3, %[[A]], %[[V]], %[[Z]], %[[B]])
+// CHECK-NEXT: call @two_weights__stage2(%[[T]], %arg1, %arg2, %arg3, %[[B]], %[[W]], %[[Y]])
+// CHECK: memref.dealloc
+// CHECK: return
+
+// Without chunks (and, at this size, automatically) the scan stays one
+// recurrent loop.
+// OFF-NOT: stage
+// OFF-LABEL: func.func @two_weights(
+// OFF-NOT: fwp.chunk
+// AUTO-NOT: stage
+// AUTO-LABEL: func.func @two_weights(
+// AUTO-NOT: fwp.chunk
+fwp.scan @two_weights seq(%k : vector<4xf32>, %v : vector<4xf32>, %x : vector<4xf32>)
+    states(%W : !fwp.fast_weight<4x4xf32>, %V : !fwp.fast_weight<4x4xf32>)
+    outputs(y : vector<4xf32>, z : vector<4xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %a = fwp.read %W1, %x : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  %V1 = fwp.write_sum %V, %x, %k : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %b = fwp.read_transposed %V1, %a : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  %z = fwp.add %b, %a : vector<4xf32>
+  %y = fwp.read %W, %b : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  fwp.yield %W1, %V1, %y, %z : !fwp.fast_weight<4x4xf32>, !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+}
+
+// A weight whose update takes a coefficient from a read of another weight
+// is updated in a pass after that weight's (W, then V); two weights that
+// take coefficients from each other's reads do not split: one recurrent
+// loop.
+// CHECK-LABEL: func.func @chained(
+// CHECK-SAME: fwp.stages = 2
+// CHECK: call @chained__stage0
+// CHECK-NEXT: call @chained__stage1
+fwp.scan @chained seq(%k : vector<4xf32>, %v : vector<4xf32>)
+    states(%W : !fwp.fast_weight<4x4xf32>, %V : !fwp.fast_weight<4x4xf32>)
+    outputs(y : vector<4xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %a = fwp.read %W1, %k : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  %V1 = fwp.write_sum %V, %a, %v : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %y = fwp.read %V1, %k : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  fwp.yield %W1, %V1, %y : !fwp.fast_weight<4x4xf32>, !fwp.fast_weight<4x4xf32>, vector<4xf32>
+}
+
+// CHECK-LABEL: func.func @coupled(
+// CHECK-NOT: call
+// CHECK-NOT: fwp.stages
+// CHECK: return
+fwp.scan @coupled seq(%k : vector<4xf32>, %v : vector<4xf32>)
+    states(%W : !fwp.fast_weight<4x4xf32>, %V : !fwp.fast_weight<4x4xf32>)
+    outputs(y : vector<4xf32>) {
+  %a = fwp.read %W, %k : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  %b = fwp.read %V, %k : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  %W1 = fwp.write_sum %W, %k, %b : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %V1 = fwp.write_sum %V, %k, %a : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %y = fwp.add %a, %b : vector<4xf32>
+  fwp.yield %W1, %V1, %y : !fwp.fast_weight<4x4xf32>, !fwp.fast_weight<4x4xf32>, vector<4xf32>
+}
