@@ -246,6 +246,20 @@ fwp.scan @reverse_two_writes reverse seq(%k : vector<8xf32>, %v : vector<16xf32>
   fwp.yield %W2, %y, %r, %u : !fwp.fast_weight<8x16xf32>, vector<16xf32>, vector<16xf32>, vector<8xf32>
 }
 
+// The backward's dW: a sum write and then a delta write with a zero value
+// (the adjoint of write_delta), backwards in time: micro-steps as above.
+// CHECK-LABEL: func.func @dw_like
+// CHECK-SAME: fwp.chunk = 4
+fwp.scan @dw_like reverse seq(%q : vector<8xf32>, %g : vector<16xf32>, %k : vector<8xf32>,
+                              %beta : f32)
+    states(%dW : !fwp.fast_weight<8x16xf32>) outputs(y : vector<16xf32>) {
+  %zero = fwp.constant 0.0 : vector<16xf32>
+  %dW1 = fwp.write_sum %dW, %q, %g : !fwp.fast_weight<8x16xf32>, vector<8xf32>, vector<16xf32>
+  %dW2, %r = fwp.write_delta %dW1, %k, %zero, %beta : !fwp.fast_weight<8x16xf32>, vector<8xf32>, vector<16xf32>
+  %y = fwp.read %dW2, %k : !fwp.fast_weight<8x16xf32>, vector<8xf32> -> vector<16xf32>
+  fwp.yield %dW2, %y : !fwp.fast_weight<8x16xf32>, vector<16xf32>
+}
+
 // A decay after a write: not the chunkwise form.
 // CHECK-LABEL: func.func @decay_after_write
 // CHECK-NOT: fwp.chunk
