@@ -115,8 +115,8 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
   for (auto [w, write] : llvm::enumerate(plan.writes))
     if (write.form.rate) {
       write.retrieval = plan.reads.size();
-      plan.reads.push_back({write.form.retrieved, write.form.key,
-                            static_cast<unsigned>(w)});
+      plan.reads.push_back(
+          {write.form.retrieved, write.form.key, static_cast<unsigned>(w)});
     }
 
   // Every other use of the chain is a read with a time-parallel query. The
@@ -421,11 +421,13 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               if (plan.decay) {
                 Value factors =
                     spill(stepValue(plan.decayForm.rowScale, t));
-                forRows(keysT, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
-                  cb.store(mul(row(keysT, e), splatElement(microRow, factors, e)),
-                           keysT, e);
-                  return {};
-                });
+                forRows(keysT, {},
+                        [&](Value e, ValueRange) -> SmallVector<Value> {
+                          cb.store(mul(row(keysT, e),
+                                       splatElement(microRow, factors, e)),
+                                   keysT, e);
+                          return {};
+                        });
               }
               // (x . p_i) for every key i of the chunk, as one vector.
               auto productsWithKeys = [&](Value x) {
@@ -438,9 +440,9 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                       SmallVector<Value> next;
                       for (int64_t r = 0; r < group; ++r) {
                         Value e = addIndex(first, r);
-                        next.push_back(cb.fma(
-                            splatElement(microRow, elements, e),
-                            row(keysT, e), acc[r]));
+                        next.push_back(
+                            cb.fma(splatElement(microRow, elements, e),
+                                   row(keysT, e), acc[r]));
                       }
                       return next;
                     });
@@ -471,8 +473,8 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                 Value w = stepValue(write.form.value, t);
                 if (write.retrieval) {
                   Value results = resultBuffers[*write.retrieval];
-                  Value retrieved = withEarlierWrites(
-                      key, cb.load(valueRow, results, j), u);
+                  Value retrieved =
+                      withEarlierWrites(key, cb.load(valueRow, results, j), u);
                   cb.store(retrieved, results, j);
                   w = mul(splat(valueRow, stepValue(write.form.rate, t)),
                           sub(w, retrieved));
@@ -530,16 +532,16 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                 if (r < retrievals)
                   continue;
                 if (read.transposed) {
-                  Value y = transposedRead(stepValue(read.query, t),
-                                           sTimesQueries[r],
-                                           ends[read.position]);
+                  Value y =
+                      transposedRead(stepValue(read.query, t), sTimesQueries[r],
+                                     ends[read.position]);
                   cb.store(y, resultBuffers[r], j);
                   continue;
                 }
-                Value y = withEarlierWrites(
-                    stepValue(read.query, t),
-                    cb.load(valueRow, resultBuffers[r], j),
-                    ends[read.position]);
+                Value y =
+                    withEarlierWrites(stepValue(read.query, t),
+                                      cb.load(valueRow, resultBuffers[r], j),
+                                      ends[read.position]);
                 cb.store(y, resultBuffers[r], j);
               }
               return {};
@@ -548,10 +550,9 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
         // 4. The new state: W[e, :] = lambda_n[e] S[e, :] + sum_i p_i[e] w_i
         // over the chunk's micro-steps i, `rowBlock` rows at a time.
         Value microLength =
-            micro == 1
-                ? length
-                : arith::MulIOp::create(b, loc, length, index(micro))
-                      .getResult();
+            micro == 1 ? length
+                       : arith::MulIOp::create(b, loc, length, index(micro))
+                             .getResult();
         vector::StoreOp::create(b, loc, lambdaEnd, lambdaRow,
                                 ValueRange{zero});
         forRowGroups(
