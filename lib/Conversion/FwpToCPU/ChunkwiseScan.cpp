@@ -30,6 +30,13 @@
 // in its own order: step j of the chunk that starts at iteration s is step
 // T - 1 - (s + j) of time.
 //
+// A step with m writes (a decay, then write_sum / write_delta in any mix)
+// is m micro-steps of the chunk: write w of step j is micro-step m j + w,
+// the sums above run over micro-steps i, a write's retrieval and a read at
+// position p of the step (0 before its first write, w + 1 after write w)
+// over i < m j + w resp. i < m j + p, and the decay (once per step, before
+// its writes) scales the keys of all earlier micro-steps.
+//
 //===----------------------------------------------------------------------===//
 
 #include "CpuLowering.h"
@@ -72,8 +79,9 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
 
   ChunkPlan plan;
   plan.state = *matrixState;
-  // The update chain: a decay, then one write.
+  // The update chain: a decay, then one or more writes.
   SmallVector<Value> chain{scan.getStateArgs()[*matrixState]};
+  SmallVector<Operation *> chainOps;
   while (true) {
     Operation *next = nullptr;
     for (Operation *user : chain.back().getUsers()) {
@@ -88,30 +96,36 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
       break;
     auto update = cast<FastWeightUpdateOpInterface>(next);
     std::optional<LinearUpdate> form = update.getLinearUpdate();
-    if (!form || plan.write)
+    if (!form)
       return std::nullopt;
     if (form->rowScale) {
-      if (plan.decay)
-        return std::nullopt;
+      if (plan.decay || !plan.writes.empty())
+        return std::nullopt; // a second decay, or one after a write
       plan.decay = next;
       plan.decayForm = *form;
     } else {
-      plan.write = next;
-      plan.writeForm = *form;
+      plan.writes.push_back({next, *form, std::nullopt});
     }
+    chainOps.push_back(next);
     chain.push_back(update.getUpdateResult());
   }
-  if (!plan.write || scan.getYield().getValues()[*matrixState] != chain.back())
+  if (plan.writes.empty() ||
+      scan.getYield().getValues()[*matrixState] != chain.back())
     return std::nullopt;
-  if (plan.writeForm.rate)
-    plan.reads.push_back(
-        {plan.writeForm.retrieved, plan.writeForm.key, /*afterWrite=*/false});
+  for (auto [w, write] : llvm::enumerate(plan.writes))
+    if (write.form.rate) {
+      write.retrieval = plan.reads.size();
+      plan.reads.push_back(
+          {write.form.retrieved, write.form.key, static_cast<unsigned>(w)});
+    }
 
-  // Every other use of the chain is a read with a time-parallel query.
-  for (auto [position, value] : llvm::enumerate(chain)) {
+  // Every other use of the chain is a read with a time-parallel query. The
+  // chain's value at index i is at position i - 1 of the step's micro-steps
+  // after a decay (the state itself is read by none), i without one.
+  for (auto [index, value] : llvm::enumerate(chain)) {
     for (OpOperand &use : value.getUses()) {
       Operation *user = use.getOwner();
-      if (user == plan.decay || user == plan.write) {
+      if (llvm::is_contained(chainOps, user)) {
         if (cast<FastWeightUpdateOpInterface>(user).getUpdatedWeight() ==
             use.get())
           continue;
@@ -122,14 +136,14 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
           continue;
         return std::nullopt; // the matrix as an output
       }
-      if (position == 0 && plan.decay)
+      if (index == 0 && plan.decay)
         return std::nullopt; // a read before the decay
+      unsigned position = plan.decay ? index - 1 : index;
       if (auto read = dyn_cast<ReadOp>(user))
-        plan.reads.push_back(
-            {read.getResult(), read.getQuery(), value == chain.back()});
+        plan.reads.push_back({read.getResult(), read.getQuery(), position});
       else if (auto read = dyn_cast<ReadTransposedOp>(user))
-        plan.reads.push_back({read.getResult(), read.getValue(),
-                              value == chain.back(), /*transposed=*/true});
+        plan.reads.push_back({read.getResult(), read.getValue(), position,
+                              /*transposed=*/true});
       else
         return std::nullopt;
     }
@@ -139,9 +153,13 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
     return place == Place::Input || place == Place::Entry ||
            place == Place::Prologue;
   };
-  SmallVector<Value> coefficients{plan.writeForm.key, plan.writeForm.value};
-  if (plan.writeForm.rate)
-    coefficients.push_back(plan.writeForm.rate);
+  SmallVector<Value> coefficients;
+  for (const ChunkPlan::Write &write : plan.writes) {
+    coefficients.push_back(write.form.key);
+    coefficients.push_back(write.form.value);
+    if (write.form.rate)
+      coefficients.push_back(write.form.rate);
+  }
   if (plan.decay)
     coefficients.push_back(plan.decayForm.rowScale);
   for (const ChunkPlan::Read &read : plan.reads)
@@ -249,8 +267,11 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   auto keyRow = VectorType::get({keys}, element);
   auto valueRow = VectorType::get({values}, element);
   int64_t chunk = plan.chunk;
-  const LinearUpdate &write = plan.writeForm;
-  bool delta = static_cast<bool>(write.rate);
+  // Micro-steps per step: write w of step j is micro-step micro j + w.
+  int64_t micro = plan.writes.size();
+  // The writes' retrievals come first in plan.reads.
+  size_t retrievals = llvm::count_if(
+      plan.writes, [](const ChunkPlan::Write &w) { return w.retrieval; });
 
   // Query blocks of the pass over S: as many queries as keep their
   // accumulators (rows of V) within 16 vector registers.
@@ -265,14 +286,17 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
          rowBlock < 4)
     rowBlock *= 2;
 
-  // Per chunk: the decayed keys p_i (transposed), the writes w_i, and per
-  // read the decayed queries lambda_j x_j and the results. A transposed
-  // read keeps its queries x_j transposed ([V, C]) and S x_j as the columns
-  // of a [K, C] buffer (sTimesQueries); the transposed reads need lambda_j
-  // and the decayed keys p_i once more, as rows ([C, K]).
-  Value keysT = cb.scratch(keys, chunk, element);
+  // Per chunk: the decayed keys p_i (transposed) and the writes w_i of its
+  // micro-steps, and per read the decayed queries lambda_j x_j and the
+  // results. A transposed read keeps its queries x_j transposed ([V, C])
+  // and S x_j as the columns of a [K, C] buffer (sTimesQueries); the
+  // transposed reads need lambda_j and the decayed keys p_i once more, as
+  // rows ([C m, K]).
+  int64_t microSteps = chunk * micro;
+  Value keysT = cb.scratch(keys, microSteps, element);
   auto chunkRow = VectorType::get({chunk}, element);
-  Value writesBuffer = cb.scratch(chunk, values, element);
+  auto microRow = VectorType::get({microSteps}, element);
+  Value writesBuffer = cb.scratch(microSteps, values, element);
   SmallVector<Value> queryBuffers, resultBuffers, sTimesQueries;
   bool anyTransposed = false;
   for (const ChunkPlan::Read &read : plan.reads) {
@@ -287,7 +311,8 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   Value lambdas = plan.decay && anyTransposed
                       ? cb.scratch(chunk, keys, element)
                       : Value();
-  Value keyRows = anyTransposed ? cb.scratch(chunk, keys, element) : Value();
+  Value keyRows =
+      anyTransposed ? cb.scratch(microSteps, keys, element) : Value();
   // Rows of S per pass of a transposed read's products.
   int64_t rowGroup = keys % 4 == 0 ? 4 : keys % 2 == 0 ? 2 : 1;
   Value lambdaRow = scratchRow(element, keys);
@@ -389,29 +414,35 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
             zero, length, 1, {},
             [&](Value j, ValueRange) -> SmallVector<Value> {
               Value t = stepOf(j);
+              Value firstMicro =
+                  micro == 1 ? j
+                             : arith::MulIOp::create(b, loc, j, index(micro))
+                                   .getResult();
               if (plan.decay) {
                 Value factors =
                     spill(stepValue(plan.decayForm.rowScale, t));
-                forRows(keysT, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
-                  cb.store(mul(row(keysT, e), splatElement(chunkRow, factors, e)),
-                           keysT, e);
-                  return {};
-                });
+                forRows(keysT, {},
+                        [&](Value e, ValueRange) -> SmallVector<Value> {
+                          cb.store(mul(row(keysT, e),
+                                       splatElement(microRow, factors, e)),
+                                   keysT, e);
+                          return {};
+                        });
               }
               // (x . p_i) for every key i of the chunk, as one vector.
               auto productsWithKeys = [&](Value x) {
                 Value elements = spill(x);
                 int64_t group = keys % 4 == 0 ? 4 : keys % 2 == 0 ? 2 : 1;
-                SmallVector<Value> inits(group, constant(chunkRow, 0.0));
+                SmallVector<Value> inits(group, constant(microRow, 0.0));
                 scf::ForOp sums = forRowGroups(
                     keysT, group, inits,
                     [&](Value first, ValueRange acc) -> SmallVector<Value> {
                       SmallVector<Value> next;
                       for (int64_t r = 0; r < group; ++r) {
                         Value e = addIndex(first, r);
-                        next.push_back(cb.fma(
-                            splatElement(chunkRow, elements, e),
-                            row(keysT, e), acc[r]));
+                        next.push_back(
+                            cb.fma(splatElement(microRow, elements, e),
+                                   row(keysT, e), acc[r]));
                       }
                       return next;
                     });
@@ -433,31 +464,43 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                           })
                     .getResult(0);
               };
-              Value key = stepValue(write.key, t);
-              Value w = stepValue(write.value, t);
-              if (delta) {
-                Value retrieved = withEarlierWrites(
-                    key, cb.load(valueRow, resultBuffers.front(), j), j);
-                cb.store(retrieved, resultBuffers.front(), j);
-                w = mul(splat(valueRow, stepValue(write.rate, t)),
-                        sub(w, retrieved));
+              // The step's writes, micro-steps m j + w: the delta rule's
+              // retrieval sees the chunk's writes before its own.
+              SmallVector<Value> stepKeys;
+              for (const ChunkPlan::Write &write : plan.writes) {
+                Value u = addIndex(firstMicro, stepKeys.size());
+                Value key = stepValue(write.form.key, t);
+                Value w = stepValue(write.form.value, t);
+                if (write.retrieval) {
+                  Value results = resultBuffers[*write.retrieval];
+                  Value retrieved =
+                      withEarlierWrites(key, cb.load(valueRow, results, j), u);
+                  cb.store(retrieved, results, j);
+                  w = mul(splat(valueRow, stepValue(write.form.rate, t)),
+                          sub(w, retrieved));
+                }
+                cb.store(w, writesBuffer, u);
+                cb.storeColumn(key, keysT, u);
+                stepKeys.push_back(key);
               }
-              cb.store(w, writesBuffer, j);
-              cb.storeColumn(key, keysT, j);
-              Value next = addIndex(j, 1);
+              // The end of the writes a read at position p sees: m j + p.
+              SmallVector<Value> ends{firstMicro};
+              for (int64_t p = 1; p <= micro; ++p)
+                ends.push_back(addIndex(firstMicro, p));
               // The decayed keys as rows, for the transposed reads: the
-              // earlier ones decayed by this step's a_j, then k_j.
+              // earlier ones decayed by this step's a_j, then the step's.
               if (keyRows) {
                 if (plan.decay) {
                   Value factors = stepValue(plan.decayForm.rowScale, t);
-                  cb.loop(zero, j, 1, {},
+                  cb.loop(zero, firstMicro, 1, {},
                           [&](Value i, ValueRange) -> SmallVector<Value> {
                             cb.store(mul(cb.load(keyRow, keyRows, i), factors),
                                      keyRows, i);
                             return {};
                           });
                 }
-                cb.store(key, keyRows, j);
+                for (auto [w, key] : llvm::enumerate(stepKeys))
+                  cb.store(key, keyRows, addIndex(firstMicro, w));
               }
               // A transposed read: lambda_j (S x_j) (column j of the pass
               // over S) + sum_{i < end} (w_i . x_j) p_i.
@@ -486,26 +529,30 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                     .getResult(0);
               };
               for (auto [r, read] : llvm::enumerate(plan.reads)) {
-                if (delta && r == 0)
+                if (r < retrievals)
                   continue;
                 if (read.transposed) {
-                  Value y = transposedRead(stepValue(read.query, t),
-                                           sTimesQueries[r],
-                                           read.afterWrite ? next : j);
+                  Value y =
+                      transposedRead(stepValue(read.query, t), sTimesQueries[r],
+                                     ends[read.position]);
                   cb.store(y, resultBuffers[r], j);
                   continue;
                 }
-                Value y = withEarlierWrites(
-                    stepValue(read.query, t),
-                    cb.load(valueRow, resultBuffers[r], j),
-                    read.afterWrite ? next : j);
+                Value y =
+                    withEarlierWrites(stepValue(read.query, t),
+                                      cb.load(valueRow, resultBuffers[r], j),
+                                      ends[read.position]);
                 cb.store(y, resultBuffers[r], j);
               }
               return {};
             });
 
-        // 4. The new state: W[e, :] = lambda_n[e] S[e, :] + sum_i p_i[e] w_i,
-        // `rowBlock` rows at a time.
+        // 4. The new state: W[e, :] = lambda_n[e] S[e, :] + sum_i p_i[e] w_i
+        // over the chunk's micro-steps i, `rowBlock` rows at a time.
+        Value microLength =
+            micro == 1 ? length
+                       : arith::MulIOp::create(b, loc, length, index(micro))
+                             .getResult();
         vector::StoreOp::create(b, loc, lambdaEnd, lambdaRow,
                                 ValueRange{zero});
         forRowGroups(
@@ -520,7 +567,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                                : row);
               }
               SmallVector<Value> sums =
-                  cb.rowsTimes(keysT, first, writesBuffer, length, inits);
+                  cb.rowsTimes(keysT, first, writesBuffer, microLength, inits);
               for (int64_t r = 0; r < rowBlock; ++r)
                 vector::StoreOp::create(b, loc, sums[r], state,
                                         ValueRange{addIndex(first, r), zero});
@@ -534,11 +581,15 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               for (auto [read, buffer] :
                    llvm::zip(plan.reads, resultBuffers))
                 lowered[read.result] = cb.load(rowOf(buffer), buffer, j);
-              for (Operation *op : {plan.decay, plan.write})
-                if (op)
-                  for (Value result : op->getResults())
-                    if (isa<FastWeightType>(result.getType()))
-                      lowered[result] = state;
+              SmallVector<Operation *> chainOps;
+              if (plan.decay)
+                chainOps.push_back(plan.decay);
+              for (const ChunkPlan::Write &write : plan.writes)
+                chainOps.push_back(write.op);
+              for (Operation *op : chainOps)
+                for (Value result : op->getResults())
+                  if (isa<FastWeightType>(result.getType()))
+                    lowered[result] = state;
               SmallVector<Value> next;
               if (failed(lowerBody(stepOf(j), states, next))) {
                 status = failure();

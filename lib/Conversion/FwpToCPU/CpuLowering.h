@@ -99,24 +99,36 @@ FailureOr<bool> lowerInStages(ScanOp scan, const CpuPatternSet &patterns,
                               int64_t chunk);
 
 /// What the chunkwise form of a scan (ChunkwiseScan.cpp) computes: the one
-/// fast-weight state, its update chain (a decay of the rows, then one write:
-/// FastWeightUpdateOpInterface::getLinearUpdate) and the reads of it, all
-/// with time-parallel coefficients. The scan may run backwards in time
-/// (`reverse`): the chunks then cover T from its end.
+/// fast-weight state, its update chain (a decay of the rows, then one or
+/// more writes: FastWeightUpdateOpInterface::getLinearUpdate) and the reads
+/// of it, all with time-parallel coefficients. A step with m writes is m
+/// micro-steps of the chunk (write w of step j is micro-step m j + w). The
+/// scan may run backwards in time (`reverse`): the chunks then cover T from
+/// its end.
 struct ChunkPlan {
   /// A read of the state at each step: `result = W^T query` (fwp.read), or
   /// `result = W query` when `transposed` (fwp.read_transposed), of the
-  /// weight after the step's write (`afterWrite`) or the decayed one before
-  /// it.
+  /// weight at `position` in the step's chain: 0 the decayed one before the
+  /// first write (the state itself without a decay), w + 1 the one after
+  /// write w.
   struct Read {
     Value result, query;
-    bool afterWrite;
+    unsigned position = 0;
     bool transposed = false;
   };
+  /// A write of the chain, in order; for the delta rule `retrieval` is the
+  /// index in `reads` of the write's own retrieval (W^T key before it).
+  struct Write {
+    Operation *op = nullptr;
+    LinearUpdate form;
+    std::optional<unsigned> retrieval;
+  };
   unsigned state = 0;
-  Operation *decay = nullptr, *write = nullptr;
-  LinearUpdate decayForm, writeForm;
-  /// For the delta rule, reads.front() is the write's own retrieval.
+  Operation *decay = nullptr;
+  LinearUpdate decayForm;
+  SmallVector<Write> writes;
+  /// The writes' retrievals first (in the writes' order), then the other
+  /// reads.
   SmallVector<Read> reads;
   int64_t chunk = 0;
 };

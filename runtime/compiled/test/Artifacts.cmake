@@ -96,4 +96,22 @@ set(variants
   "gated_delta_transposed_f64_chunk|../runtime/compiled/test/layers/gated_delta_transposed|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=4,--cuda=off"
   "gated_delta_transposed_f64_recurrent|../runtime/compiled/test/layers/gated_delta_transposed|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=off,--cuda=off"
   "gated_delta_transposed_chunk|../runtime/compiled/test/layers/gated_delta_transposed|--dim,d=32,--dim,e=16,--chunk=16,--cuda=off"
-  "gated_delta_transposed_recurrent|../runtime/compiled/test/layers/gated_delta_transposed|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off")
+  "gated_delta_transposed_recurrent|../runtime/compiled/test/layers/gated_delta_transposed|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off"
+  # several writes per step on one fast weight (micro-steps of the chunk):
+  # the test-only layers and delta_product (two delta writes)
+  "two_writes_f64_chunk|../runtime/compiled/test/layers/two_writes|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=4,--cuda=off"
+  "two_writes_f64_recurrent|../runtime/compiled/test/layers/two_writes|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=off,--cuda=off"
+  "two_writes_chunk|../runtime/compiled/test/layers/two_writes|--dim,d=32,--dim,e=16,--chunk=16,--cuda=off"
+  "two_writes_recurrent|../runtime/compiled/test/layers/two_writes|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off"
+  "decay_two_writes_f64_chunk|../runtime/compiled/test/layers/decay_two_writes|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=4,--cuda=off"
+  "decay_two_writes_f64_recurrent|../runtime/compiled/test/layers/decay_two_writes|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=off,--cuda=off"
+  "decay_two_writes_chunk|../runtime/compiled/test/layers/decay_two_writes|--dim,d=32,--dim,e=16,--chunk=16,--cuda=off"
+  "decay_two_writes_recurrent|../runtime/compiled/test/layers/decay_two_writes|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off"
+  "reverse_decay_two_writes_f64_chunk|../runtime/compiled/test/layers/reverse_decay_two_writes|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=4,--cuda=off"
+  "reverse_decay_two_writes_f64_recurrent|../runtime/compiled/test/layers/reverse_decay_two_writes|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=off,--cuda=off"
+  "reverse_decay_two_writes_chunk|../runtime/compiled/test/layers/reverse_decay_two_writes|--dim,d=32,--dim,e=16,--chunk=16,--cuda=off"
+  "reverse_decay_two_writes_recurrent|../runtime/compiled/test/layers/reverse_decay_two_writes|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off"
+  "delta_product_f64_chunk|delta_product|--dim,d=5,--dtype=f64,--chunk=4,--cuda=off"
+  "delta_product_f64_recurrent|delta_product|--dim,d=5,--dtype=f64,--chunk=off,--cuda=off"
+  "delta_product_chunk|delta_product|--dim,d=32,--chunk=16,--cuda=off"
+  "delta_product_recurrent|delta_product|--dim,d=32,--chunk=off,--cuda=off")

@@ -11,9 +11,10 @@
 // initial states or none and decays near 0 and 1.
 //
 // The test-only layers of layers/ take the chunkwise form's building blocks
-// for the backward scans: scans backwards in time (`reverse`) and
-// transposed reads (W x) of the weight before and after the write, with
-// K != V. A scan backwards in time has a backward that runs forwards in
+// for the backward scans: scans backwards in time (`reverse`), transposed
+// reads (W x) of the weight before and after the write, with K != V, and
+// several writes per step on one fast weight (micro-steps; delta_product
+// too). A scan backwards in time has a backward that runs forwards in
 // time; its gradients are checked against finite differences below.
 //
 //===----------------------------------------------------------------------===//
@@ -136,7 +137,8 @@ std::vector<Case> cases() {
   // shorter than either chunk, 37 and 130 no multiple of it.
   for (std::string layer : {"linear_transformer", "delta_net", "gated_delta_net", "retnet",
                             "gla", "reverse_sum", "reverse_decay_sum", "reverse_delta",
-                            "gated_delta_transposed"})
+                            "gated_delta_transposed", "two_writes", "decay_two_writes",
+                            "reverse_decay_two_writes", "delta_product"})
     for (std::string suffix : {"_f64", ""}) {
       std::string name = layer + suffix;
       out.push_back({name, 1, false, 0.0});
@@ -176,12 +178,14 @@ TEST(ChunkwiseForm, ManifestSaysWhichKernelsAreChunkwise) {
   EXPECT_EQ(gla->forwardTrain().chunk, 0);
 }
 
-/// The test-only layers' forward scans (backwards in time, transposed reads)
-/// are chunkwise under --chunk and recurrent under --chunk=off; the training
+/// The test-only layers' forward scans (backwards in time, transposed reads,
+/// several writes per step) and delta_product's (two writes per step) are
+/// chunkwise under --chunk and recurrent under --chunk=off; the training
 /// forwards that record only vectors too.
-TEST(ChunkwiseForm, ReverseScansAndTransposedReadsAreChunkwise) {
+TEST(ChunkwiseForm, ReverseScansTransposedReadsAndMicroStepsAreChunkwise) {
   for (std::string layer : {"reverse_sum", "reverse_decay_sum", "reverse_delta",
-                            "gated_delta_transposed"})
+                            "gated_delta_transposed", "two_writes", "decay_two_writes",
+                            "reverse_decay_two_writes", "delta_product"})
     for (std::string suffix : {"_f64", ""}) {
       std::string name = layer + suffix;
       REQUIRE_ARTIFACT(name + "_chunk");
@@ -192,7 +196,8 @@ TEST(ChunkwiseForm, ReverseScansAndTransposedReadsAreChunkwise) {
       EXPECT_EQ(recurrent->forward().chunk, 0) << name;
       EXPECT_EQ(recurrent->forwardTrain().chunk, 0) << name;
       // Without a decay the write inverts (the tape is vectors).
-      bool recordsVectors = layer == "reverse_sum" || layer == "reverse_delta";
+      bool recordsVectors = layer == "reverse_sum" || layer == "reverse_delta" ||
+                            layer == "two_writes" || layer == "delta_product";
       EXPECT_EQ(chunked->forwardTrain().chunk, recordsVectors ? expected : 0) << name;
     }
 }

@@ -203,15 +203,71 @@ fwp.scan @state_dependent_transposed_query seq(%k : vector<8xf32>, %v : vector<8
   fwp.yield %W1, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
 }
 
-// Backwards in time with two writes per step on the matrix (as the
-// backward's dW takes): not yet the chunkwise form.
+// Two writes per step on the matrix (a sum write and then the delta rule,
+// as the backward's dW takes), backwards in time, K = 8, V = 16: write w of
+// step j is micro-step 2 j + w of the chunk, whose keys ([K, 2 C], stored
+// transposed) and writes ([2 C, V]) hold all its micro-steps. The delta
+// rule's retrieval sees the chunk's writes before 2 j + 1 (the step's sum
+// write included); a read before the writes those before 2 j, a read
+// between them those before 2 j + 1 (here a transposed one), a read after
+// them those before 2 j + 2; the new state sums over 2 x length micro-steps.
 // CHECK-LABEL: func.func @reverse_two_writes
+// CHECK-SAME: fwp.chunk = 4
+// CHECK: scf.for %[[START:.*]] = %{{.*}} to %arg0 step %[[C4:c4.*]] {
+// CHECK: %[[LEN:.*]] = arith.minsi
+// CHECK: scf.for %[[J:.*]] = %{{.*}} to %[[LEN]] step %c1 {
+// CHECK: %[[U0:.*]] = arith.muli %[[J]], %c2
+// CHECK: vector.store %{{.*}}, %[[WRITES:.*]][%[[U0]], %{{.*}}] : memref<8x16xf32>, vector<16xf32>
+// CHECK: memref.store %{{.*}}, %[[KEYS:.*]][%{{.*}}, %[[U0]]] : memref<8x8xf32>
+// CHECK: %[[U1:.*]] = arith.addi %[[U0]], %c1
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[U1]] step %c1 iter_args(
+// CHECK: vector.store %{{.*}}, %[[WRITES]][%[[U1]], %{{.*}}] : memref<8x16xf32>, vector<16xf32>
+// CHECK: memref.store %{{.*}}, %[[KEYS]][%{{.*}}, %[[U1]]] : memref<8x8xf32>
+// CHECK: %[[END1:.*]] = arith.addi %[[U0]], %c1
+// CHECK: %[[END2:.*]] = arith.addi %[[U0]], %c2
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[U0]] step %c1 iter_args(
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[END1]] step %c1 iter_args(
+// CHECK: vector.reduction <add>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[END2]] step %c1 iter_args(
+// CHECK: %[[MICRO:.*]] = arith.muli %[[LEN]], %c2
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[MICRO]] step %c1 iter_args(
+// CHECK: return
+// OFF-LABEL: func.func @reverse_two_writes
+// OFF-NOT: fwp.chunk
+fwp.scan @reverse_two_writes reverse seq(%k : vector<8xf32>, %v : vector<16xf32>,
+                                         %x : vector<16xf32>, %q : vector<8xf32>, %beta : f32)
+    states(%W : !fwp.fast_weight<8x16xf32>)
+    outputs(y : vector<16xf32>, r : vector<16xf32>, u : vector<8xf32>) {
+  %r = fwp.read %W, %q : !fwp.fast_weight<8x16xf32>, vector<8xf32> -> vector<16xf32>
+  %W1 = fwp.write_sum %W, %q, %x : !fwp.fast_weight<8x16xf32>, vector<8xf32>, vector<16xf32>
+  %W2, %vbar = fwp.write_delta %W1, %k, %v, %beta : !fwp.fast_weight<8x16xf32>, vector<8xf32>, vector<16xf32>
+  %y = fwp.read %W2, %q : !fwp.fast_weight<8x16xf32>, vector<8xf32> -> vector<16xf32>
+  %u = fwp.read_transposed %W1, %x : !fwp.fast_weight<8x16xf32>, vector<16xf32> -> vector<8xf32>
+  fwp.yield %W2, %y, %r, %u : !fwp.fast_weight<8x16xf32>, vector<16xf32>, vector<16xf32>, vector<8xf32>
+}
+
+// The backward's dW: a sum write and then a delta write with a zero value
+// (the adjoint of write_delta), backwards in time: micro-steps as above.
+// CHECK-LABEL: func.func @dw_like
+// CHECK-SAME: fwp.chunk = 4
+fwp.scan @dw_like reverse seq(%q : vector<8xf32>, %g : vector<16xf32>, %k : vector<8xf32>,
+                              %beta : f32)
+    states(%dW : !fwp.fast_weight<8x16xf32>) outputs(y : vector<16xf32>) {
+  %zero = fwp.constant 0.0 : vector<16xf32>
+  %dW1 = fwp.write_sum %dW, %q, %g : !fwp.fast_weight<8x16xf32>, vector<8xf32>, vector<16xf32>
+  %dW2, %r = fwp.write_delta %dW1, %k, %zero, %beta : !fwp.fast_weight<8x16xf32>, vector<8xf32>, vector<16xf32>
+  %y = fwp.read %dW2, %k : !fwp.fast_weight<8x16xf32>, vector<8xf32> -> vector<16xf32>
+  fwp.yield %dW2, %y : !fwp.fast_weight<8x16xf32>, vector<16xf32>
+}
+
+// A decay after a write: not the chunkwise form.
+// CHECK-LABEL: func.func @decay_after_write
 // CHECK-NOT: fwp.chunk
 // CHECK: return
-fwp.scan @reverse_two_writes reverse seq(%k : vector<8xf32>, %v : vector<8xf32>, %x : vector<8xf32>)
+fwp.scan @decay_after_write seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vector<8xf32>)
     states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
   %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
-  %W2 = fwp.write_sum %W1, %x, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
-  %y = fwp.read_transposed %W2, %x : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
-  fwp.yield %W2, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+  %Wd = fwp.scale_rows %W1, %g : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+  %y = fwp.read %Wd, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  fwp.yield %Wd, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
 }
