@@ -279,9 +279,16 @@ public:
   bool canOverwrite(Value matrix, Operation *writer) {
     if (readOnly.contains(lowered.lookup(matrix)))
       return false;
-    for (Operation *user : matrix.getUsers())
-      if (user != writer && !user->isBeforeInBlock(writer))
-        return false;
+    for (OpOperand &use : matrix.getUses()) {
+      Operation *user = use.getOwner();
+      if (user == writer || user->isBeforeInBlock(writer))
+        continue;
+      // An output already stored at the step's start (lowerBody).
+      if (isa<YieldOp>(user) && storedEarly.contains(matrix) &&
+          use.getOperandNumber() >= scan.getNumStates())
+        continue;
+      return false;
+    }
     return true;
   }
   /// The buffer `writer` may update for its result: the operand's own buffer
@@ -376,6 +383,9 @@ private:
   /// fwp value -> lowered value (vector/scalar SSA value, or a memref).
   llvm::DenseMap<Value, Value> lowered;
   llvm::DenseSet<Value> readOnly;
+  /// Matrix states whose value before the step is an output (the tape of
+  /// a stored or checkpointed backward), stored to it when the step starts.
+  llvm::DenseSet<Value> storedEarly;
   Operation *scratchInsertionPoint = nullptr;
   SmallVector<Value> scratchBuffers;
 

@@ -190,19 +190,33 @@ ScanLowering::lowerBody(Value t, ValueRange vectorStates,
     else
       lowered[arg] = vectorStates[vectorIndex++];
   }
+  YieldOp yield = scan.getYield();
+  unsigned numStates = scan.getNumStates();
+  // A matrix state's value before the step that is an output (the tape of
+  // a stored or checkpointed backward) goes to its slice first: the step's
+  // writes may then update the state in place, instead of writing a copy
+  // and copying it back (two copies of the matrix per step).
+  storedEarly.clear();
+  for (auto [value, buffer] :
+       llvm::zip(yield.getValues().drop_front(numStates), outputBuffers)) {
+    auto arg = dyn_cast<BlockArgument>(value);
+    if (!arg || !isa<FastWeightType>(arg.getType()) ||
+        placeOf(arg) != Place::Core)
+      continue;
+    copyRows(lowered.lookup(arg), stepSlice(buffer, t));
+    storedEarly.insert(arg);
+  }
   for (Operation &op : scan.getBodyBlock().without_terminator())
     if (places.lookup(&op) == Place::Core && failed(lowerOp(&op)))
       return failure();
   storeStepResults(Place::Core, t);
 
   loc = scan.getLoc();
-  YieldOp yield = scan.getYield();
-  unsigned numStates = scan.getNumStates();
   // Outputs first: a matrix output may be a state's value at t - 1, which
   // the state copies below overwrite.
   for (auto [value, buffer] :
        llvm::zip(yield.getValues().drop_front(numStates), outputBuffers)) {
-    if (storerOf(value) != Place::Core)
+    if (storerOf(value) != Place::Core || storedEarly.contains(value))
       continue;
     Value out = lowered.lookup(value);
     if (isa<VectorType>(out.getType()))

@@ -94,3 +94,26 @@ fwp.scan @copy_on_write seq(%k : vector<8xf32>, %v : vector<8xf32>)
   %z = fwp.read %W, %u : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
   fwp.yield %W1, %z : !fwp.fast_weight<8x8xf32>, vector<8xf32>
 }
+
+// The state before the step as an output (the tape of a stored or
+// checkpointed backward, as forward_train records it): its rows go to the
+// step's slice of the output first, and the writes then update the state
+// in place — no scratch matrix, no copy back.
+// CHECK-LABEL: func.func @old_state_as_output
+// CHECK-NOT: memref.alloc()
+// CHECK: scf.for %[[T:.*]] = 
+// CHECK: %[[SLICE:.*]] = memref.subview %arg6[%[[T]], 0, 0] [1, 8, 8] [1, 1, 1]
+// CHECK: scf.for
+// CHECK: vector.store %{{.*}}, %[[SLICE]]
+// CHECK: scf.for
+// CHECK: vector.store %{{.*}}, %arg4[
+// CHECK-NOT: memref.copy
+// CHECK: return
+fwp.scan @old_state_as_output seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>)
+    outputs(y : vector<8xf32>, tape.W.prev : !fwp.fast_weight<8x8xf32>) {
+  %Wd = fwp.scale_rows %W, %g : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+  %W1 = fwp.write_sum %Wd, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  fwp.yield %W1, %y, %W : !fwp.fast_weight<8x8xf32>, vector<8xf32>, !fwp.fast_weight<8x8xf32>
+}
