@@ -88,9 +88,10 @@ MemRefType bufferType(Type type, bool perStep);
 /// below the size where the chunkwise form measured faster.
 int64_t automaticChunkLength(int64_t keys, int64_t values, unsigned elementBits);
 
-/// The type of a scan's function: `(T, seq buffers, params, states,
-/// outputs)`, buffers as bufferType gives them.
-FunctionType scanFunctionType(ScanOp scan);
+/// A scan's function `@<scan>(T, seq buffers, params, states, outputs)`
+/// (buffers as bufferType gives them), empty, just before the scan, with
+/// the C interface and the scan's role attributes.
+func::FuncOp createScanFunction(OpBuilder &b, ScanOp scan);
 
 /// Lowers a scan of several fast weights as passes over time of one weight
 /// each (StagedScan.cpp) where every pass takes the chunkwise form: true

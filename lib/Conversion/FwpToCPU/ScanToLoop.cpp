@@ -246,7 +246,9 @@ ScanLowering::lowerBody(Value t, ValueRange vectorStates,
   return success();
 }
 
-FunctionType mlir::fwp::cpu::scanFunctionType(ScanOp scan) {
+/// The type of a scan's function: `(T, seq buffers, params, states,
+/// outputs)`, buffers as bufferType gives them.
+static FunctionType scanFunctionType(ScanOp scan) {
   Builder b(scan.getContext());
   SmallVector<Type> argTypes{b.getIndexType()};
   for (BlockArgument arg : scan.getSeqArgs())
@@ -261,16 +263,21 @@ FunctionType mlir::fwp::cpu::scanFunctionType(ScanOp scan) {
   return b.getFunctionType(argTypes, TypeRange{});
 }
 
-LogicalResult ScanLowering::run() {
-  ModuleOp module = scan->getParentOfType<ModuleOp>();
-  scheduleVectorWorkEarly(scan.getBodyBlock());
+func::FuncOp mlir::fwp::cpu::createScanFunction(OpBuilder &b, ScanOp scan) {
   b.setInsertionPoint(scan);
-  auto func = func::FuncOp::create(b, loc, scan.getSymName(),
+  auto func = func::FuncOp::create(b, scan.getLoc(), scan.getSymName(),
                                    scanFunctionType(scan));
   func->setAttr("llvm.emit_c_interface", b.getUnitAttr());
   for (StringRef attr : {"fwp.role", "fwp.forward"})
     if (Attribute value = scan->getAttr(attr))
       func->setAttr(attr, value);
+  return func;
+}
+
+LogicalResult ScanLowering::run() {
+  ModuleOp module = scan->getParentOfType<ModuleOp>();
+  scheduleVectorWorkEarly(scan.getBodyBlock());
+  func::FuncOp func = createScanFunction(b, scan);
   Block *entry = func.addEntryBlock();
   b.setInsertionPointToStart(entry);
 

@@ -470,13 +470,7 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
   // The scan's function: the per-step buffers of the crossing values, a
   // copy of each weight's initial value for its passes before the last,
   // then the passes in order.
-  b.setInsertionPoint(scan);
-  auto func = func::FuncOp::create(b, loc, scan.getSymName(),
-                                   scanFunctionType(scan));
-  func->setAttr("llvm.emit_c_interface", b.getUnitAttr());
-  for (StringRef attr : {"fwp.role", "fwp.forward"})
-    if (Attribute value = scan->getAttr(attr))
-      func->setAttr(attr, value);
+  func::FuncOp func = createScanFunction(b, scan);
   func->setAttr("fwp.chunk", b.getI64IntegerAttr(chunkLength));
   func->setAttr("fwp.stages", b.getI64IntegerAttr(numPasses));
   Block *entry = func.addEntryBlock();
