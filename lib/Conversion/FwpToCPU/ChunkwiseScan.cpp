@@ -24,7 +24,13 @@
 // the steps' interactions (which solve the delta rule's triangular system
 // as they go), and one pass that writes the new state. The decayed keys are
 // products of the decays themselves, never quotients of cumulative products
-// (which overflow for strong decays). Everything else of the step (vector
+// (which overflow for strong decays). Without a decay the keys do not change
+// with j, and the reads no write depends on (all but the delta rule's
+// retrievals) take the chunk's steps at once after the step loop: the
+// masked [C, C m] products of their queries with the keys (for a transposed
+// read the [C m, C] products of the writes with the queries) and then one
+// matrix-style pass over the writes (keys), with no horizontal sums.
+// Everything else of the step (vector
 // states, ops on the reads) then runs step by step as before. A scan
 // backwards in time (`reverse`, as the backward scans are) takes its steps
 // in its own order: step j of the chunk that starts at iteration s is step
@@ -311,8 +317,19 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   Value lambdas = plan.decay && anyTransposed
                       ? cb.scratch(chunk, keys, element)
                       : Value();
-  Value keyRows =
-      anyTransposed ? cb.scratch(microSteps, keys, element) : Value();
+  // Without a decay the reads other than the retrievals run after the step
+  // loop, blocked (phase 3b); their products with the chunk's keys (writes
+  // for a transposed read) go to a [C, C m] ([C m, C]) buffer.
+  bool blockedReads = !plan.decay;
+  Value keyRows = anyTransposed && !blockedReads
+                      ? cb.scratch(microSteps, keys, element)
+                      : Value();
+  Value readOverlaps = blockedReads && plan.reads.size() > retrievals
+                           ? cb.scratch(chunk, microSteps, element)
+                           : Value();
+  Value writeOverlaps = blockedReads && anyTransposed
+                            ? cb.scratch(microSteps, chunk, element)
+                            : Value();
   // Rows of S per pass of a transposed read's products.
   int64_t rowGroup = keys % 4 == 0 ? 4 : keys % 2 == 0 ? 2 : 1;
   Value lambdaRow = scratchRow(element, keys);
@@ -529,7 +546,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                     .getResult(0);
               };
               for (auto [r, read] : llvm::enumerate(plan.reads)) {
-                if (r < retrievals)
+                if (r < retrievals || blockedReads)
                   continue;
                 if (read.transposed) {
                   Value y =
@@ -547,12 +564,129 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               return {};
             });
 
-        // 4. The new state: W[e, :] = lambda_n[e] S[e, :] + sum_i p_i[e] w_i
-        // over the chunk's micro-steps i, `rowBlock` rows at a time.
         Value microLength =
             micro == 1 ? length
                        : arith::MulIOp::create(b, loc, length, index(micro))
                              .getResult();
+
+        // 3b. Without a decay, the reads that no write depends on, all the
+        // chunk's steps at once: with the [C, C m] products X K^T of the
+        // queries and keys (masked to i < m j + p), Y += (X K^T) W; for a
+        // transposed read, with the [C m, C] products G = W X^T of the
+        // writes and the (transposed) queries, (S X^T) += K^T G, then
+        // column j of it is the result of step j. Blocked like phase 2: no
+        // horizontal sums, every key and write row loaded once per block.
+        // The keep-mask of a product (i, j): m j + p > i.
+        auto keep = [&](Value jTimesMicroPlusP, Value i) {
+          return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::sgt,
+                                       jTimesMicroPlusP, i);
+        };
+        auto iotaTimes = [&](int64_t n, int64_t scale, int64_t offset) {
+          SmallVector<int64_t> entries;
+          for (int64_t i = 0; i < n; ++i)
+            entries.push_back(scale * i + offset);
+          auto type = VectorType::get({n}, b.getI64Type());
+          return arith::ConstantOp::create(
+              b, loc, DenseIntElementsAttr::get(type, entries));
+        };
+        auto splatIndex = [&](int64_t n, Value i) -> Value {
+          Value scalar = arith::IndexCastOp::create(b, loc, b.getI64Type(), i);
+          return vector::BroadcastOp::create(
+              b, loc, VectorType::get({n}, b.getI64Type()), scalar);
+        };
+        int64_t group = 4;
+        while (microSteps % group != 0 || chunk % group != 0)
+          group /= 2;
+        for (auto [r, read] : llvm::enumerate(plan.reads)) {
+          if (!blockedReads || r < retrievals)
+            continue;
+          Value queries = queryBuffers[r], results = resultBuffers[r];
+          if (!read.transposed) {
+            // Row j of X K^T: sum_e x_j[e] keysT[e, :], masked.
+            Value bounds = iotaTimes(microSteps, 1, 0);
+            Value zeros = constant(microRow, 0.0);
+            forRowGroups(
+                readOverlaps, group, {},
+                [&](Value first, ValueRange) -> SmallVector<Value> {
+                  SmallVector<Value> inits(group, zeros);
+                  SmallVector<Value> sums =
+                      cb.rowsTimes(queries, first, keysT, index(keys), inits);
+                  for (int64_t q = 0; q < group; ++q) {
+                    Value j = addIndex(first, q);
+                    Value end = arith::AddIOp::create(
+                        b, loc, arith::MulIOp::create(b, loc, j, index(micro)),
+                        index(read.position));
+                    Value mask = keep(splatIndex(microSteps, end), bounds);
+                    cb.store(
+                        arith::SelectOp::create(b, loc, mask, sums[q], zeros),
+                        readOverlaps, j);
+                  }
+                  return {};
+                });
+            cb.loop(zero, length, block, {},
+                    [&](Value first, ValueRange) -> SmallVector<Value> {
+                      SmallVector<Value> inits;
+                      for (int64_t q = 0; q < block; ++q)
+                        inits.push_back(
+                            cb.load(valueRow, results, addIndex(first, q)));
+                      SmallVector<Value> sums =
+                          cb.rowsTimes(readOverlaps, first, writesBuffer,
+                                       microLength, inits);
+                      for (int64_t q = 0; q < block; ++q)
+                        cb.store(sums[q], results, addIndex(first, q));
+                      return {};
+                    });
+            continue;
+          }
+          // Row i of W X^T: sum_e w_i[e] X^T[e, :], masked.
+          Value bounds = iotaTimes(chunk, micro, read.position);
+          Value zeros = constant(chunkRow, 0.0);
+          forRowGroups(writeOverlaps, group, {},
+                       [&](Value first, ValueRange) -> SmallVector<Value> {
+                         SmallVector<Value> inits(group, zeros);
+                         SmallVector<Value> sums =
+                             cb.rowsTimes(writesBuffer, first, queries,
+                                          index(values), inits);
+                         for (int64_t q = 0; q < group; ++q) {
+                           Value i = addIndex(first, q);
+                           Value mask = keep(bounds, splatIndex(chunk, i));
+                           cb.store(arith::SelectOp::create(b, loc, mask,
+                                                            sums[q], zeros),
+                                    writeOverlaps, i);
+                         }
+                         return {};
+                       });
+          Value products = sTimesQueries[r];
+          forRowGroups(products, rowGroup, {},
+                       [&](Value first, ValueRange) -> SmallVector<Value> {
+                         SmallVector<Value> inits;
+                         for (int64_t q = 0; q < rowGroup; ++q)
+                           inits.push_back(
+                               cb.load(chunkRow, products, addIndex(first, q)));
+                         SmallVector<Value> sums = cb.rowsTimes(
+                             keysT, first, writeOverlaps, microLength, inits);
+                         for (int64_t q = 0; q < rowGroup; ++q)
+                           cb.store(sums[q], products, addIndex(first, q));
+                         return {};
+                       });
+          // Column j of the [K, C] products is row j of the results.
+          cb.loop(zero, length, 1, {},
+                  [&](Value j, ValueRange) -> SmallVector<Value> {
+                    forRows(products, {},
+                            [&](Value e, ValueRange) -> SmallVector<Value> {
+                              memref::StoreOp::create(
+                                  b, loc,
+                                  memref::LoadOp::create(b, loc, products,
+                                                         ValueRange{e, j}),
+                                  results, ValueRange{j, e});
+                              return {};
+                            });
+                    return {};
+                  });
+        }
+
+        // 4. The new state: W[e, :] = lambda_n[e] S[e, :] + sum_i p_i[e] w_i
+        // over the chunk's micro-steps i, `rowBlock` rows at a time.
         vector::StoreOp::create(b, loc, lambdaEnd, lambdaRow,
                                 ValueRange{zero});
         forRowGroups(
