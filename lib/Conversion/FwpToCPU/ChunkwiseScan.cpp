@@ -327,6 +327,10 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   Value readOverlaps = blockedReads && plan.reads.size() > retrievals
                            ? cb.scratch(chunk, microSteps, element)
                            : Value();
+  SmallVector<Value> retrievalOverlaps;
+  if (blockedReads)
+    for (size_t r = 0; r < retrievals; ++r)
+      retrievalOverlaps.push_back(cb.scratch(chunk, microSteps, element));
   Value writeOverlaps = blockedReads && anyTransposed
                             ? cb.scratch(microSteps, chunk, element)
                             : Value();
@@ -336,6 +340,53 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   auto rowOf = [](Value buffer) {
     auto type = cast<MemRefType>(buffer.getType());
     return VectorType::get({type.getDimSize(1)}, type.getElementType());
+  };
+
+  // The keep-mask of a product (i, j) of the blocked reads: m j + p > i.
+  auto keep = [&](Value jTimesMicroPlusP, Value i) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::sgt,
+                                 jTimesMicroPlusP, i);
+  };
+  auto iotaTimes = [&](int64_t n, int64_t scale, int64_t offset) {
+    SmallVector<int64_t> entries;
+    for (int64_t i = 0; i < n; ++i)
+      entries.push_back(scale * i + offset);
+    auto type = VectorType::get({n}, b.getI64Type());
+    return arith::ConstantOp::create(b, loc,
+                                     DenseIntElementsAttr::get(type, entries));
+  };
+  auto splatIndex = [&](int64_t n, Value i) -> Value {
+    Value scalar = arith::IndexCastOp::create(b, loc, b.getI64Type(), i);
+    return vector::BroadcastOp::create(
+        b, loc, VectorType::get({n}, b.getI64Type()), scalar);
+  };
+  int64_t group = 4;
+  while (microSteps % group != 0 || chunk % group != 0)
+    group /= 2;
+  // Row j of the masked products X K^T of the queries x_j ([C, K] rows)
+  // with the chunk's keys, sum_e x_j[e] keysT[e, :], kept for the
+  // micro-steps i < m j + position.
+  auto maskedKeyProducts = [&](Value queries, Value overlaps,
+                               unsigned position) {
+    Value bounds = iotaTimes(microSteps, 1, 0);
+    Value zeros = constant(microRow, 0.0);
+    forRowGroups(overlaps, group, {},
+                 [&](Value first, ValueRange) -> SmallVector<Value> {
+                   SmallVector<Value> inits(group, zeros);
+                   SmallVector<Value> sums =
+                       cb.rowsTimes(queries, first, keysT, index(keys), inits);
+                   for (int64_t q = 0; q < group; ++q) {
+                     Value j = addIndex(first, q);
+                     Value end = arith::AddIOp::create(
+                         b, loc, arith::MulIOp::create(b, loc, j, index(micro)),
+                         index(position));
+                     Value mask = keep(splatIndex(microSteps, end), bounds);
+                     cb.store(
+                         arith::SelectOp::create(b, loc, mask, sums[q], zeros),
+                         overlaps, j);
+                   }
+                   return {};
+                 });
   };
 
   Value zero = index(0);
@@ -376,6 +427,15 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               }
               if (lambdas)
                 cb.store(current, lambdas, j);
+              // Without a decay the keys go to keysT here (phase 2b).
+              if (blockedReads)
+                for (auto [w, write] : llvm::enumerate(plan.writes))
+                  cb.storeColumn(stepValue(write.form.key, t), keysT,
+                                 micro == 1
+                                     ? j
+                                     : addIndex(arith::MulIOp::create(
+                                                    b, loc, j, index(micro)),
+                                                w));
               return {current};
             });
         Value lambdaEnd = decays.getResult(0);
@@ -421,6 +481,13 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                     return {};
                   });
         }
+
+        // 2b. Without a decay, the retrievals' products with the chunk's
+        // keys, all steps at once (the keys are inputs).
+        if (blockedReads)
+          for (size_t r = 0; r < retrievals; ++r)
+            maskedKeyProducts(queryBuffers[r], retrievalOverlaps[r],
+                              plan.reads[r].position);
 
         // 3. Step by step: decay the earlier keys, solve for w_j (delta
         // rule), add the chunk's earlier writes to the reads. The keys are
@@ -481,6 +548,17 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                           })
                     .getResult(0);
               };
+              // base + sum_{i < end} overlaps[j, i] w_i (products from 2b).
+              auto withOverlaps = [&](Value overlaps, Value base, Value end) {
+                return cb
+                    .loop(zero, end, 1, ValueRange{base},
+                          [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                            return {cb.fma(cb.splatAt(valueRow, overlaps, j, i),
+                                           cb.load(valueRow, writesBuffer, i),
+                                           acc.front())};
+                          })
+                    .getResult(0);
+              };
               // The step's writes, micro-steps m j + w: the delta rule's
               // retrieval sees the chunk's writes before its own.
               SmallVector<Value> stepKeys;
@@ -490,14 +568,19 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                 Value w = stepValue(write.form.value, t);
                 if (write.retrieval) {
                   Value results = resultBuffers[*write.retrieval];
+                  Value base = cb.load(valueRow, results, j);
                   Value retrieved =
-                      withEarlierWrites(key, cb.load(valueRow, results, j), u);
+                      blockedReads
+                          ? withOverlaps(retrievalOverlaps[*write.retrieval],
+                                         base, u)
+                          : withEarlierWrites(key, base, u);
                   cb.store(retrieved, results, j);
                   w = mul(splat(valueRow, stepValue(write.form.rate, t)),
                           sub(w, retrieved));
                 }
                 cb.store(w, writesBuffer, u);
-                cb.storeColumn(key, keysT, u);
+                if (!blockedReads)
+                  cb.storeColumn(key, keysT, u);
                 stepKeys.push_back(key);
               }
               // The end of the writes a read at position p sees: m j + p.
@@ -576,53 +659,12 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
         // writes and the (transposed) queries, (S X^T) += K^T G, then
         // column j of it is the result of step j. Blocked like phase 2: no
         // horizontal sums, every key and write row loaded once per block.
-        // The keep-mask of a product (i, j): m j + p > i.
-        auto keep = [&](Value jTimesMicroPlusP, Value i) {
-          return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::sgt,
-                                       jTimesMicroPlusP, i);
-        };
-        auto iotaTimes = [&](int64_t n, int64_t scale, int64_t offset) {
-          SmallVector<int64_t> entries;
-          for (int64_t i = 0; i < n; ++i)
-            entries.push_back(scale * i + offset);
-          auto type = VectorType::get({n}, b.getI64Type());
-          return arith::ConstantOp::create(
-              b, loc, DenseIntElementsAttr::get(type, entries));
-        };
-        auto splatIndex = [&](int64_t n, Value i) -> Value {
-          Value scalar = arith::IndexCastOp::create(b, loc, b.getI64Type(), i);
-          return vector::BroadcastOp::create(
-              b, loc, VectorType::get({n}, b.getI64Type()), scalar);
-        };
-        int64_t group = 4;
-        while (microSteps % group != 0 || chunk % group != 0)
-          group /= 2;
         for (auto [r, read] : llvm::enumerate(plan.reads)) {
           if (!blockedReads || r < retrievals)
             continue;
           Value queries = queryBuffers[r], results = resultBuffers[r];
           if (!read.transposed) {
-            // Row j of X K^T: sum_e x_j[e] keysT[e, :], masked.
-            Value bounds = iotaTimes(microSteps, 1, 0);
-            Value zeros = constant(microRow, 0.0);
-            forRowGroups(
-                readOverlaps, group, {},
-                [&](Value first, ValueRange) -> SmallVector<Value> {
-                  SmallVector<Value> inits(group, zeros);
-                  SmallVector<Value> sums =
-                      cb.rowsTimes(queries, first, keysT, index(keys), inits);
-                  for (int64_t q = 0; q < group; ++q) {
-                    Value j = addIndex(first, q);
-                    Value end = arith::AddIOp::create(
-                        b, loc, arith::MulIOp::create(b, loc, j, index(micro)),
-                        index(read.position));
-                    Value mask = keep(splatIndex(microSteps, end), bounds);
-                    cb.store(
-                        arith::SelectOp::create(b, loc, mask, sums[q], zeros),
-                        readOverlaps, j);
-                  }
-                  return {};
-                });
+            maskedKeyProducts(queries, readOverlaps, read.position);
             cb.loop(zero, length, block, {},
                     [&](Value first, ValueRange) -> SmallVector<Value> {
                       SmallVector<Value> inits;

@@ -208,27 +208,35 @@ fwp.scan @state_dependent_transposed_query seq(%k : vector<8xf32>, %v : vector<8
 // step j is micro-step 2 j + w of the chunk, whose keys ([K, 2 C], stored
 // transposed) and writes ([2 C, V]) hold all its micro-steps. The delta
 // rule's retrieval sees the chunk's writes before 2 j + 1 (the step's sum
-// write included), step by step. Without a decay the other reads run after
-// the step loop, all steps at once, with their products with the chunk's
-// keys (writes for a transposed read) masked: a read before the writes sees
-// the writes before 2 j (at j = 1 the first two), a read between them
-// (here a transposed one) those before 2 j + 1 (write i is kept for the
-// steps j with 2 j + 1 > i), a read after them those before 2 j + 2; the
-// new state sums over 2 x length micro-steps.
+// write included). Without a decay the keys are stored before the step
+// loop, and the products of the retrievals' and reads' queries with the
+// chunk's keys (writes for a transposed read) are computed all steps at
+// once, masked: the retrieval at j = 0 sees the first write only, a read
+// before the writes the writes before 2 j (at j = 1 the first two), a read
+// between them (here a transposed one) those before 2 j + 1 (write i is
+// kept for the steps j with 2 j + 1 > i), a read after them those before
+// 2 j + 2. Only the retrievals run step by step (the delta rule); the other
+// reads run after the step loop; the new state sums over 2 x length
+// micro-steps.
 // CHECK-LABEL: func.func @reverse_two_writes
 // CHECK-SAME: fwp.chunk = 4
+// CHECK-DAG: %[[FIRST1:.*]] = arith.constant dense<[true, false, false, false, false, false, false, false]> : vector<8xi1>
 // CHECK-DAG: %[[FIRST2:.*]] = arith.constant dense<[true, true, false, false, false, false, false, false]> : vector<8xi1>
 // CHECK-DAG: %[[BOUNDS:.*]] = arith.constant dense<[1, 3, 5, 7]> : vector<4xi64>
 // CHECK: scf.for %[[START:.*]] = %{{.*}} to %arg0 step %[[C4:c4.*]] {
 // CHECK: %[[LEN:.*]] = arith.minsi
+// CHECK: scf.for %[[J0:.*]] = %{{.*}} to %[[LEN]] step %c1 {
+// CHECK: %[[K0:.*]] = arith.muli %[[J0]], %c2
+// CHECK: memref.store %{{.*}}, %[[KEYS:.*]][%{{.*}}, %[[K0]]] : memref<8x8xf32>
+// CHECK: %[[K1:.*]] = arith.addi %{{.*}}, %c1
+// CHECK: memref.store %{{.*}}, %[[KEYS]][%{{.*}}, %[[K1]]] : memref<8x8xf32>
+// CHECK: arith.select %[[FIRST1]], %{{.*}} : vector<8xi1>, vector<8xf32>
 // CHECK: scf.for %[[J:.*]] = %{{.*}} to %[[LEN]] step %c1 {
 // CHECK: %[[U0:.*]] = arith.muli %[[J]], %c2
 // CHECK: vector.store %{{.*}}, %[[WRITES:.*]][%[[U0]], %{{.*}}] : memref<8x16xf32>, vector<16xf32>
-// CHECK: memref.store %{{.*}}, %[[KEYS:.*]][%{{.*}}, %[[U0]]] : memref<8x8xf32>
 // CHECK: %[[U1:.*]] = arith.addi %[[U0]], %c1
 // CHECK: scf.for %{{.*}} = %{{.*}} to %[[U1]] step %c1 iter_args(
 // CHECK: vector.store %{{.*}}, %[[WRITES]][%[[U1]], %{{.*}}] : memref<8x16xf32>, vector<16xf32>
-// CHECK: memref.store %{{.*}}, %[[KEYS]][%{{.*}}, %[[U1]]] : memref<8x8xf32>
 // CHECK-NOT: vector.reduction
 // CHECK: %[[MICRO:.*]] = arith.muli %[[LEN]], %c2
 // CHECK: arith.select %[[FIRST2]], %{{.*}} : vector<8xi1>, vector<8xf32>
