@@ -287,6 +287,21 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   while (block * 2 * registersPerRow <= 16 && block * 2 <= chunk &&
          chunk % (block * 2) == 0)
     block *= 2;
+  // A read's pass over S for rows of several vector registers: slabs of
+  // two registers' columns (one where the row has two), `columnBlock`
+  // queries per pass.
+  int64_t columnWidth = values;
+  for (int64_t width : {2 * lanes, lanes})
+    if (width < values && values % width == 0) {
+      columnWidth = width;
+      break;
+    }
+  auto columnType = VectorType::get({columnWidth}, element);
+  int64_t columnRegisters = (columnWidth + lanes - 1) / lanes;
+  int64_t columnBlock = 1;
+  while (columnBlock * 2 * columnRegisters <= 16 && columnBlock * 2 <= chunk &&
+         chunk % (columnBlock * 2) == 0)
+    columnBlock *= 2;
   int64_t rowBlock = 1;
   while (rowBlock * 2 * registersPerRow <= 16 && keys % (rowBlock * 2) == 0 &&
          rowBlock < 4)
@@ -457,6 +472,40 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                       state, first, queries, index(values), inits);
                   for (int64_t r = 0; r < rowGroup; ++r)
                     cb.store(sums[r], products, addIndex(first, r));
+                  return {};
+                });
+            continue;
+          }
+          if (columnWidth < values) {
+            // Slabs of `columnWidth` columns of S: a slab stays in L1 over
+            // the chunk's query blocks, so S streams from L2 once per read.
+            cb.loop(
+                zero, index(values), columnWidth, {},
+                [&](Value c, ValueRange) -> SmallVector<Value> {
+                  cb.loop(
+                      zero, length, columnBlock, {},
+                      [&](Value first, ValueRange) -> SmallVector<Value> {
+                        SmallVector<Value> inits(columnBlock,
+                                                 constant(columnType, 0.0));
+                        scf::ForOp rows = forRows(
+                            state, inits,
+                            [&](Value e, ValueRange acc) -> SmallVector<Value> {
+                              Value row = vector::LoadOp::create(
+                                  b, loc, columnType, state, ValueRange{e, c});
+                              SmallVector<Value> next;
+                              for (int64_t q = 0; q < columnBlock; ++q)
+                                next.push_back(
+                                    cb.fma(cb.splatAt(columnType, queries,
+                                                      addIndex(first, q), e),
+                                           row, acc[q]));
+                              return next;
+                            });
+                        for (int64_t q = 0; q < columnBlock; ++q)
+                          vector::StoreOp::create(
+                              b, loc, rows.getResult(q), results,
+                              ValueRange{addIndex(first, q), c});
+                        return {};
+                      });
                   return {};
                 });
             continue;

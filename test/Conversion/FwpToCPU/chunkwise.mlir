@@ -68,6 +68,15 @@ fwp.scan @with_vector_state seq(%q : vector<32xf32>, %k : vector<32xf32>, %v : v
 // outgrows the L1 data cache (more than 48 KiB): 128 x 128 f32 is 64 KiB.
 // AUTO-LABEL: func.func @large_state
 // AUTO-SAME: fwp.chunk = 16
+// A read's pass over a wide state (V = 128 f32, 8 registers a row) takes
+// slabs of 32 columns (two registers), 4 queries (the chunk) per slab.
+// CHECK-LABEL: func.func @large_state
+// CHECK-SAME: fwp.chunk = 4
+// CHECK: scf.for %[[SLAB:.*]] = %{{.*}} to %c128 step %c32 {
+// CHECK-NEXT: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %c4 {
+// CHECK-NEXT: scf.for %[[E:.*]] = %{{.*}} to %c128 step %c1 iter_args({{.*}}) -> (vector<32xf32>, vector<32xf32>, vector<32xf32>, vector<32xf32>)
+// CHECK-NEXT: vector.load %arg{{.*}}[%[[E]], %[[SLAB]]] : memref<128x128xf32>, vector<32xf32>
+// CHECK-COUNT-4: vector.fma
 fwp.scan @large_state seq(%q : vector<128xf32>, %k : vector<128xf32>, %v : vector<128xf32>)
     states(%W : !fwp.fast_weight<128x128xf32>) outputs(y : vector<128xf32>) {
   %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<128x128xf32>, vector<128xf32>, vector<128xf32>
