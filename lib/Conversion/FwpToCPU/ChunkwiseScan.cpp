@@ -349,8 +349,12 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   Value writeOverlaps = blockedReads && anyTransposed
                             ? cb.scratch(microSteps, chunk, element)
                             : Value();
-  // Rows of S per pass of a transposed read's products.
-  int64_t rowGroup = keys % 4 == 0 ? 4 : keys % 2 == 0 ? 2 : 1;
+  // Rows of S per pass of a transposed read's products: 8 independent
+  // accumulators of a chunk's row (one register at C = 16), enough to hide
+  // the FMA latency on two FMA ports.
+  int64_t rowGroup = 8;
+  while (keys % rowGroup != 0)
+    rowGroup /= 2;
   Value lambdaRow = scratchRow(element, keys);
   auto rowOf = [](Value buffer) {
     auto type = cast<MemRefType>(buffer.getType());
@@ -375,7 +379,12 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
     return vector::BroadcastOp::create(
         b, loc, VectorType::get({n}, b.getI64Type()), scalar);
   };
-  int64_t group = 4;
+  // Rows per pass of the blocked reads' products: about 8 accumulator
+  // registers.
+  int64_t microRegisters = (microSteps + lanes - 1) / lanes;
+  int64_t group = 8;
+  while (group > 1 && group * microRegisters > 8)
+    group /= 2;
   while (microSteps % group != 0 || chunk % group != 0)
     group /= 2;
   // Row j of the masked products X K^T of the queries x_j ([C, K] rows)

@@ -110,9 +110,9 @@ fwp.scan @reverse reverse seq(%k : vector<8xf32>, %v : vector<8xf32>)
 // Transposed reads W x (K = 8, V = 16) of the decayed weight before the
 // write (%r) and of the weight after it (%y). Per chunk: lambda_j, and the
 // queries x_j stored transposed ([V, C]); S x_j for all the chunk's steps
-// as one product of S with the transposed queries, 4 rows of S per pass, a
-// vector of the chunk's steps per row (no horizontal sums); then step by
-// step the decayed keys as rows (the earlier ones decayed, then k_j), and
+// as one product of S with the transposed queries, 8 rows of S per pass
+// (here all of them), a vector of the chunk's steps per row (no horizontal
+// sums); then step by step the decayed keys as rows (the earlier ones decayed, then k_j), and
 // lambda_j (S x_j) + sum (w_i . x_j) p_i over the chunk's writes i < j
 // (before the write) or i <= j (after it).
 // CHECK-LABEL: func.func @transposed_read
@@ -122,11 +122,10 @@ fwp.scan @reverse reverse seq(%k : vector<8xf32>, %v : vector<8xf32>)
 // CHECK: scf.for %[[J1:.*]] = %{{.*}} to %[[LEN]] step %{{.*}} iter_args(%{{.*}} = %{{.*}}) -> (vector<8xf32>)
 // CHECK: memref.store %{{.*}}, %[[QT:.*]][%{{.*}}, %[[J1]]] : memref<16x4xf32>
 // CHECK: vector.store %{{.*}}, %[[LAMBDAS:.*]][%[[J1]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
-// CHECK: scf.for %[[E:.*]] = %{{.*}} to %c8 step %[[C4]] {
-// CHECK-NEXT: scf.for %[[M:.*]] = %{{.*}} to %c16 step %c1 iter_args({{.*}}) -> (vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>) {
+// CHECK: scf.for %[[M:.*]] = %{{.*}} to %c16 step %c1 iter_args({{.*}}) -> (vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>) {
 // CHECK-NEXT: vector.load %[[QT]][%[[M]], %{{.*}}] : memref<16x4xf32>, vector<4xf32>
-// CHECK-NEXT: memref.load %arg5[%[[E]], %[[M]]] : memref<8x16xf32>
-// CHECK-COUNT-4: vector.fma
+// CHECK-NEXT: memref.load %arg5[%c0, %[[M]]] : memref<8x16xf32>
+// CHECK-COUNT-8: vector.fma
 // CHECK-NOT: vector.reduction
 // CHECK: scf.for %[[J:.*]] = %{{.*}} to %[[LEN]] step %c1 {
 // CHECK: %[[NEXT:.*]] = arith.addi %[[J]], %c1
