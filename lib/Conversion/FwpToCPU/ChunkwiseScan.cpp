@@ -25,16 +25,16 @@
 // as they go), and one pass that writes the new state. The decayed keys are
 // products of the decays themselves, never quotients of cumulative products
 // (which overflow for strong decays). Without a decay the keys do not change
-// with j, and the reads no write depends on (all but the delta rule's
-// retrievals) take the chunk's steps at once after the step loop: the
-// masked [C, C m] products of their queries with the keys (for a transposed
-// read the [C m, C] products of the writes with the queries) and then one
-// matrix-style pass over the writes (keys), with no horizontal sums.
-// Everything else of the step (vector
-// states, ops on the reads) then runs step by step as before. A scan
-// backwards in time (`reverse`, as the backward scans are) takes its steps
-// in its own order: step j of the chunk that starts at iteration s is step
-// T - 1 - (s + j) of time.
+// with j: the retrievals' products with the chunk's keys are computed for
+// all steps before the step loop (which then only solves the triangular
+// system), and the reads no write depends on take the chunk's steps at once
+// after it: the masked [C, C m] products of their queries with the keys (for
+// a transposed read the [C m, C] products of the writes with the queries),
+// then one matrix-style pass over the writes (keys), no horizontal sums.
+// Everything else of the step (vector states, ops on the reads) then runs
+// step by step as before. A scan backwards in time (`reverse`, as the
+// backward scans are) takes its steps in its own order: step j of the chunk
+// that starts at iteration s is step T - 1 - (s + j) of time.
 //
 // A step with m writes (a decay, then write_sum / write_delta in any mix)
 // is m micro-steps of the chunk: write w of step j is micro-step m j + w,
