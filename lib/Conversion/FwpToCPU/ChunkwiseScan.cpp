@@ -24,11 +24,17 @@
 // the steps' interactions (which solve the delta rule's triangular system
 // as they go), and one pass that writes the new state. The decayed keys are
 // products of the decays themselves, never quotients of cumulative products
-// (which overflow for strong decays). Everything else of the step (vector
-// states, ops on the reads) then runs step by step as before. A scan
-// backwards in time (`reverse`, as the backward scans are) takes its steps
-// in its own order: step j of the chunk that starts at iteration s is step
-// T - 1 - (s + j) of time.
+// (which overflow for strong decays). Without a decay the keys do not change
+// with j: the retrievals' products with the chunk's keys are computed for
+// all steps before the step loop (which then only solves the triangular
+// system), and the reads no write depends on take the chunk's steps at once
+// after it: the masked [C, C m] products of their queries with the keys (for
+// a transposed read the [C m, C] products of the writes with the queries),
+// then one matrix-style pass over the writes (keys), no horizontal sums.
+// Everything else of the step (vector states, ops on the reads) then runs
+// step by step as before. A scan backwards in time (`reverse`, as the
+// backward scans are) takes its steps in its own order: step j of the chunk
+// that starts at iteration s is step T - 1 - (s + j) of time.
 //
 // A step with m writes (a decay, then write_sum / write_delta in any mix)
 // is m micro-steps of the chunk: write w of step j is micro-step m j + w,
@@ -281,6 +287,21 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   while (block * 2 * registersPerRow <= 16 && block * 2 <= chunk &&
          chunk % (block * 2) == 0)
     block *= 2;
+  // A read's pass over S for rows of several vector registers: slabs of
+  // two registers' columns (one where the row has two), `columnBlock`
+  // queries per pass.
+  int64_t columnWidth = values;
+  for (int64_t width : {2 * lanes, lanes})
+    if (width < values && values % width == 0) {
+      columnWidth = width;
+      break;
+    }
+  auto columnType = VectorType::get({columnWidth}, element);
+  int64_t columnRegisters = (columnWidth + lanes - 1) / lanes;
+  int64_t columnBlock = 1;
+  while (columnBlock * 2 * columnRegisters <= 16 && columnBlock * 2 <= chunk &&
+         chunk % (columnBlock * 2) == 0)
+    columnBlock *= 2;
   int64_t rowBlock = 1;
   while (rowBlock * 2 * registersPerRow <= 16 && keys % (rowBlock * 2) == 0 &&
          rowBlock < 4)
@@ -311,14 +332,85 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   Value lambdas = plan.decay && anyTransposed
                       ? cb.scratch(chunk, keys, element)
                       : Value();
-  Value keyRows =
-      anyTransposed ? cb.scratch(microSteps, keys, element) : Value();
-  // Rows of S per pass of a transposed read's products.
-  int64_t rowGroup = keys % 4 == 0 ? 4 : keys % 2 == 0 ? 2 : 1;
+  // Without a decay the reads other than the retrievals run after the step
+  // loop, blocked (phase 3b); their products with the chunk's keys (writes
+  // for a transposed read) go to a [C, C m] ([C m, C]) buffer.
+  bool blockedReads = !plan.decay;
+  Value keyRows = anyTransposed && !blockedReads
+                      ? cb.scratch(microSteps, keys, element)
+                      : Value();
+  Value readOverlaps = blockedReads && plan.reads.size() > retrievals
+                           ? cb.scratch(chunk, microSteps, element)
+                           : Value();
+  SmallVector<Value> retrievalOverlaps;
+  if (blockedReads)
+    for (size_t r = 0; r < retrievals; ++r)
+      retrievalOverlaps.push_back(cb.scratch(chunk, microSteps, element));
+  Value writeOverlaps = blockedReads && anyTransposed
+                            ? cb.scratch(microSteps, chunk, element)
+                            : Value();
+  // Rows of S per pass of a transposed read's products: 8 independent
+  // accumulators of a chunk's row (one register at C = 16), enough to hide
+  // the FMA latency on two FMA ports.
+  int64_t rowGroup = 8;
+  while (keys % rowGroup != 0)
+    rowGroup /= 2;
   Value lambdaRow = scratchRow(element, keys);
   auto rowOf = [](Value buffer) {
     auto type = cast<MemRefType>(buffer.getType());
     return VectorType::get({type.getDimSize(1)}, type.getElementType());
+  };
+
+  // The keep-mask of a product (i, j) of the blocked reads: m j + p > i.
+  auto keep = [&](Value jTimesMicroPlusP, Value i) {
+    return arith::CmpIOp::create(b, loc, arith::CmpIPredicate::sgt,
+                                 jTimesMicroPlusP, i);
+  };
+  auto iotaTimes = [&](int64_t n, int64_t scale, int64_t offset) {
+    SmallVector<int64_t> entries;
+    for (int64_t i = 0; i < n; ++i)
+      entries.push_back(scale * i + offset);
+    auto type = VectorType::get({n}, b.getI64Type());
+    return arith::ConstantOp::create(b, loc,
+                                     DenseIntElementsAttr::get(type, entries));
+  };
+  auto splatIndex = [&](int64_t n, Value i) -> Value {
+    Value scalar = arith::IndexCastOp::create(b, loc, b.getI64Type(), i);
+    return vector::BroadcastOp::create(
+        b, loc, VectorType::get({n}, b.getI64Type()), scalar);
+  };
+  // Rows per pass of the blocked reads' products: about 8 accumulator
+  // registers.
+  int64_t microRegisters = (microSteps + lanes - 1) / lanes;
+  int64_t group = 8;
+  while (group > 1 && group * microRegisters > 8)
+    group /= 2;
+  while (microSteps % group != 0 || chunk % group != 0)
+    group /= 2;
+  // Row j of the masked products X K^T of the queries x_j ([C, K] rows)
+  // with the chunk's keys, sum_e x_j[e] keysT[e, :], kept for the
+  // micro-steps i < m j + position.
+  auto maskedKeyProducts = [&](Value queries, Value overlaps,
+                               unsigned position) {
+    Value bounds = iotaTimes(microSteps, 1, 0);
+    Value zeros = constant(microRow, 0.0);
+    forRowGroups(overlaps, group, {},
+                 [&](Value first, ValueRange) -> SmallVector<Value> {
+                   SmallVector<Value> inits(group, zeros);
+                   SmallVector<Value> sums =
+                       cb.rowsTimes(queries, first, keysT, index(keys), inits);
+                   for (int64_t q = 0; q < group; ++q) {
+                     Value j = addIndex(first, q);
+                     Value end = arith::AddIOp::create(
+                         b, loc, arith::MulIOp::create(b, loc, j, index(micro)),
+                         index(position));
+                     Value mask = keep(splatIndex(microSteps, end), bounds);
+                     cb.store(
+                         arith::SelectOp::create(b, loc, mask, sums[q], zeros),
+                         overlaps, j);
+                   }
+                   return {};
+                 });
   };
 
   Value zero = index(0);
@@ -359,6 +451,15 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               }
               if (lambdas)
                 cb.store(current, lambdas, j);
+              // Without a decay the keys go to keysT here (phase 2b).
+              if (blockedReads)
+                for (auto [w, write] : llvm::enumerate(plan.writes))
+                  cb.storeColumn(stepValue(write.form.key, t), keysT,
+                                 micro == 1
+                                     ? j
+                                     : addIndex(arith::MulIOp::create(
+                                                    b, loc, j, index(micro)),
+                                                w));
               return {current};
             });
         Value lambdaEnd = decays.getResult(0);
@@ -384,6 +485,40 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                 });
             continue;
           }
+          if (columnWidth < values) {
+            // Slabs of `columnWidth` columns of S: a slab stays in L1 over
+            // the chunk's query blocks, so S streams from L2 once per read.
+            cb.loop(
+                zero, index(values), columnWidth, {},
+                [&](Value c, ValueRange) -> SmallVector<Value> {
+                  cb.loop(
+                      zero, length, columnBlock, {},
+                      [&](Value first, ValueRange) -> SmallVector<Value> {
+                        SmallVector<Value> inits(columnBlock,
+                                                 constant(columnType, 0.0));
+                        scf::ForOp rows = forRows(
+                            state, inits,
+                            [&](Value e, ValueRange acc) -> SmallVector<Value> {
+                              Value row = vector::LoadOp::create(
+                                  b, loc, columnType, state, ValueRange{e, c});
+                              SmallVector<Value> next;
+                              for (int64_t q = 0; q < columnBlock; ++q)
+                                next.push_back(
+                                    cb.fma(cb.splatAt(columnType, queries,
+                                                      addIndex(first, q), e),
+                                           row, acc[q]));
+                              return next;
+                            });
+                        for (int64_t q = 0; q < columnBlock; ++q)
+                          vector::StoreOp::create(
+                              b, loc, rows.getResult(q), results,
+                              ValueRange{addIndex(first, q), c});
+                        return {};
+                      });
+                  return {};
+                });
+            continue;
+          }
           cb.loop(zero, length, block, {},
                   [&](Value first, ValueRange) -> SmallVector<Value> {
                     SmallVector<Value> inits(block, constant(valueRow, 0.0));
@@ -404,6 +539,13 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                     return {};
                   });
         }
+
+        // 2b. Without a decay, the retrievals' products with the chunk's
+        // keys, all steps at once (the keys are inputs).
+        if (blockedReads)
+          for (size_t r = 0; r < retrievals; ++r)
+            maskedKeyProducts(queryBuffers[r], retrievalOverlaps[r],
+                              plan.reads[r].position);
 
         // 3. Step by step: decay the earlier keys, solve for w_j (delta
         // rule), add the chunk's earlier writes to the reads. The keys are
@@ -464,6 +606,17 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                           })
                     .getResult(0);
               };
+              // base + sum_{i < end} overlaps[j, i] w_i (products from 2b).
+              auto withOverlaps = [&](Value overlaps, Value base, Value end) {
+                return cb
+                    .loop(zero, end, 1, ValueRange{base},
+                          [&](Value i, ValueRange acc) -> SmallVector<Value> {
+                            return {cb.fma(cb.splatAt(valueRow, overlaps, j, i),
+                                           cb.load(valueRow, writesBuffer, i),
+                                           acc.front())};
+                          })
+                    .getResult(0);
+              };
               // The step's writes, micro-steps m j + w: the delta rule's
               // retrieval sees the chunk's writes before its own.
               SmallVector<Value> stepKeys;
@@ -473,14 +626,19 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                 Value w = stepValue(write.form.value, t);
                 if (write.retrieval) {
                   Value results = resultBuffers[*write.retrieval];
+                  Value base = cb.load(valueRow, results, j);
                   Value retrieved =
-                      withEarlierWrites(key, cb.load(valueRow, results, j), u);
+                      blockedReads
+                          ? withOverlaps(retrievalOverlaps[*write.retrieval],
+                                         base, u)
+                          : withEarlierWrites(key, base, u);
                   cb.store(retrieved, results, j);
                   w = mul(splat(valueRow, stepValue(write.form.rate, t)),
                           sub(w, retrieved));
                 }
                 cb.store(w, writesBuffer, u);
-                cb.storeColumn(key, keysT, u);
+                if (!blockedReads)
+                  cb.storeColumn(key, keysT, u);
                 stepKeys.push_back(key);
               }
               // The end of the writes a read at position p sees: m j + p.
@@ -529,7 +687,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                     .getResult(0);
               };
               for (auto [r, read] : llvm::enumerate(plan.reads)) {
-                if (r < retrievals)
+                if (r < retrievals || blockedReads)
                   continue;
                 if (read.transposed) {
                   Value y =
@@ -547,12 +705,88 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               return {};
             });
 
-        // 4. The new state: W[e, :] = lambda_n[e] S[e, :] + sum_i p_i[e] w_i
-        // over the chunk's micro-steps i, `rowBlock` rows at a time.
         Value microLength =
             micro == 1 ? length
                        : arith::MulIOp::create(b, loc, length, index(micro))
                              .getResult();
+
+        // 3b. Without a decay, the reads that no write depends on, all the
+        // chunk's steps at once: with the [C, C m] products X K^T of the
+        // queries and keys (masked to i < m j + p), Y += (X K^T) W; for a
+        // transposed read, with the [C m, C] products G = W X^T of the
+        // writes and the (transposed) queries, (S X^T) += K^T G, then
+        // column j of it is the result of step j. Blocked like phase 2: no
+        // horizontal sums, every key and write row loaded once per block.
+        for (auto [r, read] : llvm::enumerate(plan.reads)) {
+          if (!blockedReads || r < retrievals)
+            continue;
+          Value queries = queryBuffers[r], results = resultBuffers[r];
+          if (!read.transposed) {
+            maskedKeyProducts(queries, readOverlaps, read.position);
+            cb.loop(zero, length, block, {},
+                    [&](Value first, ValueRange) -> SmallVector<Value> {
+                      SmallVector<Value> inits;
+                      for (int64_t q = 0; q < block; ++q)
+                        inits.push_back(
+                            cb.load(valueRow, results, addIndex(first, q)));
+                      SmallVector<Value> sums =
+                          cb.rowsTimes(readOverlaps, first, writesBuffer,
+                                       microLength, inits);
+                      for (int64_t q = 0; q < block; ++q)
+                        cb.store(sums[q], results, addIndex(first, q));
+                      return {};
+                    });
+            continue;
+          }
+          // Row i of W X^T: sum_e w_i[e] X^T[e, :], masked.
+          Value bounds = iotaTimes(chunk, micro, read.position);
+          Value zeros = constant(chunkRow, 0.0);
+          forRowGroups(writeOverlaps, group, {},
+                       [&](Value first, ValueRange) -> SmallVector<Value> {
+                         SmallVector<Value> inits(group, zeros);
+                         SmallVector<Value> sums =
+                             cb.rowsTimes(writesBuffer, first, queries,
+                                          index(values), inits);
+                         for (int64_t q = 0; q < group; ++q) {
+                           Value i = addIndex(first, q);
+                           Value mask = keep(bounds, splatIndex(chunk, i));
+                           cb.store(arith::SelectOp::create(b, loc, mask,
+                                                            sums[q], zeros),
+                                    writeOverlaps, i);
+                         }
+                         return {};
+                       });
+          Value products = sTimesQueries[r];
+          forRowGroups(products, rowGroup, {},
+                       [&](Value first, ValueRange) -> SmallVector<Value> {
+                         SmallVector<Value> inits;
+                         for (int64_t q = 0; q < rowGroup; ++q)
+                           inits.push_back(
+                               cb.load(chunkRow, products, addIndex(first, q)));
+                         SmallVector<Value> sums = cb.rowsTimes(
+                             keysT, first, writeOverlaps, microLength, inits);
+                         for (int64_t q = 0; q < rowGroup; ++q)
+                           cb.store(sums[q], products, addIndex(first, q));
+                         return {};
+                       });
+          // Column j of the [K, C] products is row j of the results.
+          cb.loop(zero, length, 1, {},
+                  [&](Value j, ValueRange) -> SmallVector<Value> {
+                    forRows(products, {},
+                            [&](Value e, ValueRange) -> SmallVector<Value> {
+                              memref::StoreOp::create(
+                                  b, loc,
+                                  memref::LoadOp::create(b, loc, products,
+                                                         ValueRange{e, j}),
+                                  results, ValueRange{j, e});
+                              return {};
+                            });
+                    return {};
+                  });
+        }
+
+        // 4. The new state: W[e, :] = lambda_n[e] S[e, :] + sum_i p_i[e] w_i
+        // over the chunk's micro-steps i, `rowBlock` rows at a time.
         vector::StoreOp::create(b, loc, lambdaEnd, lambdaRow,
                                 ValueRange{zero});
         forRowGroups(

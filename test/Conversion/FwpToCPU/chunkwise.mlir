@@ -68,6 +68,15 @@ fwp.scan @with_vector_state seq(%q : vector<32xf32>, %k : vector<32xf32>, %v : v
 // outgrows the L1 data cache (more than 48 KiB): 128 x 128 f32 is 64 KiB.
 // AUTO-LABEL: func.func @large_state
 // AUTO-SAME: fwp.chunk = 16
+// A read's pass over a wide state (V = 128 f32, 8 registers a row) takes
+// slabs of 32 columns (two registers), 4 queries (the chunk) per slab.
+// CHECK-LABEL: func.func @large_state
+// CHECK-SAME: fwp.chunk = 4
+// CHECK: scf.for %[[SLAB:.*]] = %{{.*}} to %c128 step %c32 {
+// CHECK-NEXT: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %c4 {
+// CHECK-NEXT: scf.for %[[E:.*]] = %{{.*}} to %c128 step %c1 iter_args({{.*}}) -> (vector<32xf32>, vector<32xf32>, vector<32xf32>, vector<32xf32>)
+// CHECK-NEXT: vector.load %arg{{.*}}[%[[E]], %[[SLAB]]] : memref<128x128xf32>, vector<32xf32>
+// CHECK-COUNT-4: vector.fma
 fwp.scan @large_state seq(%q : vector<128xf32>, %k : vector<128xf32>, %v : vector<128xf32>)
     states(%W : !fwp.fast_weight<128x128xf32>) outputs(y : vector<128xf32>) {
   %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<128x128xf32>, vector<128xf32>, vector<128xf32>
@@ -101,9 +110,9 @@ fwp.scan @reverse reverse seq(%k : vector<8xf32>, %v : vector<8xf32>)
 // Transposed reads W x (K = 8, V = 16) of the decayed weight before the
 // write (%r) and of the weight after it (%y). Per chunk: lambda_j, and the
 // queries x_j stored transposed ([V, C]); S x_j for all the chunk's steps
-// as one product of S with the transposed queries, 4 rows of S per pass, a
-// vector of the chunk's steps per row (no horizontal sums); then step by
-// step the decayed keys as rows (the earlier ones decayed, then k_j), and
+// as one product of S with the transposed queries, 8 rows of S per pass
+// (here all of them), a vector of the chunk's steps per row (no horizontal
+// sums); then step by step the decayed keys as rows (the earlier ones decayed, then k_j), and
 // lambda_j (S x_j) + sum (w_i . x_j) p_i over the chunk's writes i < j
 // (before the write) or i <= j (after it).
 // CHECK-LABEL: func.func @transposed_read
@@ -113,11 +122,10 @@ fwp.scan @reverse reverse seq(%k : vector<8xf32>, %v : vector<8xf32>)
 // CHECK: scf.for %[[J1:.*]] = %{{.*}} to %[[LEN]] step %{{.*}} iter_args(%{{.*}} = %{{.*}}) -> (vector<8xf32>)
 // CHECK: memref.store %{{.*}}, %[[QT:.*]][%{{.*}}, %[[J1]]] : memref<16x4xf32>
 // CHECK: vector.store %{{.*}}, %[[LAMBDAS:.*]][%[[J1]], %{{.*}}] : memref<4x8xf32>, vector<8xf32>
-// CHECK: scf.for %[[E:.*]] = %{{.*}} to %c8 step %[[C4]] {
-// CHECK-NEXT: scf.for %[[M:.*]] = %{{.*}} to %c16 step %c1 iter_args({{.*}}) -> (vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>) {
+// CHECK: scf.for %[[M:.*]] = %{{.*}} to %c16 step %c1 iter_args({{.*}}) -> (vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>, vector<4xf32>) {
 // CHECK-NEXT: vector.load %[[QT]][%[[M]], %{{.*}}] : memref<16x4xf32>, vector<4xf32>
-// CHECK-NEXT: memref.load %arg5[%[[E]], %[[M]]] : memref<8x16xf32>
-// CHECK-COUNT-4: vector.fma
+// CHECK-NEXT: memref.load %arg5[%c0, %[[M]]] : memref<8x16xf32>
+// CHECK-COUNT-8: vector.fma
 // CHECK-NOT: vector.reduction
 // CHECK: scf.for %[[J:.*]] = %{{.*}} to %[[LEN]] step %c1 {
 // CHECK: %[[NEXT:.*]] = arith.addi %[[J]], %c1
@@ -208,29 +216,45 @@ fwp.scan @state_dependent_transposed_query seq(%k : vector<8xf32>, %v : vector<8
 // step j is micro-step 2 j + w of the chunk, whose keys ([K, 2 C], stored
 // transposed) and writes ([2 C, V]) hold all its micro-steps. The delta
 // rule's retrieval sees the chunk's writes before 2 j + 1 (the step's sum
-// write included); a read before the writes those before 2 j, a read
-// between them those before 2 j + 1 (here a transposed one), a read after
-// them those before 2 j + 2; the new state sums over 2 x length micro-steps.
+// write included). Without a decay the keys are stored before the step
+// loop, and the products of the retrievals' and reads' queries with the
+// chunk's keys (writes for a transposed read) are computed all steps at
+// once, masked: the retrieval at j = 0 sees the first write only, a read
+// before the writes the writes before 2 j (at j = 1 the first two), a read
+// between them (here a transposed one) those before 2 j + 1 (write i is
+// kept for the steps j with 2 j + 1 > i), a read after them those before
+// 2 j + 2. Only the retrievals run step by step (the delta rule); the other
+// reads run after the step loop; the new state sums over 2 x length
+// micro-steps.
 // CHECK-LABEL: func.func @reverse_two_writes
 // CHECK-SAME: fwp.chunk = 4
+// CHECK-DAG: %[[FIRST1:.*]] = arith.constant dense<[true, false, false, false, false, false, false, false]> : vector<8xi1>
+// CHECK-DAG: %[[FIRST2:.*]] = arith.constant dense<[true, true, false, false, false, false, false, false]> : vector<8xi1>
+// CHECK-DAG: %[[BOUNDS:.*]] = arith.constant dense<[1, 3, 5, 7]> : vector<4xi64>
 // CHECK: scf.for %[[START:.*]] = %{{.*}} to %arg0 step %[[C4:c4.*]] {
 // CHECK: %[[LEN:.*]] = arith.minsi
+// CHECK: scf.for %[[J0:.*]] = %{{.*}} to %[[LEN]] step %c1 {
+// CHECK: %[[K0:.*]] = arith.muli %[[J0]], %c2
+// CHECK: memref.store %{{.*}}, %[[KEYS:.*]][%{{.*}}, %[[K0]]] : memref<8x8xf32>
+// CHECK: %[[K1:.*]] = arith.addi %{{.*}}, %c1
+// CHECK: memref.store %{{.*}}, %[[KEYS]][%{{.*}}, %[[K1]]] : memref<8x8xf32>
+// CHECK: arith.select %[[FIRST1]], %{{.*}} : vector<8xi1>, vector<8xf32>
 // CHECK: scf.for %[[J:.*]] = %{{.*}} to %[[LEN]] step %c1 {
 // CHECK: %[[U0:.*]] = arith.muli %[[J]], %c2
 // CHECK: vector.store %{{.*}}, %[[WRITES:.*]][%[[U0]], %{{.*}}] : memref<8x16xf32>, vector<16xf32>
-// CHECK: memref.store %{{.*}}, %[[KEYS:.*]][%{{.*}}, %[[U0]]] : memref<8x8xf32>
 // CHECK: %[[U1:.*]] = arith.addi %[[U0]], %c1
 // CHECK: scf.for %{{.*}} = %{{.*}} to %[[U1]] step %c1 iter_args(
 // CHECK: vector.store %{{.*}}, %[[WRITES]][%[[U1]], %{{.*}}] : memref<8x16xf32>, vector<16xf32>
-// CHECK: memref.store %{{.*}}, %[[KEYS]][%{{.*}}, %[[U1]]] : memref<8x8xf32>
-// CHECK: %[[END1:.*]] = arith.addi %[[U0]], %c1
-// CHECK: %[[END2:.*]] = arith.addi %[[U0]], %c2
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[U0]] step %c1 iter_args(
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[END1]] step %c1 iter_args(
-// CHECK: vector.reduction <add>
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[END2]] step %c1 iter_args(
+// CHECK-NOT: vector.reduction
 // CHECK: %[[MICRO:.*]] = arith.muli %[[LEN]], %c2
+// CHECK: arith.select %[[FIRST2]], %{{.*}} : vector<8xi1>, vector<8xf32>
 // CHECK: scf.for %{{.*}} = %{{.*}} to %[[MICRO]] step %c1 iter_args(
+// CHECK: arith.cmpi slt, %{{.*}}, %[[BOUNDS]] : vector<4xi64>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[MICRO]] step %c1 iter_args(
+// CHECK: arith.select %[[FIRST2]], %{{.*}} : vector<8xi1>, vector<8xf32>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[MICRO]] step %c1 iter_args(
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[MICRO]] step %c1 iter_args(
+// CHECK-NOT: vector.reduction
 // CHECK: return
 // OFF-LABEL: func.func @reverse_two_writes
 // OFF-NOT: fwp.chunk
