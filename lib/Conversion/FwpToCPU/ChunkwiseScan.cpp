@@ -89,15 +89,10 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
   SmallVector<Value> chain{scan.getStateArgs()[*matrixState]};
   SmallVector<Operation *> chainOps;
   while (true) {
-    Operation *next = nullptr;
-    for (Operation *user : chain.back().getUsers()) {
-      auto update = dyn_cast<FastWeightUpdateOpInterface>(user);
-      if (!update || update.getUpdatedWeight() != chain.back())
-        continue;
-      if (next)
-        return std::nullopt; // two updates of one value
-      next = user;
-    }
+    FailureOr<Operation *> found = soleUpdateOf(chain.back());
+    if (failed(found))
+      return std::nullopt;
+    Operation *next = *found;
     if (!next)
       break;
     auto update = cast<FastWeightUpdateOpInterface>(next);

@@ -88,6 +88,22 @@ MemRefType bufferType(Type type, bool perStep);
 /// below the size where the chunkwise form measured faster.
 int64_t automaticChunkLength(int64_t keys, int64_t values, unsigned elementBits);
 
+/// The one op that updates the fast weight `weight` (its
+/// FastWeightUpdateOpInterface::getUpdatedWeight), null when none does,
+/// failure when two do.
+inline FailureOr<Operation *> soleUpdateOf(Value weight) {
+  Operation *found = nullptr;
+  for (Operation *user : weight.getUsers()) {
+    auto update = dyn_cast<FastWeightUpdateOpInterface>(user);
+    if (!update || update.getUpdatedWeight() != weight)
+      continue;
+    if (found)
+      return failure();
+    found = user;
+  }
+  return found;
+}
+
 /// A scan's function `@<scan>(T, seq buffers, params, states, outputs)`
 /// (buffers as bufferType gives them), empty, just before the scan, with
 /// the C interface and the scan's role attributes.

@@ -83,15 +83,10 @@ std::optional<StagePlan> planStages(ScanOp scan) {
     Value current = scan.getStateArgs()[s];
     chainOf[current] = s;
     while (true) {
-      Operation *next = nullptr;
-      for (Operation *user : current.getUsers()) {
-        auto update = dyn_cast<FastWeightUpdateOpInterface>(user);
-        if (!update || update.getUpdatedWeight() != current)
-          continue;
-        if (next)
-          return std::nullopt; // two updates of one value
-        next = user;
-      }
+      FailureOr<Operation *> found = soleUpdateOf(current);
+      if (failed(found))
+        return std::nullopt;
+      Operation *next = *found;
       if (!next)
         break;
       plan.role[next] = Role::Chain;
