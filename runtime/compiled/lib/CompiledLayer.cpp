@@ -7,6 +7,7 @@
 #include <torch/autograd.h>
 
 #include "fwp/runtime/ArtifactContainer.h"
+#include "fwp/runtime/HostBufferCache.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -250,7 +251,7 @@ std::vector<Buffer> forwardBuffers(const Artifact &artifact, const CpuKernel &ke
     } else if (arg.role == "state") {
       buffer.tensor = results.at(finalName(arg.name));
     } else if (arg.role == "output" || arg.role == "tape") {
-      buffer.tensor = torch::empty(tensorShape(arg, batch, heads, steps), options);
+      buffer.tensor = emptyReusingMemory(tensorShape(arg, batch, heads, steps), options);
       results[arg.name] = buffer.tensor;
     } else {
       throw Error(artifact.path() + ": kernel " + kernel.symbol +
@@ -291,7 +292,7 @@ TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
       buffer.tensor = forwardResults.at(arg.name).contiguous();
     } else if (arg.role == "grad_output") {
       auto grad = grads.find("grad." + arg.name);
-      buffer.tensor = grad != grads.end() ? grad->second.contiguous()
+      buffer.tensor = grad != grads.end() ? contiguousReusingMemory(grad->second)
                                           : torch::zeros(shape, options);
     } else if (arg.role == "state") {
       // The backward rebuilds the states in place: start from a copy.
@@ -311,7 +312,7 @@ TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
       buffer.tensor = torch::zeros(accumulatorShape, options);
       results["grad." + arg.name] = buffer.tensor;
     } else if (arg.role == "grad_seq") {
-      buffer.tensor = torch::empty(shape, options);
+      buffer.tensor = emptyReusingMemory(shape, options);
       results["grad." + arg.name] = buffer.tensor;
     } else {
       throw Error(artifact.path() + ": role '" + arg.role + "' in the backward kernel");
@@ -457,7 +458,7 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
       if (!grad.defined()) {
         auto given = grads.find("grad." + arg.name);
         grad = given != grads.end() && given->second.defined()
-                   ? given->second.detach().to(artifact.dtype()).contiguous()
+                   ? contiguousReusingMemory(given->second.detach().to(artifact.dtype()))
                    : torch::zeros(tensorShape(arg, shape.batch, shape.heads, shape.steps),
                                   options);
       }
@@ -479,8 +480,8 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
       size.insert(size.end(), arg.shape.begin(), arg.shape.end());
       buffer.tensor = out["grad." + arg.name] = torch::zeros(size, options);
     } else if (arg.role == "grad_seq") {
-      buffer.tensor = out["grad." + arg.name] =
-          torch::empty(tensorShape(arg, shape.batch, shape.heads, shape.steps), options);
+      buffer.tensor = out["grad." + arg.name] = emptyReusingMemory(
+          tensorShape(arg, shape.batch, shape.heads, shape.steps), options);
     } else {
       return std::nullopt;
     }

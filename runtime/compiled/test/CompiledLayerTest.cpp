@@ -13,6 +13,7 @@
 
 #include "fwp/runtime/CompiledLayer.h"
 #include "fwp/runtime/ArtifactContainer.h"
+#include "fwp/runtime/HostBufferCache.h"
 #include "fwp/runtime/Safetensors.h"
 
 #include "ArtifactTestSupport.h"
@@ -366,6 +367,23 @@ TEST(CompiledLayer, CarriesCudaKernelsForF32Layers) {
           << error.what();
     }
   }
+}
+
+// Outputs, tapes and gradients of the sequences reuse the memory of the
+// previous call's (fwp/runtime/HostBufferCache.h): a kernel must not depend
+// on what a fresh block holds. The second and third calls run in the first
+// calls' blocks, and still match the reference.
+TEST(CompiledLayer, CallsInReusedMemoryMatchTheReference) {
+  REQUIRE_ARTIFACTS();
+  auto artifact = fwp::Artifact::load(artifactPath("delta_net"));
+  // [B, H, T, d] of 2 x 4 x 600 x 16 floats: 300 KiB, above the cache's
+  // minimum.
+  Case c{"delta_net", 2, 4, 600, true};
+  expectMatchesReference(artifact, c);
+  int64_t reusesBefore = fwp::hostCacheStatistics().reuses;
+  expectMatchesReference(artifact, c);
+  expectMatchesReference(artifact, c);
+  EXPECT_GE(fwp::hostCacheStatistics().reuses, reusesBefore + 8);
 }
 
 TEST(CompiledLayer, InferenceForwardMatchesTrainingForward) {
