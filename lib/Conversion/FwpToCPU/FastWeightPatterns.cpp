@@ -298,6 +298,14 @@ static void takeFollowers(RowSweep &sweep, Operation *start, Value current,
       held.insert(current = scale.getResult());
       continue;
     }
+    // A delta write's retrieval W k reads the rows as they are here: it
+    // joins the sweep, and the write (which needs all of W k) makes its own
+    // pass afterwards without a read pass (lowerWriteDelta).
+    if (auto write = dyn_cast<WriteDeltaOp>(op);
+        write && write.getWeight() == current && othersReady(write.getKey())) {
+      sweep.read(write.getRetrieved(), cpu.in(write.getKey()));
+      return;
+    }
     return; // another use of the rows: what follows sees them in order
   }
 }
@@ -368,13 +376,15 @@ static LogicalResult lowerWriteSum(WriteSumOp o, ScanLowering &cpu) {
 }
 
 static LogicalResult lowerWriteDelta(WriteDeltaOp o, ScanLowering &cpu) {
-  // Two passes: the read of W k, then the update (with the later reads of
-  // the new weight).
+  // Two passes: the read of W k (unless an earlier sweep over W took it),
+  // then the update (with the later reads of the new weight).
   Value key = cpu.in(o.getKey()), value = cpu.in(o.getValue());
   Value source = cpu.in(o.getWeight());
-  RowSweep read(cpu, source, source);
-  read.read(o.getRetrieved(), key);
-  read.emit();
+  if (!cpu.in(o.getRetrieved())) {
+    RowSweep read(cpu, source, source);
+    read.read(o.getRetrieved(), key);
+    read.emit();
+  }
   Value retrieved = cpu.in(o.getRetrieved());
   Value delta = cpu.mul(cpu.sub(value, retrieved),
                         cpu.splat(value.getType(), cpu.in(o.getBeta())));

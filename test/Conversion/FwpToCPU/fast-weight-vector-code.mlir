@@ -117,3 +117,20 @@ fwp.scan @old_state_as_output seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : v
   %y = fwp.read %W1, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
   fwp.yield %W1, %y, %W : !fwp.fast_weight<8x8xf32>, vector<8xf32>, !fwp.fast_weight<8x8xf32>
 }
+
+// A delta write after another write of the same weight: its retrieval
+// G1 k joins the first write's sweep (the rows as that write leaves them),
+// so the step makes two passes over the rows (three loops with the time
+// loop), not three passes (a separate read pass for the retrieval). The backward of every delta rule has this pair
+// (the adjoint's q (x) dy, then the adjoint of the delta write).
+// CHECK-LABEL: func.func @write_then_delta
+// CHECK-COUNT-3: scf.for
+// CHECK-NOT: scf.for
+// CHECK: return
+fwp.scan @write_then_delta seq(%q : vector<16xf32>, %g : vector<16xf32>, %k : vector<16xf32>, %b : f32)
+    states(%G : !fwp.fast_weight<16x16xf32>) outputs(u : vector<16xf32>) {
+  %G1 = fwp.write_sum %G, %q, %g : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
+  %zero = fwp.constant 0.0 : vector<16xf32>
+  %G2, %u = fwp.write_delta %G1, %k, %zero, %b : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
+  fwp.yield %G2, %u : !fwp.fast_weight<16x16xf32>, vector<16xf32>
+}
