@@ -534,6 +534,45 @@ TEST(RequireGpu, TurnsTheGpuTestsSkipIntoAFailure) {
       torch::cuda::is_available() && haveArtifacts());
 }
 
+/// Runs `command` (stderr too); returns the exit status and the output.
+std::pair<int, std::string> runCommand(const std::string &command) {
+  std::string output;
+  FILE *pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr)
+    return {-1, "popen failed"};
+  char buffer[512];
+  while (fgets(buffer, sizeof buffer, pipe))
+    output += buffer;
+  int status = pclose(pipe);
+  return {WEXITSTATUS(status), output};
+}
+
+TEST(FwpRunArtifact, RejectsABadHostCacheLimit) {
+  REQUIRE_ARTIFACTS();
+  std::string out = fs::temp_directory_path().string() + "/fwp-run-cache.safetensors";
+  std::string in = fs::temp_directory_path().string() + "/fwp-run-cache-in.safetensors";
+  fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("delta_net")));
+  fwp::writeSafetensors(in, makeInputs(layer, 1, 1, 2, false, torch::kFloat, 1));
+  std::string run = std::string(FWP_RUN_PATH) + " --artifact " + artifactPath("delta_net") +
+                    " --inputs " + in + " --out " + out;
+  for (const char *bad : {"lots", "-5", "12MiB"}) {
+    auto [status, output] = runCommand("FWP_HOST_CACHE_MIB=" + std::string(bad) + " " + run);
+    EXPECT_NE(status, 0) << bad << ": " << output;
+    EXPECT_NE(output.find("FWP_HOST_CACHE_MIB: expected a whole number of MiB"),
+              std::string::npos)
+        << output;
+    EXPECT_FALSE(fs::exists(out)) << bad;
+  }
+  // 0 (no reuse) and a number run.
+  for (const char *good : {"0", "64"}) {
+    auto [status, output] = runCommand("FWP_HOST_CACHE_MIB=" + std::string(good) + " " + run);
+    EXPECT_EQ(status, 0) << good << ": " << output;
+    EXPECT_TRUE(fs::exists(out)) << good;
+    std::remove(out.c_str());
+  }
+  std::remove(in.c_str());
+}
+
 TEST(FwpRunArtifact, RejectsDimsTheArtifactWasNotCompiledWith) {
   REQUIRE_ARTIFACTS();
   std::string out = fs::temp_directory_path().string() + "/fwp-run-dims.safetensors";

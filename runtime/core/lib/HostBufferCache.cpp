@@ -158,12 +158,14 @@ private:
 } // namespace
 
 torch::Tensor emptyReusingMemory(at::IntArrayRef sizes, torch::TensorOptions options) {
+  // First, so that a bad FWP_HOST_CACHE_MIB fails every call, not only large ones.
+  Cache &cache = Cache::instance();
   size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
                  c10::elementSize(c10::typeMetaToScalarType(options.dtype()));
   if (options.device().type() != c10::DeviceType::CPU || bytes < hostCacheMinimumBytes ||
-      Cache::instance().limitBytes() == 0)
+      cache.limitBytes() == 0)
     return torch::empty(sizes, options);
-  return at::detail::empty_generic(sizes, &Cache::instance(),
+  return at::detail::empty_generic(sizes, &cache,
                                    c10::DispatchKeySet(c10::DispatchKey::CPU),
                                    c10::typeMetaToScalarType(options.dtype()),
                                    std::nullopt);
