@@ -579,16 +579,10 @@ TEST(FwpRunArtifact, RejectsDimsTheArtifactWasNotCompiledWith) {
   std::string in = fs::temp_directory_path().string() + "/fwp-run-dims-in.safetensors";
   fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("delta_net")));
   fwp::writeSafetensors(in, makeInputs(layer, 1, 1, 2, false, torch::kFloat, 1));
-  std::string command = std::string(FWP_RUN_PATH) + " --artifact " + artifactPath("delta_net") +
-                        " --dim d=32 --inputs " + in + " --out " + out + " 2>&1";
-  std::string output;
-  FILE *pipe = popen(command.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  char buffer[512];
-  while (fgets(buffer, sizeof buffer, pipe))
-    output += buffer;
-  int status = pclose(pipe);
-  EXPECT_EQ(WEXITSTATUS(status), 2) << output;
+  auto [status, output] =
+      runCommand(std::string(FWP_RUN_PATH) + " --artifact " + artifactPath("delta_net") +
+                 " --dim d=32 --inputs " + in + " --out " + out);
+  EXPECT_EQ(status, 2) << output;
   EXPECT_NE(output.find("was compiled with d=16"), std::string::npos) << output;
   EXPECT_FALSE(fs::exists(out));
   std::remove(in.c_str());
