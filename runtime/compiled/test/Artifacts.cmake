@@ -12,6 +12,10 @@ set(variants
   "delta_mlp_d6_ff10|delta_mlp|--dim,d=6,--dim,d_ff=10"
   "rdn_d7|rdn|--dim,d=7"
   "delta_lstm_d3|delta_lstm|--dim,d=3"
+  # the late group split (StagedScan.cpp) at d = 32 (recurrent passes) and
+  # d = 128 (the input-only weights' passes chunkwise)
+  "delta_lstm_d32|delta_lstm|--dim,d=32,--cuda=off"
+  "delta_rnn_d128|delta_rnn|--dim,d=128,--cuda=off"
   "delta_net_d128|delta_net|--dim,d=128"
   # a row length that is not a power of two (64 + 32 lanes: Artifact.cpp,
   # splitUnevenVectorsAcrossBlocks); CPU only
