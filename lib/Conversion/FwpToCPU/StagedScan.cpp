@@ -26,25 +26,27 @@
 //
 // Vector states: the weights in a recurrence with them -- with a read (or
 // a retrieval) that depends on a vector state, through its query or the
-// weight's coefficients, and feeds a vector state's next value -- form the
-// late group: one recurrent pass that holds the vector states and all
-// those weights (delta_rnn's R, read with softmax(y); delta_lstm's R_i,
-// R_u, R_o). The late group is placed like a weight, once the results its
-// step needs from other weights are ready, and later passes take its
-// results: delta_rnn's backward runs W (its reads with inputs), the late
-// group (R and the state's adjoint), G_W and G_R (their coefficients from
-// the state's adjoint), then W and R again (the reads with queries from
-// G_W's and G_R's retrievals). With a late group, first passes go before
-// the passes that rebuild a weight again (which then take more reads).
-// Without one, vector states (and the work that depends on them) go to the
-// last pass, and a read with a query from them cannot be placed.
+// weight's coefficients, and feeds a vector state's next value; with them,
+// a weight that depends on a vector state and feeds a read or an update of
+// the group -- form the late group: one recurrent pass that holds the
+// vector states and all those weights (delta_rnn's R, read with
+// softmax(y); delta_lstm's R_i, R_u, R_o). The late group is placed like a
+// weight, once the results its step needs from other passes are ready, and
+// later passes take its results: delta_rnn's forward runs W (z = W phi(q)),
+// then the group; its backward W (W_prev^T k), the group (R, its adjoint
+// G_R, whose retrieval is the query of a read of R, and y's adjoint), G_W
+// (its coefficients from y's adjoint), then W again (the reads with
+// queries from G_W's retrieval and y's adjoint). With a late group, first
+// passes go before the passes that rebuild a weight again (which then take
+// more reads). Without one, vector states (and the work that depends on
+// them) go to the last pass, and a read with a query from them cannot be
+// placed.
 //
 // The split is kept where every pass takes the chunkwise form, or where a
-// late group leaves some weight out of it: the weights written and read
-// with inputs alone then run outside the serial recurrence (their reads in
-// a pass of their own, chunkwise at d = 128), which pays at every size
-// (docs/compiler.md, "Passes"). Otherwise the scan is lowered as one
-// recurrent loop.
+// late group leaves some weight out of it and the weights together outgrow
+// 16 KiB (lowerInStages, measured): the weights written and read with
+// inputs alone then run outside the serial recurrence (chunkwise at
+// d = 128). Otherwise the scan is lowered as one recurrent loop.
 //
 //===----------------------------------------------------------------------===//
 
@@ -135,46 +137,60 @@ SmallVector<unsigned> findLateGroup(ScanOp scan, const StagePlan &plan,
     }
   }
 
-  // Backwards: the ops and weights a vector state's next value needs.
-  llvm::DenseSet<Value> needed;
-  for (auto [i, next] :
-       llvm::enumerate(yield.getValues().take_front(scan.getNumStates())))
-    if (!isMatrix(next))
-      needed.insert(next);
-  llvm::DenseSet<Operation *> feeds;
-  llvm::DenseSet<unsigned> feedingWeight;
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (Operation &op : llvm::reverse(body.without_terminator())) {
-      if (feeds.contains(&op))
-        continue;
-      std::optional<unsigned> s = weightOf(&op);
-      bool is = (s && plan.role.lookup(&op) == Role::Chain &&
-                 feedingWeight.contains(*s)) ||
-                llvm::any_of(op.getResults(),
-                             [&](Value v) { return needed.contains(v); });
-      if (!is)
-        continue;
-      feeds.insert(&op);
-      for (Value operand : op.getOperands())
-        if (!isMatrix(operand))
-          needed.insert(operand);
-      if (s && feedingWeight.insert(*s).second)
-        changed = true;
-    }
-  }
-
+  // Backwards: the ops and weights that a vector state's next value (or
+  // the group's weights found so far) need. A weight that depends on a
+  // vector state and feeds a read or an update of the group joins it too
+  // (delta_rnn's backward: G_R, whose retrieval is the query of a read of R;
+  // else R would be rebuilt again in a pass after G_R's).
   SmallVector<unsigned> group;
-  for (unsigned s : weights)
-    if (llvm::any_of(body.without_terminator(), [&](Operation &op) {
-          return weightOf(&op) == s && late.contains(&op) &&
-                 feeds.contains(&op) &&
-                 llvm::any_of(op.getResults(), [&](Value v) {
-                   return !isMatrix(v) && needed.contains(v);
-                 });
-        }))
-      group.push_back(s);
-  return group;
+  while (true) {
+    llvm::DenseSet<Value> needed;
+    for (Value next : yield.getValues().take_front(scan.getNumStates()))
+      if (!isMatrix(next))
+        needed.insert(next);
+    for (Operation &op : body.without_terminator())
+      if (std::optional<unsigned> s = weightOf(&op);
+          s && llvm::is_contained(group, *s))
+        for (Value operand : op.getOperands())
+          if (!isMatrix(operand))
+            needed.insert(operand);
+    llvm::DenseSet<Operation *> feeds;
+    llvm::DenseSet<unsigned> feedingWeight;
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (Operation &op : llvm::reverse(body.without_terminator())) {
+        if (feeds.contains(&op))
+          continue;
+        std::optional<unsigned> s = weightOf(&op);
+        bool is = (s && plan.role.lookup(&op) == Role::Chain &&
+                   feedingWeight.contains(*s)) ||
+                  llvm::any_of(op.getResults(),
+                               [&](Value v) { return needed.contains(v); });
+        if (!is)
+          continue;
+        feeds.insert(&op);
+        for (Value operand : op.getOperands())
+          if (!isMatrix(operand))
+            needed.insert(operand);
+        if (s && feedingWeight.insert(*s).second)
+          changed = true;
+      }
+    }
+    SmallVector<unsigned> grown;
+    for (unsigned s : weights)
+      if (llvm::is_contained(group, s) ||
+          llvm::any_of(body.without_terminator(), [&](Operation &op) {
+            return weightOf(&op) == s && late.contains(&op) &&
+                   feeds.contains(&op) &&
+                   llvm::any_of(op.getResults(), [&](Value v) {
+                     return !isMatrix(v) && needed.contains(v);
+                   });
+          }))
+        grown.push_back(s);
+    if (grown.size() == group.size())
+      return group;
+    group = std::move(grown);
+  }
 }
 
 std::optional<StagePlan> planStages(ScanOp scan) {
@@ -309,9 +325,14 @@ std::optional<StagePlan> planStages(ScanOp scan) {
         plan.passOf[&op] = pass;
   };
 
-  // The late group as pass `pass`, if it can compute the vector states'
-  // next values and its weights' coefficients from earlier passes' results.
-  auto placeLateGroup = [&](unsigned pass) {
+  // The late group as the next pass, if it can compute the vector states'
+  // next values and its weights' updates from earlier passes' results and
+  // its own; it takes the reads of its weights that it can compute.
+  auto placeLateGroup = [&]() {
+    unsigned pass = plan.passStates.size();
+    auto inGroup = [&](unsigned s) {
+      return llvm::is_contained(plan.lateWeights, s);
+    };
     llvm::DenseMap<Value, bool> known;
     std::function<bool(Value)> computable = [&](Value v) -> bool {
       if (readyBefore(v, pass) || isa<BlockArgument>(v))
@@ -331,8 +352,7 @@ std::optional<StagePlan> planStages(ScanOp scan) {
       known[v] = is;
       return is;
     };
-    for (auto [i, next] :
-         llvm::enumerate(yield.getValues().take_front(scan.getNumStates())))
+    for (Value next : yield.getValues().take_front(scan.getNumStates()))
       if (!isMatrix(next) && !computable(next))
         return false;
     for (auto [op, role] : plan.role)
@@ -383,7 +403,7 @@ std::optional<StagePlan> planStages(ScanOp scan) {
       // The late group and first passes before passes that rebuild a
       // weight: a later pass of a weight then takes more of its reads.
       if (!plan.latePass)
-        progress |= placeLateGroup(plan.passStates.size());
+        progress |= placeLateGroup();
       for (unsigned s : weights)
         progress |= placeWeight(s, /*first=*/true);
       if (!progress)
@@ -451,27 +471,10 @@ bool inPass(const StagePlan &plan, Operation *op, unsigned pass) {
   return plan.passOf.lookup(op) == pass;
 }
 
-} // namespace
-
-FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
-                                              const CpuPatternSet &patterns,
-                                              int64_t chunk) {
-  std::optional<StagePlan> found = planStages(scan);
-  if (!found)
-    return false;
-  const StagePlan &plan = *found;
-  // Without a late group the split pays only where every pass is chunkwise.
-  bool grouped = !plan.lateWeights.empty();
-  if (!grouped && chunk == 0)
-    return false;
-  if (!grouped && chunk < 0)
-    for (auto [s, first] : plan.firstPass) {
-      auto type = cast<FastWeightType>(scan.getStateArgs()[s].getType());
-      if (automaticChunkLength(type.getKeyDim(), type.getValueDim(),
-                               type.getElementType().getIntOrFloatBitWidth()) == 0)
-        return false;
-    }
-
+/// Lowers `scan` as the passes of `plan`, unless (without a late group)
+/// some pass is not chunkwise.
+FailureOr<bool> lowerPlan(ScanOp scan, const CpuPatternSet &patterns,
+                          int64_t chunk, const StagePlan &plan) {
   Block &body = scan.getBodyBlock();
   YieldOp yield = scan.getYield();
   unsigned numPasses = plan.passStates.size(), late = *plan.latePass;
@@ -632,9 +635,10 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
   }
 
   // Lower the passes; keep the split if each is chunkwise, or if it takes
-  // weights out of the late group's recurrence (whatever their form).
+  // weights out of a late group's recurrence (whatever their form).
   SmallVector<func::FuncOp> stageFuncs;
   bool allChunkwise = true;
+  bool grouped = !plan.lateWeights.empty();
   int64_t chunkLength = 0;
   for (ScanOp stage : stages) {
     ScanLowering lowering(stage, patterns, chunk);
@@ -651,8 +655,7 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
     if (chunkAttr)
       chunkLength = chunkAttr.getInt();
   }
-  bool takesOut = grouped && plan.firstPass.size() > plan.lateWeights.size();
-  if (!allChunkwise && !takesOut) {
+  if (!allChunkwise && !grouped) {
     for (func::FuncOp func : stageFuncs)
       func->erase();
     return false;
@@ -725,4 +728,47 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
     memref::DeallocOp::create(b, loc, buffer);
   func::ReturnOp::create(b, loc);
   return true;
+}
+
+} // namespace
+
+FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
+                                              const CpuPatternSet &patterns,
+                                              int64_t chunk) {
+  std::optional<StagePlan> plan = planStages(scan);
+  if (!plan)
+    return false;
+  auto bytesOf = [&](unsigned s) {
+    auto type = cast<FastWeightType>(scan.getStateArgs()[s].getType());
+    return type.getKeyDim() * type.getValueDim() *
+           type.getElementType().getIntOrFloatBitWidth() / 8;
+  };
+  if (!plan->lateWeights.empty()) {
+    if (plan->lateWeights.size() == plan->firstPass.size())
+      return false; // no weight to take out of the recurrence
+    // The late group's split pays once the scan's weights together outgrow
+    // half a 32 KiB L1 data cache. Measured with fwp-bench-strategies, one
+    // thread, forward + backward (docs/compiler.md, "late group"): delta_lstm
+    // at d = 32 (forward 6, backward 12 weights of 4 KiB) 1.3x faster,
+    // d = 64 1.2x, d = 128 1.1x; delta_rnn at d = 64 and 128 1.1-1.3x
+    // faster, but at d = 32 (backward 4 weights of 4 KiB, all in L1 in one
+    // loop) 1.1-1.2x slower.
+    int64_t bytes = 0;
+    for (auto [s, first] : plan->firstPass)
+      bytes += bytesOf(s);
+    if (bytes <= 16 * 1024)
+      return false;
+  } else {
+    // Otherwise the split pays only where every pass is chunkwise.
+    if (chunk == 0)
+      return false;
+    if (chunk < 0)
+      for (auto [s, first] : plan->firstPass) {
+        auto type = cast<FastWeightType>(scan.getStateArgs()[s].getType());
+        if (automaticChunkLength(type.getKeyDim(), type.getValueDim(),
+                                 type.getElementType().getIntOrFloatBitWidth()) == 0)
+          return false;
+      }
+  }
+  return lowerPlan(scan, patterns, chunk, *plan);
 }

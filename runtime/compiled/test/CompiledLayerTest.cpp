@@ -256,6 +256,8 @@ std::vector<Case> cases() {
   out.push_back({"delta_net_d96", 1, 2, 9, true});
   out.push_back({"delta_lstm_d32", 2, 2, 21, true});
   out.push_back({"delta_rnn_d128", 1, 2, 19, true});
+  out.push_back({"delta_lstm_f64_d24", 2, 2, 13, true});
+  out.push_back({"delta_rnn_f64_d48", 2, 2, 11, true});
   for (const char *model : {"linear_transformer_f64", "delta_net_f64", "delta_mlp_f64",
                             "delta_rnn_f64", "delta_lstm_f64", "rdn_f64",
                             // other backward strategies than invert
