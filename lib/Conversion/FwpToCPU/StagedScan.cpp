@@ -749,8 +749,8 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
     // The late group's split pays once the scan's weights together outgrow
     // half a 32 KiB L1 data cache. Measured with fwp-bench-strategies, one
     // thread, forward + backward (docs/compiler.md, "late group"): delta_lstm
-    // at d = 32 (forward 6, backward 12 weights of 4 KiB) 1.3x faster,
-    // d = 64 1.2x, d = 128 1.1x; delta_rnn at d = 64 and 128 1.1-1.3x
+    // at d = 32 (forward 6, backward 12 weights of 4 KiB) 1.2-1.45x faster,
+    // d = 64 1.2-1.3x, d = 128 1.1x; delta_rnn at d = 64 and 128 1.1-1.5x
     // faster, but at d = 32 (backward 4 weights of 4 KiB, all in L1 in one
     // loop) 1.1-1.2x slower.
     int64_t bytes = 0;
