@@ -22,10 +22,31 @@
 // The passes are found greedily: in rounds over the weights, a weight gets
 // a pass when some unread read of it has its query ready (or when it has
 // had none yet and its update's coefficients are ready); each pass then
-// takes the vector work that its results make computable. Vector states
-// (and the work that depends on them) go to the last pass. The split is
-// kept only where every pass takes the chunkwise form; otherwise the scan
-// is lowered as one recurrent loop.
+// takes the vector work that its results make computable.
+//
+// Vector states: the weights in a recurrence with them -- with a read (or
+// a retrieval) that depends on a vector state, through its query or the
+// weight's coefficients, and feeds a vector state's next value; with them,
+// a weight that depends on a vector state and feeds a read or an update of
+// the group -- form the late group: one recurrent pass that holds the
+// vector states and all those weights (delta_rnn's R, read with
+// softmax(y); delta_lstm's R_i, R_u, R_o). The late group is placed like a
+// weight, once the results its step needs from other passes are ready, and
+// later passes take its results: delta_rnn's forward runs W (z = W phi(q)),
+// then the group; its backward W (W_prev^T k), the group (R, its adjoint
+// G_R, whose retrieval is the query of a read of R, and y's adjoint), G_W
+// (its coefficients from y's adjoint), then W again (the reads with
+// queries from G_W's retrieval and y's adjoint). With a late group, first
+// passes go before the passes that rebuild a weight again (which then take
+// more reads). Without one, vector states (and the work that depends on
+// them) go to the last pass, and a read with a query from them cannot be
+// placed.
+//
+// The split is kept where every pass takes the chunkwise form, or where a
+// late group leaves some weight out of it and the weights together outgrow
+// 16 KiB (lowerInStages, measured): the weights written and read with
+// inputs alone then run outside the serial recurrence (chunkwise at
+// d = 128). Otherwise the scan is lowered as one recurrent loop.
 //
 //===----------------------------------------------------------------------===//
 
@@ -48,12 +69,17 @@ enum class Role {
   Chain,     // an update of a fast weight: in every pass of that weight
   Read,      // a read of a fast weight: in one pass of that weight
   Vector,    // other vector work: in the first pass that can compute it
-  Late,      // depends on a vector state: in the last pass
+  Late,      // depends on a vector state (without a late group): last pass
 };
 
 struct StagePlan {
-  /// The fast-weight state (its index among the states) of each pass.
-  SmallVector<unsigned> passState;
+  /// The fast-weight states (their indices among the states) of each pass:
+  /// one weight, or the late group's.
+  SmallVector<SmallVector<unsigned>> passStates;
+  /// The pass that holds the vector states (and yields their next values).
+  std::optional<unsigned> latePass;
+  /// The weights in the recurrence with the vector states (the late group).
+  SmallVector<unsigned> lateWeights;
   llvm::DenseMap<Operation *, Role> role;
   /// The pass of each Read, Vector and Late op.
   llvm::DenseMap<Operation *, unsigned> passOf;
@@ -61,7 +87,111 @@ struct StagePlan {
   llvm::DenseMap<Operation *, unsigned> stateOf;
   /// The first and last pass of each weight.
   llvm::DenseMap<unsigned, unsigned> firstPass, lastPass;
+
+  bool holds(unsigned pass, unsigned s) const {
+    return llvm::is_contained(passStates[pass], s);
+  }
 };
+
+/// The weights that must run in one recurrent pass with the vector states:
+/// those with a read (or a delta-rule retrieval) that both depends on a
+/// vector state (through its query, or the weight's coefficients) and
+/// feeds a vector state's next value, all within the step.
+SmallVector<unsigned> findLateGroup(ScanOp scan, const StagePlan &plan,
+                                    ArrayRef<unsigned> weights) {
+  Block &body = scan.getBodyBlock();
+  YieldOp yield = scan.getYield();
+  unsigned numInputs = scan.getNumSeq() + scan.getNumParams();
+  auto isMatrix = [](Value v) { return isa<FastWeightType>(v.getType()); };
+  auto weightOf = [&](Operation *op) -> std::optional<unsigned> {
+    Role role = plan.role.lookup(op);
+    if (role == Role::Chain || role == Role::Read)
+      return plan.stateOf.lookup(op);
+    return std::nullopt;
+  };
+
+  // Forwards: the ops and weights that depend on a vector state.
+  llvm::DenseSet<Operation *> late;
+  llvm::DenseSet<unsigned> lateWeight;
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (Operation &op : body.without_terminator()) {
+      if (late.contains(&op))
+        continue;
+      std::optional<unsigned> s = weightOf(&op);
+      bool is = s && lateWeight.contains(*s);
+      for (Value operand : op.getOperands()) {
+        if (isMatrix(operand))
+          continue;
+        if (auto arg = dyn_cast<BlockArgument>(operand))
+          is |= arg.getArgNumber() >= numInputs;
+        else
+          is |= late.contains(operand.getDefiningOp());
+      }
+      if (!is)
+        continue;
+      late.insert(&op);
+      if (s && plan.role.lookup(&op) == Role::Chain &&
+          lateWeight.insert(*s).second)
+        changed = true;
+    }
+  }
+
+  // Backwards: the ops and weights that a vector state's next value (or
+  // the group's weights found so far) need. A weight that depends on a
+  // vector state and feeds a read or an update of the group joins it too
+  // (delta_rnn's backward: G_R, whose retrieval is the query of a read of R;
+  // else R would be rebuilt again in a pass after G_R's).
+  SmallVector<unsigned> group;
+  while (true) {
+    llvm::DenseSet<Value> needed;
+    for (Value next : yield.getValues().take_front(scan.getNumStates()))
+      if (!isMatrix(next))
+        needed.insert(next);
+    for (Operation &op : body.without_terminator())
+      if (std::optional<unsigned> s = weightOf(&op);
+          s && llvm::is_contained(group, *s))
+        for (Value operand : op.getOperands())
+          if (!isMatrix(operand))
+            needed.insert(operand);
+    llvm::DenseSet<Operation *> feeds;
+    llvm::DenseSet<unsigned> feedingWeight;
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (Operation &op : llvm::reverse(body.without_terminator())) {
+        if (feeds.contains(&op))
+          continue;
+        std::optional<unsigned> s = weightOf(&op);
+        bool is = (s && plan.role.lookup(&op) == Role::Chain &&
+                   feedingWeight.contains(*s)) ||
+                  llvm::any_of(op.getResults(),
+                               [&](Value v) { return needed.contains(v); });
+        if (!is)
+          continue;
+        feeds.insert(&op);
+        for (Value operand : op.getOperands())
+          if (!isMatrix(operand))
+            needed.insert(operand);
+        if (s && feedingWeight.insert(*s).second)
+          changed = true;
+      }
+    }
+    SmallVector<unsigned> grown;
+    for (unsigned s : weights)
+      if (llvm::is_contained(group, s) ||
+          llvm::any_of(body.without_terminator(), [&](Operation &op) {
+            return weightOf(&op) == s && late.contains(&op) &&
+                   feeds.contains(&op) &&
+                   llvm::any_of(op.getResults(), [&](Value v) {
+                     return !isMatrix(v) && needed.contains(v);
+                   });
+          }))
+        grown.push_back(s);
+    if (grown.size() == group.size())
+      return group;
+    group = std::move(grown);
+  }
+}
 
 std::optional<StagePlan> planStages(ScanOp scan) {
   auto isMatrix = [](Value v) { return isa<FastWeightType>(v.getType()); };
@@ -69,9 +199,13 @@ std::optional<StagePlan> planStages(ScanOp scan) {
       llvm::any_of(scan.getParamArgs(), isMatrix))
     return std::nullopt;
   SmallVector<unsigned> weights;
-  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs()))
+  bool hasVectorStates = false;
+  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs())) {
     if (isMatrix(arg))
       weights.push_back(i);
+    else
+      hasVectorStates = true;
+  }
   if (weights.size() < 2)
     return std::nullopt;
 
@@ -138,10 +272,24 @@ std::optional<StagePlan> planStages(ScanOp scan) {
     plan.role[&op] = role;
   }
 
+  // With a late group, the work on the vector states is vector work like
+  // any other: the vector states are the late group pass's results.
+  if (hasVectorStates)
+    plan.lateWeights = findLateGroup(scan, plan, weights);
+  bool grouped = !plan.lateWeights.empty();
+  if (grouped)
+    for (auto &[op, role] : plan.role)
+      if (role == Role::Late)
+        role = Role::Vector;
+  auto inGroup = [&](unsigned s) {
+    return llvm::is_contained(plan.lateWeights, s);
+  };
+
   // Whether `v` is computed by passes before `pass` (or needs none).
   auto readyBefore = [&](Value v, unsigned pass) {
     if (auto arg = dyn_cast<BlockArgument>(v))
-      return arg.getArgNumber() < numInputs;
+      return arg.getArgNumber() < numInputs ||
+             (plan.latePass && *plan.latePass < pass);
     Operation *def = v.getDefiningOp();
     switch (plan.role.lookup(def)) {
     case Role::InputOnly:
@@ -168,34 +316,99 @@ std::optional<StagePlan> planStages(ScanOp scan) {
       }
     return true;
   };
+  // The vector work that pass `pass`'s results make computable.
+  auto takeVectorWork = [&](unsigned pass) {
+    for (Operation &op : scan.getBodyBlock().without_terminator())
+      if (plan.role.lookup(&op) == Role::Vector && !plan.passOf.contains(&op) &&
+          llvm::all_of(op.getOperands(),
+                       [&](Value v) { return readyBefore(v, pass + 1); }))
+        plan.passOf[&op] = pass;
+  };
+
+  // The late group as the next pass, if it can compute the vector states'
+  // next values and its weights' updates from earlier passes' results and
+  // its own; it takes the reads of its weights that it can compute.
+  auto placeLateGroup = [&]() {
+    unsigned pass = plan.passStates.size();
+    auto inGroup = [&](unsigned s) {
+      return llvm::is_contained(plan.lateWeights, s);
+    };
+    llvm::DenseMap<Value, bool> known;
+    std::function<bool(Value)> computable = [&](Value v) -> bool {
+      if (readyBefore(v, pass) || isa<BlockArgument>(v))
+        return true;
+      if (auto it = known.find(v); it != known.end())
+        return it->second;
+      Operation *def = v.getDefiningOp();
+      Role role = plan.role.lookup(def);
+      bool is = false;
+      if (role == Role::Read)
+        is = inGroup(plan.stateOf.lookup(def)) && computable(def->getOperand(1));
+      else if (role == Role::Vector ||
+               (role == Role::Chain && inGroup(plan.stateOf.lookup(def))))
+        is = llvm::all_of(def->getOperands(), [&](Value operand) {
+          return isMatrix(operand) || computable(operand);
+        });
+      known[v] = is;
+      return is;
+    };
+    for (Value next : yield.getValues().take_front(scan.getNumStates()))
+      if (!isMatrix(next) && !computable(next))
+        return false;
+    for (auto [op, role] : plan.role)
+      if (role == Role::Chain && inGroup(plan.stateOf.lookup(op)) &&
+          !computable(cast<FastWeightUpdateOpInterface>(op).getUpdateResult()))
+        return false;
+    plan.passStates.push_back(plan.lateWeights);
+    plan.latePass = pass;
+    for (unsigned s : plan.lateWeights)
+      plan.firstPass[s] = plan.lastPass[s] = pass;
+    for (Operation *read : reads)
+      if (inGroup(plan.stateOf.lookup(read)) && computable(read->getOperand(1)))
+        plan.passOf[read] = pass;
+    takeVectorWork(pass);
+    return true;
+  };
+
+  // A pass of weight `s` (the first one if `first`), if it has work.
+  auto placeWeight = [&](unsigned s, bool first) {
+    unsigned pass = plan.passStates.size();
+    if (first != !plan.firstPass.contains(s) || (grouped && inGroup(s) && first))
+      return false;
+    if (first && !coefficientsReady(s, pass))
+      return false;
+    SmallVector<Operation *> taken;
+    for (Operation *read : reads)
+      if (!plan.passOf.contains(read) && plan.stateOf.lookup(read) == s &&
+          readyBefore(read->getOperand(1), pass))
+        taken.push_back(read);
+    if (!first && taken.empty())
+      return false;
+    plan.passStates.push_back({s});
+    if (first)
+      plan.firstPass[s] = pass;
+    plan.lastPass[s] = pass;
+    for (Operation *read : taken)
+      plan.passOf[read] = pass;
+    takeVectorWork(pass);
+    return true;
+  };
 
   while (true) {
     bool progress = false;
-    for (unsigned s : weights) {
-      unsigned pass = plan.passState.size();
-      bool first = !plan.firstPass.contains(s);
-      if (first && !coefficientsReady(s, pass))
-        continue;
-      SmallVector<Operation *> taken;
-      for (Operation *read : reads)
-        if (!plan.passOf.contains(read) && plan.stateOf.lookup(read) == s &&
-            readyBefore(read->getOperand(1), pass))
-          taken.push_back(read);
-      if (!first && taken.empty())
-        continue;
-      plan.passState.push_back(s);
-      if (first)
-        plan.firstPass[s] = pass;
-      plan.lastPass[s] = pass;
-      for (Operation *read : taken)
-        plan.passOf[read] = pass;
-      // The vector work this pass's results make computable.
-      for (Operation &op : scan.getBodyBlock().without_terminator())
-        if (plan.role.lookup(&op) == Role::Vector && !plan.passOf.contains(&op) &&
-            llvm::all_of(op.getOperands(),
-                         [&](Value v) { return readyBefore(v, pass + 1); }))
-          plan.passOf[&op] = pass;
-      progress = true;
+    if (!grouped) {
+      for (unsigned s : weights)
+        progress |= placeWeight(s, !plan.firstPass.contains(s));
+    } else {
+      // The late group and first passes before passes that rebuild a
+      // weight: a later pass of a weight then takes more of its reads.
+      if (!plan.latePass)
+        progress |= placeLateGroup();
+      for (unsigned s : weights)
+        progress |= placeWeight(s, /*first=*/true);
+      if (!progress)
+        for (unsigned s : weights)
+          progress |= placeWeight(s, /*first=*/false);
     }
     bool done = plan.firstPass.size() == weights.size() &&
                 llvm::all_of(reads, [&](Operation *read) {
@@ -206,10 +419,11 @@ std::optional<StagePlan> planStages(ScanOp scan) {
     if (!progress)
       return std::nullopt;
   }
-  unsigned last = plan.passState.size() - 1;
+  if (!plan.latePass)
+    plan.latePass = plan.passStates.size() - 1;
   for (auto &[op, role] : plan.role) {
     if (role == Role::Late)
-      plan.passOf[op] = last;
+      plan.passOf[op] = *plan.latePass;
     if (role == Role::Vector && !plan.passOf.contains(op))
       return std::nullopt;
   }
@@ -223,7 +437,7 @@ std::optional<unsigned> producerOf(const StagePlan &plan, ScanOp scan, Value v) 
   if (auto arg = dyn_cast<BlockArgument>(v)) {
     if (arg.getArgNumber() < scan.getNumSeq() + scan.getNumParams())
       return std::nullopt;
-    return plan.passState.size() - 1; // a vector state
+    return *plan.latePass; // a vector state
   }
   Operation *def = v.getDefiningOp();
   switch (plan.role.lookup(def)) {
@@ -243,7 +457,7 @@ bool computedIn(const StagePlan &plan, ScanOp scan, Value v, unsigned pass) {
     return true;
   if (Operation *def = v.getDefiningOp();
       def && plan.role.lookup(def) == Role::Chain)
-    return plan.stateOf.lookup(def) == plan.passState[pass];
+    return plan.holds(pass, plan.stateOf.lookup(def));
   return *producer == pass;
 }
 
@@ -253,32 +467,17 @@ bool inPass(const StagePlan &plan, Operation *op, unsigned pass) {
   if (role == Role::InputOnly)
     return false;
   if (role == Role::Chain)
-    return plan.stateOf.lookup(op) == plan.passState[pass];
+    return plan.holds(pass, plan.stateOf.lookup(op));
   return plan.passOf.lookup(op) == pass;
 }
 
-} // namespace
-
-FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
-                                              const CpuPatternSet &patterns,
-                                              int64_t chunk) {
-  if (chunk == 0)
-    return false;
-  std::optional<StagePlan> found = planStages(scan);
-  if (!found)
-    return false;
-  const StagePlan &plan = *found;
-  if (chunk < 0)
-    for (auto [s, first] : plan.firstPass) {
-      auto type = cast<FastWeightType>(scan.getStateArgs()[s].getType());
-      if (automaticChunkLength(type.getKeyDim(), type.getValueDim(),
-                               type.getElementType().getIntOrFloatBitWidth()) == 0)
-        return false;
-    }
-
+/// Lowers `scan` as the passes of `plan`, unless (without a late group)
+/// some pass is not chunkwise.
+FailureOr<bool> lowerPlan(ScanOp scan, const CpuPatternSet &patterns,
+                          int64_t chunk, const StagePlan &plan) {
   Block &body = scan.getBodyBlock();
   YieldOp yield = scan.getYield();
-  unsigned numPasses = plan.passState.size(), last = numPasses - 1;
+  unsigned numPasses = plan.passStates.size(), late = *plan.latePass;
   auto outputs = yield.getValues().drop_front(scan.getNumStates());
   SmallVector<unsigned> vectorStates;
   for (auto [i, arg] : llvm::enumerate(scan.getStateArgs()))
@@ -298,13 +497,13 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
     for (unsigned pass = 0; pass < numPasses; ++pass)
       if (inPass(plan, &op, pass))
         noteUses(&op, pass);
-  // The vector states' next values, yielded by the last pass.
+  // The vector states' next values, yielded by the late pass.
   for (Value next : yield.getValues().take_front(scan.getNumStates()))
     if (!isa<FastWeightType>(next.getType()) &&
-        !computedIn(plan, scan, next, last))
+        !computedIn(plan, scan, next, late))
       crossing.insert(next);
   auto storerOf = [&](Value output) {
-    return producerOf(plan, scan, output).value_or(last);
+    return producerOf(plan, scan, output).value_or(late);
   };
 
   // One scan per pass, before the original.
@@ -327,7 +526,7 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
       if (pass != producer && llvm::any_of(v.getUses(), [&](OpOperand &use) {
             Operation *user = use.getOwner();
             if (isa<YieldOp>(user))
-              return pass == last && use.getOperandNumber() < scan.getNumStates();
+              return pass == late && use.getOperandNumber() < scan.getNumStates();
             return inPass(plan, user, pass);
           }))
         crossingIn[pass].push_back(v);
@@ -352,21 +551,23 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
   };
 
   for (unsigned pass = 0; pass < numPasses; ++pass) {
-    unsigned s = plan.passState[pass];
+    ArrayRef<unsigned> weights = plan.passStates[pass];
     SmallVector<StringRef> seqNames = names(scan.getSeqNames());
     SmallVector<Type> seqTypes(ValueRange(scan.getSeqArgs()).getTypes());
     for (Value v : crossingIn[pass]) {
       seqNames.push_back(crossingName(v));
       seqTypes.push_back(v.getType());
     }
-    SmallVector<StringRef> stateNames{
-        cast<StringAttr>(scan.getStateNames()[s]).getValue()};
-    SmallVector<Type> stateTypes{scan.getStateArgs()[s].getType()};
-    if (pass == last)
-      for (unsigned i : vectorStates) {
-        stateNames.push_back(cast<StringAttr>(scan.getStateNames()[i]).getValue());
-        stateTypes.push_back(scan.getStateArgs()[i].getType());
-      }
+    // The pass's weights, then (in the late pass) the vector states.
+    SmallVector<unsigned> states(weights);
+    if (pass == late)
+      llvm::append_range(states, vectorStates);
+    SmallVector<StringRef> stateNames;
+    SmallVector<Type> stateTypes;
+    for (unsigned i : states) {
+      stateNames.push_back(cast<StringAttr>(scan.getStateNames()[i]).getValue());
+      stateTypes.push_back(scan.getStateArgs()[i].getType());
+    }
     SmallVector<StringRef> outputNames;
     SmallVector<Type> outputTypes;
     for (unsigned i : storedOutputs[pass]) {
@@ -393,11 +594,8 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
       mapping.map(v, to);
     for (auto [from, to] : llvm::zip(scan.getParamArgs(), stage.getParamArgs()))
       mapping.map(from, to);
-    mapping.map(scan.getStateArgs()[s], stage.getStateArgs()[0]);
-    if (pass == last)
-      for (auto [i, to] :
-           llvm::zip(vectorStates, stage.getStateArgs().drop_front()))
-        mapping.map(scan.getStateArgs()[i], to);
+    for (auto [i, to] : llvm::zip(states, stage.getStateArgs()))
+      mapping.map(scan.getStateArgs()[i], to);
 
     OpBuilder inner = OpBuilder::atBlockBegin(&stage.getBodyBlock());
     // An input-only value, cloned (with what it needs) on first use.
@@ -418,10 +616,9 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
         materialize(operand);
       inner.clone(op, mapping);
     }
-    SmallVector<Value> yielded{materialize(yield.getValues()[s])};
-    if (pass == last)
-      for (unsigned i : vectorStates)
-        yielded.push_back(materialize(yield.getValues()[i]));
+    SmallVector<Value> yielded;
+    for (unsigned i : states)
+      yielded.push_back(materialize(yield.getValues()[i]));
     for (unsigned i : storedOutputs[pass])
       yielded.push_back(materialize(outputs[i]));
     for (Value v : crossingOut[pass])
@@ -437,9 +634,11 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
         setStepPhase(op, phase);
   }
 
-  // Lower the passes; keep the split only if each is chunkwise.
+  // Lower the passes; keep the split if each is chunkwise, or if it takes
+  // weights out of a late group's recurrence (whatever their form).
   SmallVector<func::FuncOp> stageFuncs;
   bool allChunkwise = true;
+  bool grouped = !plan.lateWeights.empty();
   int64_t chunkLength = 0;
   for (ScanOp stage : stages) {
     ScanLowering lowering(stage, patterns, chunk);
@@ -456,7 +655,7 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
     if (chunkAttr)
       chunkLength = chunkAttr.getInt();
   }
-  if (!allChunkwise) {
+  if (!allChunkwise && !grouped) {
     for (func::FuncOp func : stageFuncs)
       func->erase();
     return false;
@@ -466,7 +665,8 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
   // copy of each weight's initial value for its passes before the last,
   // then the passes in order.
   func::FuncOp func = createScanFunction(b, scan);
-  func->setAttr("fwp.chunk", b.getI64IntegerAttr(chunkLength));
+  if (chunkLength)
+    func->setAttr("fwp.chunk", b.getI64IntegerAttr(chunkLength));
   func->setAttr("fwp.stages", b.getI64IntegerAttr(numPasses));
   Block *entry = func.addEntryBlock();
   b.setInsertionPointToStart(entry);
@@ -500,19 +700,22 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
       copyOf[s] = copy;
     }
   for (unsigned pass = 0; pass < numPasses; ++pass) {
-    unsigned s = plan.passState[pass];
-    Value state = stateBuffers[s];
-    if (pass != plan.lastPass.lookup(s)) {
-      memref::CopyOp::create(b, loc, state, copyOf.lookup(s));
-      state = copyOf.lookup(s);
+    SmallVector<Value> weightBuffers;
+    for (unsigned s : plan.passStates[pass]) {
+      Value state = stateBuffers[s];
+      if (pass != plan.lastPass.lookup(s)) {
+        memref::CopyOp::create(b, loc, state, copyOf.lookup(s));
+        state = copyOf.lookup(s);
+      }
+      weightBuffers.push_back(state);
     }
     SmallVector<Value> callArgs{count};
     llvm::append_range(callArgs, seqBuffers);
     for (Value v : crossingIn[pass])
       callArgs.push_back(bufferOf.lookup(v));
     llvm::append_range(callArgs, paramBuffers);
-    callArgs.push_back(state);
-    if (pass == last)
+    llvm::append_range(callArgs, weightBuffers);
+    if (pass == late)
       for (unsigned i : vectorStates)
         callArgs.push_back(stateBuffers[i]);
     for (unsigned i : storedOutputs[pass])
@@ -525,4 +728,47 @@ FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
     memref::DeallocOp::create(b, loc, buffer);
   func::ReturnOp::create(b, loc);
   return true;
+}
+
+} // namespace
+
+FailureOr<bool> mlir::fwp::cpu::lowerInStages(ScanOp scan,
+                                              const CpuPatternSet &patterns,
+                                              int64_t chunk) {
+  std::optional<StagePlan> plan = planStages(scan);
+  if (!plan)
+    return false;
+  auto bytesOf = [&](unsigned s) {
+    auto type = cast<FastWeightType>(scan.getStateArgs()[s].getType());
+    return type.getKeyDim() * type.getValueDim() *
+           type.getElementType().getIntOrFloatBitWidth() / 8;
+  };
+  if (!plan->lateWeights.empty()) {
+    if (plan->lateWeights.size() == plan->firstPass.size())
+      return false; // no weight to take out of the recurrence
+    // The late group's split pays once the scan's weights together outgrow
+    // half a 32 KiB L1 data cache. Measured with fwp-bench-strategies, one
+    // thread, forward + backward (docs/compiler.md, "late group"): delta_lstm
+    // at d = 32 (forward 6, backward 12 weights of 4 KiB) 1.2-1.45x faster,
+    // d = 64 1.2-1.3x, d = 128 1.1x; delta_rnn at d = 64 and 128 1.1-1.5x
+    // faster, but at d = 32 (backward 4 weights of 4 KiB, all in L1 in one
+    // loop) 1.1-1.2x slower.
+    int64_t bytes = 0;
+    for (auto [s, first] : plan->firstPass)
+      bytes += bytesOf(s);
+    if (bytes <= 16 * 1024)
+      return false;
+  } else {
+    // Otherwise the split pays only where every pass is chunkwise.
+    if (chunk == 0)
+      return false;
+    if (chunk < 0)
+      for (auto [s, first] : plan->firstPass) {
+        auto type = cast<FastWeightType>(scan.getStateArgs()[s].getType());
+        if (automaticChunkLength(type.getKeyDim(), type.getValueDim(),
+                                 type.getElementType().getIntOrFloatBitWidth()) == 0)
+          return false;
+      }
+  }
+  return lowerPlan(scan, patterns, chunk, *plan);
 }

@@ -12,6 +12,13 @@ set(variants
   "delta_mlp_d6_ff10|delta_mlp|--dim,d=6,--dim,d_ff=10"
   "rdn_d7|rdn|--dim,d=7"
   "delta_lstm_d3|delta_lstm|--dim,d=3"
+  # the late group split (StagedScan.cpp: only where the weights outgrow
+  # 16 KiB) with recurrent passes (d = 32, f64 d = 24 and 48) and with the
+  # input-only weights' passes chunkwise (d = 128)
+  "delta_lstm_d32|delta_lstm|--dim,d=32,--cuda=off"
+  "delta_rnn_d128|delta_rnn|--dim,d=128,--cuda=off"
+  "delta_lstm_f64_d24|delta_lstm|--dim,d=24,--dtype=f64"
+  "delta_rnn_f64_d48|delta_rnn|--dim,d=48,--dtype=f64"
   "delta_net_d128|delta_net|--dim,d=128"
   # a row length that is not a power of two (64 + 32 lanes: Artifact.cpp,
   # splitUnevenVectorsAcrossBlocks); CPU only

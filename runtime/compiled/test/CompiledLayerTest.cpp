@@ -254,6 +254,10 @@ std::vector<Case> cases() {
     out.push_back({model, 2, 2, 19, true});
   out.push_back({"delta_net_d128", 1, 2, 9, true});
   out.push_back({"delta_net_d96", 1, 2, 9, true});
+  out.push_back({"delta_lstm_d32", 2, 2, 21, true});
+  out.push_back({"delta_rnn_d128", 1, 2, 19, true});
+  out.push_back({"delta_lstm_f64_d24", 2, 2, 13, true});
+  out.push_back({"delta_rnn_f64_d48", 2, 2, 11, true});
   for (const char *model : {"linear_transformer_f64", "delta_net_f64", "delta_mlp_f64",
                             "delta_rnn_f64", "delta_lstm_f64", "rdn_f64",
                             // other backward strategies than invert
@@ -321,7 +325,8 @@ std::vector<Case> cudaCases() {
   std::vector<Case> out;
   for (const Case &c : cases())
     if (c.artifact.find("_f64") == std::string::npos &&
-        c.artifact != "delta_net_d96") // compiled with --cuda=off
+        c.artifact != "delta_net_d96" && c.artifact != "delta_lstm_d32" &&
+        c.artifact != "delta_rnn_d128") // compiled with --cuda=off
       out.push_back(c);
   for (const char *model : {"delta_net", "rdn", "delta_net_store", "delta_net_ckpt16"})
     out.push_back({model, 3, 5, 300, true}); // longer than a block's step tile

@@ -83,3 +83,72 @@ fwp.scan @coupled seq(%k : vector<4xf32>, %v : vector<4xf32>)
   %y = fwp.add %a, %b : vector<4xf32>
   fwp.yield %W1, %V1, %y : !fwp.fast_weight<4x4xf32>, !fwp.fast_weight<4x4xf32>, vector<4xf32>
 }
+
+// A late group: R is read with a query from the vector state y and its read
+// feeds y's next value, so R and y run in one recurrent pass. W (written
+// and read with inputs alone) gets a pass before it that computes z for
+// all steps; G (written with y's next value, read for an output alone) a
+// pass after it that takes y from the output buffer the late pass wrote.
+// The split is kept whatever the passes' forms (without chunks too): it
+// takes W and G out of the recurrence; but only where the weights together
+// outgrow 16 KiB (here 3 x 16 KiB).
+// CHECK-LABEL: func.func private @late_group__stage0(
+// CHECK-SAME: fwp.chunk = 4
+// CHECK-LABEL: func.func private @late_group__stage1(
+// CHECK-SAME: %{{.*}}: memref<64x64xf32>, %{{.*}}: memref<64xf32>
+// CHECK-LABEL: func.func private @late_group__stage2(
+// CHECK-SAME: fwp.chunk = 4
+// CHECK-LABEL: func.func @late_group(
+// CHECK-SAME: %[[T:arg0]]: index
+// CHECK-SAME: %[[W:arg6]]: memref<64x64xf32>, %[[R:arg7]]: memref<64x64xf32>, %[[G:arg8]]: memref<64x64xf32>, %[[Y:arg9]]: memref<64xf32>, %[[YS:arg10]]: memref<?x64xf32>, %[[O:arg11]]: memref<?x64xf32>
+// CHECK-SAME: fwp.stages = 3 : i64
+// CHECK: %[[Z:.*]] = memref.alloc(%[[T]]) : memref<?x64xf32>
+// CHECK-NOT: memref.copy
+// CHECK: call @late_group__stage0(%[[T]], %arg1, %arg2, %arg3, %arg4, %arg5, %[[W]], %[[Z]])
+// CHECK-NEXT: call @late_group__stage1(%[[T]], %arg1, %arg2, %arg3, %arg4, %arg5, %[[Z]], %[[R]], %[[Y]], %[[YS]])
+// CHECK-NEXT: call @late_group__stage2(%[[T]], %arg1, %arg2, %arg3, %arg4, %arg5, %[[YS]], %[[G]], %[[O]])
+// CHECK: memref.dealloc %[[Z]]
+// CHECK: return
+// OFF-LABEL: func.func @late_group(
+// OFF-SAME: fwp.stages = 3
+// AUTO-LABEL: func.func @late_group(
+// AUTO-SAME: fwp.stages = 3
+fwp.scan @late_group seq(%q : vector<64xf32>, %k : vector<64xf32>, %v : vector<64xf32>,
+                         %k_r : vector<64xf32>, %v_r : vector<64xf32>)
+    states(%W : !fwp.fast_weight<64x64xf32>, %R : !fwp.fast_weight<64x64xf32>,
+           %G : !fwp.fast_weight<64x64xf32>, %y : vector<64xf32>)
+    outputs(y : vector<64xf32>, o : vector<64xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<64x64xf32>, vector<64xf32>, vector<64xf32>
+  %z = fwp.read %W1, %q : !fwp.fast_weight<64x64xf32>, vector<64xf32> -> vector<64xf32>
+  %R1 = fwp.write_sum %R, %k_r, %v_r : !fwp.fast_weight<64x64xf32>, vector<64xf32>, vector<64xf32>
+  %s = fwp.softmax %y : vector<64xf32>
+  %rec = fwp.read %R1, %s : !fwp.fast_weight<64x64xf32>, vector<64xf32> -> vector<64xf32>
+  %y1 = fwp.add %z, %rec : vector<64xf32>
+  %G1 = fwp.write_sum %G, %q, %y1 : !fwp.fast_weight<64x64xf32>, vector<64xf32>, vector<64xf32>
+  %o = fwp.read %G1, %k : !fwp.fast_weight<64x64xf32>, vector<64xf32> -> vector<64xf32>
+  fwp.yield %W1, %R1, %G1, %y1, %y1, %o : !fwp.fast_weight<64x64xf32>, !fwp.fast_weight<64x64xf32>, !fwp.fast_weight<64x64xf32>, vector<64xf32>, vector<64xf32>, vector<64xf32>
+}
+
+// The same at 16 x 16 (3 KiB of weights, all in L1 in one loop): one
+// recurrent loop.
+// CHECK-LABEL: func.func @small_late_group(
+// CHECK-NOT: call
+// CHECK-NOT: fwp.stages
+// CHECK: return
+// OFF-LABEL: func.func @small_late_group(
+// OFF-NOT: fwp.stages
+fwp.scan @small_late_group seq(%q : vector<16xf32>, %k : vector<16xf32>, %v : vector<16xf32>,
+                               %k_r : vector<16xf32>, %v_r : vector<16xf32>)
+    states(%W : !fwp.fast_weight<16x16xf32>, %R : !fwp.fast_weight<16x16xf32>,
+           %G : !fwp.fast_weight<16x16xf32>, %y : vector<16xf32>)
+    outputs(y : vector<16xf32>, o : vector<16xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
+  %z = fwp.read %W1, %q : !fwp.fast_weight<16x16xf32>, vector<16xf32> -> vector<16xf32>
+  %R1 = fwp.write_sum %R, %k_r, %v_r : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
+  %s = fwp.softmax %y : vector<16xf32>
+  %rec = fwp.read %R1, %s : !fwp.fast_weight<16x16xf32>, vector<16xf32> -> vector<16xf32>
+  %y1 = fwp.add %z, %rec : vector<16xf32>
+  %G1 = fwp.write_sum %G, %q, %y1 : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
+  %o = fwp.read %G1, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32> -> vector<16xf32>
+  fwp.yield %W1, %R1, %G1, %y1, %y1, %o : !fwp.fast_weight<16x16xf32>, !fwp.fast_weight<16x16xf32>, !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>
+}
