@@ -552,12 +552,19 @@ std::pair<int, std::string> runCommand(const std::string &command) {
   return {WEXITSTATUS(status), output};
 }
 
-TEST(FwpRunArtifact, RejectsABadHostCacheLimit) {
-  REQUIRE_ARTIFACTS();
-  std::string out = fs::temp_directory_path().string() + "/fwp-run-cache.safetensors";
-  std::string in = fs::temp_directory_path().string() + "/fwp-run-cache-in.safetensors";
+/// Writes inputs of the test artifact delta_net (B = H = 1, T = 2) to a
+/// temporary file named after `name`; returns it and an output path next to it.
+std::pair<std::string, std::string> smallDeltaNetFiles(const std::string &name) {
+  std::string in = fs::temp_directory_path().string() + "/" + name + "-in.safetensors";
+  std::string out = fs::temp_directory_path().string() + "/" + name + ".safetensors";
   fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("delta_net")));
   fwp::writeSafetensors(in, makeInputs(layer, 1, 1, 2, false, torch::kFloat, 1));
+  return {in, out};
+}
+
+TEST(FwpRunArtifact, RejectsABadHostCacheLimit) {
+  REQUIRE_ARTIFACTS();
+  auto [in, out] = smallDeltaNetFiles("fwp-run-cache");
   std::string run = std::string(FWP_RUN_PATH) + " --artifact " + artifactPath("delta_net") +
                     " --inputs " + in + " --out " + out;
   for (const char *bad : {"lots", "-5", "12MiB"}) {
@@ -580,10 +587,7 @@ TEST(FwpRunArtifact, RejectsABadHostCacheLimit) {
 
 TEST(FwpRunArtifact, RejectsDimsTheArtifactWasNotCompiledWith) {
   REQUIRE_ARTIFACTS();
-  std::string out = fs::temp_directory_path().string() + "/fwp-run-dims.safetensors";
-  std::string in = fs::temp_directory_path().string() + "/fwp-run-dims-in.safetensors";
-  fwp::CompiledLayer layer(fwp::Artifact::load(artifactPath("delta_net")));
-  fwp::writeSafetensors(in, makeInputs(layer, 1, 1, 2, false, torch::kFloat, 1));
+  auto [in, out] = smallDeltaNetFiles("fwp-run-dims");
   auto [status, output] =
       runCommand(std::string(FWP_RUN_PATH) + " --artifact " + artifactPath("delta_net") +
                  " --dim d=32 --inputs " + in + " --out " + out);
