@@ -110,8 +110,9 @@ inline FailureOr<Operation *> soleUpdateOf(Value weight) {
 func::FuncOp createScanFunction(OpBuilder &b, ScanOp scan);
 
 /// Lowers a scan of several fast weights as passes over time of one weight
-/// each (StagedScan.cpp) where every pass takes the chunkwise form: true
-/// when it did, false (nothing built) when the scan does not split so.
+/// each, or of the late group (StagedScan.cpp), where every pass takes the
+/// chunkwise form or a late group takes weights out of the recurrence:
+/// true when it did, false (nothing built) when the scan does not split so.
 FailureOr<bool> lowerInStages(ScanOp scan, const CpuPatternSet &patterns,
                               int64_t chunk);
 
