@@ -197,6 +197,8 @@ struct ChunkBuilder {
   ScanLowering &cpu;
   OpBuilder &b;
   Location loc;
+  /// Elements per 512-bit vector register.
+  int64_t lanes;
 
   template <typename Fn>
   scf::ForOp loop(Value lower, Value upper, int64_t step, ValueRange inits,
@@ -247,6 +249,57 @@ struct ChunkBuilder {
       return {};
     });
   }
+  /// Whether storeTransposed takes `rows` x `n`: whole tiles of lanes x lanes.
+  bool tiles(int64_t rows, int64_t n) const {
+    return rows % lanes == 0 && n % lanes == 0;
+  }
+  /// target[c, r] = rowOf(first, q)[c] for the rows r = first + q < `rows`
+  /// (`first` a multiple of the lanes, q < lanes) and c < n, target being
+  /// [n, rows]: lanes x lanes tiles transposed in registers and stored a
+  /// vector per tile row, instead of one element store per entry (which the
+  /// back end emits as a scatter per vector, or an extract per element).
+  /// `rowOf` must be valid for every r < rows.
+  void storeTransposed(int64_t rows, int64_t n,
+                       function_ref<Value(Value first, int64_t q)> rowOf,
+                       Value target) {
+    loop(cpu.index(0), cpu.index(rows), lanes, {},
+         [&](Value first, ValueRange) -> SmallVector<Value> {
+           for (int64_t column = 0; column < n; column += lanes) {
+             SmallVector<Value> tile;
+             for (int64_t q = 0; q < lanes; ++q)
+               tile.push_back(vector::ExtractStridedSliceOp::create(
+                   b, loc, rowOf(first, q), ArrayRef<int64_t>{column},
+                   ArrayRef<int64_t>{lanes}, ArrayRef<int64_t>{1}));
+             transposeTile(tile);
+             for (int64_t c = 0; c < lanes; ++c)
+               vector::StoreOp::create(
+                   b, loc, tile[c], target,
+                   ValueRange{cpu.index(column + c), first});
+           }
+           return {};
+         });
+  }
+  /// Transposes `tile` (lanes vectors of lanes elements) in log2(lanes)
+  /// rounds of two-vector shuffles: the round of half-size h swaps the
+  /// off-diagonal h x h blocks of every 2h x 2h block.
+  void transposeTile(SmallVectorImpl<Value> &tile) {
+    int64_t n = tile.size();
+    for (int64_t h = n / 2; h >= 1; h /= 2) {
+      SmallVector<int64_t> low, high;
+      for (int64_t l = 0; l < n; ++l) {
+        bool upper = l & h;
+        low.push_back(upper ? n + l - h : l);
+        high.push_back(upper ? n + l : l + h);
+      }
+      for (int64_t r = 0; r < n; ++r) {
+        if (r & h)
+          continue;
+        Value top = tile[r], bottom = tile[r + h];
+        tile[r] = vector::ShuffleOp::create(b, loc, top, bottom, low);
+        tile[r + h] = vector::ShuffleOp::create(b, loc, top, bottom, high);
+      }
+    }
+  }
   /// A [rows, n] scratch buffer on the heap, zeroed once per call (rows past
   /// a short last chunk are computed on but never used).
   Value scratch(int64_t rows, int64_t n, Type element) {
@@ -260,11 +313,11 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                              ValueRange initialVectorStates,
                              SmallVectorImpl<Value> &finalVectorStates) {
   loc = scan.getLoc();
-  ChunkBuilder cb{*this, b, loc};
   Value state = stateBuffers[plan.state];
   auto stateType = cast<MemRefType>(state.getType());
   int64_t keys = stateType.getDimSize(0), values = stateType.getDimSize(1);
   Type element = stateType.getElementType();
+  ChunkBuilder cb{*this, b, loc, 512 / element.getIntOrFloatBitWidth()};
   auto keyRow = VectorType::get({keys}, element);
   auto valueRow = VectorType::get({values}, element);
   int64_t chunk = plan.chunk;
@@ -310,6 +363,10 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   // rows ([C m, K]).
   int64_t microSteps = chunk * micro;
   Value keysT = cb.scratch(keys, microSteps, element);
+  // Transposed copies of the chunk's steps in register tiles (below) where
+  // the shapes are whole tiles, else an element per store.
+  bool tiledQueries = cb.tiles(chunk, values);
+  bool tiledKeys = cb.tiles(microSteps, keys) && cb.lanes % micro == 0;
   auto chunkRow = VectorType::get({chunk}, element);
   auto microRow = VectorType::get({microSteps}, element);
   Value writesBuffer = cb.scratch(microSteps, values, element);
@@ -442,12 +499,13 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                   cb.store(plan.decay ? mul(current, x) : x, buffer, j);
                   continue;
                 }
-                cb.storeColumn(x, buffer, j);
+                if (!tiledQueries)
+                  cb.storeColumn(x, buffer, j);
               }
               if (lambdas)
                 cb.store(current, lambdas, j);
               // Without a decay the keys go to keysT here (phase 2b).
-              if (blockedReads)
+              if (blockedReads && !tiledKeys)
                 for (auto [w, write] : llvm::enumerate(plan.writes))
                   cb.storeColumn(stepValue(write.form.key, t), keysT,
                                  micro == 1
@@ -458,6 +516,38 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               return {current};
             });
         Value lambdaEnd = decays.getResult(0);
+        // The transposed queries and keys in tiles: step j's row, j clamped
+        // to the chunk (the columns past a short chunk are never used).
+        auto clampedStep = [&](Value j) {
+          return stepOf(arith::MinSIOp::create(
+              b, loc, j, arith::SubIOp::create(b, loc, length, index(1))));
+        };
+        if (tiledQueries)
+          for (auto [read, buffer] : llvm::zip(plan.reads, queryBuffers))
+            if (read.transposed)
+              cb.storeTransposed(
+                  chunk, values,
+                  [&](Value first, int64_t q) {
+                    return stepValue(read.query,
+                                     clampedStep(addIndex(first, q)));
+                  },
+                  buffer);
+        if (blockedReads && tiledKeys)
+          cb.storeTransposed(
+              microSteps, keys,
+              [&](Value first, int64_t q) {
+                // Micro-step first + q: write q % m of step first / m + q / m
+                // (first is a multiple of the lanes, so of m).
+                Value firstStep =
+                    micro == 1 ? first
+                               : arith::DivUIOp::create(b, loc, first,
+                                                        index(micro))
+                                     .getResult();
+                const ChunkPlan::Write &write = plan.writes[q % micro];
+                return stepValue(write.form.key,
+                                 clampedStep(addIndex(firstStep, q / micro)));
+              },
+              keysT);
 
         // 2. S^T (lambda_j x_j) for every read and step, `block` steps per
         // pass over the rows of S; for a transposed read S x_j for all the
@@ -541,6 +631,20 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
           for (size_t r = 0; r < retrievals; ++r)
             maskedKeyProducts(queryBuffers[r], retrievalOverlaps[r],
                               plan.reads[r].position);
+
+        // With a decay, a transposed read's S x_j for every step as rows
+        // ([C, K] results) for the step loop below.
+        bool tiledProducts = !blockedReads && cb.tiles(keys, chunk);
+        if (tiledProducts)
+          for (auto [read, results, products] :
+               llvm::zip(plan.reads, resultBuffers, sTimesQueries))
+            if (read.transposed)
+              cb.storeTransposed(
+                  keys, chunk,
+                  [&](Value first, int64_t q) {
+                    return cb.load(chunkRow, products, addIndex(first, q));
+                  },
+                  results);
 
         // 3. Step by step: decay the earlier keys, solve for w_j (delta
         // rule), add the chunk's earlier writes to the reads. The keys are
@@ -657,17 +761,25 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               }
               // A transposed read: lambda_j (S x_j) (column j of the pass
               // over S) + sum_{i < end} (w_i . x_j) p_i.
-              auto transposedRead = [&](Value x, Value products, Value end) {
-                Value column = scratchRow(element, keys);
-                forRows(products, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
-                  memref::StoreOp::create(
-                      b, loc,
-                      memref::LoadOp::create(b, loc, products, ValueRange{e, j}),
-                      column, ValueRange{e});
-                  return {};
-                });
-                Value base =
-                    vector::LoadOp::create(b, loc, keyRow, column, ValueRange{zero});
+              auto transposedRead = [&](Value x, Value products, Value results,
+                                        Value end) {
+                Value base;
+                if (tiledProducts) {
+                  base = cb.load(keyRow, results, j);
+                } else {
+                  Value column = scratchRow(element, keys);
+                  forRows(products, {},
+                          [&](Value e, ValueRange) -> SmallVector<Value> {
+                            memref::StoreOp::create(
+                                b, loc,
+                                memref::LoadOp::create(b, loc, products,
+                                                       ValueRange{e, j}),
+                                column, ValueRange{e});
+                            return {};
+                          });
+                  base = vector::LoadOp::create(b, loc, keyRow, column,
+                                                ValueRange{zero});
+                }
                 if (lambdas)
                   base = mul(cb.load(keyRow, lambdas, j), base);
                 return cb
@@ -687,7 +799,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                 if (read.transposed) {
                   Value y =
                       transposedRead(stepValue(read.query, t), sTimesQueries[r],
-                                     ends[read.position]);
+                                     resultBuffers[r], ends[read.position]);
                   cb.store(y, resultBuffers[r], j);
                   continue;
                 }
@@ -765,6 +877,15 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                          return {};
                        });
           // Column j of the [K, C] products is row j of the results.
+          if (cb.tiles(keys, chunk)) {
+            cb.storeTransposed(
+                keys, chunk,
+                [&](Value first, int64_t q) {
+                  return cb.load(chunkRow, products, addIndex(first, q));
+                },
+                results);
+            continue;
+          }
           cb.loop(zero, length, 1, {},
                   [&](Value j, ValueRange) -> SmallVector<Value> {
                     forRows(products, {},

@@ -118,6 +118,14 @@ set(variants
   "reverse_decay_two_writes_f64_recurrent|../runtime/compiled/test/layers/reverse_decay_two_writes|--dim,d=5,--dim,e=3,--dtype=f64,--chunk=off,--cuda=off"
   "reverse_decay_two_writes_chunk|../runtime/compiled/test/layers/reverse_decay_two_writes|--dim,d=32,--dim,e=16,--chunk=16,--cuda=off"
   "reverse_decay_two_writes_recurrent|../runtime/compiled/test/layers/reverse_decay_two_writes|--dim,d=32,--dim,e=16,--chunk=off,--cuda=off"
+  # f64 in whole 8 x 8 tiles (d = 16, e = 8, chunks of 8): the transposed
+  # copies in registers (ChunkwiseScan.cpp, storeTransposed)
+  "delta_net_f64_tiles_chunk|delta_net|--dim,d=16,--dtype=f64,--chunk=8,--cuda=off"
+  "delta_net_f64_tiles_recurrent|delta_net|--dim,d=16,--dtype=f64,--chunk=off,--cuda=off"
+  "two_writes_f64_tiles_chunk|../runtime/compiled/test/layers/two_writes|--dim,d=16,--dim,e=8,--dtype=f64,--chunk=8,--cuda=off"
+  "two_writes_f64_tiles_recurrent|../runtime/compiled/test/layers/two_writes|--dim,d=16,--dim,e=8,--dtype=f64,--chunk=off,--cuda=off"
+  "reverse_decay_two_writes_f64_tiles_chunk|../runtime/compiled/test/layers/reverse_decay_two_writes|--dim,d=16,--dim,e=8,--dtype=f64,--chunk=8,--cuda=off"
+  "reverse_decay_two_writes_f64_tiles_recurrent|../runtime/compiled/test/layers/reverse_decay_two_writes|--dim,d=16,--dim,e=8,--dtype=f64,--chunk=off,--cuda=off"
   "delta_product_f64_chunk|delta_product|--dim,d=5,--dtype=f64,--chunk=4,--cuda=off"
   "delta_product_f64_recurrent|delta_product|--dim,d=5,--dtype=f64,--chunk=off,--cuda=off"
   "delta_product_chunk|delta_product|--dim,d=32,--chunk=16,--cuda=off"

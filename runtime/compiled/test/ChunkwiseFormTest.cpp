@@ -147,6 +147,14 @@ std::vector<Case> cases() {
       out.push_back({name, 130, false, 6.0});
       out.push_back({name, 130, true, -6.0});
     }
+  // f64 in whole tiles of 8 (d = 16, e = 8, chunks of 8): the transposed
+  // copies in registers, with and without a decay, one and two writes.
+  for (std::string layer : {"delta_net", "two_writes", "reverse_decay_two_writes"}) {
+    std::string name = layer + "_f64_tiles";
+    out.push_back({name, 3, true, 0.0});
+    out.push_back({name, 37, true, 0.0});
+    out.push_back({name, 130, false, -6.0});
+  }
   return out;
 }
 
@@ -178,6 +186,18 @@ TEST(ChunkwiseForm, ManifestSaysWhichKernelsAreChunkwise) {
   EXPECT_EQ(deltaNet->forwardTrain().chunk, 4);
   auto gla = fwp::Artifact::load(artifactPath("gla_f64_chunk"));
   EXPECT_EQ(gla->forwardTrain().chunk, 0);
+  // The f64 whole-tile artifacts: chunks of 8, the backward of delta_net
+  // and two_writes (inverted writes) in chunkwise passes too.
+  for (std::string layer : {"delta_net", "two_writes", "reverse_decay_two_writes"}) {
+    std::string name = layer + "_f64_tiles";
+    REQUIRE_ARTIFACT(name + "_chunk");
+    auto tiles = fwp::Artifact::load(artifactPath(name + "_chunk"));
+    EXPECT_EQ(tiles->forward().chunk, 8) << name;
+    EXPECT_EQ(fwp::Artifact::load(artifactPath(name + "_recurrent"))->forward().chunk, 0)
+        << name;
+  }
+  auto deltaNetTiles = fwp::Artifact::load(artifactPath("delta_net_f64_tiles_chunk"));
+  EXPECT_EQ(deltaNetTiles->backward().chunk, 8);
 }
 
 /// The test-only layers' forward scans (backwards in time, transposed reads,
