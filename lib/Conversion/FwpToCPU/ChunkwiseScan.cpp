@@ -180,14 +180,19 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
 }
 
 Value ScanLowering::stepValue(Value value, Value t) {
+  if (placeOf(value) == Place::Entry)
+    return lowered.lookup(value);
+  return loadStep(stepBufferOf(value), value.getType(), t);
+}
+
+Value ScanLowering::stepBufferOf(Value value) {
   switch (placeOf(value)) {
   case Place::Entry:
-    return lowered.lookup(value);
+    return Value();
   case Place::Input:
-    return loadStep(seqBuffers[cast<BlockArgument>(value).getArgNumber()],
-                    value.getType(), t);
+    return seqBuffers[cast<BlockArgument>(value).getArgNumber()];
   default:
-    return loadStep(stepBuffers.lookup(value), value.getType(), t);
+    return stepBuffers.lookup(value);
   }
 }
 
@@ -223,17 +228,24 @@ struct ChunkBuilder {
   /// inits[r] + sum_{i < count} a[first + r, i] rhs[i, :] for each r, with
   /// `rhs` a [count, n] buffer: one pass over the rows of `rhs` for
   /// inits.size() rows of `a`.
+  /// `aRow` maps a row of `a` to its index in the buffer (identity if
+  /// null).
   SmallVector<Value> rowsTimes(Value a, Value first, Value rhs, Value count,
-                               ValueRange inits) {
+                               ValueRange inits,
+                               function_ref<Value(Value)> aRow = nullptr) {
     auto rowType = cast<VectorType>(inits.front().getType());
+    SmallVector<Value> aRows;
+    for (size_t r = 0; r < inits.size(); ++r) {
+      Value row = cpu.addIndex(first, r);
+      aRows.push_back(aRow ? aRow(row) : row);
+    }
     scf::ForOp sums = loop(
         cpu.index(0), count, 1, inits,
         [&](Value i, ValueRange acc) -> SmallVector<Value> {
           Value row = load(rowType, rhs, i);
           SmallVector<Value> next;
           for (auto [r, partial] : llvm::enumerate(acc))
-            next.push_back(fma(splatAt(rowType, a, cpu.addIndex(first, r), i),
-                               row, partial));
+            next.push_back(fma(splatAt(rowType, a, aRows[r], i), row, partial));
           return next;
         });
     return SmallVector<Value>(sums.getResults().begin(),
@@ -371,10 +383,18 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   auto microRow = VectorType::get({microSteps}, element);
   Value writesBuffer = cb.scratch(microSteps, values, element);
   SmallVector<Value> queryBuffers, resultBuffers, sTimesQueries;
+  // Without a decay a read's queries are the rows of their own [T, K]
+  // buffer (a seq input or a prologue value): no copy per chunk; the rows
+  // are then found by step (directQueries).
+  SmallVector<bool> directQueries;
   bool anyTransposed = false;
   for (const ChunkPlan::Read &read : plan.reads) {
     anyTransposed |= read.transposed;
+    Value source = plan.decay || read.transposed ? Value()
+                                                 : stepBufferOf(read.query);
+    directQueries.push_back(static_cast<bool>(source));
     queryBuffers.push_back(read.transposed ? cb.scratch(values, chunk, element)
+                           : source        ? source
                                            : cb.scratch(chunk, keys, element));
     resultBuffers.push_back(
         cb.scratch(chunk, read.transposed ? keys : values, element));
@@ -443,14 +463,16 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   // with the chunk's keys, sum_e x_j[e] keysT[e, :], kept for the
   // micro-steps i < m j + position.
   auto maskedKeyProducts = [&](Value queries, Value overlaps,
-                               unsigned position) {
+                               unsigned position,
+                               function_ref<Value(Value)> queryRow) {
     Value bounds = iotaTimes(microSteps, 1, 0);
     Value zeros = constant(microRow, 0.0);
     forRowGroups(overlaps, group, {},
                  [&](Value first, ValueRange) -> SmallVector<Value> {
                    SmallVector<Value> inits(group, zeros);
                    SmallVector<Value> sums =
-                       cb.rowsTimes(queries, first, keysT, index(keys), inits);
+                       cb.rowsTimes(queries, first, keysT, index(keys), inits,
+                                    queryRow);
                    for (int64_t q = 0; q < group; ++q) {
                      Value j = addIndex(first, q);
                      Value end = arith::AddIOp::create(
@@ -493,7 +515,10 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               if (plan.decay)
                 current = mul(current,
                               stepValue(plan.decayForm.rowScale, t));
-              for (auto [read, buffer] : llvm::zip(plan.reads, queryBuffers)) {
+              for (auto [read, buffer, direct] :
+                   llvm::zip(plan.reads, queryBuffers, directQueries)) {
+                if (direct)
+                  continue;
                 Value x = stepValue(read.query, t);
                 if (!read.transposed) {
                   cb.store(plan.decay ? mul(current, x) : x, buffer, j);
@@ -521,6 +546,12 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
         auto clampedStep = [&](Value j) {
           return stepOf(arith::MinSIOp::create(
               b, loc, j, arith::SubIOp::create(b, loc, length, index(1))));
+        };
+        // The buffer row of read r's query of step j.
+        auto queryRow = [&](size_t r) -> function_ref<Value(Value)> {
+          if (!directQueries[r])
+            return nullptr;
+          return clampedStep;
         };
         if (tiledQueries)
           for (auto [read, buffer] : llvm::zip(plan.reads, queryBuffers))
@@ -555,8 +586,18 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
         // S times the transposed queries, sum_m S[e, m] X^T[m, :], a vector
         // of the chunk's steps (no horizontal sums), `rowGroup` rows of S
         // per pass over the queries.
-        for (auto [read, queries, results, products] : llvm::zip(
-                 plan.reads, queryBuffers, resultBuffers, sTimesQueries)) {
+        for (auto [r, read, queries, results, products] :
+             llvm::enumerate(plan.reads, queryBuffers, resultBuffers,
+                             sTimesQueries)) {
+          // The buffer rows of the queries first + q.
+          auto queryRows = [&, r = r](Value first, int64_t count) {
+            SmallVector<Value> rows;
+            for (int64_t q = 0; q < count; ++q) {
+              Value j = addIndex(first, q);
+              rows.push_back(directQueries[r] ? clampedStep(j) : j);
+            }
+            return rows;
+          };
           if (read.transposed) {
             forRowGroups(
                 state, rowGroup, {},
@@ -581,6 +622,8 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                       [&](Value first, ValueRange) -> SmallVector<Value> {
                         SmallVector<Value> inits(columnBlock,
                                                  constant(columnType, 0.0));
+                        SmallVector<Value> rowsOfQueries =
+                            queryRows(first, columnBlock);
                         scf::ForOp rows = forRows(
                             state, inits,
                             [&](Value e, ValueRange acc) -> SmallVector<Value> {
@@ -590,7 +633,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                               for (int64_t q = 0; q < columnBlock; ++q)
                                 next.push_back(
                                     cb.fma(cb.splatAt(columnType, queries,
-                                                      addIndex(first, q), e),
+                                                      rowsOfQueries[q], e),
                                            row, acc[q]));
                               return next;
                             });
@@ -607,6 +650,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
           cb.loop(zero, length, block, {},
                   [&](Value first, ValueRange) -> SmallVector<Value> {
                     SmallVector<Value> inits(block, constant(valueRow, 0.0));
+                    SmallVector<Value> rowsOfQueries = queryRows(first, block);
                     scf::ForOp rows = forRows(
                         state, inits,
                         [&](Value e, ValueRange acc) -> SmallVector<Value> {
@@ -614,8 +658,8 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                           SmallVector<Value> next;
                           for (int64_t q = 0; q < block; ++q)
                             next.push_back(cb.fma(
-                                cb.splatAt(valueRow, queries,
-                                           addIndex(first, q), e),
+                                cb.splatAt(valueRow, queries, rowsOfQueries[q],
+                                           e),
                                 row, acc[q]));
                           return next;
                         });
@@ -630,7 +674,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
         if (blockedReads)
           for (size_t r = 0; r < retrievals; ++r)
             maskedKeyProducts(queryBuffers[r], retrievalOverlaps[r],
-                              plan.reads[r].position);
+                              plan.reads[r].position, queryRow(r));
 
         // With a decay, a transposed read's S x_j for every step as rows
         // ([C, K] results) for the step loop below.
@@ -829,7 +873,8 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
             continue;
           Value queries = queryBuffers[r], results = resultBuffers[r];
           if (!read.transposed) {
-            maskedKeyProducts(queries, readOverlaps, read.position);
+            maskedKeyProducts(queries, readOverlaps, read.position,
+                              queryRow(r));
             cb.loop(zero, length, block, {},
                     [&](Value first, ValueRange) -> SmallVector<Value> {
                       SmallVector<Value> inits;

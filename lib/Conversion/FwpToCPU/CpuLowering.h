@@ -395,6 +395,9 @@ private:
   /// The value of a time-parallel fwp value (seq input, entry or prologue
   /// value) at step t.
   Value stepValue(Value value, Value t);
+  /// The [T, ...] buffer that holds a time-parallel value step by step (a
+  /// seq input's or a prologue value's); null for an entry value.
+  Value stepBufferOf(Value value);
 
   const CpuPatternSet &patterns;
   int64_t chunkOption;

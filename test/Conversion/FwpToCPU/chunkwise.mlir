@@ -70,12 +70,16 @@ fwp.scan @with_vector_state seq(%q : vector<32xf32>, %k : vector<32xf32>, %v : v
 // AUTO-SAME: fwp.chunk = 16
 // A read's pass over a wide state (V = 128 f32, 8 registers a row) takes
 // slabs of 32 columns (two registers), 4 queries (the chunk) per slab.
+// Without a decay the queries are read from their own [T, K] buffer (here
+// the seq input), no copy per chunk, at rows clamped to the chunk.
 // CHECK-LABEL: func.func @large_state
 // CHECK-SAME: fwp.chunk = 4
 // CHECK: scf.for %[[SLAB:.*]] = %{{.*}} to %c128 step %c32 {
 // CHECK-NEXT: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %c4 {
-// CHECK-NEXT: scf.for %[[E:.*]] = %{{.*}} to %c128 step %c1 iter_args({{.*}}) -> (vector<32xf32>, vector<32xf32>, vector<32xf32>, vector<32xf32>)
+// CHECK: arith.minsi
+// CHECK: scf.for %[[E:.*]] = %{{.*}} to %c128 step %c1 iter_args({{.*}}) -> (vector<32xf32>, vector<32xf32>, vector<32xf32>, vector<32xf32>)
 // CHECK-NEXT: vector.load %arg{{.*}}[%[[E]], %[[SLAB]]] : memref<128x128xf32>, vector<32xf32>
+// CHECK-NEXT: memref.load %arg1[%{{.*}}, %[[E]]] : memref<?x128xf32>
 // CHECK-COUNT-4: vector.fma
 fwp.scan @large_state seq(%q : vector<128xf32>, %k : vector<128xf32>, %v : vector<128xf32>)
     states(%W : !fwp.fast_weight<128x128xf32>) outputs(y : vector<128xf32>) {
