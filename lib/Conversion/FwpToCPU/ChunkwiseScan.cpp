@@ -856,10 +856,39 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               return {};
             });
 
+        // The sums over the chunk's micro-steps below run over all C m of
+        // them, a loop of constant length (which the back end predicts and
+        // unrolls): a short chunk first zeroes the writes and the keys'
+        // columns past its own micro-steps (stale from the chunk before, or
+        // the last step's keys repeated), so they add nothing.
         Value microLength =
             micro == 1 ? length
                        : arith::MulIOp::create(b, loc, length, index(micro))
                              .getResult();
+        Value shortChunk = arith::CmpIOp::create(
+            b, loc, arith::CmpIPredicate::slt, length, index(chunk));
+        scf::IfOp::create(b, loc, shortChunk, [&](OpBuilder &nested,
+                                                  Location) {
+          OpBuilder::InsertionGuard guard(b);
+          b.setInsertionPoint(nested.getInsertionBlock(),
+                              nested.getInsertionPoint());
+          cb.loop(microLength, index(microSteps), 1, {},
+                  [&](Value i, ValueRange) -> SmallVector<Value> {
+                    cb.store(constant(valueRow, 0.0), writesBuffer, i);
+                    return {};
+                  });
+          Value kept = arith::CmpIOp::create(
+              b, loc, arith::CmpIPredicate::slt, iotaTimes(microSteps, 1, 0),
+              splatIndex(microSteps, microLength));
+          Value zeros = constant(microRow, 0.0);
+          forRows(keysT, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+            cb.store(arith::SelectOp::create(b, loc, kept, row(keysT, e), zeros),
+                     keysT, e);
+            return {};
+          });
+          scf::YieldOp::create(b, loc);
+        });
+        Value allMicroSteps = index(microSteps);
 
         // 3b. Without a decay, the reads that no write depends on, all the
         // chunk's steps at once: with the [C, C m] products X K^T of the
@@ -883,7 +912,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                             cb.load(valueRow, results, addIndex(first, q)));
                       SmallVector<Value> sums =
                           cb.rowsTimes(readOverlaps, first, writesBuffer,
-                                       microLength, inits);
+                                       allMicroSteps, inits);
                       for (int64_t q = 0; q < block; ++q)
                         cb.store(sums[q], results, addIndex(first, q));
                       return {};
@@ -916,7 +945,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                            inits.push_back(
                                cb.load(chunkRow, products, addIndex(first, q)));
                          SmallVector<Value> sums = cb.rowsTimes(
-                             keysT, first, writeOverlaps, microLength, inits);
+                             keysT, first, writeOverlaps, allMicroSteps, inits);
                          for (int64_t q = 0; q < rowGroup; ++q)
                            cb.store(sums[q], products, addIndex(first, q));
                          return {};
@@ -962,7 +991,8 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                                : row);
               }
               SmallVector<Value> sums =
-                  cb.rowsTimes(keysT, first, writesBuffer, microLength, inits);
+                  cb.rowsTimes(keysT, first, writesBuffer, allMicroSteps,
+                               inits);
               for (int64_t r = 0; r < rowBlock; ++r)
                 vector::StoreOp::create(b, loc, sums[r], state,
                                         ValueRange{addIndex(first, r), zero});

@@ -25,8 +25,14 @@
 // CHECK: vector.load %arg{{.*}} : memref<8x16xf32>, vector<16xf32>
 // CHECK-COUNT-4: vector.fma
 // CHECK: scf.for %{{.*}} = %{{.*}} to %[[LEN]]
+// A short chunk zeroes the writes and the keys' columns past its steps, so
+// that the new state sums over all 4 (a loop of constant length).
+// CHECK: %[[SHORT:.*]] = arith.cmpi slt, %[[LEN]], %[[C4]]
+// CHECK-NEXT: scf.if %[[SHORT]] {
+// CHECK-NEXT: scf.for %{{.*}} = %[[LEN]] to %[[C4]] step %c1 {
+// CHECK: arith.select
 // CHECK: scf.for %[[ROW:.*]] = %{{.*}} to %{{.*}} step %[[C4]]
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[LEN]] step %{{.*}} iter_args(
+// CHECK: scf.for %{{.*}} = %{{.*}} to %[[C4]] step %c1 iter_args(
 // CHECK-COUNT-4: vector.fma
 // CHECK-COUNT-4: vector.store %{{.*}}, %arg{{.*}} : memref<8x16xf32>, vector<16xf32>
 // CHECK: scf.for %{{.*}} = %{{.*}} to %[[LEN]]
@@ -251,13 +257,15 @@ fwp.scan @state_dependent_transposed_query seq(%k : vector<8xf32>, %v : vector<8
 // CHECK: vector.store %{{.*}}, %[[WRITES]][%[[U1]], %{{.*}}] : memref<8x16xf32>, vector<16xf32>
 // CHECK-NOT: vector.reduction
 // CHECK: %[[MICRO:.*]] = arith.muli %[[LEN]], %c2
+// CHECK: scf.if
+// CHECK-NEXT: scf.for %{{.*}} = %[[MICRO]] to %c8 step %c1 {
 // CHECK: arith.select %[[FIRST2]], %{{.*}} : vector<8xi1>, vector<8xf32>
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[MICRO]] step %c1 iter_args(
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c8 step %c1 iter_args(
 // CHECK: arith.cmpi slt, %{{.*}}, %[[BOUNDS]] : vector<4xi64>
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[MICRO]] step %c1 iter_args(
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c8 step %c1 iter_args(
 // CHECK: arith.select %[[FIRST2]], %{{.*}} : vector<8xi1>, vector<8xf32>
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[MICRO]] step %c1 iter_args(
-// CHECK: scf.for %{{.*}} = %{{.*}} to %[[MICRO]] step %c1 iter_args(
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c8 step %c1 iter_args(
+// CHECK: scf.for %{{.*}} = %{{.*}} to %c8 step %c1 iter_args(
 // CHECK-NOT: vector.reduction
 // CHECK: return
 // OFF-LABEL: func.func @reverse_two_writes
