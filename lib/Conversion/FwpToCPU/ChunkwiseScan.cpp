@@ -505,6 +505,26 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               b, loc, arith::SubIOp::create(b, loc, count, index(1)), i);
         };
 
+        // The prologue and the epilogue (the state-independent work of the
+        // steps, TimeParallel.h) run chunk by chunk, before and after the
+        // chunk's phases: its rows of the [T, n] buffers between them stay
+        // in the caches (over all of T they outgrow L2 at d = 128).
+        auto timeParallelSteps = [&](Place place) {
+          if (llvm::none_of(places,
+                            [&](auto entry) { return entry.second == place; }))
+            return;
+          cb.loop(zero, length, 1, {},
+                  [&](Value j, ValueRange) -> SmallVector<Value> {
+                    if (failed(lowerTimeParallelStep(place, stepOf(j))))
+                      status = failure();
+                    loc = scan.getLoc();
+                    return {};
+                  });
+        };
+        timeParallelSteps(Place::Prologue);
+        if (failed(status))
+          return SmallVector<Value>(vectorStates.begin(), vectorStates.end());
+
         // 1. lambda_j and the decayed queries lambda_j x_j.
         Value ones = constant(keyRow, 1.0);
         scf::ForOp decays = cb.loop(
@@ -1025,6 +1045,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
             });
         if (failed(status))
           return SmallVector<Value>(vectorStates.begin(), vectorStates.end());
+        timeParallelSteps(Place::Epilogue);
         return SmallVector<Value>(steps.getResults().begin(),
                                   steps.getResults().end());
       });

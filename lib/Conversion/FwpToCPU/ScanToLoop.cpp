@@ -364,13 +364,16 @@ LogicalResult ScanLowering::run() {
         });
     return status;
   };
-  if (failed(timeParallelLoop(Place::Prologue))) {
+  // The chunkwise form runs the prologue and the epilogue chunk by chunk
+  // (lowerChunkwise), while the chunk's rows are in the caches.
+  std::optional<ChunkPlan> plan = planChunkwise();
+  if (!plan && failed(timeParallelLoop(Place::Prologue))) {
     func->erase();
     return failure();
   }
 
   SmallVector<Value> finalVectorStates;
-  if (std::optional<ChunkPlan> plan = planChunkwise()) {
+  if (plan) {
     if (failed(lowerChunkwise(*plan, count, initialVectorStates,
                               finalVectorStates))) {
       func->erase();
@@ -383,7 +386,7 @@ LogicalResult ScanLowering::run() {
     return failure();
   }
   loc = scan.getLoc();
-  if (failed(timeParallelLoop(Place::Epilogue))) {
+  if (!plan && failed(timeParallelLoop(Place::Epilogue))) {
     func->erase();
     return failure();
   }

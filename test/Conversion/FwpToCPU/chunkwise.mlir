@@ -307,3 +307,31 @@ fwp.scan @decay_after_write seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vec
   %y = fwp.read %Wd, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
   fwp.yield %Wd, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
 }
+
+// The prologue (elu+1 of the keys) and the epilogue (elu+1 of the read) run
+// chunk by chunk: a loop over the chunk's steps before its phases and one
+// after them, inside the chunk loop (the chunk's rows of the [T, n] buffers
+// between them stay in the caches); no loop over all of T besides.
+// CHECK-LABEL: func.func @time_parallel_per_chunk
+// CHECK-SAME: fwp.chunk = 4
+// CHECK-NOT: math.exp
+// CHECK: scf.for %[[START:.*]] = %{{.*}} to %arg0 step %c4 {
+// CHECK: %[[LEN:.*]] = arith.minsi
+// CHECK-NEXT: scf.for %{{.*}} = %c0 to %[[LEN]] step %c1 {
+// CHECK: math.exp
+// CHECK: scf.for %{{.*}} = %c0 to %[[LEN]] step %c1 {
+// CHECK: vector.load %arg{{.*}} : memref<?x8xf32>, vector<8xf32>
+// CHECK: math.exp
+// CHECK: vector.store %{{.*}}, %arg5[%{{.*}}, %c0] : memref<?x8xf32>, vector<8xf32>
+// CHECK-NEXT: }
+// CHECK-NEXT: }
+// CHECK-NOT: scf.for
+// CHECK: return
+fwp.scan @time_parallel_per_chunk seq(%k : vector<8xf32>, %v : vector<8xf32>, %q : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>) {
+  %kn = fwp.elu_plus_one %k : vector<8xf32>
+  %W1 = fwp.write_sum %W, %kn, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %r = fwp.read %W1, %q : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  %y = fwp.elu_plus_one %r : vector<8xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+}
