@@ -498,30 +498,17 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
         // start + j of time, or T - 1 - (start + j) backwards in time (the
         // chunks then cover T from its end, a short last chunk at its start).
         auto stepOf = [&](Value j) -> Value {
-          Value i = arith::AddIOp::create(b, loc, start, j);
-          if (!scan.getReverse())
-            return i;
-          return arith::SubIOp::create(
-              b, loc, arith::SubIOp::create(b, loc, count, index(1)), i);
+          return stepOfIteration(arith::AddIOp::create(b, loc, start, j),
+                                 count);
         };
+        Value end = arith::AddIOp::create(b, loc, start, length);
 
         // The prologue and the epilogue (the state-independent work of the
         // steps, TimeParallel.h) run chunk by chunk, before and after the
         // chunk's phases: its rows of the [T, n] buffers between them stay
         // in the caches (over all of T they outgrow L2 at d = 128).
-        auto timeParallelSteps = [&](Place place) {
-          if (llvm::none_of(places,
-                            [&](auto entry) { return entry.second == place; }))
-            return;
-          cb.loop(zero, length, 1, {},
-                  [&](Value j, ValueRange) -> SmallVector<Value> {
-                    if (failed(lowerTimeParallelStep(place, stepOf(j))))
-                      status = failure();
-                    loc = scan.getLoc();
-                    return {};
-                  });
-        };
-        timeParallelSteps(Place::Prologue);
+        if (failed(lowerTimeParallelSteps(Place::Prologue, start, end, count)))
+          status = failure();
         if (failed(status))
           return SmallVector<Value>(vectorStates.begin(), vectorStates.end());
 
@@ -1045,7 +1032,8 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
             });
         if (failed(status))
           return SmallVector<Value>(vectorStates.begin(), vectorStates.end());
-        timeParallelSteps(Place::Epilogue);
+        if (failed(lowerTimeParallelSteps(Place::Epilogue, start, end, count)))
+          status = failure();
         return SmallVector<Value>(steps.getResults().begin(),
                                   steps.getResults().end());
       });

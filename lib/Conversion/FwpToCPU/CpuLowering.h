@@ -378,6 +378,17 @@ private:
   void allocateStepBuffers(Value count);
   /// One step of the prologue or the epilogue: loads, ops, outputs.
   LogicalResult lowerTimeParallelStep(Place place, Value t);
+  /// Whether any op of the body runs in `place`.
+  bool hasOpsIn(Place place) const;
+  /// A loop over the iterations [first, end) lowering `place`'s ops of
+  /// each (nothing where `place` has none).
+  LogicalResult lowerTimeParallelSteps(Place place, Value first, Value end,
+                                       Value count);
+  /// The step of time of loop iteration i (T - 1 - i backwards in time).
+  Value stepOfIteration(Value i, Value count);
+  /// Steps per block of the recurrent time loop (each block runs its
+  /// prologue, its steps, then its epilogue).
+  static constexpr int64_t kTimeBlock = 16;
   LogicalResult lowerOp(Operation *op);
   LogicalResult lowerBody(Value t, ValueRange vectorStates,
                           SmallVectorImpl<Value> &nextVectorStates);

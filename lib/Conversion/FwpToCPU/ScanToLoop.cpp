@@ -347,30 +347,9 @@ LogicalResult ScanLowering::run() {
   loc = scan.getLoc();
   allocateStepBuffers(count);
 
-  // A loop over T without loop-carried values for the prologue or epilogue.
-  auto timeParallelLoop = [&](Place place) -> LogicalResult {
-    if (llvm::none_of(places, [&](auto entry) { return entry.second == place; }))
-      return success();
-    LogicalResult status = success();
-    scf::ForOp::create(
-        b, loc, zero, count, one, ValueRange{},
-        [&](OpBuilder &nested, Location, Value t, ValueRange) {
-          OpBuilder::InsertionGuard guard(b);
-          b.setInsertionPoint(nested.getInsertionBlock(),
-                              nested.getInsertionPoint());
-          status = lowerTimeParallelStep(place, t);
-          loc = scan.getLoc();
-          scf::YieldOp::create(b, loc);
-        });
-    return status;
-  };
   // The chunkwise form runs the prologue and the epilogue chunk by chunk
   // (lowerChunkwise), while the chunk's rows are in the caches.
   std::optional<ChunkPlan> plan = planChunkwise();
-  if (!plan && failed(timeParallelLoop(Place::Prologue))) {
-    func->erase();
-    return failure();
-  }
 
   SmallVector<Value> finalVectorStates;
   if (plan) {
@@ -386,10 +365,6 @@ LogicalResult ScanLowering::run() {
     return failure();
   }
   loc = scan.getLoc();
-  if (!plan && failed(timeParallelLoop(Place::Epilogue))) {
-    func->erase();
-    return failure();
-  }
   unsigned vectorIndex = 0;
   for (auto [arg, buffer] : llvm::zip(scan.getStateArgs(), stateBuffers)) {
     if (isa<FastWeightType>(arg.getType()))
@@ -407,27 +382,74 @@ LogicalResult ScanLowering::run() {
   return success();
 }
 
+bool ScanLowering::hasOpsIn(Place place) const {
+  return llvm::any_of(places,
+                      [&](auto entry) { return entry.second == place; });
+}
+
+LogicalResult ScanLowering::lowerTimeParallelSteps(Place place, Value first,
+                                                   Value end,
+                                                   Value count) {
+  if (!hasOpsIn(place))
+    return success();
+  LogicalResult status = success();
+  forLoop(first, end, 1, {}, [&](Value i, ValueRange) -> SmallVector<Value> {
+    if (failed(lowerTimeParallelStep(place, stepOfIteration(i, count))))
+      status = failure();
+    loc = scan.getLoc();
+    return {};
+  });
+  return status;
+}
+
+Value ScanLowering::stepOfIteration(Value i, Value count) {
+  if (!scan.getReverse())
+    return i;
+  return arith::SubIOp::create(
+      b, loc, arith::SubIOp::create(b, loc, count, index(1)), i);
+}
+
 LogicalResult
 ScanLowering::lowerTimeLoop(Value count, ValueRange initialVectorStates,
                             SmallVectorImpl<Value> &finalVectorStates) {
-  Value zero = index(0), one = index(1);
+  Value zero = index(0);
   LogicalResult status = success();
-  auto loop = scf::ForOp::create(
-      b, loc, zero, count, one, initialVectorStates,
-      [&](OpBuilder &nested, Location, Value i, ValueRange iters) {
-        OpBuilder::InsertionGuard guard(b);
-        b.setInsertionPoint(nested.getInsertionBlock(),
-                            nested.getInsertionPoint());
-        Value t = i;
-        if (scan.getReverse())
-          t = arith::SubIOp::create(
-              b, loc, arith::SubIOp::create(b, loc, count, one), i);
-        SmallVector<Value> nextStates;
-        status = lowerBody(t, iters, nextStates);
-        if (failed(status))
-          nextStates.assign(iters.begin(), iters.end());
-        scf::YieldOp::create(b, loc, nextStates);
-      });
+  // Blocks of kTimeBlock steps: the block's prologue, its steps one by one,
+  // its epilogue. The [T, n] buffers between the three stay in the caches
+  // for a block's rows (over all of T they outgrow L2 at d = 64 and more).
+  auto steps = [&](Value first, Value end, ValueRange states) {
+    return forLoop(
+        first, end, 1, states, [&](Value i, ValueRange iters) {
+          SmallVector<Value> nextStates;
+          if (failed(lowerBody(stepOfIteration(i, count), iters,
+                               nextStates))) {
+            status = failure();
+            nextStates.assign(iters.begin(), iters.end());
+          }
+          loc = scan.getLoc();
+          return nextStates;
+        });
+  };
+  scf::ForOp loop;
+  if (!hasOpsIn(Place::Prologue) && !hasOpsIn(Place::Epilogue)) {
+    loop = steps(zero, count, initialVectorStates);
+  } else {
+    loop = forLoop(
+        zero, count, kTimeBlock, initialVectorStates,
+        [&](Value first, ValueRange iters) -> SmallVector<Value> {
+          Value end = arith::MinSIOp::create(b, loc, addIndex(first, kTimeBlock),
+                                             count);
+          if (failed(lowerTimeParallelSteps(Place::Prologue, first, end,
+                                            count)))
+            status = failure();
+          scf::ForOp block = steps(first, end, iters);
+          if (failed(lowerTimeParallelSteps(Place::Epilogue, first, end,
+                                            count)))
+            status = failure();
+          return SmallVector<Value>(block.getResults().begin(),
+                                    block.getResults().end());
+        });
+  }
   if (failed(status))
     return failure();
   b.setInsertionPointAfter(loop);

@@ -317,10 +317,11 @@ fwp.scan @decay_after_write seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vec
 // CHECK-NOT: math.exp
 // CHECK: scf.for %[[START:.*]] = %{{.*}} to %arg0 step %c4 {
 // CHECK: %[[LEN:.*]] = arith.minsi
-// CHECK-NEXT: scf.for %{{.*}} = %c0 to %[[LEN]] step %c1 {
+// CHECK-NEXT: %[[END:.*]] = arith.addi %[[START]], %[[LEN]]
+// CHECK-NEXT: scf.for %{{.*}} = %[[START]] to %[[END]] step %c1 {
 // CHECK: math.exp
-// CHECK: scf.for %{{.*}} = %c0 to %[[LEN]] step %c1 {
-// CHECK: vector.load %arg{{.*}} : memref<?x8xf32>, vector<8xf32>
+// CHECK: scf.for %{{.*}} = %[[START]] to %[[END]] step %c1 {
+// CHECK: vector.load %{{.*}} : memref<?x8xf32>, vector<8xf32>
 // CHECK: math.exp
 // CHECK: vector.store %{{.*}}, %arg5[%{{.*}}, %c0] : memref<?x8xf32>, vector<8xf32>
 // CHECK-NEXT: }

@@ -1,11 +1,13 @@
 // RUN: fwp-opt %s --convert-fwp-to-cpu --canonicalize | FileCheck %s
 // RUN: fwp-opt %s --fwp-split-time-parallel --convert-fwp-to-cpu --canonicalize | FileCheck %s
 
-// A split scan (fwp.phase, as fwp-split-time-parallel marks it) becomes
-// three loops over T: the prologue, the time loop (here counting down) and
-// the epilogue. Values pass between them through [T, n] buffers: an
-// output's own buffer where the value is an output, else a heap scratch
-// buffer of T rows. What depends on params alone is computed once, first.
+// A split scan (fwp.phase, as fwp-split-time-parallel marks it) runs its
+// time loop (here counting down) in blocks of 16 steps, each block three
+// loops: the prologue of its steps, the steps one by one, their epilogue.
+// Values pass between them through [T, n] buffers (a block's rows stay in
+// the caches): an output's own buffer where the value is an output, else a
+// heap scratch buffer of T rows. What depends on params alone is computed
+// once, first.
 // CHECK-LABEL: func.func @split
 // CHECK-SAME: (%[[T:.*]]: index, %[[K:.*]]: memref<?x2xf32>, %[[X:.*]]: memref<?xf32>, %[[S:.*]]: memref<1xf32>, %[[W:.*]]: memref<2x2xf32>, %[[PHI:.*]]: memref<?x2xf32>, %[[Z:.*]]: memref<?x2xf32>)
 // The param's sigmoid, once.
@@ -13,17 +15,21 @@
 // CHECK: %[[GATE:.*]] = arith.divf
 // CHECK: %[[KA:.*]] = memref.alloc(%[[T]]) : memref<?x2xf32>
 // CHECK: %[[R:.*]] = memref.alloc(%[[T]]) : memref<?x2xf32>
+// CHECK: scf.for %[[FIRST:.*]] = %{{.*}} to %[[T]] step %c16 {
+// CHECK: %[[NEXT:.*]] = arith.addi %[[FIRST]], %c16
+// CHECK: %[[END:.*]] = arith.minsi %[[NEXT]], %[[T]]
 // The prologue: phi(k) into the output buffer, phi(k) x gate into scratch.
-// CHECK: scf.for %[[P:.*]] = %{{.*}} to %[[T]]
+// CHECK: scf.for %[[I0:.*]] = %[[FIRST]] to %[[END]] step %c1 {
 // CHECK-NOT: %[[W]]
+// CHECK: %[[P:.*]] = arith.subi %{{.*}}, %[[I0]]
 // CHECK: vector.load %[[K]][%[[P]], %{{.*}}]
 // CHECK: memref.load %[[X]][%[[P]]]
 // CHECK: arith.mulf %{{.*}}, %[[GATE]]
 // CHECK: vector.store %{{.*}}, %[[KA]][%[[P]], %{{.*}}]
 // CHECK: vector.store %{{.*}}, %[[PHI]][%[[P]], %{{.*}}]
 // CHECK: }
-// The time loop reads them back and stores the read for the epilogue.
-// CHECK: scf.for %[[I:.*]] = %{{.*}} to %[[T]]
+// The steps read them back and store the read for the epilogue.
+// CHECK: scf.for %[[I:.*]] = %[[FIRST]] to %[[END]] step %c1 {
 // CHECK: %[[TT:.*]] = arith.subi %{{.*}}, %[[I]]
 // CHECK-NOT: %[[K]]
 // CHECK-DAG: vector.load %[[PHI]][%[[TT]], %{{.*}}]
@@ -32,11 +38,13 @@
 // CHECK: vector.store %{{.*}}, %[[R]][%[[TT]], %{{.*}}]
 // CHECK: }
 // The epilogue: z = tanh(r) per step.
-// CHECK: scf.for %[[E:.*]] = %{{.*}} to %[[T]]
+// CHECK: scf.for %[[I2:.*]] = %[[FIRST]] to %[[END]] step %c1 {
 // CHECK-NOT: %[[W]]
+// CHECK: %[[E:.*]] = arith.subi %{{.*}}, %[[I2]]
 // CHECK: vector.load %[[R]][%[[E]], %{{.*}}]
 // CHECK: math.tanh
 // CHECK: vector.store %{{.*}}, %[[Z]][%[[E]], %{{.*}}]
+// CHECK: }
 // CHECK: }
 // CHECK-DAG: memref.dealloc %[[KA]]
 // CHECK-DAG: memref.dealloc %[[R]]
