@@ -503,10 +503,11 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
         };
         Value end = arith::AddIOp::create(b, loc, start, length);
 
-        // The prologue and the epilogue (the state-independent work of the
-        // steps, TimeParallel.h) run chunk by chunk, before and after the
-        // chunk's phases: its rows of the [T, n] buffers between them stay
-        // in the caches (over all of T they outgrow L2 at d = 128).
+        // The prologue (the state-independent work of the steps,
+        // TimeParallel.h) runs chunk by chunk, before the chunk's phases, and
+        // the epilogue step by step after them (phase 5): the chunk's rows
+        // of the [T, n] buffers between them stay in the caches (over all of
+        // T they outgrow L2 at d = 128).
         if (failed(lowerTimeParallelSteps(Place::Prologue, start, end, count)))
           status = failure();
         if (failed(status))
@@ -1023,7 +1024,9 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                   if (isa<FastWeightType>(result.getType()))
                     lowered[result] = state;
               SmallVector<Value> next;
-              if (failed(lowerBody(stepOf(j), states, next))) {
+              Value t = stepOf(j);
+              if (failed(lowerBody(t, states, next)) ||
+                  failed(lowerTimeParallelStep(Place::Epilogue, t))) {
                 status = failure();
                 return SmallVector<Value>(states.begin(), states.end());
               }
@@ -1032,8 +1035,6 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
             });
         if (failed(status))
           return SmallVector<Value>(vectorStates.begin(), vectorStates.end());
-        if (failed(lowerTimeParallelSteps(Place::Epilogue, start, end, count)))
-          status = failure();
         return SmallVector<Value>(steps.getResults().begin(),
                                   steps.getResults().end());
       });

@@ -375,7 +375,9 @@ private:
   /// Stores the values of `place` that later loops read.
   void storeStepResults(Place place, Value t);
   /// Allocates the per-step buffers through which the loops pass values.
-  void allocateStepBuffers(Value count);
+  /// `epilogueInTimeLoop`: the epilogue runs in the time loop's body after
+  /// the step (the chunkwise form), so the step's values need no buffer.
+  void allocateStepBuffers(Value count, bool epilogueInTimeLoop);
   /// One step of the prologue or the epilogue: loads, ops, outputs.
   LogicalResult lowerTimeParallelStep(Place place, Value t);
   /// Whether any op of the body runs in `place`.

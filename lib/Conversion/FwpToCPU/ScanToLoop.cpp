@@ -136,14 +136,15 @@ void ScanLowering::storeStepResults(Place place, Value t) {
       storeStep(lowered.lookup(value), buffer, t);
 }
 
-void ScanLowering::allocateStepBuffers(Value count) {
+void ScanLowering::allocateStepBuffers(Value count, bool epilogueInTimeLoop) {
   auto outputs = scan.getYield().getValues().drop_front(scan.getNumStates());
   auto allocate = [&](Value value) {
     Place place = placeOf(value);
     bool crosses = (place == Place::Prologue &&
                     (usedIn(value, Place::Core) ||
                      usedIn(value, Place::Epilogue))) ||
-                   (place == Place::Core && usedIn(value, Place::Epilogue));
+                   (place == Place::Core && !epilogueInTimeLoop &&
+                    usedIn(value, Place::Epilogue));
     if (!crosses)
       return;
     // An output's buffer holds its steps anyway; other values get a
@@ -345,11 +346,12 @@ LogicalResult ScanLowering::run() {
       return failure();
     }
   loc = scan.getLoc();
-  allocateStepBuffers(count);
-
-  // The chunkwise form runs the prologue and the epilogue chunk by chunk
-  // (lowerChunkwise), while the chunk's rows are in the caches.
+  // The chunkwise form runs the prologue chunk by chunk and the epilogue
+  // step by step after the chunk's phases (lowerChunkwise), while the
+  // chunk's rows are in the caches: the epilogue then takes the step's
+  // values of the time loop as they are, without a [T, n] buffer.
   std::optional<ChunkPlan> plan = planChunkwise();
+  allocateStepBuffers(count, /*epilogueInTimeLoop=*/plan.has_value());
 
   SmallVector<Value> finalVectorStates;
   if (plan) {

@@ -308,10 +308,11 @@ fwp.scan @decay_after_write seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vec
   fwp.yield %Wd, %y : !fwp.fast_weight<8x8xf32>, vector<8xf32>
 }
 
-// The prologue (elu+1 of the keys) and the epilogue (elu+1 of the read) run
-// chunk by chunk: a loop over the chunk's steps before its phases and one
-// after them, inside the chunk loop (the chunk's rows of the [T, n] buffers
-// between them stay in the caches); no loop over all of T besides.
+// The prologue (elu+1 of the keys) runs chunk by chunk, a loop over the
+// chunk's steps before its phases; the epilogue (elu+1 of the read) step by
+// step after them, in the loop that takes each step's read from the
+// chunk's results (no [T, n] buffer for the read); no loop over all of T
+// besides.
 // CHECK-LABEL: func.func @time_parallel_per_chunk
 // CHECK-SAME: fwp.chunk = 4
 // CHECK-NOT: math.exp
@@ -320,9 +321,11 @@ fwp.scan @decay_after_write seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vec
 // CHECK-NEXT: %[[END:.*]] = arith.addi %[[START]], %[[LEN]]
 // CHECK-NEXT: scf.for %{{.*}} = %[[START]] to %[[END]] step %c1 {
 // CHECK: math.exp
-// CHECK: scf.for %{{.*}} = %[[START]] to %[[END]] step %c1 {
-// CHECK: vector.load %{{.*}} : memref<?x8xf32>, vector<8xf32>
-// CHECK: math.exp
+// The chunk's new state, then the rest of each step.
+// CHECK: vector.store %{{.*}}, %arg4[%{{.*}}, %c0] : memref<8x8xf32>, vector<8xf32>
+// CHECK: scf.for %[[J:.*]] = %c0 to %[[LEN]] step %c1 {
+// CHECK-NEXT: %[[READ:.*]] = vector.load %{{.*}}[%[[J]], %c0] : memref<4x8xf32>, vector<8xf32>
+// CHECK: math.exp %[[READ]]
 // CHECK: vector.store %{{.*}}, %arg5[%{{.*}}, %c0] : memref<?x8xf32>, vector<8xf32>
 // CHECK-NEXT: }
 // CHECK-NEXT: }
