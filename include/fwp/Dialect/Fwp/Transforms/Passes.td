@@ -135,8 +135,10 @@ def FwpSplitTimeParallel : Pass<"fwp-split-time-parallel", "mlir::ModuleOp"> {
     matrix per step would cost `T K V` memory). The scan's verifier checks
     the attributes; the pass first removes existing ones, so it is
     idempotent. It runs last, after `fwp-differentiate` and `fwp-fuse`
-    (which know nothing of phases). `convert-fwp-to-cpu` builds a loop over
-    time per part; the GPU lowering computes every op inside the step.
+    (which know nothing of phases). `convert-fwp-to-cpu` runs the time loop
+    in blocks of 16 steps, each block a loop over its steps per part (the
+    chunkwise form: the prologue per chunk, the epilogue in the loop that
+    ends each step); the GPU lowering computes every op inside the step.
 
     ```
     fwp-opt models/delta_net.mlir --fwp-differentiate --fwp-fuse --fwp-split-time-parallel
