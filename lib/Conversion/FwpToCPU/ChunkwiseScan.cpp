@@ -230,9 +230,11 @@ struct ChunkBuilder {
   /// inits.size() rows of `a`.
   /// `aRow` maps a row of `a` to its index in the buffer (identity if
   /// null).
+  /// `column`: the first column of the rows of `rhs` (0 if null).
   SmallVector<Value> rowsTimes(Value a, Value first, Value rhs, Value count,
                                ValueRange inits,
-                               function_ref<Value(Value)> aRow = nullptr) {
+                               function_ref<Value(Value)> aRow = nullptr,
+                               Value column = nullptr) {
     auto rowType = cast<VectorType>(inits.front().getType());
     SmallVector<Value> aRows;
     for (size_t r = 0; r < inits.size(); ++r) {
@@ -242,7 +244,9 @@ struct ChunkBuilder {
     scf::ForOp sums = loop(
         cpu.index(0), count, 1, inits,
         [&](Value i, ValueRange acc) -> SmallVector<Value> {
-          Value row = load(rowType, rhs, i);
+          Value row = vector::LoadOp::create(
+              b, loc, rowType, rhs,
+              ValueRange{i, column ? column : cpu.index(0)});
           SmallVector<Value> next;
           for (auto [r, partial] : llvm::enumerate(acc))
             next.push_back(fma(splatAt(rowType, a, aRows[r], i), row, partial));
@@ -987,23 +991,37 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
         // over the chunk's micro-steps i, `rowBlock` rows at a time.
         vector::StoreOp::create(b, loc, lambdaEnd, lambdaRow,
                                 ValueRange{zero});
-        forRowGroups(
-            state, rowBlock, {},
-            [&](Value first, ValueRange) -> SmallVector<Value> {
-              SmallVector<Value> inits;
-              for (int64_t r = 0; r < rowBlock; ++r) {
-                Value e = addIndex(first, r);
-                Value row = this->row(state, e);
-                inits.push_back(
-                    plan.decay ? mul(splatElement(valueRow, lambdaRow, e), row)
-                               : row);
-              }
-              SmallVector<Value> sums =
-                  cb.rowsTimes(keysT, first, writesBuffer, allMicroSteps,
-                               inits);
-              for (int64_t r = 0; r < rowBlock; ++r)
-                vector::StoreOp::create(b, loc, sums[r], state,
-                                        ValueRange{addIndex(first, r), zero});
+        // Rows wider than two registers go in slabs of `columnWidth`
+        // columns, `slabRows` rows per pass over the writes' slab (which
+        // stays in L1 while S streams through).
+        int64_t slabRows = 16 / columnRegisters;
+        bool slabs = columnWidth < values && keys % slabRows == 0;
+        cb.loop(
+            zero, index(values), slabs ? columnWidth : values, {},
+            [&](Value c, ValueRange) -> SmallVector<Value> {
+              VectorType rowType = slabs ? columnType : valueRow;
+              int64_t rows = slabs ? slabRows : rowBlock;
+              forRowGroups(
+                  state, rows, {},
+                  [&](Value first, ValueRange) -> SmallVector<Value> {
+                    SmallVector<Value> inits;
+                    for (int64_t r = 0; r < rows; ++r) {
+                      Value e = addIndex(first, r);
+                      Value row = vector::LoadOp::create(b, loc, rowType, state,
+                                                         ValueRange{e, c});
+                      inits.push_back(
+                          plan.decay
+                              ? mul(splatElement(rowType, lambdaRow, e), row)
+                              : row);
+                    }
+                    SmallVector<Value> sums =
+                        cb.rowsTimes(keysT, first, writesBuffer, allMicroSteps,
+                                     inits, nullptr, c);
+                    for (int64_t r = 0; r < rows; ++r)
+                      vector::StoreOp::create(b, loc, sums[r], state,
+                                              ValueRange{addIndex(first, r), c});
+                    return {};
+                  });
               return {};
             });
 

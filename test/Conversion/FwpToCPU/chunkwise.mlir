@@ -87,6 +87,14 @@ fwp.scan @with_vector_state seq(%q : vector<32xf32>, %k : vector<32xf32>, %v : v
 // CHECK-NEXT: vector.load %arg{{.*}}[%[[E]], %[[SLAB]]] : memref<128x128xf32>, vector<32xf32>
 // CHECK-NEXT: memref.load %arg1[%{{.*}}, %[[E]]] : memref<?x128xf32>
 // CHECK-COUNT-4: vector.fma
+// The new state in the same slabs, 8 rows (16 registers) per pass over the
+// writes' slab, over all 4 micro-steps.
+// CHECK: scf.for %[[SLAB2:.*]] = %{{.*}} to %c128 step %c32 {
+// CHECK-NEXT: scf.for %[[ROW:.*]] = %{{.*}} to %c128 step %c8 {
+// CHECK: vector.load %arg4[%[[ROW]], %[[SLAB2]]] : memref<128x128xf32>, vector<32xf32>
+// CHECK: scf.for %{{.*}} = %c0 to %c4 step %c1 iter_args({{.*}}) -> (vector<32xf32>, vector<32xf32>, vector<32xf32>, vector<32xf32>, vector<32xf32>, vector<32xf32>, vector<32xf32>, vector<32xf32>)
+// CHECK-COUNT-8: vector.fma
+// CHECK: vector.store %{{.*}}, %arg4[%[[ROW]], %[[SLAB2]]] : memref<128x128xf32>, vector<32xf32>
 fwp.scan @large_state seq(%q : vector<128xf32>, %k : vector<128xf32>, %v : vector<128xf32>)
     states(%W : !fwp.fast_weight<128x128xf32>) outputs(y : vector<128xf32>) {
   %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<128x128xf32>, vector<128xf32>, vector<128xf32>
