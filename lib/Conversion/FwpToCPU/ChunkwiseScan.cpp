@@ -265,6 +265,17 @@ struct ChunkBuilder {
       return {};
     });
   }
+  /// target[at(e)] = source[e, j] for every row e of `source`, an element
+  /// per store (where the shapes are not whole tiles for storeTransposed).
+  void copyColumn(Value source, Value j, Value target,
+                  function_ref<SmallVector<Value>(Value e)> at) {
+    cpu.forRows(source, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+      memref::StoreOp::create(
+          b, loc, memref::LoadOp::create(b, loc, source, ValueRange{e, j}),
+          target, at(e));
+      return {};
+    });
+  }
   /// Whether storeTransposed takes `rows` x `n`: whole tiles of lanes x lanes.
   bool tiles(int64_t rows, int64_t n) const {
     return rows % lanes == 0 && n % lanes == 0;
@@ -824,15 +835,10 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                   base = cb.load(keyRow, results, j);
                 } else {
                   Value column = scratchRow(element, keys);
-                  forRows(products, {},
-                          [&](Value e, ValueRange) -> SmallVector<Value> {
-                            memref::StoreOp::create(
-                                b, loc,
-                                memref::LoadOp::create(b, loc, products,
-                                                       ValueRange{e, j}),
-                                column, ValueRange{e});
-                            return {};
-                          });
+                  cb.copyColumn(products, j, column,
+                                [](Value e) -> SmallVector<Value> {
+                                  return {e};
+                                });
                   base = vector::LoadOp::create(b, loc, keyRow, column,
                                                 ValueRange{zero});
                 }
@@ -974,15 +980,10 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
           }
           cb.loop(zero, length, 1, {},
                   [&](Value j, ValueRange) -> SmallVector<Value> {
-                    forRows(products, {},
-                            [&](Value e, ValueRange) -> SmallVector<Value> {
-                              memref::StoreOp::create(
-                                  b, loc,
-                                  memref::LoadOp::create(b, loc, products,
-                                                         ValueRange{e, j}),
-                                  results, ValueRange{j, e});
-                              return {};
-                            });
+                    cb.copyColumn(products, j, results,
+                                  [&](Value e) -> SmallVector<Value> {
+                                    return {j, e};
+                                  });
                     return {};
                   });
         }
