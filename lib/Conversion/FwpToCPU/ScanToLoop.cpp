@@ -4,9 +4,9 @@
 // steps. Per-head vectors are `vector` values in registers; fast weights are
 // memrefs, updated in place when the old value is dead, copied otherwise.
 // The ops of the body are lowered by the patterns of a CpuPatternSet. A scan
-// split by fwp-split-time-parallel (`fwp.phase`, TimeParallel.h) becomes a
-// prologue loop over T, the time loop and an epilogue loop, which pass
-// per-step values through [T, n] buffers.
+// split by fwp-split-time-parallel (`fwp.phase`, TimeParallel.h) runs its
+// time loop in blocks of kTimeBlock steps, each a prologue loop, the steps
+// and an epilogue loop, which pass per-step values through [T, n] buffers.
 //
 //===----------------------------------------------------------------------===//
 
@@ -320,13 +320,14 @@ LogicalResult ScanLowering::run() {
   }
 
   // Scratch matrices are allocated before the loop, not in every step.
-  Value zero = index(0), one = index(1);
+  Value zero = index(0);
   scratchInsertionPoint = zero.getDefiningOp();
 
   // Where each op runs (TimeParallel.h): a prologue op that depends on
-  // params alone runs once, here; the other prologue ops in a loop over T
-  // before the time loop, the epilogue ops in one after it. Without
-  // `fwp.phase` attributes, every op runs in the time loop.
+  // params alone runs once, here; the other prologue ops in a loop over a
+  // block's (or chunk's) steps before them, the epilogue ops in one after
+  // them (lowerTimeLoop, lowerChunkwise). Without `fwp.phase` attributes,
+  // every op runs in the time loop.
   for (Operation &op : scan.getBodyBlock().without_terminator()) {
     Place place = Place::Core;
     if (getStepPhase(&op) == StepPhase::Epilogue)
