@@ -614,10 +614,11 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                              sTimesQueries)) {
           // The buffer rows of the queries first + q.
           auto queryRows = [&, r = r](Value first, int64_t count) {
+            function_ref<Value(Value)> rowOf = queryRow(r);
             SmallVector<Value> rows;
             for (int64_t q = 0; q < count; ++q) {
               Value j = addIndex(first, q);
-              rows.push_back(directQueries[r] ? clampedStep(j) : j);
+              rows.push_back(rowOf ? rowOf(j) : j);
             }
             return rows;
           };
