@@ -242,6 +242,48 @@ std::string cpuName() {
   return "unknown CPU";
 }
 
+/// The x86 identification of the first CPU in /proc/cpuinfo ("vendor",
+/// "family", "model", "stepping"): the model name alone ("AMD EPYC",
+/// "Intel(R) Xeon(R) Processor" on VMs) does not tell generations apart.
+nlohmann::json cpuIdentification() {
+  const std::pair<const char *, const char *> fields[] = {
+      {"vendor_id", "vendor"}, {"cpu family", "family"}, {"model", "model"},
+      {"stepping", "stepping"}};
+  nlohmann::json id = nlohmann::json::object();
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line) && !line.empty()) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos)
+      continue;
+    std::string key = line.substr(0, colon);
+    key.erase(key.find_last_not_of(" \t") + 1);
+    std::string value = line.substr(colon + 1);
+    value.erase(0, value.find_first_not_of(" \t"));
+    for (const auto &[field, name] : fields)
+      if (key == field)
+        id[name] = value;
+  }
+  return id;
+}
+
+/// The first CPU's caches from sysfs, {"L1d": "32K", "L2": "1024K", ...}
+/// (empty where sysfs has none).
+nlohmann::json cacheSizes() {
+  nlohmann::json caches = nlohmann::json::object();
+  for (int index = 0;; ++index) {
+    const std::string dir =
+        "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream levelFile(dir + "level"), typeFile(dir + "type"), sizeFile(dir + "size");
+    std::string level, type, size;
+    if (!(levelFile >> level) || !(typeFile >> type) || !(sizeFile >> size))
+      break;
+    const std::string suffix = type == "Data" ? "d" : type == "Instruction" ? "i" : "";
+    caches["L" + level + suffix] = size;
+  }
+  return caches;
+}
+
 std::string loadAverage() {
   std::ifstream loadavg("/proc/loadavg");
   std::string one, five, fifteen;
@@ -495,7 +537,9 @@ nlohmann::json measureRow(const std::string &model, const Shape &s, const Option
 
   nlohmann::json row = {{"model", model}, {"B", s.B},          {"H", s.H},
                         {"T", s.T},       {"d", s.d},          {"dims", current->dims()},
-                        {"flops", flops}, {"repeats", options.repeats}};
+                        {"flops", flops}, {"repeats", options.repeats},
+                        // The CPU image the loader chose (e.g. "cpu.znver4").
+                        {"cpu_image", current->artifact().cpuSection()}};
   const double currentMs = contenders[0].medianMs();
   row.update(gflopsFields("current", currentMs, flops));
 
@@ -619,6 +663,8 @@ int main(int argc, char **argv) {
 
     nlohmann::json result;
     result["machine"] = {{"cpu", cpuName()},
+                         {"cpu_id", cpuIdentification()},
+                         {"caches", cacheSizes()},
                          {"logical_cpus", std::thread::hardware_concurrency()},
                          {"threads", at::get_num_threads()},
                          {"torch", TORCH_VERSION},

@@ -27,8 +27,19 @@ def number(value: float | None, digits: int, suffix: str = "") -> str:
 def table(result: dict[str, Any], side: str) -> str:
     peak = result["peak"]
     fma = peak["fma"]
+    machine = result["machine"]
+    cpu = machine["cpu"]
+    cpu_id = machine.get("cpu_id") or {}
+    if "family" in cpu_id and "model" in cpu_id:
+        cpu += f" (family {cpu_id['family']}, model {cpu_id['model']})"
+    caches = machine.get("caches") or {}
+    if caches:
+        cpu += ", caches " + " ".join(f"{level} {size}" for level, size in caches.items())
+    images = sorted({row["cpu_image"] for row in result["rows"] if row.get("cpu_image")})
+    if images:
+        cpu += ", kernels " + " ".join(images)
     lines = [
-        f"Machine: {result['machine']['cpu']}, {result['machine']['threads']} thread, "
+        f"Machine: {cpu}, {result['machine']['threads']} thread, "
         f"torch {result['machine']['torch']}, load average at start "
         f"{result['machine']['load_average_at_start']}, {result['machine']['date_utc']}. "
         f"Peak: FMA micro-benchmark ({fma['isa']}) "
