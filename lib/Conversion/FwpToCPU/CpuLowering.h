@@ -368,6 +368,9 @@ private:
   bool usedIn(Value value, Place place);
   /// Step t of a per-step buffer ([T, n] or [T]).
   Value loadStep(Value buffer, Type type, Value t);
+  /// Prefetches the vector seq inputs of the step `distance` steps after
+  /// `t` in the scan's direction (clamped to [0, count)).
+  void prefetchStepInputs(Value t, Value count, int64_t distance);
   void storeStep(Value value, Value buffer, Value t);
   /// Makes the seq inputs and the values of other loops that the ops of
   /// `place` use available at step t.

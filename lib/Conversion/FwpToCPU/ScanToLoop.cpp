@@ -103,6 +103,33 @@ Value ScanLowering::loadStep(Value buffer, Type type, Value t) {
   return memref::LoadOp::create(b, loc, buffer, ValueRange{t});
 }
 
+void ScanLowering::prefetchStepInputs(Value t, Value count,
+                                      int64_t distance) {
+  Value ahead;
+  if (scan.getReverse())
+    ahead = arith::MaxSIOp::create(
+        b, loc, arith::SubIOp::create(b, loc, t, index(distance)), index(0));
+  else
+    ahead = arith::MinSIOp::create(
+        b, loc, addIndex(t, distance),
+        arith::SubIOp::create(b, loc, count, index(1)));
+  for (auto [arg, buffer] : llvm::zip(scan.getSeqArgs(), seqBuffers)) {
+    // A scalar's row: 16 steps per cache line. An input this loop does not
+    // read (another pass's, in a scan lowered in passes) is not fetched.
+    if (!isa<VectorType>(arg.getType()) ||
+        !(usedIn(arg, Place::Prologue) || usedIn(arg, Place::Core) ||
+          usedIn(arg, Place::Epilogue)))
+      continue;
+    auto type = cast<MemRefType>(buffer.getType());
+    int64_t perLine =
+        64 / std::max<int64_t>(1, type.getElementTypeBitWidth() / 8);
+    for (int64_t j = 0; j < type.getDimSize(1); j += perLine)
+      memref::PrefetchOp::create(b, loc, buffer, ValueRange{ahead, index(j)},
+                                 /*isWrite=*/false, /*localityHint=*/3,
+                                 /*isDataCache=*/true);
+  }
+}
+
 void ScanLowering::storeStep(Value value, Value buffer, Value t) {
   if (isa<VectorType>(value.getType()))
     vector::StoreOp::create(b, loc, value, buffer, ValueRange{t, index(0)});
@@ -397,7 +424,13 @@ LogicalResult ScanLowering::lowerTimeParallelSteps(Place place, Value first,
     return success();
   LogicalResult status = success();
   forLoop(first, end, 1, {}, [&](Value i, ValueRange) -> SmallVector<Value> {
-    if (failed(lowerTimeParallelStep(place, stepOfIteration(i, count))))
+    Value t = stepOfIteration(i, count);
+    // The prologue is the first to touch a block's inputs; the hardware
+    // prefetchers miss them (a dozen [T, n] streams, backwards in the
+    // backward scans): fetch the next block's rows now.
+    if (place == Place::Prologue)
+      prefetchStepInputs(t, count, kTimeBlock);
+    if (failed(lowerTimeParallelStep(place, t)))
       status = failure();
     loc = scan.getLoc();
     return {};

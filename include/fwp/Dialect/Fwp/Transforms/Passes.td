@@ -138,7 +138,8 @@ def FwpSplitTimeParallel : Pass<"fwp-split-time-parallel", "mlir::ModuleOp"> {
     (which know nothing of phases). `convert-fwp-to-cpu` runs the time loop
     in blocks of 16 steps, each block a loop over its steps per part (the
     chunkwise form: the prologue per chunk, the epilogue in the loop that
-    ends each step); the GPU lowering computes every op inside the step.
+    ends each step), the prologue prefetching the next block's vector
+    inputs; the GPU lowering computes every op inside the step.
 
     ```
     fwp-opt models/delta_net.mlir --fwp-differentiate --fwp-fuse --fwp-split-time-parallel
