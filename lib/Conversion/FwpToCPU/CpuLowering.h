@@ -394,6 +394,8 @@ private:
   /// Steps per block of the recurrent time loop (each block runs its
   /// prologue, its steps, then its epilogue).
   static constexpr int64_t kTimeBlock = 16;
+  /// The x86 targets' cache line: one prefetch per line of a row.
+  static constexpr int64_t kCacheLineBytes = 64;
   LogicalResult lowerOp(Operation *op);
   LogicalResult lowerBody(Value t, ValueRange vectorStates,
                           SmallVectorImpl<Value> &nextVectorStates);

@@ -121,8 +121,8 @@ void ScanLowering::prefetchStepInputs(Value t, Value count,
           usedIn(arg, Place::Epilogue)))
       continue;
     auto type = cast<MemRefType>(buffer.getType());
-    int64_t perLine =
-        64 / std::max<int64_t>(1, type.getElementTypeBitWidth() / 8);
+    int64_t perLine = kCacheLineBytes /
+                      std::max<int64_t>(1, type.getElementTypeBitWidth() / 8);
     for (int64_t j = 0; j < type.getDimSize(1); j += perLine)
       memref::PrefetchOp::create(b, loc, buffer, ValueRange{ahead, index(j)},
                                  /*isWrite=*/false, /*localityHint=*/3,
