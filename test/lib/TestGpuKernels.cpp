@@ -353,9 +353,9 @@ private:
           return success();
         })
         .Case<EluPlusOneGradOp>([&](EluPlusOneGradOp o) {
-          set(o.getResult(), zip(at(o.getX()), at(o.getGrad()),
-                                 [](double x, double g) {
-                                   return g * (x > 0 ? 1.0 : std::exp(x));
+          set(o.getResult(), zip(at(o.getY()), at(o.getGrad()),
+                                 [](double y, double g) {
+                                   return g * std::min(y, 1.0);
                                  }));
           return success();
         })

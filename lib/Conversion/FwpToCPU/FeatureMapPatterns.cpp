@@ -158,40 +158,12 @@ static LogicalResult lowerLayerNormGrad(LayerNormGradOp o, ScanLowering &cpu) {
   return success();
 }
 
-/// Whether the lowered value `v` may be used where the builder inserts:
-/// defined in the insertion block (before the insertion point) or in a
-/// block around it.
-static bool usableHere(ScanLowering &cpu, Value v) {
-  Block *insertion = cpu.b.getInsertionBlock();
-  Block *definition = v.getParentBlock();
-  if (definition == insertion) {
-    Operation *def = v.getDefiningOp();
-    return !def || cpu.b.getInsertionPoint() == insertion->end() ||
-           def->isBeforeInBlock(&*cpu.b.getInsertionPoint());
-  }
-  for (Operation *op = insertion->getParentOp(); op; op = op->getParentOp())
-    if (op->getBlock() == definition)
-      return true;
-  return false;
-}
-
 static LogicalResult lowerEluPlusOneGrad(EluPlusOneGradOp o,
                                          ScanLowering &cpu) {
-  Value x = cpu.in(o.getX());
-  Value positive =
-      arith::CmpFOp::create(cpu.b, cpu.loc, arith::CmpFPredicate::OGT, x,
-                            cpu.constant(x.getType(), 0.0));
-  // Where x <= 0 the slope is e^x = elu(x) + 1: when the body computes that
-  // and its lowered value is at hand here (the feature map's own result,
-  // or its load in this loop), no second exp.
-  Value exp;
-  for (Operation *user : o.getX().getUsers())
-    if (auto map = dyn_cast<EluPlusOneOp>(user))
-      if (Value y = cpu.in(map.getResult()); y && usableHere(cpu, y))
-        exp = y;
-  Value slope = arith::SelectOp::create(cpu.b, cpu.loc, positive,
-                                        cpu.constant(x.getType(), 1.0),
-                                        exp ? exp : cpu.exp(x));
+  // The slope is min(y, 1): 1 where x > 0 (y = x + 1), e^x = y elsewhere.
+  Value y = cpu.in(o.getY());
+  Value slope = arith::MinimumFOp::create(cpu.b, cpu.loc, y,
+                                          cpu.constant(y.getType(), 1.0));
   cpu.set(o, cpu.mul(cpu.in(o.getGrad()), slope));
   return success();
 }

@@ -378,10 +378,9 @@ LogicalResult KernelEmitter::lowerOp(Operation *op) {
             }));
       })
       .Case<EluPlusOneGradOp>([&](EluPlusOneGradOp grad) {
+        // Given the map's output y: the slope is min(y, 1).
         return lowerElementwise(op, [&](ArrayRef<Value> a) {
-          Value positive = arith::CmpFOp::create(
-              b, loc, arith::CmpFPredicate::OGT, a[0], cFloat(0.0));
-          return mulF(a[1], select(positive, one(), exp(a[0])));
+          return mulF(a[1], arith::MinimumFOp::create(b, loc, a[0], one()));
         });
       })
       .Case<SigmoidGradOp>([&](auto) {

@@ -85,21 +85,22 @@ fwp.scan @matrix_constant seq(%k : vector<2xf32>, %v : vector<3xf32>) outputs(y 
   fwp.yield %y : vector<3xf32>
 }
 
-// The slope of elu+1 where x <= 0 is e^x, the feature map's own value:
-// with the map lowered in the same loop, its gradient computes no second
-// exp (the backward's epilogue loads the map's value it stored).
-// CHECK-LABEL: func.func @elu_grad_reuses_the_map
+// The slope of elu+1 is min(y, 1) of the map's value y (1 where x > 0,
+// e^x = y elsewhere): the gradient computes no exp of its own.
+// CHECK-LABEL: func.func @elu_grad_from_the_map
 // CHECK: scf.for
 // CHECK: %[[E:.*]] = math.exp
 // CHECK: %[[MAP:.*]] = arith.select %{{.*}}, %{{.*}}, %[[E]]
 // CHECK-NOT: math.exp
-// CHECK: arith.select %{{.*}}, %{{.*}}, %[[MAP]]
+// CHECK: %[[SUM:.*]] = arith.addf %[[MAP]]
+// CHECK: %[[SLOPE:.*]] = arith.minimumf %[[MAP]], %{{.*}} : vector<16xf32>
+// CHECK: arith.mulf %[[SUM]], %[[SLOPE]]
 // CHECK-NOT: math.exp
 // CHECK: return
-fwp.scan @elu_grad_reuses_the_map seq(%x : vector<16xf32>)
+fwp.scan @elu_grad_from_the_map seq(%x : vector<16xf32>)
     states(%h : vector<16xf32>) outputs(y : vector<16xf32>, dx : vector<16xf32>) {
   %e = fwp.elu_plus_one %x : vector<16xf32>
   %s = fwp.add %e, %h : vector<16xf32>
-  %d = fwp.elu_plus_one_grad %x, %s : vector<16xf32>
+  %d = fwp.elu_plus_one_grad %e, %s : vector<16xf32>
   fwp.yield %s, %s, %d : vector<16xf32>, vector<16xf32>, vector<16xf32>
 }

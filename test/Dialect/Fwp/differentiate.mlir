@@ -50,7 +50,8 @@ fwp.scan @delta seq(%k : vector<2xf32>, %v : vector<2xf32>, %b : f32, %q : vecto
 // CHECK-LABEL: fwp.scan @elu_grad reverse
 // CHECK-NEXT: seq(%x: vector<2xf32>, %grad.y: vector<2xf32>)
 // CHECK-NEXT: outputs(grad.x : vector<2xf32>) attributes {fwp.backward = {}, fwp.forward = @elu, fwp.role = "backward"}
-// CHECK-NEXT: %[[G:.*]] = fwp.elu_plus_one_grad %x, %grad.y
+// CHECK-NEXT: %[[Y:.*]] = fwp.elu_plus_one %x
+// CHECK-NEXT: %[[G:.*]] = fwp.elu_plus_one_grad %[[Y]], %grad.y
 // CHECK-NEXT: fwp.yield %[[G]]
 
 // softmax_grad and tanh_grad take the recomputed outputs.

@@ -36,7 +36,8 @@ struct Rule {
 
 LogicalResult EluPlusOneOp::buildAdjoint(AdjointEmitter &a) {
   Rule r{a, getLoc()};
-  a.accumulate(getX(), EluPlusOneGradOp::create(r.b(), r.loc, r.m(getX()),
+  a.accumulate(getX(), EluPlusOneGradOp::create(r.b(), r.loc,
+                                                r.m(getResult()),
                                                 a.adjointOf(getResult())));
   return success();
 }

@@ -570,14 +570,21 @@ class Fwp_VectorGradOp<string mnemonic, string what>
   let assemblyFormat = "$x `,` $grad attr-dict `:` type($x)";
 }
 
-def Fwp_EluPlusOneGradOp : Fwp_VectorGradOp<"elu_plus_one_grad", "`fwp.elu_plus_one`"> {
+def Fwp_EluPlusOneGradOp : Fwp_Op<"elu_plus_one_grad", [Pure,
+    AllTypesMatch<["y", "grad", "result"]>]> {
+  let summary = "the vector-Jacobian product of `fwp.elu_plus_one`";
   let description = [{
-    Given the input `x` and the output gradient, `grad * (x > 0 ? 1 : exp(x))`.
+    Given the map's *output* `y` and the output gradient, `grad * min(y, 1)`:
+    the slope is 1 where `x > 0` (there `y = x + 1 > 1`) and `exp(x) = y`
+    elsewhere, so neither the input nor a second exp is needed.
 
     ```mlir
-    %dx = fwp.elu_plus_one_grad %x, %dy : vector<16xf32>
+    %dx = fwp.elu_plus_one_grad %y, %dy : vector<16xf32>
     ```
   }];
+  let arguments = (ins Fwp_Vector:$y, Fwp_Vector:$grad);
+  let results = (outs Fwp_Vector:$result);
+  let assemblyFormat = "$y `,` $grad attr-dict `:` type($y)";
 }
 
 def Fwp_SoftmaxGradOp : Fwp_VectorGradOp<"softmax_grad", "`fwp.softmax`"> {
