@@ -381,6 +381,9 @@ LogicalResult ScanLowering::run() {
   std::optional<ChunkPlan> plan = planChunkwise();
   allocateStepBuffers(count, /*epilogueInTimeLoop=*/plan.has_value());
 
+  SmallVector<std::pair<Value, Value>> localStates;
+  if (!plan)
+    localStates = keepStatesInRegisters();
   SmallVector<Value> finalVectorStates;
   if (plan) {
     if (failed(lowerChunkwise(*plan, count, initialVectorStates,
@@ -405,11 +408,47 @@ LogicalResult ScanLowering::run() {
     else
       memref::StoreOp::create(b, loc, final, buffer, ValueRange{index(0)});
   }
+  for (auto [buffer, local] : localStates)
+    memref::CopyOp::create(b, loc, local, buffer);
   for (Value buffer : scratchBuffers)
     memref::DeallocOp::create(b, loc, buffer);
   func::ReturnOp::create(b, loc);
   (void)module;
   return success();
+}
+
+SmallVector<std::pair<Value, Value>> ScanLowering::keepStatesInRegisters() {
+  // Every matrix the step works on counts: a stored or checkpointed
+  // backward's matrix per step (a seq input) and param matrices compete
+  // for the same registers.
+  int64_t bytes = 0;
+  for (BlockArgument arg : scan.getBodyBlock().getArguments())
+    if (auto type = dyn_cast<FastWeightType>(arg.getType()))
+      bytes += type.getKeyDim() * type.getValueDim() *
+               type.getElementType().getIntOrFloatBitWidth() / 8;
+  SmallVector<std::pair<Value, Value>> copies;
+  // A matrix output per step (the tape of a stored or checkpointed
+  // backward) is copied out of the state at every step: LLVM makes that a
+  // call to memcpy, around which it would spill all the registers.
+  bool matrixOutput = llvm::any_of(scan.getOutputTypes(), [](Attribute type) {
+    return isa<FastWeightType>(cast<TypeAttr>(type).getValue());
+  });
+  if (bytes > kRegisterStateBytes || matrixOutput)
+    return copies;
+  // The argument may alias the other buffers, so LLVM keeps it in memory
+  // and loads and stores its rows at every step; a stack copy it does not
+  // (SROA splits it into one vector per row once the row loops, of
+  // constant trip count, are unrolled).
+  for (auto [arg, buffer] : llvm::zip(scan.getStateArgs(), stateBuffers)) {
+    if (!isa<FastWeightType>(arg.getType()))
+      continue;
+    Value local =
+        memref::AllocaOp::create(b, loc, cast<MemRefType>(buffer.getType()));
+    memref::CopyOp::create(b, loc, buffer, local);
+    copies.push_back({buffer, local});
+    buffer = local;
+  }
+  return copies;
 }
 
 bool ScanLowering::hasOpsIn(Place place) const {

@@ -7,20 +7,28 @@
 // CHECK-SAME: attributes {llvm.emit_c_interface}
 // The vector state is read once, carried through the loop, stored at the end.
 // CHECK: %[[H0:.*]] = vector.load %[[H]][%{{.*}}] : memref<3xf32>, vector<3xf32>
+// A matrix state that fits in half the vector registers (all matrix states
+// together at most 1 KiB: 16 AVX-512 registers) runs the loop in a stack
+// copy, which LLVM keeps in registers once it has unrolled the row loops
+// (the argument buffer may alias the others, so it would load and store
+// the rows at every step); the copy goes back at the end.
+// CHECK: %[[WL:.*]] = memref.alloca() : memref<4x3xf32>
+// CHECK: memref.copy %[[W]], %[[WL]]
 // CHECK: %[[LOOP:.*]] = scf.for %[[T:.*]] = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[HI:.*]] = %[[H0]]) -> (vector<3xf32>)
 // CHECK: vector.load %[[K]][%[[T]], %{{.*}}] : memref<?x4xf32>, vector<4xf32>
 // CHECK: memref.load %[[B]][%[[T]]] : memref<?xf32>
 // The write updates the state buffer in place, row by row (W[e, :] += k[e] v,
 // k[e] from a stack copy of k), and the read of the new value shares that
 // pass over the rows (4 rows: the row loop is unrolled by canonicalize).
-// CHECK: vector.load %[[W]][%{{.*}}, %{{.*}}] : memref<4x3xf32>, vector<3xf32>
+// CHECK: vector.load %[[WL]][%{{.*}}, %{{.*}}] : memref<4x3xf32>, vector<3xf32>
 // CHECK: memref.load %{{.*}}[%{{.*}}] : memref<4xf32>
 // CHECK: %[[ROW:.*]] = vector.fma
 // CHECK: vector.fma %[[ROW]]
-// CHECK: vector.store %[[ROW]], %[[W]][%{{.*}}, %{{.*}}] : memref<4x3xf32>, vector<3xf32>
+// CHECK: vector.store %[[ROW]], %[[WL]][%{{.*}}, %{{.*}}] : memref<4x3xf32>, vector<3xf32>
 // CHECK: vector.store %{{.*}}, %[[Y]][%[[T]], %{{.*}}] : memref<?x3xf32>, vector<3xf32>
 // CHECK: scf.yield
 // CHECK: vector.store %[[LOOP]], %[[H]][%{{.*}}] : memref<3xf32>, vector<3xf32>
+// CHECK: memref.copy %[[WL]], %[[W]]
 fwp.scan @lt seq(%k : vector<4xf32>, %v : vector<3xf32>, %b : f32)
     states(%W : !fwp.fast_weight<4x3xf32>, %h : vector<3xf32>) outputs(y : vector<3xf32>) {
   %v2 = fwp.scale %v, %b : vector<3xf32>
@@ -37,15 +45,17 @@ fwp.scan @lt seq(%k : vector<4xf32>, %v : vector<3xf32>, %b : f32)
 // CHECK-LABEL: func.func @rev
 // CHECK-SAME: %[[W:[^:]*]]: memref<2x2xf32>
 // CHECK-NOT: memref.alloc(
+// CHECK: %[[WL:.*]] = memref.alloca() : memref<2x2xf32>
 // CHECK: scf.for %[[I:.*]] =
 // CHECK: %[[LAST:.*]] = arith.subi %{{.*}}, %{{.*}} : index
 // CHECK-NEXT: %[[T:.*]] = arith.subi %[[LAST]], %[[I]] : index
-// CHECK: %[[ROW:.*]] = vector.load %[[W]]
+// CHECK: %[[ROW:.*]] = vector.load %[[WL]]
 // CHECK: vector.fma %[[ROW]]
 // CHECK: %[[NEW:.*]] = vector.fma %{{.*}}, %{{.*}}, %[[ROW]]
-// CHECK: vector.store %[[NEW]], %[[W]]
+// CHECK: vector.store %[[NEW]], %[[WL]]
 // CHECK-NOT: memref.copy
-// CHECK: return
+// CHECK: memref.copy %[[WL]], %[[W]]
+// CHECK-NEXT: return
 fwp.scan @rev reverse seq(%k : vector<2xf32>) states(%W : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
   %W1 = fwp.write_sum %W, %k, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
   %y = fwp.read %W, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
@@ -103,4 +113,27 @@ fwp.scan @elu_grad_from_the_map seq(%x : vector<16xf32>)
   %s = fwp.add %e, %h : vector<16xf32>
   %d = fwp.elu_plus_one_grad %e, %s : vector<16xf32>
   fwp.yield %s, %s, %d : vector<16xf32>, vector<16xf32>, vector<16xf32>
+}
+
+// Matrix states over 1 KiB in all stay in their buffers: here two 16x16
+// f32 matrices (2 KiB, as a backward's weight and its adjoint) would take
+// all 32 AVX-512 registers. So does a state that is copied to a matrix
+// output at every step (@old_state_as_output in
+// fast-weight-vector-code.mlir): LLVM calls memcpy for the copy, and would
+// spill the registers around the call.
+// CHECK-LABEL: func.func @states_too_large_for_registers
+// CHECK-SAME: %[[A:[^:]*]]: memref<16x16xf32>, %[[B:[^:]*]]: memref<16x16xf32>
+// CHECK-NOT: memref.alloca() : memref<16x16xf32>
+// CHECK-NOT: memref.copy
+// CHECK: vector.store %{{.*}}, %[[A]]
+// CHECK: vector.store %{{.*}}, %[[B]]
+// CHECK-NOT: memref.copy
+// CHECK: return
+fwp.scan @states_too_large_for_registers seq(%k : vector<16xf32>)
+    states(%A : !fwp.fast_weight<16x16xf32>, %B : !fwp.fast_weight<16x16xf32>)
+    outputs(y : vector<16xf32>) {
+  %A1 = fwp.write_sum %A, %k, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
+  %B1 = fwp.write_sum %B, %k, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
+  %y = fwp.read %A1, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32> -> vector<16xf32>
+  fwp.yield %A1, %B1, %y : !fwp.fast_weight<16x16xf32>, !fwp.fast_weight<16x16xf32>, vector<16xf32>
 }

@@ -15,6 +15,9 @@
 // CHECK: %[[GATE:.*]] = arith.divf
 // CHECK: %[[KA:.*]] = memref.alloc(%[[T]]) : memref<?x2xf32>
 // CHECK: %[[R:.*]] = memref.alloc(%[[T]]) : memref<?x2xf32>
+// The 2x2 state runs the loop in a stack copy (fwp-to-cpu.mlir, @lt).
+// CHECK: %[[WL:.*]] = memref.alloca() : memref<2x2xf32>
+// CHECK: memref.copy %[[W]], %[[WL]]
 // CHECK: scf.for %[[FIRST:.*]] = %{{.*}} to %[[T]] step %c16 {
 // CHECK: %[[NEXT:.*]] = arith.addi %[[FIRST]], %c16
 // CHECK: %[[END:.*]] = arith.minsi %[[NEXT]], %[[T]]
@@ -22,7 +25,7 @@
 // It first prefetches the row of k 16 steps on (here down, clamped at 0):
 // the next block's; x, a scalar per step, is not fetched.
 // CHECK: scf.for %[[I0:.*]] = %[[FIRST]] to %[[END]] step %c1 {
-// CHECK-NOT: %[[W]]
+// CHECK-NOT: %[[WL]]
 // CHECK: %[[P:.*]] = arith.subi %{{.*}}, %[[I0]]
 // CHECK: %[[AHEAD:.*]] = arith.subi %[[P]], %c16
 // CHECK: %[[ROW:.*]] = arith.maxsi %[[AHEAD]], %c0
@@ -40,18 +43,19 @@
 // CHECK-NOT: %[[K]]
 // CHECK-DAG: vector.load %[[PHI]][%[[TT]], %{{.*}}]
 // CHECK-DAG: vector.load %[[KA]][%[[TT]], %{{.*}}]
-// CHECK: vector.store %{{.*}}, %[[W]]
+// CHECK: vector.store %{{.*}}, %[[WL]]
 // CHECK: vector.store %{{.*}}, %[[R]][%[[TT]], %{{.*}}]
 // CHECK: }
 // The epilogue: z = tanh(r) per step.
 // CHECK: scf.for %[[I2:.*]] = %[[FIRST]] to %[[END]] step %c1 {
-// CHECK-NOT: %[[W]]
+// CHECK-NOT: %[[WL]]
 // CHECK: %[[E:.*]] = arith.subi %{{.*}}, %[[I2]]
 // CHECK: vector.load %[[R]][%[[E]], %{{.*}}]
 // CHECK: math.tanh
 // CHECK: vector.store %{{.*}}, %[[Z]][%[[E]], %{{.*}}]
 // CHECK: }
 // CHECK: }
+// CHECK: memref.copy %[[WL]], %[[W]]
 // CHECK-DAG: memref.dealloc %[[KA]]
 // CHECK-DAG: memref.dealloc %[[R]]
 // CHECK: return
