@@ -396,14 +396,15 @@ private:
   static constexpr int64_t kTimeBlock = 16;
   /// The x86 targets' cache line: one prefetch per line of a row.
   static constexpr int64_t kCacheLineBytes = 64;
-  /// Where the scan's matrices (states, params, matrices per step) take up
-  /// to this size in all (16 AVX-512 registers, half the register file: the
-  /// step's vectors need the rest), the matrix states run the recurrent
-  /// time loop in a local copy that LLVM keeps in registers.
+  /// Matrix states run the recurrent time loop in a local copy that LLVM
+  /// keeps in registers while the scan's matrices (params, matrices per
+  /// step, the states kept) take up to this size (16 AVX-512 registers,
+  /// half the register file: the step's vectors need the rest).
   static constexpr int64_t kRegisterStateBytes = 1024;
-  /// The local copies of the matrix states when the scan's matrices fit in
-  /// registers (kRegisterStateBytes): for each, the argument buffer and its
-  /// copy, which then stands for the state in `stateBuffers`.
+  /// The local copies of the matrix states that fit in registers
+  /// (kRegisterStateBytes), none where a matrix is an output per step: for
+  /// each, the argument buffer and its copy, which then stands for the
+  /// state in `stateBuffers`.
   SmallVector<std::pair<Value, Value>> keepStatesInRegisters();
   LogicalResult lowerOp(Operation *op);
   LogicalResult lowerBody(Value t, ValueRange vectorStates,

@@ -101,7 +101,7 @@ fwp.scan @copy_on_write seq(%k : vector<8xf32>, %v : vector<8xf32>)
 // step's slice of the output first, and the writes then update the state
 // in place — no scratch matrix, no copy back.
 // (With a matrix output the state stays in its buffer, fwp-to-cpu.mlir
-// @states_too_large_for_registers.)
+// @states_beyond_the_registers.)
 // CHECK-LABEL: func.func @old_state_as_output
 // CHECK-NOT: memref.alloc()
 // CHECK-NOT: memref.alloca() : memref<8x8xf32>

@@ -115,25 +115,42 @@ fwp.scan @elu_grad_from_the_map seq(%x : vector<16xf32>)
   fwp.yield %s, %s, %d : vector<16xf32>, vector<16xf32>, vector<16xf32>
 }
 
-// Matrix states over 1 KiB in all stay in their buffers: here two 16x16
-// f32 matrices (2 KiB, as a backward's weight and its adjoint) would take
-// all 32 AVX-512 registers. So does a state that is copied to a matrix
-// output at every step (@old_state_as_output in
+// Matrix states are kept in registers while the scan's matrices fit in
+// 1 KiB: of two 16x16 f32 states (1 KiB each, as a backward's weight and
+// its adjoint; both would take all 32 AVX-512 registers) the first runs in
+// a copy, the second in its buffer. A state that is copied to a matrix
+// output at every step stays in its buffer (@old_state_as_output in
 // fast-weight-vector-code.mlir): LLVM calls memcpy for the copy, and would
 // spill the registers around the call.
-// CHECK-LABEL: func.func @states_too_large_for_registers
+// CHECK-LABEL: func.func @states_beyond_the_registers
 // CHECK-SAME: %[[A:[^:]*]]: memref<16x16xf32>, %[[B:[^:]*]]: memref<16x16xf32>
+// CHECK: %[[AL:.*]] = memref.alloca() : memref<16x16xf32>
+// CHECK-NEXT: memref.copy %[[A]], %[[AL]]
 // CHECK-NOT: memref.alloca() : memref<16x16xf32>
-// CHECK-NOT: memref.copy
-// CHECK: vector.store %{{.*}}, %[[A]]
+// CHECK: vector.store %{{.*}}, %[[AL]]
 // CHECK: vector.store %{{.*}}, %[[B]]
-// CHECK-NOT: memref.copy
-// CHECK: return
-fwp.scan @states_too_large_for_registers seq(%k : vector<16xf32>)
+// CHECK: memref.copy %[[AL]], %[[A]]
+// CHECK-NEXT: return
+fwp.scan @states_beyond_the_registers seq(%k : vector<16xf32>)
     states(%A : !fwp.fast_weight<16x16xf32>, %B : !fwp.fast_weight<16x16xf32>)
     outputs(y : vector<16xf32>) {
   %A1 = fwp.write_sum %A, %k, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
   %B1 = fwp.write_sum %B, %k, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
   %y = fwp.read %A1, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32> -> vector<16xf32>
   fwp.yield %A1, %B1, %y : !fwp.fast_weight<16x16xf32>, !fwp.fast_weight<16x16xf32>, vector<16xf32>
+}
+
+// A matrix per step (the tape of a stored or checkpointed backward) takes
+// registers while the step reads it: with it, a 16x16 state no longer fits.
+// CHECK-LABEL: func.func @matrix_per_step_fills_the_registers
+// CHECK-NOT: memref.alloca() : memref<16x16xf32>
+// CHECK-NOT: memref.copy
+// CHECK: return
+fwp.scan @matrix_per_step_fills_the_registers
+    seq(%k : vector<16xf32>, %tape.W.prev : !fwp.fast_weight<16x16xf32>)
+    states(%A : !fwp.fast_weight<16x16xf32>) outputs(y : vector<16xf32>) {
+  %A1 = fwp.write_sum %A, %k, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
+  %r = fwp.read %tape.W.prev, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32> -> vector<16xf32>
+  %y = fwp.read %A1, %r : !fwp.fast_weight<16x16xf32>, vector<16xf32> -> vector<16xf32>
+  fwp.yield %A1, %y : !fwp.fast_weight<16x16xf32>, vector<16xf32>
 }
