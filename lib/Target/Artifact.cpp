@@ -12,6 +12,7 @@
 #include "llvm/IR/IRBuilder.h"
 #include "llvm/IR/InstIterator.h"
 #include "llvm/IR/Instructions.h"
+#include "llvm/IR/IntrinsicInst.h"
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/MC/MCSubtargetInfo.h"
 #include "llvm/MC/TargetRegistry.h"
@@ -472,6 +473,54 @@ static llvm::Value *joinUneven(llvm::IRBuilder<> &builder,
   return whole;
 }
 
+/// convert-fwp-to-cpu runs small matrix states in a stack copy that LLVM
+/// keeps in registers (kRegisterStateBytes: 16 of AVX-512's 32 registers of
+/// 64 bytes). A processor without AVX-512 has 16 vector registers of 32
+/// bytes, half of one 16x16 f32 matrix, so there the copy only spills (the
+/// forward of gla at d = 16 1.5x slower): each state goes back to its
+/// buffer. A copy is an alloca that is filled by one memcpy from a buffer
+/// in the entry block and copied back to that buffer by one more; its other
+/// uses are loads and stores, which then use the buffer.
+static void foldRegisterStateCopies(llvm::Function &function) {
+  SmallVector<llvm::AllocaInst *> allocas;
+  for (llvm::Instruction &inst : function.getEntryBlock())
+    if (auto *alloca = dyn_cast<llvm::AllocaInst>(&inst))
+      allocas.push_back(alloca);
+  for (llvm::AllocaInst *alloca : allocas) {
+    llvm::MemCpyInst *in = nullptr, *out = nullptr;
+    bool other = false;
+    for (llvm::User *user : alloca->users()) {
+      auto *copy = dyn_cast<llvm::MemCpyInst>(user);
+      if (copy && copy->getRawDest() == alloca && !in)
+        in = copy;
+      else if (copy && copy->getRawSource() == alloca && !out)
+        out = copy;
+      else if (copy)
+        other = true;
+    }
+    if (other || !in || !out || in->getParent() != &function.getEntryBlock())
+      continue;
+    // The copy back goes to the same address (its own, identical getelementptr).
+    auto sameAddress = [](llvm::Value *a, llvm::Value *b) {
+      auto *x = dyn_cast<llvm::Instruction>(a);
+      auto *y = dyn_cast<llvm::Instruction>(b);
+      return a == b || (x && y && x->isIdenticalTo(y));
+    };
+    if (!sameAddress(out->getRawDest(), in->getRawSource()))
+      continue;
+    // The buffer must be defined before the copy in: an argument, or a
+    // value of the entry block before it.
+    llvm::Value *buffer = in->getRawSource();
+    if (auto *def = dyn_cast<llvm::Instruction>(buffer);
+        def && (def->getParent() != in->getParent() || !def->comesBefore(in)))
+      continue;
+    in->eraseFromParent();
+    out->eraseFromParent();
+    alloca->replaceAllUsesWith(buffer);
+    alloca->eraseFromParent();
+  }
+}
+
 /// Passes no vector whose length is not a power of two between basic
 /// blocks. SelectionDAG selects one block at a time and hands such a value
 /// (a phi, or a value used past an inner loop) to the next block as one
@@ -579,8 +628,12 @@ translateToOptimizedLLVM(ModuleOp module, llvm::LLVMContext &context,
 
   // Every function computes in place on the runtime's buffers; let LLVM
   // vectorise and unroll at -O3 for the chosen processor.
+  bool wideRegisters =
+      machine->getMCSubtargetInfo()->checkFeatures("+avx512f");
   for (llvm::Function &function : *llvmModule)
     if (!function.isDeclaration()) {
+      if (!wideRegisters)
+        foldRegisterStateCopies(function);
       function.addFnAttr("target-cpu", machine->getTargetCPU());
       if (!machine->getTargetFeatureString().empty())
         function.addFnAttr("target-features",

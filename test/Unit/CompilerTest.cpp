@@ -11,6 +11,14 @@
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
 
+#include "llvm/Analysis/LoopInfo.h"
+#include "llvm/Analysis/ValueTracking.h"
+#include "llvm/IR/Dominators.h"
+#include "llvm/IR/Instructions.h"
+#include "llvm/IR/IntrinsicInst.h"
+#include "llvm/IR/LLVMContext.h"
+#include "llvm/IR/Module.h"
+
 #include <gtest/gtest.h>
 
 namespace {
@@ -117,6 +125,66 @@ TEST_F(CompilerTest, ManifestListsKernelArgumentsByRole) {
                                       "grad_param:w", "grad_seq:k", "grad_seq:b"}));
   EXPECT_EQ(*manifest->getString("layer"), "layer");
   EXPECT_EQ(*manifest->getInteger("version"), ::fwp::kArtifactFormatVersion);
+}
+
+/// A 16x16 f32 fast weight runs the time loop in registers only where the
+/// processor has AVX-512 (32 registers of 64 bytes): for x86-64-v4 the loop
+/// stores nothing to the state's buffer (its rows are carried in registers
+/// and written back after the loop); for x86-64-v3 (16 registers of 32
+/// bytes, where the stack copy would only spill) the rows are loaded and
+/// stored in the loop, from and to the buffer (Artifact.cpp,
+/// foldRegisterStateCopies).
+TEST_F(CompilerTest, MatrixStateInRegistersOnlyWithAvx512) {
+  const char *source = R"mlir(
+    fwp.scan @decay dims(d = 16)
+        seq(%q : vector<16xf32>, %k : vector<16xf32>, %v : vector<16xf32>, %g : vector<16xf32>)
+        states(%W : !fwp.fast_weight<16x16xf32>) outputs(y : vector<16xf32>) {
+      %a = fwp.sigmoid %g : vector<16xf32>
+      %Wd = fwp.scale_rows %W, %a : !fwp.fast_weight<16x16xf32>, vector<16xf32>
+      %W1 = fwp.write_sum %Wd, %k, %v : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
+      %y = fwp.read %W1, %q : !fwp.fast_weight<16x16xf32>, vector<16xf32> -> vector<16xf32>
+      fwp.yield %W1, %y : !fwp.fast_weight<16x16xf32>, vector<16xf32>
+    })mlir";
+  OwningOpRef<ModuleOp> module = parseSourceString<ModuleOp>(source, &context);
+  ASSERT_TRUE(module);
+  PassManager pm(&context);
+  ::fwp::buildFrontEndPipeline(pm);
+  ::fwp::buildCPULoweringPipeline(pm, /*chunk=*/0);
+  ASSERT_TRUE(succeeded(pm.run(*module)));
+
+  // Stores (or copies) into the state's buffer (the aligned pointer of its
+  // memref: argument 1 + 4 seq memrefs of 7 values + 1) inside / outside
+  // loops.
+  auto storesToState = [&](llvm::StringRef cpu) -> std::pair<int, int> {
+    llvm::LLVMContext llvmContext;
+    auto llvmModule = ::fwp::translateToOptimizedLLVM(*module, llvmContext, "{}", cpu);
+    EXPECT_TRUE(succeeded(llvmModule));
+    if (failed(llvmModule))
+      return {-1, -1};
+    llvm::Function *function = (*llvmModule)->getFunction("decay");
+    EXPECT_TRUE(function);
+    if (!function)
+      return {-1, -1};
+    llvm::Value *state = function->getArg(1 + 4 * 7 + 1);
+    llvm::DominatorTree dominators(*function);
+    llvm::LoopInfo loops(dominators);
+    int inLoops = 0, outside = 0;
+    for (llvm::BasicBlock &block : *function)
+      for (llvm::Instruction &inst : block)
+        if (auto *store = llvm::dyn_cast<llvm::StoreInst>(&inst)) {
+          if (llvm::getUnderlyingObject(store->getPointerOperand()) == state)
+            ++(loops.getLoopFor(&block) ? inLoops : outside);
+        } else if (auto *copy = llvm::dyn_cast<llvm::MemCpyInst>(&inst)) {
+          if (llvm::getUnderlyingObject(copy->getRawDest()) == state)
+            ++(loops.getLoopFor(&block) ? inLoops : outside);
+        }
+    return {inLoops, outside};
+  };
+  auto [v4InLoops, v4Outside] = storesToState("x86-64-v4");
+  EXPECT_EQ(v4InLoops, 0);
+  EXPECT_GT(v4Outside, 0);
+  auto [v3InLoops, v3Outside] = storesToState("x86-64-v3");
+  EXPECT_GT(v3InLoops, 0);
 }
 
 TEST_F(CompilerTest, ManifestNeedsOneDifferentiatedLayer) {
