@@ -344,6 +344,15 @@ public:
   }
   /// target[e, :] = source[e, :] for every row (any strided layouts).
   void copyRows(Value source, Value target) {
+    // From a state kept in registers, row by row without a loop: LLVM would
+    // make the loop a call to memcpy and spill the registers around it.
+    if (registerStates.contains(source)) {
+      int64_t rows = cast<MemRefType>(source.getType()).getDimSize(0);
+      for (int64_t e = 0; e < rows; ++e)
+        vector::StoreOp::create(b, loc, row(source, index(e)), target,
+                                ValueRange{index(e), index(0)});
+      return;
+    }
     forRows(source, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
       vector::StoreOp::create(b, loc, row(source, e), target,
                               ValueRange{e, index(0)});
@@ -402,10 +411,12 @@ private:
   /// half the register file: the step's vectors need the rest).
   static constexpr int64_t kRegisterStateBytes = 1024;
   /// The local copies of the matrix states that fit in registers
-  /// (kRegisterStateBytes), none where a matrix is an output per step: for
-  /// each, the argument buffer and its copy, which then stands for the
-  /// state in `stateBuffers`.
+  /// (kRegisterStateBytes): for each, the argument buffer and its copy,
+  /// which then stands for the state in `stateBuffers` (and is in
+  /// `registerStates`).
   SmallVector<std::pair<Value, Value>> keepStatesInRegisters();
+  /// The local copies of keepStatesInRegisters.
+  llvm::DenseSet<Value> registerStates;
   LogicalResult lowerOp(Operation *op);
   LogicalResult lowerBody(Value t, ValueRange vectorStates,
                           SmallVectorImpl<Value> &nextVectorStates);

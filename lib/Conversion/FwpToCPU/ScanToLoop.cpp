@@ -419,13 +419,6 @@ LogicalResult ScanLowering::run() {
 
 SmallVector<std::pair<Value, Value>> ScanLowering::keepStatesInRegisters() {
   SmallVector<std::pair<Value, Value>> copies;
-  // A matrix output per step (the tape of a stored or checkpointed
-  // backward) is copied out of the state at every step: LLVM makes that a
-  // call to memcpy, around which it would spill all the registers.
-  if (llvm::any_of(scan.getOutputTypes(), [](Attribute type) {
-        return isa<FastWeightType>(cast<TypeAttr>(type).getValue());
-      }))
-    return copies;
   auto bytesOf = [](FastWeightType type) {
     return type.getKeyDim() * type.getValueDim() *
            type.getElementType().getIntOrFloatBitWidth() / 8;
@@ -453,6 +446,7 @@ SmallVector<std::pair<Value, Value>> ScanLowering::keepStatesInRegisters() {
         memref::AllocaOp::create(b, loc, cast<MemRefType>(buffer.getType()));
     memref::CopyOp::create(b, loc, buffer, local);
     copies.push_back({buffer, local});
+    registerStates.insert(local);
     buffer = local;
   }
   return copies;

@@ -118,10 +118,7 @@ fwp.scan @elu_grad_from_the_map seq(%x : vector<16xf32>)
 // Matrix states are kept in registers while the scan's matrices fit in
 // 1 KiB: of two 16x16 f32 states (1 KiB each, as a backward's weight and
 // its adjoint; both would take all 32 AVX-512 registers) the first runs in
-// a copy, the second in its buffer. A state that is copied to a matrix
-// output at every step stays in its buffer (@old_state_as_output in
-// fast-weight-vector-code.mlir): LLVM calls memcpy for the copy, and would
-// spill the registers around the call.
+// a copy, the second in its buffer.
 // CHECK-LABEL: func.func @states_beyond_the_registers
 // CHECK-SAME: %[[A:[^:]*]]: memref<16x16xf32>, %[[B:[^:]*]]: memref<16x16xf32>
 // CHECK: %[[AL:.*]] = memref.alloca() : memref<16x16xf32>
