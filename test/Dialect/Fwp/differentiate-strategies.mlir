@@ -97,7 +97,8 @@ fwp.scan @computed_key seq(%k : vector<2xf32>, %v : vector<2xf32>, %b : f32) sta
 // CHECK-NEXT: seq(%k: vector<2xf32>, %v: vector<2xf32>, %b: f32, %grad.y: vector<2xf32>, %tape.W.0.delta: vector<2xf32>)
 // CHECK: %[[E:.*]] = fwp.elu_plus_one %k
 // CHECK-NEXT: %[[PHI:.*]] = fwp.sum_norm %[[E]]
-// CHECK-NEXT: %[[NEG:.*]] = fwp.neg %tape.W.0.delta
+// CHECK-NEXT: %[[U:.*]] = fwp.scale %tape.W.0.delta, %b
+// CHECK-NEXT: %[[NEG:.*]] = fwp.neg %[[U]]
 // CHECK-NEXT: %[[PREV:.*]] = fwp.write_sum %W, %[[PHI]], %[[NEG]]
 // CHECK-NOT: fwp.sum_norm %
 // CHECK: fwp.yield %[[PREV]],
@@ -112,7 +113,8 @@ fwp.scan @state_key seq(%v : vector<2xf32>, %b : f32) states(%W : !fwp.fast_weig
 // CHECK-LABEL: fwp.scan @state_key_train
 // CHECK: outputs(y : vector<2xf32>, tape.W.0.key : vector<2xf32>, tape.W.0.delta : vector<2xf32>, tape.h.prev : vector<2xf32>) attributes
 // CHECK-LABEL: fwp.scan @state_key_grad reverse
-// CHECK: %[[NEG:.*]] = fwp.neg %tape.W.0.delta
+// CHECK: %[[U:.*]] = fwp.scale %tape.W.0.delta, %b
+// CHECK-NEXT: %[[NEG:.*]] = fwp.neg %[[U]]
 // CHECK-NEXT: %[[PREV:.*]] = fwp.write_sum %W, %tape.W.0.key, %[[NEG]]
 
 // A scan that runs backwards in time has a backward that runs forwards; a

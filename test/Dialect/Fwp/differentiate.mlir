@@ -128,15 +128,18 @@ fwp.scan @delta seq(%k : vector<2xf32>, %v : vector<2xf32>, %b : f32, %q : vecto
 // CHECK: fwp.dpfp_grad %x, %grad.y nu(1) : vector<2xf32>, vector<4xf32>
 
 // CHECK-LABEL: fwp.scan @delta_train
+// The tape holds the residual v - vbar: the backward rebuilds the written row
+// b (v - vbar) from it as the forward did, and vbar without a read.
 // CHECK: %[[W1:.*]], %[[VBAR:.*]] = fwp.write_delta %W, %k, %v, %b
 // CHECK: %[[DIFF:.*]] = fwp.sub %v, %[[VBAR]]
-// CHECK-NEXT: %[[U:.*]] = fwp.scale %[[DIFF]], %b
-// CHECK-NEXT: fwp.yield %[[W1]], %{{.*}}, %[[U]] :
+// CHECK-NEXT: fwp.yield %[[W1]], %{{.*}}, %[[DIFF]] :
 // CHECK-LABEL: fwp.scan @delta_grad reverse
-// CHECK: %[[N:.*]] = fwp.neg %tape.W.0.delta
+// CHECK: %[[U0:.*]] = fwp.scale %tape.W.0.delta, %b
+// CHECK-NEXT: %[[N:.*]] = fwp.neg %[[U0]]
 // CHECK-NEXT: %[[PREV:.*]] = fwp.write_sum %W, %k, %[[N]]
-// CHECK-NEXT: %[[VBAR:.*]] = fwp.read %[[PREV]], %k
-// CHECK-NEXT: %[[DQ:.*]] = fwp.read_transposed %W, %grad.y
+// CHECK-NEXT: %[[VBAR:.*]] = fwp.sub %v, %tape.W.0.delta
+// CHECK-NOT: fwp.read %
+// CHECK: %[[DQ:.*]] = fwp.read_transposed %W, %grad.y
 // CHECK-NEXT: %[[G:.*]] = fwp.write_sum %grad.state.W, %q, %grad.y
 // CHECK-NEXT: %[[DIFF:.*]] = fwp.sub %v, %[[VBAR]]
 // The adjoint's own update G - b k (x) (G^T k) is a delta-rule write of G

@@ -224,7 +224,7 @@ Value WriteSumOp::buildInverse(OpBuilder &builder, Value newWeight,
   return WriteSumOp::create(builder, getLoc(), newWeight, tape[0],
                             NegOp::create(builder, getLoc(), tape[1]));
 }
-void WriteSumOp::recomputeOtherResults(OpBuilder &, IRMapping &) {}
+void WriteSumOp::recomputeOtherResults(OpBuilder &, IRMapping &, ValueRange) {}
 std::optional<LinearUpdate> WriteSumOp::getLinearUpdate() {
   return LinearUpdate{{}, getKey(), getValue(), {}, {}};
 }
@@ -285,24 +285,27 @@ Value WriteDeltaOp::getUpdatedWeight() { return getWeight(); }
 Value WriteDeltaOp::getUpdateResult() { return getNewWeight(); }
 bool WriteDeltaOp::isInvertible() { return true; }
 SmallVector<Value> WriteDeltaOp::buildInverseTape(OpBuilder &builder) {
-  // The written row: delta = beta (v - vbar).
+  // The key, the residual v - vbar and the rate: the backward gets the
+  // written row beta (v - vbar) from them as the forward computed it, and
+  // vbar without reading the rebuilt weight again.
   Value diff = SubOp::create(builder, getLoc(), getValue(), getRetrieved());
-  return {getKey(), ScaleOp::create(builder, getLoc(), diff, getBeta())};
+  return {getKey(), diff, getBeta()};
 }
 Value WriteDeltaOp::buildInverse(OpBuilder &builder, Value newWeight,
                                  ValueRange tape) {
-  // W = W' - k (x) delta.
+  // W = W' - k (x) delta, delta = beta (v - vbar).
+  Value delta = ScaleOp::create(builder, getLoc(), tape[1], tape[2]);
   return WriteSumOp::create(builder, getLoc(), newWeight, tape[0],
-                            NegOp::create(builder, getLoc(), tape[1]));
+                            NegOp::create(builder, getLoc(), delta));
 }
 std::optional<LinearUpdate> WriteDeltaOp::getLinearUpdate() {
   return LinearUpdate{{}, getKey(), getValue(), getBeta(), getRetrieved()};
 }
-void WriteDeltaOp::recomputeOtherResults(OpBuilder &builder, IRMapping &mapping) {
-  // vbar is re-read from the rebuilt weight before the write.
+void WriteDeltaOp::recomputeOtherResults(OpBuilder &builder, IRMapping &mapping,
+                                         ValueRange tape) {
+  // vbar = v - (v - vbar), from the tape's residual.
   Value retrieved =
-      ReadOp::create(builder, getLoc(), getRetrieved().getType(),
-                     mapping.lookup(getWeight()), mapping.lookup(getKey()));
+      SubOp::create(builder, getLoc(), mapping.lookup(getValue()), tape[1]);
   mapping.map(getRetrieved(), retrieved);
 }
 

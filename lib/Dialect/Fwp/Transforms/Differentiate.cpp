@@ -53,6 +53,9 @@ static std::string tapeKeyName(StringRef state, unsigned i) {
 static std::string tapeDeltaName(StringRef state, unsigned i) {
   return ("tape." + state + "." + Twine(i) + ".delta").str();
 }
+static std::string tapeRateName(StringRef state, unsigned i) {
+  return ("tape." + state + "." + Twine(i) + ".rate").str();
+}
 static std::string tapePrevName(StringRef state) {
   return ("tape." + state + ".prev").str();
 }
@@ -276,6 +279,7 @@ static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
         recomputed.push_back(Value());
         tapeNames.push_back(j == 0   ? tapeKeyName(state.name, i)
                             : j == 1 ? tapeDeltaName(state.name, i)
+                            : j == 2 ? tapeRateName(state.name, i)
                                      : ("tape." + state.name + "." + Twine(i) +
                                         "." + Twine(j))
                                            .str());
@@ -454,7 +458,8 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   unsigned tapeIndex = numSeq + numOutputs;
   unsigned matrixIndex = 0;
   SmallVector<Value> rebuiltMatrices;
-  llvm::DenseMap<Operation *, Value> retrievedSource; // write -> weight before
+  // Per update of an inverted chain, the backward's values of its tape.
+  llvm::DenseMap<Operation *, SmallVector<Value>> updateTapes;
   for (const StateInfo &state : states) {
     if (!state.inverts()) {
       forward.map(state.arg, gradSeqArgs[tapeIndex++]);
@@ -471,6 +476,7 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
       auto update = cast<FastWeightUpdateOpInterface>(state.chain[i]);
       forward.map(update.getUpdateResult(), current);
       current = update.buildInverse(builder, current, tapes[i]);
+      updateTapes[state.chain[i]] = tapes[i];
     }
     forward.map(state.arg, current);
     rebuiltMatrices.push_back(current);
@@ -484,8 +490,8 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
     chainWrites.insert(state.chain.begin(), state.chain.end());
   for (Operation &op : scan.getBodyBlock().without_terminator()) {
     if (chainWrites.contains(&op)) {
-      cast<FastWeightUpdateOpInterface>(op).recomputeOtherResults(builder,
-                                                                  forward);
+      cast<FastWeightUpdateOpInterface>(op).recomputeOtherResults(
+          builder, forward, updateTapes.lookup(&op));
       continue;
     }
     if (op.getNumResults() > 0 && forward.contains(op.getResult(0)))

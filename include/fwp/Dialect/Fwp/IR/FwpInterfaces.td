@@ -65,10 +65,12 @@ def Fwp_FastWeightUpdateOpInterface : OpInterface<"FastWeightUpdateOpInterface">
       "std::optional<::mlir::fwp::LinearUpdate>", "getLinearUpdate", (ins),
       /*methodBody=*/"", /*defaultImplementation=*/"return std::nullopt;">,
     InterfaceMethod<"In a backward body where the weights before and after "
-      "the update are already rebuilt (and mapped in `mapping`), emits the "
-      "op's other results and maps them.",
+      "the update are already rebuilt (and mapped in `mapping`) from the "
+      "backward's values of `buildInverseTape` (`tape`), emits the op's other "
+      "results and maps them.",
       "void", "recomputeOtherResults",
-      (ins "::mlir::OpBuilder &":$builder, "::mlir::IRMapping &":$mapping),
+      (ins "::mlir::OpBuilder &":$builder, "::mlir::IRMapping &":$mapping,
+           "::mlir::ValueRange":$tape),
       /*methodBody=*/"", /*defaultImplementation=*/"return;">
   ];
 }
