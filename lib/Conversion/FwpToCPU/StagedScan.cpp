@@ -5,24 +5,25 @@
 // has two fast weights, W (rebuilt backwards) and its adjoint G, and reads
 // each with queries computed from reads of the other: delta_net's
 //
-//   W_prev = W - k (x) delta        (rebuilt: coefficients from the inputs)
-//   vbar   = W_prev^T k             (a read of W)
+//   W_prev = W - k (x) b r          (rebuilt: r = v - vbar off the tape)
 //   G1     = G + q (x) dy           (the adjoint: coefficients from inputs)
 //   G_prev, du = write_delta(G1, k, 0, b)
-//   dk     = G1 (b (v - vbar)) + W_prev (-b du)
+//   dk     = G1 (b r) + W_prev (-b du),   dq = W_prev dy + ...
 //
 // Neither weight's update needs the other's reads, so the step splits into
 // passes over the whole sequence, each the update of one weight and the
-// reads of it whose queries earlier passes computed: W (vbar, W^T dy), G
-// (du, G1 (b (v - vbar))), W again (W_prev (-b du)). Each pass is a scan of
-// one fast weight, which takes the chunkwise form; the values that cross
-// passes go through [T, n] buffers. A weight rebuilt in several passes
-// starts each but its last from a copy of its initial value.
+// reads of it whose queries earlier passes computed: G (du, G1 (b r)), then
+// W (W_prev dy, W_prev (-b du)). Each pass is a scan of one fast weight,
+// which takes the chunkwise form; the values that cross passes go through
+// [T, n] buffers. A weight rebuilt in several passes (where a read of W
+// feeds G's step, as a retrieval recomputed from W_prev would: W, G, W
+// again) starts each but its last from a copy of its initial value.
 //
 // The passes are found greedily: in rounds over the weights, a weight gets
 // a pass when some unread read of it has its query ready (or when it has
 // had none yet and its update's coefficients are ready); each pass then
-// takes the vector work that its results make computable.
+// takes the vector work that its results make computable. A weight whose
+// reads are all ready goes before the others (delta_net's G before W).
 //
 // Vector states: the weights in a recurrence with them -- with a read (or
 // a retrieval) that depends on a vector state, through its query or the
@@ -394,11 +395,26 @@ std::optional<StagePlan> planStages(ScanOp scan) {
     return true;
   };
 
+  auto allReadsReady = [&](unsigned s) {
+    unsigned pass = plan.passStates.size();
+    return llvm::all_of(reads, [&](Operation *read) {
+      return plan.stateOf.lookup(read) != s ||
+             readyBefore(read->getOperand(1), pass);
+    });
+  };
+
   while (true) {
     bool progress = false;
     if (!grouped) {
+      // A weight whose reads all have their queries ready goes first:
+      // placed before them, it would need a second pass (and a second
+      // rebuild) for the reads that wait on the others.
       for (unsigned s : weights)
-        progress |= placeWeight(s, !plan.firstPass.contains(s));
+        if (!plan.firstPass.contains(s) && allReadsReady(s))
+          progress |= placeWeight(s, /*first=*/true);
+      if (!progress)
+        for (unsigned s : weights)
+          progress |= placeWeight(s, !plan.firstPass.contains(s));
     } else {
       // The late group and first passes before passes that rebuild a
       // weight: a later pass of a weight then takes more of its reads.

@@ -51,6 +51,30 @@ fwp.scan @two_weights seq(%k : vector<4xf32>, %v : vector<4xf32>, %x : vector<4x
   fwp.yield %W1, %V1, %y, %z : !fwp.fast_weight<4x4xf32>, !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
 }
 
+// A weight whose reads all take ready queries goes first, so that the other
+// one takes all its reads in one pass: V (read with x alone), then W, read
+// with x and with V's result (two passes; W first would need W, V, W again,
+// as @two_weights does). The first pass starts from V itself: each weight
+// is rebuilt once, no copy.
+// CHECK-LABEL: func.func @ready_first(
+// CHECK-SAME: %[[W:arg4]]: memref<4x4xf32>, %[[V:arg5]]: memref<4x4xf32>
+// CHECK-SAME: fwp.chunk = 4 : i64, fwp.stages = 2 : i64
+// CHECK-NOT: memref.copy
+// CHECK: call @ready_first__stage0({{.*}}, %[[V]],
+// CHECK-NEXT: call @ready_first__stage1({{.*}}, %[[W]],
+// CHECK: return
+fwp.scan @ready_first seq(%k : vector<4xf32>, %v : vector<4xf32>, %x : vector<4xf32>)
+    states(%W : !fwp.fast_weight<4x4xf32>, %V : !fwp.fast_weight<4x4xf32>)
+    outputs(y : vector<4xf32>, z : vector<4xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %a = fwp.read %W1, %x : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  %V1 = fwp.write_sum %V, %x, %k : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %b = fwp.read_transposed %V1, %x : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  %z = fwp.add %b, %a : vector<4xf32>
+  %y = fwp.read %W, %b : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  fwp.yield %W1, %V1, %y, %z : !fwp.fast_weight<4x4xf32>, !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+}
+
 // A weight whose update takes a coefficient from a read of another weight
 // is updated in a pass after that weight's (W, then V); two weights that
 // take coefficients from each other's reads do not split: one recurrent
