@@ -237,7 +237,15 @@ LogicalResult WriteDeltaOp::buildAdjoint(AdjointEmitter &a) {
   Value gW = a.adjointOf(getNewWeight());
   Value gRetrieved = a.adjointOf(getRetrieved());
   Value key = r.m(getKey()), beta = r.m(getBeta());
-  Value diff = SubOp::create(b, loc, r.m(getValue()), r.m(getRetrieved()));
+  // v - vbar: in the backward of an inverted write, vbar is recomputed as
+  // v - r from the tape's residual r (recomputeOtherResults); r itself is
+  // the forward's value.
+  Value diff;
+  if (auto recomputed = r.m(getRetrieved()).getDefiningOp<SubOp>();
+      recomputed && recomputed.getLhs() == r.m(getValue()))
+    diff = recomputed.getRhs();
+  else
+    diff = SubOp::create(b, loc, r.m(getValue()), r.m(getRetrieved()));
   Value du, dv, dk, previousAdjoint;
   if (gW && !gRetrieved) {
     // G - beta k (x) (G^T k) is itself a delta-rule write of G (value 0)
