@@ -349,10 +349,16 @@ struct Contender {
 };
 
 /// Runs every contender once as a warm-up, then `repeats` rounds of all of
-/// them in turn (so that a noisy moment slows each alike).
+/// them in turn (so that a noisy moment slows each alike), each round
+/// starting one contender later: a run is slowed by what ran just before it
+/// (in a fixed order the chunkwise peer, and the baseline after the current
+/// kernels, ran up to 1.3x slower at (8,8,256,16); docs/benchmarks.md,
+/// "Session 14"), so every contender follows every other alike.
 void timeInterleaved(std::vector<Contender> &contenders, int repeats) {
+  size_t n = contenders.size();
   for (int round = 0; round <= repeats; ++round)
-    for (Contender &c : contenders) {
+    for (size_t i = 0; i < n; ++i) {
+      Contender &c = contenders[(i + round) % n];
       auto start = Clock::now();
       c.run();
       if (round > 0)
