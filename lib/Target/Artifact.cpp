@@ -174,7 +174,9 @@ static llvm::json::Array kernelArgs(mlir::fwp::ScanOp scan, StringRef role) {
     StringRef argRole = "seq";
     if (name.starts_with("tape.")) {
       argRole = "tape";
-    } else if (backward && name.consume_front("grad.")) {
+    } else if (role != "forward" && name.consume_front("grad.")) {
+      // The backward's output gradients; the training forward's too when
+      // it computes reads of them (the energy form, docs/design.md).
       argRole = "grad_output";
     }
     args.push_back(bufferArg(argRole, name, arg.getType(), true));
@@ -189,6 +191,8 @@ static llvm::json::Array kernelArgs(mlir::fwp::ScanOp scan, StringRef role) {
       argRole = "grad_state";
     else if (name.consume_front("grad.param."))
       argRole = "grad_param";
+    else if (backward && name.consume_front("energy."))
+      argRole = "energy"; // rowsum(adj(W) (.) W) of the fast weight `name`
     args.push_back(bufferArg(argRole, name, arg.getType(), false));
   }
   for (auto [i, type] : llvm::enumerate(scan.getOutputTypes())) {

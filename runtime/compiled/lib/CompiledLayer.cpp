@@ -2,6 +2,7 @@
 
 #include "fwp/runtime/CompiledLayer.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 #include <torch/autograd.h>
@@ -34,7 +35,7 @@ constexpr int kFormatVersion = kArtifactFormatVersion;
 const std::set<std::string> &knownRoles() {
   static const std::set<std::string> roles = {
       "seq",  "param",       "state",      "output",     "tape",
-      "grad_output", "grad_state", "grad_param", "grad_seq"};
+      "grad_output", "grad_state", "grad_param", "grad_seq", "energy"};
   return roles;
 }
 
@@ -232,7 +233,8 @@ std::vector<int64_t> tensorShape(const KernelArg &arg, int64_t batch,
 /// entry by name.
 std::vector<Buffer> forwardBuffers(const Artifact &artifact, const CpuKernel &kernel,
                                    const TensorMap &inputs, int64_t batch, int64_t heads,
-                                   int64_t steps, TensorMap &results) {
+                                   int64_t steps, TensorMap &results,
+                                   const TensorMap &grads = {}) {
   auto options = torch::TensorOptions().dtype(artifact.dtype());
   for (const TensorSpec &state : artifact.signature().states) {
     auto init = inputs.find(initName(state.name));
@@ -253,6 +255,12 @@ std::vector<Buffer> forwardBuffers(const Artifact &artifact, const CpuKernel &ke
     } else if (arg.role == "output" || arg.role == "tape") {
       buffer.tensor = emptyReusingMemory(tensorShape(arg, batch, heads, steps), options);
       results[arg.name] = buffer.tensor;
+    } else if (arg.role == "grad_output") {
+      // The energy form's training forward reads the output gradients.
+      auto grad = grads.find("grad." + arg.name);
+      buffer.tensor = grad != grads.end() && grad->second.defined()
+                          ? contiguousReusingMemory(grad->second.detach().to(artifact.dtype()))
+                          : torch::zeros(tensorShape(arg, batch, heads, steps), options);
     } else {
       throw Error(artifact.path() + ": kernel " + kernel.symbol +
                   " has an argument of role '" + arg.role + "' in a forward kernel");
@@ -266,10 +274,10 @@ std::vector<Buffer> forwardBuffers(const Artifact &artifact, const CpuKernel &ke
 /// returns "y", "final.<state>" and, for forward_train, the tape by name.
 TensorMap runCpuForward(const Artifact &artifact, const CpuKernel &kernel,
                         const TensorMap &inputs, int64_t batch, int64_t heads,
-                        int64_t steps) {
+                        int64_t steps, const TensorMap &grads) {
   TensorMap results;
   std::vector<Buffer> buffers =
-      forwardBuffers(artifact, kernel, inputs, batch, heads, steps, results);
+      forwardBuffers(artifact, kernel, inputs, batch, heads, steps, results, grads);
   runKernel(kernel, buffers, batch, heads, steps);
   return results;
 }
@@ -314,6 +322,8 @@ TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
     } else if (arg.role == "grad_seq") {
       buffer.tensor = emptyReusingMemory(shape, options);
       results["grad." + arg.name] = buffer.tensor;
+    } else if (arg.role == "energy") {
+      buffer.tensor = initialEnergy(arg.name, shape, forwardResults, grads);
     } else {
       throw Error(artifact.path() + ": role '" + arg.role + "' in the backward kernel");
     }
@@ -489,9 +499,27 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
   };
   std::vector<std::optional<Buffer>> trainShared, backwardShared;
   for (const KernelArg &arg : train.args)
-    trainShared.push_back(inputBuffer(arg, inputs));
+    trainShared.push_back(arg.role == "grad_output" ? shared(arg) : inputBuffer(arg, inputs));
   for (const KernelArg &arg : backward.args)
     backwardShared.push_back(shared(arg));
+  // Energy form: per "energy" argument of the backward, the indices of its
+  // weight's gradient (backward) and state (forward_train) arguments.
+  struct EnergyArgs {
+    size_t energy, grad, state;
+  };
+  std::vector<EnergyArgs> energyArgs;
+  for (size_t i = 0; i < backward.args.size(); ++i) {
+    if (backward.args[i].role != "energy")
+      continue;
+    auto find = [&](const CpuKernel &kernel, const std::string &role) {
+      for (size_t j = 0; j < kernel.args.size(); ++j)
+        if (kernel.args[j].role == role && kernel.args[j].name == backward.args[i].name)
+          return j;
+      throw Error(artifact.path() + ": energy '" + backward.args[i].name + "' has no " + role +
+                  " argument in kernel " + kernel.symbol);
+    };
+    energyArgs.push_back({i, find(backward, "grad_state"), find(train, "state")});
+  }
 
   at::parallel_for(0, shape.batch * shape.heads, 1, [&](int64_t first, int64_t last) {
     // This thread's scratch, one segment long: forward_train's states,
@@ -516,6 +544,8 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
         backwardBuffers.push_back(local(arg, "tape"));
       else if (arg.role == "state")
         backwardBuffers.push_back(local(arg, "rebuilt"));
+      else if (arg.role == "energy")
+        backwardBuffers.push_back(local(arg, "energy"));
       else
         throw Error(artifact.path() + ": role '" + arg.role + "' in the backward kernel");
     }
@@ -546,6 +576,22 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
                         scratch.at("state." + arg.name).data_ptr(),
                         blockElements(arg, 0) * backwardBuffers[i].tensor.element_size());
         }
+        // E = rowsum(adj(W) (.) W) at the segment's end: the gradient
+        // carried in from the later segments and forward_train's final state.
+        for (const EnergyArgs &e : energyArgs)
+          AT_DISPATCH_FLOATING_TYPES(artifact.dtype(), "fwp_energy", [&] {
+            auto *energy = reinterpret_cast<scalar_t *>(backwardData[e.energy]);
+            auto *grad = reinterpret_cast<const scalar_t *>(backwardData[e.grad]);
+            auto *weight = reinterpret_cast<const scalar_t *>(trainData[e.state]);
+            int64_t rows = blockElements(backward.args[e.energy], 0);
+            int64_t columns = blockElements(backward.args[e.grad], 0) / rows;
+            for (int64_t row = 0; row < rows; ++row) {
+              scalar_t sum = 0;
+              for (int64_t column = 0; column < columns; ++column)
+                sum += grad[row * columns + column] * weight[row * columns + column];
+              energy[row] = sum;
+            }
+          });
         callKernel(backward, backwardData, steps);
       }
   });
@@ -636,11 +682,13 @@ TensorMap trainBackward(const Artifact &artifact, const TensorMap &inputs, int64
       if (auto it = saved.find(checkpointName(segment, state.name)); it != saved.end())
         states[state.name] = it->second;
     TensorMap segmentIn = segmentInputs(artifact, inputs, begin, end, states);
-    TensorMap forwardResults = runCompiledForward(artifact, segmentIn, /*train=*/true);
-    forwardResults.erase("y");
     TensorMap segmentGrads = carried;
     if (auto gradY = grads.find("grad.y"); gradY != grads.end() && gradY->second.defined())
       segmentGrads["grad.y"] = gradY->second.narrow(2, begin, end - begin).contiguous();
+    // The energy form's forward_train reads the output gradients.
+    TensorMap forwardResults =
+        runCompiledForward(artifact, segmentIn, /*train=*/true, segmentGrads);
+    forwardResults.erase("y");
     TensorMap results = runCompiledBackward(artifact, segmentIn, forwardResults, segmentGrads);
     for (const TensorSpec &spec : signature.seq)
       seqGrads[segment]["grad." + spec.name] = results.at("grad." + spec.name);
@@ -1213,6 +1261,13 @@ std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCo
       } else if (role == "tape") {
         expected = specShape(artifact->tape_, arg.name);
         perStep = true;
+      } else if (role == "energy") {
+        // rowsum(adj(W) (.) W): one number per row of the fast weight.
+        expected = specShape(signature.states, arg.name);
+        if (expected && expected->size() == 2)
+          expected->resize(1);
+        else
+          expected = std::nullopt;
       }
       if (!expected)
         reader.fail("kernels.cpu", "symbol " + kernel->symbol + ": " + role + " '" +
@@ -1308,18 +1363,19 @@ TensorMap CompiledLayer::forward(const TensorMap &inputs) const {
   return outputs;
 }
 
-TensorMap runCompiledForward(const Artifact &artifact, const TensorMap &inputs, bool train) {
+TensorMap runCompiledForward(const Artifact &artifact, const TensorMap &inputs, bool train,
+                             const TensorMap &grads) {
   PreparedCall call = prepareCall(artifact, inputs);
   TensorMap results;
   if (call.cuda) {
-    TensorMap all = cuda::runForward(*call.cuda, inputs, train);
+    TensorMap all = cuda::runForward(*call.cuda, inputs, train, grads);
     for (const auto &[name, shape] : compiledForwardShapes(
              artifact, call.shape.batch, call.shape.heads, call.shape.steps, train))
       results[name] = all.at(name);
     return results;
   }
   return runCpuForward(artifact, train ? artifact.forwardTrain() : artifact.forward(), inputs,
-                       call.shape.batch, call.shape.heads, call.shape.steps);
+                       call.shape.batch, call.shape.heads, call.shape.steps, grads);
 }
 
 namespace {

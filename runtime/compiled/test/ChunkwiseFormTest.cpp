@@ -125,8 +125,16 @@ TEST_P(ChunkwiseMatchesRecurrent, OutputsFinalStatesAndGradients) {
   }
   for (const auto &[name, value] : want.gradients) {
     ASSERT_TRUE(got.gradients.at(name).defined()) << "no gradient for " << name;
-    EXPECT_LE(relativeError(got.gradients.at(name), value), tolerance)
-        << "gradient of " << name;
+    // The energy form of a decaying weight's backward (docs/design.md)
+    // rounds E = a (.) da into a running sum over each checkpoint segment;
+    // the gradient of one decay shared by every step (retnet's param) sums
+    // those errors, relative ~1e-3 in f32 where the decay is sigmoid(-6) =
+    // 0.0025 (1e-6 at sigmoid(0)). The form of the training forward changes
+    // the rounding of the reads it feeds in.
+    double bound = name == "decay" && artifact->dtype() == torch::kFloat && c.decayShift < 0
+                       ? 2e-3
+                       : tolerance;
+    EXPECT_LE(relativeError(got.gradients.at(name), value), bound) << "gradient of " << name;
   }
 }
 
@@ -164,8 +172,8 @@ INSTANTIATE_TEST_SUITE_P(LinearLayers, ChunkwiseMatchesRecurrent, testing::Value
 /// The manifest says which form each CPU kernel took: the forward and
 /// training forward of the --chunk artifacts are chunkwise (except where the
 /// training forward records the matrix itself, as under store), the
-/// backward scans of the decaying layers (which read the stored matrices)
-/// and every --chunk=off kernel recurrent; delta_net's backward runs in
+/// backward scans of the decaying layers (whose adjoint writes come before
+/// the decay) and every --chunk=off kernel recurrent; delta_net's backward runs in
 /// chunkwise passes (below). Were both artifacts of a layer compiled alike,
 /// the comparisons above would pass vacuously.
 TEST(ChunkwiseForm, ManifestSaysWhichKernelsAreChunkwise) {
@@ -180,12 +188,13 @@ TEST(ChunkwiseForm, ManifestSaysWhichKernelsAreChunkwise) {
     EXPECT_EQ(recurrent->forward().chunk, 0) << layer;
     EXPECT_EQ(recurrent->forwardTrain().chunk, 0) << layer;
   }
-  // delta_net's training forward records vectors (invert): chunkwise; gla's
-  // records the matrix before each step (checkpoint): recurrent.
+  // delta_net's training forward records vectors (invert): chunkwise; so
+  // does gla's (checkpoint, energy form: the reads W g of the output
+  // gradients, no matrix).
   auto deltaNet = fwp::Artifact::load(artifactPath("delta_net_f64_chunk"));
   EXPECT_EQ(deltaNet->forwardTrain().chunk, 4);
   auto gla = fwp::Artifact::load(artifactPath("gla_f64_chunk"));
-  EXPECT_EQ(gla->forwardTrain().chunk, 0);
+  EXPECT_EQ(gla->forwardTrain().chunk, 4);
   // The f64 whole-tile artifacts: chunks of 8, the backward of delta_net
   // and two_writes (inverted writes) in chunkwise passes too.
   for (std::string layer : {"delta_net", "two_writes", "reverse_decay_two_writes"}) {

@@ -261,7 +261,7 @@ Cache::Function &loadFunction(const Driver &driver, CUcontext context,
 const std::set<std::string> &knownRoles() {
   static const std::set<std::string> roles = {
       "seq",  "param",       "state",      "output",     "tape",
-      "grad_output", "grad_state", "grad_param", "grad_seq"};
+      "grad_output", "grad_state", "grad_param", "grad_seq", "energy"};
   return roles;
 }
 

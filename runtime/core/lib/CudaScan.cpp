@@ -115,7 +115,7 @@ const std::string &KernelBundle::image(const KernelSpec &spec) const {
 }
 
 TensorMap runForward(const KernelBundle &bundle, const TensorMap &inputs,
-                     bool train) {
+                     bool train, const TensorMap &grads) {
   const KernelSpec &spec = train ? bundle.forwardTrain : bundle.forward;
   auto [B, H, T] = sizesOf(spec, inputs);
   torch::Device device = inputs.begin()->second.device();
@@ -138,6 +138,11 @@ TensorMap runForward(const KernelBundle &bundle, const TensorMap &inputs,
     } else if (arg.role == "output" || arg.role == "tape") {
       tensor = torch::empty(shape, options);
       results[arg.name] = tensor;
+    } else if (arg.role == "grad_output") {
+      auto grad = grads.find("grad." + arg.name);
+      tensor = grad != grads.end() && grad->second.defined()
+                   ? grad->second.to(spec.dtype).contiguous()
+                   : torch::zeros(shape, options);
     } else {
       throw Error(what + ": argument role '" + arg.role + "' in a forward kernel");
     }
@@ -181,6 +186,8 @@ TensorMap runBackward(const KernelBundle &bundle, const TensorMap &inputs,
     } else if (arg.role == "grad_seq") {
       tensor = torch::empty(shape, options);
       results["grad." + arg.name] = tensor;
+    } else if (arg.role == "energy") {
+      tensor = initialEnergy(arg.name, shape, forwardResults, grads);
     } else {
       throw Error(what + ": argument role '" + arg.role + "' in a backward kernel");
     }

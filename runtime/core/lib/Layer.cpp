@@ -139,6 +139,18 @@ std::vector<std::string> dimNames(const LayerSignature &signature) {
 std::string initName(const std::string &state) { return "init." + state; }
 std::string finalName(const std::string &state) { return "final." + state; }
 
+torch::Tensor initialEnergy(const std::string &state, const std::vector<int64_t> &shape,
+                            const TensorMap &forwardResults, const TensorMap &grads) {
+  const torch::Tensor &weight = forwardResults.at(finalName(state));
+  auto grad = grads.find("grad." + finalName(state));
+  if (grad == grads.end() || !grad->second.defined())
+    return torch::zeros(shape, weight.options());
+  return (grad->second.to(weight.scalar_type()).view(weight.sizes()) * weight)
+      .sum(-1)
+      .reshape(shape)
+      .contiguous();
+}
+
 CallShape validateInputs(const LayerSignature &signature, const Dims &dims,
                          const TensorMap &inputs) {
   const std::string &layer = signature.layer;

@@ -43,8 +43,12 @@ fwp.scan @sum_store seq(%k : vector<2xf32>, %v : vector<3xf32>) states(%W : !fwp
 // CHECK: fwp.backward = {W = "store"}
 // CHECK: fwp.write_sum %tape.W.prev, %k, %v
 
-// A decay is not invertible: the default is checkpoint:64. Its IR is that of
-// store (the runtime recomputes the tape per segment of 64 steps).
+// A decay is not invertible: the default is checkpoint:64 (the runtime
+// recomputes forward_train per segment of 64 steps). The weight is used
+// only linearly, with the read an output, so the backward has the energy
+// form: no W on the tape, forward_train records the read's W g (through the
+// value before the write: read(W + k (x) v, q) = read(W, q) + v (k . q)),
+// and the backward carries E = rowsum(adj(W) (.) W) instead of W.
 fwp.scan @decay_default seq(%a : vector<2xf32>, %k : vector<2xf32>, %v : vector<3xf32>) states(%W : !fwp.fast_weight<2x3xf32>) outputs(y : vector<3xf32>) {
   %Wd = fwp.scale_rows %W, %a : !fwp.fast_weight<2x3xf32>, vector<2xf32>
   %W1 = fwp.write_sum %Wd, %k, %v : !fwp.fast_weight<2x3xf32>, vector<2xf32>, vector<3xf32>
@@ -53,18 +57,48 @@ fwp.scan @decay_default seq(%a : vector<2xf32>, %k : vector<2xf32>, %v : vector<
 }
 // FWD-LABEL: fwp.scan @decay_default{{$}}
 // FWD: attributes {fwp.backward = {W = "checkpoint:64"}}
+// FWD: %[[WD:.*]] = fwp.scale_rows %W, %a
+// FWD-NEXT: %[[W1:.*]] = fwp.write_sum %[[WD]], %k, %v
+// FWD-NEXT: fwp.read %[[W1]], %k
 // CHECK-LABEL: fwp.scan @decay_default_train
-// CHECK: outputs(y : vector<3xf32>, tape.W.prev : !fwp.fast_weight<2x3xf32>)
+// CHECK-NEXT: seq(%a: vector<2xf32>, %k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>)
+// CHECK: outputs(y : vector<3xf32>, tape.W.read.0 : vector<2xf32>)
+// CHECK: %[[WD:.*]] = fwp.scale_rows %W, %a
+// CHECK: %[[G:.*]] = fwp.read_transposed %[[WD]], %grad.y
+// CHECK: fwp.yield %{{.*}}, %{{.*}}, %[[G]] :
 // CHECK-LABEL: fwp.scan @decay_default_grad reverse
-// CHECK-NEXT: seq(%a: vector<2xf32>, %k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>, %tape.W.prev: !fwp.fast_weight<2x3xf32>)
-// CHECK-NEXT: states(%grad.state.W: !fwp.fast_weight<2x3xf32>)
+// CHECK-NEXT: seq(%a: vector<2xf32>, %k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>, %tape.W.read.0: vector<2xf32>)
+// CHECK-NEXT: states(%grad.state.W: !fwp.fast_weight<2x3xf32>, %energy.W: vector<2xf32>)
 // CHECK: fwp.backward = {W = "checkpoint:64"}
-// The decay's adjoint: dW_{t-1} = diag(a) dW', da = row_dot(dW', W_{t-1}).
-// CHECK: fwp.scale_rows %tape.W.prev, %a
-// CHECK: %[[DWD:.*]] = fwp.write_sum %grad.state.W, %k, %grad.y
-// CHECK: %[[DW:.*]] = fwp.scale_rows %[[DWD]], %a
-// CHECK-NEXT: %[[DA:.*]] = fwp.row_dot %[[DWD]], %tape.W.prev
-// CHECK-NEXT: fwp.yield %[[DW]], %[[DA]],
+// CHECK-NOT: fwp.row_dot
+// E(W_t) = E_in; the write subtracts k (.) (G v), the read (of the value
+// before the write) adds q (.) W g: E(W_{t-1}) = E(diag(a) W_{t-1}) = a (.) da.
+// CHECK-DAG: %[[QDQ:.*]] = fwp.mul %k, %tape.W.read.0
+// CHECK-DAG: %[[DK:.*]] = fwp.read_transposed %grad.state.W, %v
+// CHECK-DAG: %[[DWD:.*]] = fwp.write_sum %grad.state.W, %k, %grad.y
+// CHECK: %[[KDK:.*]] = fwp.mul %k, %[[DK]]
+// CHECK-NEXT: %[[E1:.*]] = fwp.sub %energy.W, %[[KDK]]
+// CHECK-NEXT: %[[E:.*]] = fwp.add %[[QDQ]], %[[E1]]
+// CHECK-NEXT: %[[DW:.*]] = fwp.scale_rows %[[DWD]], %a
+// CHECK-NEXT: %[[DA:.*]] = fwp.div %[[E]], %a
+// CHECK-NEXT: fwp.yield %[[DW]], %[[E]], %[[DA]],
+
+// A decay by a sigmoid: its gradient goes to the logits as E (1 - a),
+// without the quotient E / a (0 / 0 where a underflows).
+fwp.scan @decay_sigmoid seq(%g : vector<2xf32>, %k : vector<2xf32>, %v : vector<3xf32>) states(%W : !fwp.fast_weight<2x3xf32>) outputs(y : vector<3xf32>) {
+  %a = fwp.sigmoid %g : vector<2xf32>
+  %Wd = fwp.scale_rows %W, %a : !fwp.fast_weight<2x3xf32>, vector<2xf32>
+  %W1 = fwp.write_sum %Wd, %k, %v : !fwp.fast_weight<2x3xf32>, vector<2xf32>, vector<3xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<2x3xf32>, vector<2xf32> -> vector<3xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<2x3xf32>, vector<3xf32>
+}
+// CHECK-LABEL: fwp.scan @decay_sigmoid_grad reverse
+// CHECK: %[[A:.*]] = fwp.sigmoid %g
+// CHECK-NOT: fwp.div
+// CHECK: %[[ONE:.*]] = fwp.constant 1.0{{.*}} : vector<2xf32>
+// CHECK-NEXT: %[[C:.*]] = fwp.sub %[[ONE]], %[[A]]
+// CHECK-NEXT: %[[DG:.*]] = fwp.mul %{{.*}}, %[[C]]
+// CHECK-NEXT: fwp.yield %{{.*}}, %{{.*}}, %[[DG]],
 
 // checkpoint with an explicit segment length; a vector state next to a
 // checkpointed one is checkpointed too.
@@ -77,8 +111,13 @@ fwp.scan @checkpoint_mixed seq(%a : vector<2xf32>, %k : vector<2xf32>, %v : vect
 }
 // FWD-LABEL: fwp.scan @checkpoint_mixed{{$}}
 // FWD: attributes {fwp.backward = {W = "checkpoint:16", h = "checkpoint:16"}}
+// The read feeds a state: its gradient depends on the backward's states,
+// so the weight keeps the tape form (W_{t-1} recorded, da = row_dot).
 // CHECK-LABEL: fwp.scan @checkpoint_mixed_train
 // CHECK: outputs(y : vector<3xf32>, tape.W.prev : !fwp.fast_weight<2x3xf32>, tape.h.prev : vector<3xf32>)
+// CHECK-LABEL: fwp.scan @checkpoint_mixed_grad reverse
+// CHECK-NOT: energy
+// CHECK: fwp.row_dot %{{.*}}, %tape.W.prev
 
 // The tape records only what the backward cannot recompute from the step's
 // inputs: a key made from a seq input by a feature map is recomputed in the

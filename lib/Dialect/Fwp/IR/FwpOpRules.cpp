@@ -167,13 +167,19 @@ LogicalResult ConstantOp::buildAdjoint(AdjointEmitter &) { return success(); }
 //===----------------------------------------------------------------------===//
 
 LogicalResult ReadOp::buildAdjoint(AdjointEmitter &a) {
-  // y = W^T q: dq = W g, dW += q (x) g.
+  // y = W^T q: dq = W g, dW += q (x) g; E(W) += q (.) dq.
   Rule r{a, getLoc()};
   Value g = a.adjointOf(getResult());
-  a.accumulate(getQuery(),
-               ReadTransposedOp::create(r.b(), r.loc, getQuery().getType(),
-                                        r.m(getWeight()), g));
-  a.accumulateOuter(getWeight(), r.m(getQuery()), g);
+  Value query = r.m(getQuery());
+  bool energy = a.tracksEnergy(getWeight());
+  Value dq = energy ? a.precomputedRead(getOperation())
+                    : ReadTransposedOp::create(r.b(), r.loc, getQuery().getType(),
+                                               r.m(getWeight()), g)
+                          .getResult();
+  a.accumulate(getQuery(), dq);
+  a.accumulateOuter(getWeight(), query, g);
+  if (energy)
+    a.accumulateEnergy(getWeight(), MulOp::create(r.b(), r.loc, query, dq));
   return success();
 }
 
@@ -201,14 +207,23 @@ LogicalResult RowDotOp::buildAdjoint(AdjointEmitter &a) {
 //===----------------------------------------------------------------------===//
 
 LogicalResult WriteSumOp::buildAdjoint(AdjointEmitter &a) {
-  // W' = W + k (x) v: dk = G v, dv = G^T k, dW = G.
+  // W' = W + k (x) v: dk = G v, dv = G^T k, dW = G; E(W) = E(W') - k (.) dk.
   Rule r{a, getLoc()};
   Value g = a.adjointOf(getResult());
-  a.accumulate(getKey(), ReadTransposedOp::create(r.b(), r.loc, getKey().getType(),
-                                                  g, r.m(getValue())));
+  Value key = r.m(getKey());
+  Value dk = ReadTransposedOp::create(r.b(), r.loc, getKey().getType(), g,
+                                      r.m(getValue()));
+  a.accumulate(getKey(), dk);
   a.accumulate(getValue(), ReadOp::create(r.b(), r.loc, getValue().getType(), g,
-                                          r.m(getKey())));
+                                          key));
   a.accumulate(getWeight(), g);
+  if (a.tracksEnergy(getWeight())) {
+    Value written = MulOp::create(r.b(), r.loc, key, dk);
+    Value energy = a.energyOf(getResult());
+    a.accumulateEnergy(getWeight(),
+                       energy ? SubOp::create(r.b(), r.loc, energy, written).getResult()
+                              : NegOp::create(r.b(), r.loc, written).getResult());
+  }
   return success();
 }
 
@@ -321,10 +336,30 @@ LogicalResult ScaleRowsOp::buildAdjoint(AdjointEmitter &a) {
   // W' = diag(a) W: dW = diag(a) G, da = row_dot(G, W).
   Rule r{a, getLoc()};
   Value g = a.adjointOf(getResult());
-  a.accumulate(getWeight(), ScaleRowsOp::create(r.b(), r.loc, g, r.m(getFactors())));
-  a.accumulate(getFactors(),
-               RowDotOp::create(r.b(), r.loc, getFactors().getType(), g,
-                                r.m(getWeight())));
+  Value factors = r.m(getFactors());
+  a.accumulate(getWeight(), ScaleRowsOp::create(r.b(), r.loc, g, factors));
+  if (!a.tracksEnergy(getWeight())) {
+    a.accumulate(getFactors(),
+                 RowDotOp::create(r.b(), r.loc, getFactors().getType(), g,
+                                  r.m(getWeight())));
+    return success();
+  }
+  // Energy form: rowsum(G (.) W') = a (.) da, and E(W) = E(W') since
+  // (a (.) G) (.) W = G (.) W'. For a = sigmoid(x) the gradient goes to x as
+  // E (1 - a), without the quotient E / a (0 / 0 where a underflows).
+  Value energy = a.energyOf(getResult());
+  if (!energy)
+    return success();
+  a.accumulateEnergy(getWeight(), energy);
+  if (auto sigmoid = getFactors().getDefiningOp<SigmoidOp>()) {
+    Value one = ConstantOp::create(r.b(), r.loc, factors.getType(),
+                                   r.b().getF64FloatAttr(1.0));
+    a.accumulate(sigmoid.getX(),
+                 MulOp::create(r.b(), r.loc, energy,
+                               SubOp::create(r.b(), r.loc, one, factors)));
+    return success();
+  }
+  a.accumulate(getFactors(), DivOp::create(r.b(), r.loc, energy, factors));
   return success();
 }
 

@@ -12,8 +12,10 @@
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
+#include "mlir/IR/OwningOpRef.h"
 #include "mlir/IR/SymbolTable.h"
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/SetVector.h"
 
@@ -45,6 +47,13 @@ struct StateInfo {
   /// alone: a key made from the seq inputs, say).
   SmallVector<SmallVector<Value>> tapeRecomputed;
   bool inverts() const { return strategy.kind == BackwardStrategy::Invert; }
+  /// Energy form (a checkpointed weight used only linearly): the backward
+  /// carries E = rowsum(adj(W) (.) W) instead of reading W from the tape;
+  /// `energyReads` are the reads of the weight's values, whose gradient
+  /// with respect to the query the training forward computes.
+  bool energy = false;
+  SmallVector<ReadOp> energyReads;
+  llvm::SmallDenseSet<Value, 4> energyValues; // the weight's values in the step
 };
 
 static std::string tapeKeyName(StringRef state, unsigned i) {
@@ -58,6 +67,12 @@ static std::string tapeRateName(StringRef state, unsigned i) {
 }
 static std::string tapePrevName(StringRef state) {
   return ("tape." + state + ".prev").str();
+}
+static std::string tapeReadName(StringRef state, unsigned i) {
+  return ("tape." + state + ".read." + Twine(i)).str();
+}
+static std::string energyName(StringRef state) {
+  return ("energy." + state).str();
 }
 /// Gradient names: `grad.<seq>` and `grad.<output>` (as in the runtime's
 /// tensor contract), `grad.state.<state>` and `grad.param.<param>` for the
@@ -87,12 +102,14 @@ static FailureOr<SmallVector<Operation *>> invertibleChain(BlockArgument arg,
   return chain;
 }
 
+static void findEnergyForm(ScanOp scan, StateInfo &state, unsigned stateIndex);
+
 /// Finds, for every state, how the backward recovers its value at t-1: the
 /// strategy asked for in `fwp.backward`, else invert for fast weights whose
 /// writes can be undone, checkpoint for other fast weights, and store for
 /// vectors and scalars (checkpoint when another state is checkpointed).
-static FailureOr<SmallVector<StateInfo>> analyzeStates(ScanOp scan) {
-  SmallVector<StateInfo> states;
+static FailureOr<SmallVector<StateInfo, 2>> analyzeStates(ScanOp scan) {
+  SmallVector<StateInfo, 2> states;
   YieldOp yield = scan.getYield();
   DictionaryAttr requested = scan->getAttrOfType<DictionaryAttr>(kBackwardAttrName);
   if (scan->hasAttr(kBackwardAttrName) && !requested)
@@ -187,7 +204,97 @@ static FailureOr<SmallVector<StateInfo>> analyzeStates(ScanOp scan) {
                   "choose checkpoint for both";
       info.strategy = {BackwardStrategy::Checkpoint, every};
     }
+  for (auto [index, info] : llvm::enumerate(states))
+    findEnergyForm(scan, info, index);
   return states;
+}
+
+/// Whether a checkpointed fast weight has the energy form of the backward:
+/// its new value is a chain of row decays and sum writes of the state, and
+/// every value of the chain is used only by the next update and by reads
+/// whose results are outputs and nothing else. Then no adjoint rule needs
+/// the weight itself (docs/design.md, "The backward of a decaying fast
+/// weight"): a read's `W g` depends on the output gradients alone (the
+/// training forward computes it), a write's and a decay's gradients on the
+/// weight's adjoint and E.
+/// Appends the outputs that `value` reaches through sums alone (so that its
+/// gradient is the sum of theirs); false if it reaches anything else.
+static bool reachesOutputsOnly(Value value, unsigned numStates,
+                               SmallVectorImpl<unsigned> &outputs) {
+  for (OpOperand &use : value.getUses()) {
+    Operation *user = use.getOwner();
+    if (isa<YieldOp>(user) && use.getOperandNumber() >= numStates)
+      outputs.push_back(use.getOperandNumber() - numStates);
+    else if (!isa<AddOp>(user) ||
+             !reachesOutputsOnly(user->getResult(0), numStates, outputs))
+      return false;
+  }
+  return true;
+}
+
+static void findEnergyForm(ScanOp scan, StateInfo &state, unsigned stateIndex) {
+  if (!state.isMatrix || state.strategy.kind != BackwardStrategy::Checkpoint ||
+      scan.getReverse())
+    return;
+  SmallVector<Value> values{state.yielded};
+  for (Value value = state.yielded; value != state.arg;) {
+    Operation *op = value.getDefiningOp();
+    if (!isa_and_nonnull<ScaleRowsOp, WriteSumOp>(op))
+      return;
+    value = cast<FastWeightUpdateOpInterface>(op).getUpdatedWeight();
+    values.push_back(value);
+  }
+  unsigned numStates = scan.getNumStates();
+  SmallVector<ReadOp> reads;
+  for (Value value : values)
+    for (OpOperand &use : value.getUses()) {
+      Operation *user = use.getOwner();
+      if (isa<YieldOp>(user)) {
+        if (value != state.yielded || use.getOperandNumber() != stateIndex)
+          return;
+        continue;
+      }
+      if (auto update = dyn_cast<FastWeightUpdateOpInterface>(user)) {
+        if (!llvm::is_contained(values, update.getUpdateResult()) ||
+            update.getUpdatedWeight() != value)
+          return;
+        continue;
+      }
+      auto read = dyn_cast<ReadOp>(user);
+      SmallVector<unsigned> outputs;
+      if (!read || read.getWeight() != value ||
+          !reachesOutputsOnly(read.getResult(), numStates, outputs))
+        return;
+      reads.push_back(read);
+    }
+  llvm::sort(reads, [](ReadOp a, ReadOp b) {
+    return a->isBeforeInBlock(b);
+  });
+  state.energy = true;
+  state.energyReads = std::move(reads);
+  state.energyValues.insert(values.begin(), values.end());
+}
+
+/// Energy form: rewrites every read of a weight value made by a sum write
+/// through the value before the write, read(W + k (x) v, q) = read(W, q) +
+/// v (k . q). E then never holds the write's large, cancelling pair q (.) k
+/// (v . g) - k (.) q (v . g): with a strong decay (a -> 0) E = a (.) da is
+/// small, and f32 would lose it in that cancellation.
+static void readBeforeWrites(const StateInfo &state) {
+  for (ReadOp read : state.energyReads) {
+    while (auto write = read.getWeight().getDefiningOp<WriteSumOp>()) {
+      OpBuilder builder(read);
+      Location loc = read.getLoc();
+      auto earlier = ReadOp::create(builder, loc, read.getType(),
+                                    write.getWeight(), read.getQuery());
+      Value overlap = DotOp::create(builder, loc, write.getKey(), read.getQuery());
+      Value sum = AddOp::create(builder, loc, earlier,
+                                ScaleOp::create(builder, loc, write.getValue(), overlap));
+      read.getResult().replaceAllUsesWith(sum);
+      read.erase();
+      read = earlier;
+    }
+  }
 }
 
 /// The resolved `fwp.backward` dictionary of a scan.
@@ -259,8 +366,43 @@ static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
     original[mapping.lookup(arg)] = arg;
   llvm::DenseMap<Value, bool> inputsAlone;
 
+  // Energy form: the output gradients come in as seq inputs
+  // ("grad.<output>"), and the tape holds each read's W g.
+  SmallVector<Value> outputGrads(scan.getNumOutputs());
+  unsigned numStates = scan.getNumStates();
+  auto outputGrad = [&](unsigned output) {
+    Value &grad = outputGrads[output];
+    if (grad)
+      return grad;
+    Block &block = train.getBodyBlock();
+    unsigned position = train.getNumSeq();
+    Type type = yield.getValues()[numStates + output].getType();
+    grad = block.insertArgument(position, type, train.getLoc());
+    SmallVector<Attribute> names(train.getSeqNames().getValue());
+    names.push_back(builder.getStringAttr(
+        "grad." + cast<StringAttr>(train.getOutputNames()[output]).getValue()));
+    train.setSeqNamesAttr(builder.getArrayAttr(names));
+    return grad;
+  };
+
   SmallVector<Value> tapeValues;
   for (StateInfo &state : states) {
+    if (state.energy) {
+      for (auto [i, read] : llvm::enumerate(state.energyReads)) {
+        SmallVector<unsigned> outputs;
+        (void)reachesOutputsOnly(read.getResult(), numStates, outputs);
+        Value g;
+        for (unsigned output : outputs) {
+          Value part = outputGrad(output);
+          g = g ? AddOp::create(builder, read.getLoc(), g, part).getResult() : part;
+        }
+        tapeNames.push_back(tapeReadName(state.name, i));
+        tapeValues.push_back(ReadTransposedOp::create(
+            builder, read.getLoc(), read.getQuery().getType(),
+            mapping.lookup(read.getWeight()), g));
+      }
+      continue;
+    }
     if (!state.inverts()) {
       tapeNames.push_back(tapePrevName(state.name));
       tapeValues.push_back(mapping.lookup(state.arg));
@@ -317,7 +459,33 @@ public:
   AdjointBuilder(OpBuilder &builder, IRMapping &forward)
       : AdjointEmitter(builder), forward(forward) {}
 
+  bool tracksEnergy(Value weight) const override {
+    return energyTracked.contains(weight);
+  }
+  Value energyOf(Value weight) const override { return energies.lookup(weight); }
+  void accumulateEnergy(Value weight, Value contribution) override {
+    if (!contribution)
+      return;
+    Value &slot = energies[weight];
+    slot = slot ? AddOp::create(builder(), contribution.getLoc(), slot,
+                                contribution)
+                      .getResult()
+                : contribution;
+  }
+  Value precomputedRead(Operation *read) const override {
+    return precomputedReads.lookup(read);
+  }
+  /// Energy form: `values` are a state's values in the step (see
+  /// StateInfo::energyValues).
+  void trackEnergy(const llvm::SmallDenseSet<Value, 4> &values) {
+    energyTracked.insert(values.begin(), values.end());
+  }
+  void setPrecomputedRead(Operation *read, Value value) {
+    precomputedReads[read] = value;
+  }
+
   Value adjointOf(Value forwardValue) const override {
+    const_cast<AdjointBuilder *>(this)->materialize(forwardValue);
     return adjoints.lookup(forwardValue);
   }
   Value recomputed(Value forwardValue) const override {
@@ -329,6 +497,13 @@ public:
   void accumulate(Value x, Value contribution) override {
     if (!contribution)
       return;
+    if (!adjoints.lookup(x) && pendingOuter.count(x)) {
+      // The weight's first matrix: the outer products go on top of it.
+      adjoints[x] = contribution;
+      materialize(x);
+      return;
+    }
+    materialize(x);
     Value &slot = adjoints[x];
     slot = slot ? AddOp::create(builder(), contribution.getLoc(), slot,
                                 contribution)
@@ -336,12 +511,32 @@ public:
                 : contribution;
   }
   void accumulateOuter(Value weight, Value key, Value value) override {
-    Location loc = key.getLoc();
-    Value &slot = adjoints[weight];
-    if (!slot)
-      slot = ConstantOp::create(builder(), loc, weight.getType(),
-                                builder().getF64FloatAttr(0.0));
-    slot = WriteSumOp::create(builder(), loc, slot, key, value);
+    // Kept pending while the weight has no other adjoint, so that a matrix
+    // contribution visited later (the adjoint of the next write) becomes
+    // their base instead of a zero matrix added to it.
+    if (!adjoints.lookup(weight)) {
+      pendingOuter[weight].push_back({key, value});
+      return;
+    }
+    adjoints[weight] =
+        WriteSumOp::create(builder(), key.getLoc(), adjoints[weight], key, value);
+  }
+
+  /// Writes the pending outer products of `weight` into its adjoint.
+  void materialize(Value weight) {
+    auto pending = pendingOuter.find(weight);
+    if (pending == pendingOuter.end())
+      return;
+    SmallVector<std::pair<Value, Value>> outer = std::move(pending->second);
+    pendingOuter.erase(pending);
+    Value slot = adjoints.lookup(weight);
+    for (auto [key, value] : outer) {
+      if (!slot)
+        slot = ConstantOp::create(builder(), key.getLoc(), weight.getType(),
+                                  builder().getF64FloatAttr(0.0));
+      slot = WriteSumOp::create(builder(), key.getLoc(), slot, key, value);
+    }
+    adjoints[weight] = slot;
   }
 
   LogicalResult visit(Operation *op) {
@@ -362,6 +557,10 @@ public:
 private:
   IRMapping &forward;
   llvm::DenseMap<Value, Value> adjoints;
+  llvm::DenseMap<Value, SmallVector<std::pair<Value, Value>, 1>> pendingOuter;
+  llvm::DenseSet<Value> energyTracked;
+  llvm::DenseMap<Value, Value> energies;
+  llvm::DenseMap<Operation *, Value> precomputedReads;
 };
 
 static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
@@ -405,6 +604,13 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
     stateNames.push_back(keep(gradParamName(name)));
     stateTypes.push_back(arg.getType());
   }
+  for (const StateInfo &state : states)
+    if (state.energy) {
+      auto weight = cast<FastWeightType>(state.arg.getType());
+      stateNames.push_back(keep(energyName(state.name)));
+      stateTypes.push_back(
+          VectorType::get({weight.getKeyDim()}, weight.getElementType()));
+    }
   SmallVector<StringRef> outputNames;
   for (StringRef name : namesOf(scan.getSeqNames()))
     outputNames.push_back(keep(gradName(name)));
@@ -460,7 +666,13 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   SmallVector<Value> rebuiltMatrices;
   // Per update of an inverted chain, the backward's values of its tape.
   llvm::DenseMap<Operation *, SmallVector<Value>> updateTapes;
+  llvm::DenseMap<Operation *, Value> precomputedReads;
   for (const StateInfo &state : states) {
+    if (state.energy) {
+      for (ReadOp read : state.energyReads)
+        precomputedReads[read] = gradSeqArgs[tapeIndex++];
+      continue;
+    }
     if (!state.inverts()) {
       forward.map(state.arg, gradSeqArgs[tapeIndex++]);
       continue;
@@ -485,10 +697,26 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   // Recompute the step from the states at t-1. The updates of inverted
   // chains are not re-run: their results are the rebuilt matrices, and they
   // recompute their other results (a delta write's retrieved value).
-  llvm::DenseSet<Operation *> chainWrites;
-  for (const StateInfo &state : states)
+  llvm::DenseSet<Operation *> chainWrites, energyOps;
+  for (const StateInfo &state : states) {
     chainWrites.insert(state.chain.begin(), state.chain.end());
+    // Energy form: the weight is not rebuilt; its updates and reads are
+    // not recomputed (no rule needs their results).
+    for (Value value : state.energyValues)
+      if (value != state.arg)
+        energyOps.insert(value.getDefiningOp());
+    for (ReadOp read : state.energyReads)
+      energyOps.insert(read);
+  }
   for (Operation &op : scan.getBodyBlock().without_terminator()) {
+    // ... nor what only sums their results into outputs.
+    if (energyOps.contains(&op) ||
+        llvm::any_of(op.getOperands(), [&](Value operand) {
+          return energyOps.contains(operand.getDefiningOp());
+        })) {
+      energyOps.insert(&op);
+      continue;
+    }
     if (chainWrites.contains(&op)) {
       cast<FastWeightUpdateOpInterface>(op).recomputeOtherResults(
           builder, forward, updateTapes.lookup(&op));
@@ -503,6 +731,14 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   // output gradients, and the param accumulators (summed over time).
   AdjointBuilder adjoints(builder, forward);
   unsigned numMatrices = rebuiltMatrices.size();
+  unsigned energyIndex = numMatrices + states.size() + scan.getNumParams();
+  for (const StateInfo &state : states)
+    if (state.energy) {
+      adjoints.trackEnergy(state.energyValues);
+      adjoints.accumulateEnergy(state.yielded, gradStateArgs[energyIndex++]);
+    }
+  for (auto [read, value] : precomputedReads)
+    adjoints.setPrecomputedRead(read, value);
   for (auto [index, param] : llvm::enumerate(scan.getParamArgs()))
     adjoints.setAdjoint(param,
                         gradStateArgs[numMatrices + states.size() + index]);
@@ -529,6 +765,16 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
     yielded.push_back(adjointOrZeros(state.arg));
   for (BlockArgument param : scan.getParamArgs())
     yielded.push_back(adjointOrZeros(param));
+  for (auto [index, state] : llvm::enumerate(states))
+    if (state.energy) {
+      Value energy = adjoints.energyOf(state.arg);
+      auto weight = cast<FastWeightType>(state.arg.getType());
+      auto type = VectorType::get({weight.getKeyDim()}, weight.getElementType());
+      yielded.push_back(energy ? energy
+                               : ConstantOp::create(builder, loc, type,
+                                                    builder.getF64FloatAttr(0.0))
+                                     .getResult());
+    }
   for (BlockArgument seq : scan.getSeqArgs())
     yielded.push_back(adjointOrZeros(seq));
   YieldOp::create(builder, loc, yielded);
@@ -563,17 +809,32 @@ struct FwpDifferentiatePass
                              << scan.getSymName() << suffix << " exists)";
           return signalPassFailure();
         }
-      FailureOr<SmallVector<StateInfo>> states = analyzeStates(scan);
+      FailureOr<SmallVector<StateInfo, 2>> states = analyzeStates(scan);
       if (failed(states))
         return signalPassFailure();
       if (!states->empty())
         scan->setAttr(kBackwardAttrName,
                       backwardAttr(scan.getContext(), *states));
+      // The energy form differentiates a copy whose reads go through the
+      // values before the writes; the layer's forward stays as written.
+      ScanOp source = scan;
+      OwningOpRef<ScanOp> rewritten;
+      if (llvm::any_of(*states, [](const StateInfo &s) { return s.energy; })) {
+        rewritten = cast<ScanOp>(scan->clone());
+        source = *rewritten;
+        states = analyzeStates(source);
+        for (const StateInfo &state : *states)
+          if (state.energy)
+            readBeforeWrites(state);
+        states = analyzeStates(source);
+        if (failed(states))
+          return signalPassFailure();
+      }
       SmallVector<std::string> tapeNames;
       SmallVector<Type> tapeTypes;
-      ScanOp train = buildTrainScan(scan, *states, tapeNames, tapeTypes);
+      ScanOp train = buildTrainScan(source, *states, tapeNames, tapeTypes);
       FailureOr<ScanOp> grad =
-          buildGradScan(scan, *states, tapeNames, tapeTypes);
+          buildGradScan(source, *states, tapeNames, tapeTypes);
       if (failed(grad)) {
         train->erase();
         return signalPassFailure();

@@ -28,6 +28,25 @@ public:
   /// adj(W) += key (x) value, for a fast weight W.
   virtual void accumulateOuter(Value weight, Value key, Value value) = 0;
 
+  // The energy form of a decaying fast weight's backward (docs/design.md,
+  // "The backward of a decaying fast weight"). For a weight value W of such
+  // a state, E(W) = rowsum(adj(W) (.) W), a vector of the key dimension:
+  // the backward carries it instead of W, so the rules of the ops that use
+  // W linearly (reads, sum writes, row decays) update E instead of reading
+  // W, and a read's gradient with respect to its query, W g, comes from the
+  // training forward (`precomputedRead`).
+
+  /// Whether `weight` (a forward value) belongs to a state whose backward
+  /// carries E instead of the weight.
+  virtual bool tracksEnergy(Value weight) const { return false; }
+  /// E(weight) once all its uses are visited; null when it is zero.
+  virtual Value energyOf(Value weight) const { return {}; }
+  /// E(weight) += contribution (null adds nothing).
+  virtual void accumulateEnergy(Value weight, Value contribution) {}
+  /// The backward's value of `W g` for `read` (y = W^T q, g = adj(y)),
+  /// which the training forward computed: a read of a tracked weight.
+  virtual Value precomputedRead(Operation *read) const { return {}; }
+
 private:
   OpBuilder &builder_;
 };

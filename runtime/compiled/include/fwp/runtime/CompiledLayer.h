@@ -131,8 +131,12 @@ private:
 /// operators wrap (runtime/torch, docs/python.md). `inputs` as for
 /// FastWeightLayer::forward, validated the same way (fwp::Error otherwise).
 /// Returns "y", "final.<state>" for every state and, with `train`
-/// (forward_train), every tape entry under its manifest name.
-TensorMap runCompiledForward(const Artifact &artifact, const TensorMap &inputs, bool train);
+/// (forward_train), every tape entry under its manifest name. A layer whose
+/// backward has the energy form (a checkpointed decaying weight,
+/// docs/design.md) computes reads of the output gradients in forward_train:
+/// `grads` gives them ("grad.y"; zero when absent).
+TensorMap runCompiledForward(const Artifact &artifact, const TensorMap &inputs, bool train,
+                             const TensorMap &grads = {});
 
 /// The backward kernel: from the forward's `inputs`, the results of
 /// runCompiledForward(train = true) (`final.<state>` and the tape) and the

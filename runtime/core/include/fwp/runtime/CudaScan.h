@@ -36,9 +36,11 @@ struct KernelBundle {
 };
 
 /// Runs forward (or forward_train, which also returns the tape entries
-/// "tape.*") and returns "y" and "final.<state>".
+/// "tape.*") and returns "y" and "final.<state>". `grads` ("grad.y") feeds
+/// a forward_train that reads the output gradients (the energy form of a
+/// decaying weight's backward); zero when absent.
 TensorMap runForward(const KernelBundle &bundle, const TensorMap &inputs,
-                     bool train);
+                     bool train, const TensorMap &grads = {});
 
 /// Runs backward from the inputs, the forward_train results (finals and
 /// tape) and the output gradients ("grad.y", optional

@@ -62,6 +62,14 @@ std::vector<std::string> dimNames(const LayerSignature &signature);
 std::string initName(const std::string &state);
 std::string finalName(const std::string &state);
 
+/// The starting value of a backward kernel's "energy" argument for fast
+/// weight `state` (the energy form of a decaying weight's backward,
+/// docs/design.md): rowsum(adj(W) (.) W) at the end of the span the kernel
+/// runs over, from `forwardResults`' "final.<state>" and `grads`'
+/// "grad.final.<state>" (zero when absent), shaped `shape` ([B, H, K]).
+torch::Tensor initialEnergy(const std::string &state, const std::vector<int64_t> &shape,
+                            const TensorMap &forwardResults, const TensorMap &grads);
+
 /// What every tensor of one call agrees on.
 struct CallShape {
   int64_t batch = 0;
