@@ -100,11 +100,14 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
     if (!form)
       return std::nullopt;
     if (form->rowScale) {
-      if (plan.decay || !plan.writes.empty())
-        return std::nullopt; // a second decay, or one after a write
+      if (plan.decay)
+        return std::nullopt; // a second decay
       plan.decay = next;
       plan.decayForm = *form;
+      plan.trailingDecay = !plan.writes.empty();
     } else {
+      if (plan.trailingDecay)
+        return std::nullopt; // a write after a trailing decay
       plan.writes.push_back({next, *form, std::nullopt});
     }
     chainOps.push_back(next);
@@ -122,7 +125,8 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
 
   // Every other use of the chain is a read with a time-parallel query. The
   // chain's value at index i is at position i - 1 of the step's micro-steps
-  // after a decay (the state itself is read by none), i without one.
+  // after a decay (the state itself is read by none), i without one or
+  // with a trailing decay (whose result is read by none).
   for (auto [index, value] : llvm::enumerate(chain)) {
     for (OpOperand &use : value.getUses()) {
       Operation *user = use.getOwner();
@@ -137,9 +141,10 @@ std::optional<ChunkPlan> ScanLowering::planChunkwise() {
           continue;
         return std::nullopt; // the matrix as an output
       }
-      if (index == 0 && plan.decay)
-        return std::nullopt; // a read before the decay
-      unsigned position = plan.decay ? index - 1 : index;
+      if (plan.trailingDecay ? index + 1 == chain.size()
+                             : index == 0 && plan.decay)
+        return std::nullopt; // a read before the decay, or after a trailing one
+      unsigned position = plan.decay && !plan.trailingDecay ? index - 1 : index;
       if (auto read = dyn_cast<ReadOp>(user))
         plan.reads.push_back({read.getResult(), read.getQuery(), position});
       else if (auto read = dyn_cast<ReadTransposedOp>(user))
@@ -517,6 +522,21 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                                  count);
         };
         Value end = arith::AddIOp::create(b, loc, start, length);
+        // The decay before step j's writes: its own, or with a trailing
+        // decay that of the iteration before (none before the first).
+        auto decayOf = [&](Value j) -> Value {
+          if (!plan.trailingDecay)
+            return stepValue(plan.decayForm.rowScale, stepOf(j));
+          Value i = arith::AddIOp::create(b, loc, start, j);
+          Value first = arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq,
+                                              i, zero);
+          Value before = arith::MaxSIOp::create(
+              b, loc, arith::SubIOp::create(b, loc, i, index(1)), zero);
+          Value factors = stepValue(plan.decayForm.rowScale,
+                                    stepOfIteration(before, count));
+          return arith::SelectOp::create(b, loc, first, constant(keyRow, 1.0),
+                                         factors);
+        };
 
         // The prologue (the state-independent work of the steps,
         // TimeParallel.h) runs chunk by chunk, before the chunk's phases, and
@@ -536,8 +556,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               Value t = stepOf(j);
               Value current = lambda.front();
               if (plan.decay)
-                current = mul(current,
-                              stepValue(plan.decayForm.rowScale, t));
+                current = mul(current, decayOf(j));
               for (auto [read, buffer, direct] :
                    llvm::zip(plan.reads, queryBuffers, directQueries)) {
                 if (direct)
@@ -728,8 +747,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
                              : arith::MulIOp::create(b, loc, j, index(micro))
                                    .getResult();
               if (plan.decay) {
-                Value factors =
-                    spill(stepValue(plan.decayForm.rowScale, t));
+                Value factors = spill(decayOf(j));
                 forRows(keysT, {},
                         [&](Value e, ValueRange) -> SmallVector<Value> {
                           cb.store(mul(row(keysT, e),
@@ -816,7 +834,7 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
               // earlier ones decayed by this step's a_j, then the step's.
               if (keyRows) {
                 if (plan.decay) {
-                  Value factors = stepValue(plan.decayForm.rowScale, t);
+                  Value factors = decayOf(j);
                   cb.loop(zero, firstMicro, 1, {},
                           [&](Value i, ValueRange) -> SmallVector<Value> {
                             cb.store(mul(cb.load(keyRow, keyRows, i), factors),
@@ -1061,6 +1079,24 @@ ScanLowering::lowerChunkwise(const ChunkPlan &plan, Value count,
   if (failed(status))
     return failure();
   b.setInsertionPointAfter(chunks);
+  if (plan.trailingDecay) {
+    // The last iteration's decay, which no later step applies (none when
+    // the call has no steps).
+    Value last = arith::MaxSIOp::create(
+        b, loc, arith::SubIOp::create(b, loc, count, index(1)), zero);
+    Value factors = spill(arith::SelectOp::create(
+        b, loc,
+        arith::CmpIOp::create(b, loc, arith::CmpIPredicate::eq, count, zero),
+        constant(keyRow, 1.0),
+        stepValue(plan.decayForm.rowScale, stepOfIteration(last, count))));
+    forRows(state, {}, [&](Value e, ValueRange) -> SmallVector<Value> {
+      Value row = vector::LoadOp::create(b, loc, valueRow, state,
+                                         ValueRange{e, zero});
+      vector::StoreOp::create(b, loc, mul(splatElement(valueRow, factors, e), row),
+                              state, ValueRange{e, zero});
+      return {};
+    });
+  }
   llvm::append_range(finalVectorStates, chunks.getResults());
   return success();
 }

@@ -144,6 +144,11 @@ struct ChunkPlan {
   unsigned state = 0;
   Operation *decay = nullptr;
   LinearUpdate decayForm;
+  /// The decay comes after the writes (the adjoint chain of a decaying
+  /// weight: G <- a (.) (G + q (x) g)). The lowering then runs the step as
+  /// decay-then-writes with the decay of the iteration before (none before
+  /// the first), and decays the final state by the last iteration's.
+  bool trailingDecay = false;
   SmallVector<Write> writes;
   /// The writes' retrievals first (in the writes' order), then the other
   /// reads.

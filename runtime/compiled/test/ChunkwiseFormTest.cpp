@@ -146,7 +146,7 @@ std::vector<Case> cases() {
   for (std::string layer : {"linear_transformer", "delta_net", "gated_delta_net", "retnet",
                             "gla", "reverse_sum", "reverse_decay_sum", "reverse_delta",
                             "gated_delta_transposed", "two_writes", "decay_two_writes",
-                            "reverse_decay_two_writes", "delta_product"})
+                            "reverse_decay_two_writes", "decay_after_writes", "delta_product"})
     for (std::string suffix : {"_f64", ""}) {
       std::string name = layer + suffix;
       out.push_back({name, 1, false, 0.0});
@@ -171,10 +171,10 @@ INSTANTIATE_TEST_SUITE_P(LinearLayers, ChunkwiseMatchesRecurrent, testing::Value
 
 /// The manifest says which form each CPU kernel took: the forward and
 /// training forward of the --chunk artifacts are chunkwise (except where the
-/// training forward records the matrix itself, as under store), the
-/// backward scans of the decaying layers (whose adjoint writes come before
-/// the decay) and every --chunk=off kernel recurrent; delta_net's backward runs in
-/// chunkwise passes (below). Were both artifacts of a layer compiled alike,
+/// training forward records the matrix itself, as under store), so are the
+/// backward scans of delta_net (in passes, below) and of the decaying
+/// layers of the energy form (their adjoint chain writes, then decays),
+/// and every --chunk=off kernel is recurrent. Were both artifacts of a layer compiled alike,
 /// the comparisons above would pass vacuously.
 TEST(ChunkwiseForm, ManifestSaysWhichKernelsAreChunkwise) {
   for (std::string layer : {"delta_net_f64", "gla_f64", "delta_net", "retnet"}) {
@@ -183,8 +183,8 @@ TEST(ChunkwiseForm, ManifestSaysWhichKernelsAreChunkwise) {
     auto recurrent = fwp::Artifact::load(artifactPath(layer + "_recurrent"));
     int64_t expected = chunked->dtype() == torch::kDouble ? 4 : 16;
     EXPECT_EQ(chunked->forward().chunk, expected) << layer;
-    EXPECT_EQ(chunked->backward().chunk, layer.rfind("delta_net", 0) == 0 ? expected : 0)
-        << layer;
+    EXPECT_EQ(chunked->backward().chunk, expected) << layer;
+    EXPECT_EQ(recurrent->backward().chunk, 0) << layer;
     EXPECT_EQ(recurrent->forward().chunk, 0) << layer;
     EXPECT_EQ(recurrent->forwardTrain().chunk, 0) << layer;
   }
@@ -210,13 +210,13 @@ TEST(ChunkwiseForm, ManifestSaysWhichKernelsAreChunkwise) {
 }
 
 /// The test-only layers' forward scans (backwards in time, transposed reads,
-/// several writes per step) and delta_product's (two writes per step) are
+/// several writes per step, a decay after the write) and delta_product's (two writes per step) are
 /// chunkwise under --chunk and recurrent under --chunk=off; the training
 /// forwards that record only vectors too.
 TEST(ChunkwiseForm, ReverseScansTransposedReadsAndMicroStepsAreChunkwise) {
   for (std::string layer : {"reverse_sum", "reverse_decay_sum", "reverse_delta",
                             "gated_delta_transposed", "two_writes", "decay_two_writes",
-                            "reverse_decay_two_writes", "delta_product"})
+                            "reverse_decay_two_writes", "decay_after_writes", "delta_product"})
     for (std::string suffix : {"_f64", ""}) {
       std::string name = layer + suffix;
       REQUIRE_ARTIFACT(name + "_chunk");

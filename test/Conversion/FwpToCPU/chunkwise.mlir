@@ -304,7 +304,35 @@ fwp.scan @dw_like reverse seq(%q : vector<8xf32>, %g : vector<16xf32>, %k : vect
   fwp.yield %dW2, %y : !fwp.fast_weight<8x16xf32>, vector<16xf32>
 }
 
-// A decay after a write: not the chunkwise form.
+// A decay after the writes whose result only goes on (the adjoint chain of
+// a decaying weight, G <- a (.) (G + q (x) g)): the chunkwise form with the
+// decay of the iteration before each step's writes (ones before the first),
+// and after the chunks the last iteration's decay of the final state.
+// CHECK-LABEL: func.func @trailing_decay
+// CHECK-SAME: fwp.chunk = 4
+// CHECK: scf.for %{{.*}} = %{{.*}} to %arg0 step %c4
+// CHECK: arith.cmpi eq
+// CHECK: arith.select
+// The last iteration's decay (step 0 backwards in time), after the chunks:
+// CHECK: %[[EMPTY:.*]] = arith.cmpi eq, %arg0, %c0
+// CHECK-NEXT: %[[A:.*]] = arith.select %[[EMPTY]], %{{.*}}, %{{.*}}
+// CHECK-NEXT: vector.store %[[A]], %[[SPILL:.*]][%c0]
+// CHECK-NEXT: scf.for %[[E:.*]] = %c0 to %c8 step %c1 {
+// CHECK-NEXT: %[[ROW:.*]] = vector.load %arg4[%[[E]], %c0]
+// CHECK-NEXT: %[[AE:.*]] = memref.load %[[SPILL]][%[[E]]]
+// CHECK-NEXT: %[[SPLAT:.*]] = vector.broadcast %[[AE]]
+// CHECK-NEXT: %[[NEW:.*]] = arith.mulf %[[SPLAT]], %[[ROW]]
+// CHECK-NEXT: vector.store %[[NEW]], %arg4[%[[E]], %c0]
+fwp.scan @trailing_decay reverse seq(%k : vector<8xf32>, %v : vector<8xf32>, %g : vector<8xf32>)
+    states(%W : !fwp.fast_weight<8x8xf32>) outputs(y : vector<8xf32>, z : vector<8xf32>) {
+  %y = fwp.read %W, %k : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+  %z = fwp.read_transposed %W1, %v : !fwp.fast_weight<8x8xf32>, vector<8xf32> -> vector<8xf32>
+  %Wd = fwp.scale_rows %W1, %g : !fwp.fast_weight<8x8xf32>, vector<8xf32>
+  fwp.yield %Wd, %y, %z : !fwp.fast_weight<8x8xf32>, vector<8xf32>, vector<8xf32>
+}
+
+// A decay after a write whose result is read: not the chunkwise form.
 // CHECK-LABEL: func.func @decay_after_write
 // CHECK-NOT: fwp.chunk
 // CHECK: return
