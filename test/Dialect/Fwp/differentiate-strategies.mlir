@@ -63,8 +63,11 @@ fwp.scan @decay_default seq(%a : vector<2xf32>, %k : vector<2xf32>, %v : vector<
 // CHECK-LABEL: fwp.scan @decay_default_train
 // CHECK-NEXT: seq(%a: vector<2xf32>, %k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>)
 // CHECK: outputs(y : vector<3xf32>, tape.W.read.0 : vector<2xf32>)
+// The read W g comes before the write (read after it, fwp-fuse would take
+// it through the written value, W' g - k (v . g): a cancellation).
 // CHECK: %[[WD:.*]] = fwp.scale_rows %W, %a
-// CHECK: %[[G:.*]] = fwp.read_transposed %[[WD]], %grad.y
+// CHECK-NEXT: %[[G:.*]] = fwp.read_transposed %[[WD]], %grad.y
+// CHECK-NEXT: fwp.write_sum %[[WD]], %k, %v
 // CHECK: fwp.yield %{{.*}}, %{{.*}}, %[[G]] :
 // CHECK-LABEL: fwp.scan @decay_default_grad reverse
 // CHECK-NEXT: seq(%a: vector<2xf32>, %k: vector<2xf32>, %v: vector<3xf32>, %grad.y: vector<3xf32>, %tape.W.read.0: vector<2xf32>)

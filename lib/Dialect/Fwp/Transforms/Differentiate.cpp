@@ -212,7 +212,7 @@ static FailureOr<SmallVector<StateInfo, 2>> analyzeStates(ScanOp scan) {
 /// Whether a checkpointed fast weight has the energy form of the backward:
 /// its new value is a chain of row decays and sum writes of the state, and
 /// every value of the chain is used only by the next update and by reads
-/// whose results are outputs and nothing else. Then no adjoint rule needs
+/// whose results reach outputs through sums alone. Then no adjoint rule needs
 /// the weight itself (docs/design.md, "The backward of a decaying fast
 /// weight"): a read's `W g` depends on the output gradients alone (the
 /// training forward computes it), a write's and a decay's gradients on the
@@ -389,6 +389,12 @@ static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
   for (StateInfo &state : states) {
     if (state.energy) {
       for (auto [i, read] : llvm::enumerate(state.energyReads)) {
+        // Right after the weight's value, before the write that follows:
+        // read after it, fwp-fuse would take it through the written value
+        // (W g = W' g - k (v . g)), the cancellation readBeforeWrites avoids.
+        Value weight = mapping.lookup(read.getWeight());
+        OpBuilder::InsertionGuard guard(builder);
+        builder.setInsertionPointAfterValue(weight);
         SmallVector<unsigned> outputs;
         (void)reachesOutputsOnly(read.getResult(), numStates, outputs);
         Value g;
@@ -398,8 +404,7 @@ static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
         }
         tapeNames.push_back(tapeReadName(state.name, i));
         tapeValues.push_back(ReadTransposedOp::create(
-            builder, read.getLoc(), read.getQuery().getType(),
-            mapping.lookup(read.getWeight()), g));
+            builder, read.getLoc(), read.getQuery().getType(), weight, g));
       }
       continue;
     }
