@@ -577,7 +577,9 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
                         blockElements(arg, 0) * backwardBuffers[i].tensor.element_size());
         }
         // E = rowsum(adj(W) (.) W) at the segment's end: the gradient
-        // carried in from the later segments and forward_train's final state.
+        // carried in from the later segments and forward_train's final state
+        // (initialEnergy's sum, here on this thread's buffers: torch calls
+        // per sequence and segment would cost more than the kernels at d = 16).
         for (const EnergyArgs &e : energyArgs)
           AT_DISPATCH_FLOATING_TYPES(artifact.dtype(), "fwp_energy", [&] {
             auto *energy = reinterpret_cast<scalar_t *>(backwardData[e.energy]);
