@@ -81,7 +81,7 @@ void scheduleVectorWorkEarly(Block &body);
 
 /// The memref type of a buffer argument: `[T, n]` / `[T]` for per-step
 /// values, the value's own shape (or `[1]` for a scalar) otherwise.
-MemRefType bufferType(Type type, bool perStep);
+MemRefType bufferType(Type type, bool perStep, bool offset = false);
 
 /// The chunk length of `convert-fwp-to-cpu{chunk=auto}` for a fast weight of
 /// `keys` x `values` entries of `elementBits` bits: 0 (the recurrent form)
@@ -107,7 +107,8 @@ inline FailureOr<Operation *> soleUpdateOf(Value weight) {
 /// A scan's function `@<scan>(T, seq buffers, params, states, outputs)`
 /// (buffers as bufferType gives them), empty, just before the scan, with
 /// the C interface and the scan's role attributes.
-func::FuncOp createScanFunction(OpBuilder &b, ScanOp scan);
+func::FuncOp createScanFunction(OpBuilder &b, ScanOp scan,
+                                bool offsetPerStep = false);
 
 /// Lowers a scan of several fast weights as passes over time of one weight
 /// each, or of the late group (StagedScan.cpp), where every pass takes the
@@ -162,9 +163,10 @@ struct ChunkPlan {
 /// automaticChunkLength).
 class ScanLowering {
 public:
-  ScanLowering(ScanOp scan, const CpuPatternSet &patterns, int64_t chunk = 0)
+  ScanLowering(ScanOp scan, const CpuPatternSet &patterns, int64_t chunk = 0,
+               bool offsetPerStep = false)
       : scan(scan), b(scan.getContext()), patterns(patterns),
-        chunkOption(chunk) {}
+        chunkOption(chunk), offsetPerStep(offsetPerStep) {}
 
   /// Builds the function before the scan (which the caller erases).
   LogicalResult run();
@@ -445,6 +447,9 @@ private:
 
   const CpuPatternSet &patterns;
   int64_t chunkOption;
+  /// The per-step buffers are views at any offset (a staged scan's passes,
+  /// called on a block of steps at a time).
+  bool offsetPerStep = false;
   /// fwp value -> lowered value (vector/scalar SSA value, or a memref).
   llvm::DenseMap<Value, Value> lowered;
   llvm::DenseSet<Value> readOnly;

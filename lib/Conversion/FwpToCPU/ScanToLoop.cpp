@@ -20,7 +20,7 @@ using namespace mlir::fwp::cpu;
 
 /// The memref type of a buffer argument: `[T, n]` / `[T]` for per-step
 /// values, the value's own shape (or `[1]` for a scalar) otherwise.
-MemRefType mlir::fwp::cpu::bufferType(Type type, bool perStep) {
+MemRefType mlir::fwp::cpu::bufferType(Type type, bool perStep, bool offset) {
   SmallVector<int64_t> shape;
   if (perStep)
     shape.push_back(ShapedType::kDynamic);
@@ -35,7 +35,15 @@ MemRefType mlir::fwp::cpu::bufferType(Type type, bool perStep) {
   } else if (!perStep) {
     shape.push_back(1);
   }
-  return MemRefType::get(shape, element);
+  if (!perStep || !offset)
+    return MemRefType::get(shape, element);
+  // A view of rows [first, first + T) of a larger buffer.
+  SmallVector<int64_t> strides(shape.size(), 1);
+  if (shape.size() == 2)
+    strides[0] = shape[1];
+  return MemRefType::get(
+      shape, element,
+      StridedLayoutAttr::get(type.getContext(), ShapedType::kDynamic, strides));
 }
 
 const CpuPatternSet::Pattern *CpuPatternSet::lookup(Operation *op) const {
@@ -276,25 +284,26 @@ ScanLowering::lowerBody(Value t, ValueRange vectorStates,
 
 /// The type of a scan's function: `(T, seq buffers, params, states,
 /// outputs)`, buffers as bufferType gives them.
-static FunctionType scanFunctionType(ScanOp scan) {
+static FunctionType scanFunctionType(ScanOp scan, bool offsetPerStep) {
   Builder b(scan.getContext());
   SmallVector<Type> argTypes{b.getIndexType()};
   for (BlockArgument arg : scan.getSeqArgs())
-    argTypes.push_back(bufferType(arg.getType(), /*perStep=*/true));
+    argTypes.push_back(bufferType(arg.getType(), /*perStep=*/true, offsetPerStep));
   for (BlockArgument arg : scan.getParamArgs())
     argTypes.push_back(bufferType(arg.getType(), /*perStep=*/false));
   for (BlockArgument arg : scan.getStateArgs())
     argTypes.push_back(bufferType(arg.getType(), /*perStep=*/false));
   for (Attribute type : scan.getOutputTypes())
-    argTypes.push_back(
-        bufferType(cast<TypeAttr>(type).getValue(), /*perStep=*/true));
+    argTypes.push_back(bufferType(cast<TypeAttr>(type).getValue(),
+                                  /*perStep=*/true, offsetPerStep));
   return b.getFunctionType(argTypes, TypeRange{});
 }
 
-func::FuncOp mlir::fwp::cpu::createScanFunction(OpBuilder &b, ScanOp scan) {
+func::FuncOp mlir::fwp::cpu::createScanFunction(OpBuilder &b, ScanOp scan,
+                                                bool offsetPerStep) {
   b.setInsertionPoint(scan);
   auto func = func::FuncOp::create(b, scan.getLoc(), scan.getSymName(),
-                                   scanFunctionType(scan));
+                                   scanFunctionType(scan, offsetPerStep));
   func->setAttr("llvm.emit_c_interface", b.getUnitAttr());
   for (StringRef attr : {"fwp.role", "fwp.forward"})
     if (Attribute value = scan->getAttr(attr))
@@ -305,7 +314,7 @@ func::FuncOp mlir::fwp::cpu::createScanFunction(OpBuilder &b, ScanOp scan) {
 LogicalResult ScanLowering::run() {
   ModuleOp module = scan->getParentOfType<ModuleOp>();
   scheduleVectorWorkEarly(scan.getBodyBlock());
-  func::FuncOp func = createScanFunction(b, scan);
+  func::FuncOp func = createScanFunction(b, scan, offsetPerStep);
   Block *entry = func.addEntryBlock();
   b.setInsertionPointToStart(entry);
 

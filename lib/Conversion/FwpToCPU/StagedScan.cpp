@@ -57,10 +57,16 @@
 
 #include "mlir/IR/IRMapping.h"
 #include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/Sequence.h"
 
 using namespace mlir;
 using namespace mlir::fwp;
 using namespace mlir::fwp::cpu;
+
+/// Steps per block when a staged scan runs its passes block by block
+/// (rounded to whole chunks): a block's rows of a dozen [T, n] inputs and
+/// crossing values fit L2 beside the weights at d = 128.
+static constexpr int64_t kPassBlock = 64;
 
 namespace {
 
@@ -657,7 +663,7 @@ FailureOr<bool> lowerPlan(ScanOp scan, const CpuPatternSet &patterns,
   bool grouped = !plan.lateWeights.empty();
   int64_t chunkLength = 0;
   for (ScanOp stage : stages) {
-    ScanLowering lowering(stage, patterns, chunk);
+    ScanLowering lowering(stage, patterns, chunk, /*offsetPerStep=*/true);
     if (failed(lowering.run()))
       return failure();
     auto func = cast<func::FuncOp>(stage->getPrevNode());
@@ -715,31 +721,83 @@ FailureOr<bool> lowerPlan(ScanOp scan, const CpuPatternSet &patterns,
       scratch.push_back(copy);
       copyOf[s] = copy;
     }
+  // The passes run block by block (all passes over a block of steps, then
+  // the next block, in the scan's direction): a block's inputs and crossing
+  // values are still in L2 when the later passes read them. That needs
+  // every weight's passes but its last to share one copy of its initial
+  // value, so at most one of them; else one block of all the steps.
+  bool blocked = chunkLength > 0;
+  for (auto [s, last] : plan.lastPass)
+    blocked &= llvm::count_if(llvm::seq(numPasses), [&, s = s, last = last](unsigned p) {
+                 return p != last && llvm::is_contained(plan.passStates[p], s);
+               }) <= 1;
+  auto constantIndex = [&](int64_t v) {
+    return arith::ConstantIndexOp::create(b, loc, v).getResult();
+  };
+  Value zero = constantIndex(0);
+  Value blockSteps =
+      blocked ? constantIndex(chunkLength * std::max<int64_t>(1, kPassBlock / chunkLength))
+              : arith::MaxSIOp::create(b, loc, count, constantIndex(1)).getResult();
+  if (blocked)
+    for (auto [s, copy] : copyOf)
+      memref::CopyOp::create(b, loc, stateBuffers[s], copy);
+  auto blocks = scf::ForOp::create(b, loc, zero, count, blockSteps);
+  b.setInsertionPointToStart(blocks.getBody());
+  Value i = blocks.getInductionVar();
+  // The block's first step and length: from the end of time backwards.
+  Value first, length;
+  if (scan.getReverse()) {
+    Value end = arith::SubIOp::create(b, loc, count, i);
+    first = arith::MaxSIOp::create(
+        b, loc, arith::SubIOp::create(b, loc, end, blockSteps), zero);
+    length = arith::SubIOp::create(b, loc, end, first);
+  } else {
+    first = i;
+    length = arith::MinSIOp::create(b, loc, blockSteps,
+                                    arith::SubIOp::create(b, loc, count, i));
+  }
+  llvm::DenseMap<Value, Value> views;
+  auto rows = [&](Value buffer) -> Value {
+    Value &view = views[buffer];
+    if (view)
+      return view;
+    auto type = cast<MemRefType>(buffer.getType());
+    SmallVector<OpFoldResult> offsets{first}, sizes{length}, strides(type.getRank(),
+                                                                     b.getIndexAttr(1));
+    for (int64_t d = 1; d < type.getRank(); ++d) {
+      offsets.push_back(b.getIndexAttr(0));
+      sizes.push_back(b.getIndexAttr(type.getDimSize(d)));
+    }
+    return view = memref::SubViewOp::create(b, loc, buffer, offsets, sizes, strides);
+  };
   for (unsigned pass = 0; pass < numPasses; ++pass) {
     SmallVector<Value> weightBuffers;
     for (unsigned s : plan.passStates[pass]) {
       Value state = stateBuffers[s];
       if (pass != plan.lastPass.lookup(s)) {
-        memref::CopyOp::create(b, loc, state, copyOf.lookup(s));
+        if (!blocked)
+          memref::CopyOp::create(b, loc, state, copyOf.lookup(s));
         state = copyOf.lookup(s);
       }
       weightBuffers.push_back(state);
     }
-    SmallVector<Value> callArgs{count};
-    llvm::append_range(callArgs, seqBuffers);
+    SmallVector<Value> callArgs{length};
+    for (Value buffer : seqBuffers)
+      callArgs.push_back(rows(buffer));
     for (Value v : crossingIn[pass])
-      callArgs.push_back(bufferOf.lookup(v));
+      callArgs.push_back(rows(bufferOf.lookup(v)));
     llvm::append_range(callArgs, paramBuffers);
     llvm::append_range(callArgs, weightBuffers);
     if (pass == late)
       for (unsigned i : vectorStates)
         callArgs.push_back(stateBuffers[i]);
     for (unsigned i : storedOutputs[pass])
-      callArgs.push_back(outputBuffers[i]);
+      callArgs.push_back(rows(outputBuffers[i]));
     for (Value v : crossingOut[pass])
-      callArgs.push_back(bufferOf.lookup(v));
+      callArgs.push_back(rows(bufferOf.lookup(v)));
     func::CallOp::create(b, loc, stageFuncs[pass], callArgs);
   }
+  b.setInsertionPointAfter(blocks);
   for (Value buffer : scratch)
     memref::DeallocOp::create(b, loc, buffer);
   func::ReturnOp::create(b, loc);

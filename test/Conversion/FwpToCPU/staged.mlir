@@ -11,6 +11,9 @@
 // its initial value, its last from the buffer itself (which it leaves
 // final). The values that cross passes go through [T, n] buffers; y (W's
 // second read) is an output, written by the last pass into its own buffer.
+// The passes run block by block, 64 steps each (all three passes over a
+// block, then the next): the per-step buffers are passed as views of the
+// block's rows.
 // CHECK-LABEL: func.func private @two_weights__stage0(
 // CHECK-SAME: fwp.chunk = 4
 // CHECK-LABEL: func.func private @two_weights__stage1(
@@ -24,10 +27,22 @@
 // CHECK-DAG: %[[A:.*]] = memref.alloc(%[[T]]) : memref<?x4xf32>
 // CHECK-DAG: %[[B:.*]] = memref.alloc(%[[T]]) : memref<?x4xf32>
 // CHECK-DAG: %[[COPY:.*]] = memref.alloc() : memref<4x4xf32>
+// CHECK: %[[C64:.*]] = arith.constant 64 : index
 // CHECK: memref.copy %[[W]], %[[COPY]]
-// CHECK-NEXT: call @two_weights__stage0(%[[T]], %arg1, %arg2, %arg3, %[[COPY]], %[[A]])
-// CHECK-NEXT: call @two_weights__stage1(%[[T]], %arg1, %arg2, %arg3, %[[A]], %[[V]], %[[Z]], %[[B]])
-// CHECK-NEXT: call @two_weights__stage2(%[[T]], %arg1, %arg2, %arg3, %[[B]], %[[W]], %[[Y]])
+// CHECK-NEXT: scf.for %[[I:.*]] = %{{.*}} to %[[T]] step %[[C64]] {
+// CHECK-NEXT: %[[LEFT:.*]] = arith.subi %[[T]], %[[I]]
+// CHECK-NEXT: %[[N:.*]] = arith.minsi %[[C64]], %[[LEFT]]
+// CHECK-NEXT: %[[X1:.*]] = memref.subview %arg1[%[[I]], 0] [%[[N]], 4] [1, 1] : memref<?x4xf32> to memref<?x4xf32, strided<[4, 1], offset: ?>>
+// CHECK-NEXT: %[[X2:.*]] = memref.subview %arg2[%[[I]], 0] [%[[N]], 4] [1, 1]
+// CHECK-NEXT: %[[X3:.*]] = memref.subview %arg3[%[[I]], 0] [%[[N]], 4] [1, 1]
+// CHECK-NEXT: %[[AV:.*]] = memref.subview %[[A]][%[[I]], 0] [%[[N]], 4] [1, 1]
+// CHECK-NEXT: call @two_weights__stage0(%[[N]], %[[X1]], %[[X2]], %[[X3]], %[[COPY]], %[[AV]])
+// CHECK-NEXT: %[[ZV:.*]] = memref.subview %[[Z]][%[[I]], 0] [%[[N]], 4] [1, 1]
+// CHECK-NEXT: %[[BV:.*]] = memref.subview %[[B]][%[[I]], 0] [%[[N]], 4] [1, 1]
+// CHECK-NEXT: call @two_weights__stage1(%[[N]], %[[X1]], %[[X2]], %[[X3]], %[[AV]], %[[V]], %[[ZV]], %[[BV]])
+// CHECK-NEXT: %[[YV:.*]] = memref.subview %[[Y]][%[[I]], 0] [%[[N]], 4] [1, 1]
+// CHECK-NEXT: call @two_weights__stage2(%[[N]], %[[X1]], %[[X2]], %[[X3]], %[[BV]], %[[W]], %[[YV]])
+// CHECK-NEXT: }
 // CHECK: memref.dealloc
 // CHECK: return
 
@@ -61,7 +76,8 @@ fwp.scan @two_weights seq(%k : vector<4xf32>, %v : vector<4xf32>, %x : vector<4x
 // CHECK-SAME: fwp.chunk = 4 : i64, fwp.stages = 2 : i64
 // CHECK-NOT: memref.copy
 // CHECK: call @ready_first__stage0({{.*}}, %[[V]],
-// CHECK-NEXT: call @ready_first__stage1({{.*}}, %[[W]],
+// CHECK-NOT: call
+// CHECK: call @ready_first__stage1({{.*}}, %[[W]],
 // CHECK: return
 fwp.scan @ready_first seq(%k : vector<4xf32>, %v : vector<4xf32>, %x : vector<4xf32>)
     states(%W : !fwp.fast_weight<4x4xf32>, %V : !fwp.fast_weight<4x4xf32>)
@@ -82,7 +98,8 @@ fwp.scan @ready_first seq(%k : vector<4xf32>, %v : vector<4xf32>, %x : vector<4x
 // CHECK-LABEL: func.func @chained(
 // CHECK-SAME: fwp.stages = 2
 // CHECK: call @chained__stage0
-// CHECK-NEXT: call @chained__stage1
+// CHECK-NOT: call
+// CHECK: call @chained__stage1
 fwp.scan @chained seq(%k : vector<4xf32>, %v : vector<4xf32>)
     states(%W : !fwp.fast_weight<4x4xf32>, %V : !fwp.fast_weight<4x4xf32>)
     outputs(y : vector<4xf32>) {
@@ -128,9 +145,14 @@ fwp.scan @coupled seq(%k : vector<4xf32>, %v : vector<4xf32>)
 // CHECK-SAME: fwp.stages = 3 : i64
 // CHECK: %[[Z:.*]] = memref.alloc(%[[T]]) : memref<?x64xf32>
 // CHECK-NOT: memref.copy
-// CHECK: call @late_group__stage0(%[[T]], %arg1, %arg2, %arg3, %arg4, %arg5, %[[W]], %[[Z]])
-// CHECK-NEXT: call @late_group__stage1(%[[T]], %arg1, %arg2, %arg3, %arg4, %arg5, %[[Z]], %[[R]], %[[Y]], %[[YS]])
-// CHECK-NEXT: call @late_group__stage2(%[[T]], %arg1, %arg2, %arg3, %arg4, %arg5, %[[YS]], %[[G]], %[[O]])
+// CHECK: scf.for %[[I:.*]] = %{{.*}} to %[[T]] step %{{.*}} {
+// CHECK: %[[N:.*]] = arith.minsi
+// CHECK: %[[ZV:.*]] = memref.subview %[[Z]][%[[I]], 0] [%[[N]], 64]
+// CHECK-NEXT: call @late_group__stage0(%[[N]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[W]], %[[ZV]])
+// CHECK: %[[YSV:.*]] = memref.subview %[[YS]][%[[I]], 0] [%[[N]], 64]
+// CHECK-NEXT: call @late_group__stage1(%[[N]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[ZV]], %[[R]], %[[Y]], %[[YSV]])
+// CHECK: %[[OV:.*]] = memref.subview %[[O]][%[[I]], 0] [%[[N]], 64]
+// CHECK-NEXT: call @late_group__stage2(%[[N]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[YSV]], %[[G]], %[[OV]])
 // CHECK: memref.dealloc %[[Z]]
 // CHECK: return
 // OFF-LABEL: func.func @late_group(
@@ -175,4 +197,28 @@ fwp.scan @small_late_group seq(%q : vector<16xf32>, %k : vector<16xf32>, %v : ve
   %G1 = fwp.write_sum %G, %q, %y1 : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
   %o = fwp.read %G1, %k : !fwp.fast_weight<16x16xf32>, vector<16xf32> -> vector<16xf32>
   fwp.yield %W1, %R1, %G1, %y1, %y1, %o : !fwp.fast_weight<16x16xf32>, !fwp.fast_weight<16x16xf32>, !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>
+}
+
+// Backwards in time (as the backward scans run): the blocks cover T from
+// its end, [max(T - i - 64, 0), T - i), a short block at the start of time.
+// CHECK-LABEL: func.func @reverse_two_weights(
+// CHECK-SAME: %[[T:arg0]]: index
+// CHECK-SAME: fwp.stages = 2
+// CHECK: %[[C64:.*]] = arith.constant 64 : index
+// CHECK: scf.for %[[I:.*]] = %{{.*}} to %[[T]] step %[[C64]] {
+// CHECK-NEXT: %[[END:.*]] = arith.subi %[[T]], %[[I]]
+// CHECK-NEXT: %[[BACK:.*]] = arith.subi %[[END]], %[[C64]]
+// CHECK-NEXT: %[[FIRST:.*]] = arith.maxsi %[[BACK]], %{{.*}}
+// CHECK-NEXT: %[[N:.*]] = arith.subi %[[END]], %[[FIRST]]
+// CHECK-NEXT: memref.subview %arg1[%[[FIRST]], 0] [%[[N]], 4] [1, 1]
+// CHECK: call @reverse_two_weights__stage0(%[[N]],
+// CHECK: call @reverse_two_weights__stage1(%[[N]],
+fwp.scan @reverse_two_weights reverse seq(%k : vector<4xf32>, %v : vector<4xf32>)
+    states(%W : !fwp.fast_weight<4x4xf32>, %V : !fwp.fast_weight<4x4xf32>)
+    outputs(y : vector<4xf32>) {
+  %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %a = fwp.read %W1, %k : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  %V1 = fwp.write_sum %V, %a, %v : !fwp.fast_weight<4x4xf32>, vector<4xf32>, vector<4xf32>
+  %y = fwp.read %V1, %k : !fwp.fast_weight<4x4xf32>, vector<4xf32> -> vector<4xf32>
+  fwp.yield %W1, %V1, %y : !fwp.fast_weight<4x4xf32>, !fwp.fast_weight<4x4xf32>, vector<4xf32>
 }
