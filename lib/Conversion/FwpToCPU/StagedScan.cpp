@@ -685,7 +685,7 @@ FailureOr<bool> lowerPlan(ScanOp scan, const CpuPatternSet &patterns,
 
   // The scan's function: the per-step buffers of the crossing values, a
   // copy of each weight's initial value for its passes before the last,
-  // then the passes in order.
+  // then the passes in order, block by block (below).
   func::FuncOp func = createScanFunction(b, scan);
   if (chunkLength)
     func->setAttr("fwp.chunk", b.getI64IntegerAttr(chunkLength));
@@ -744,7 +744,8 @@ FailureOr<bool> lowerPlan(ScanOp scan, const CpuPatternSet &patterns,
   auto blocks = scf::ForOp::create(b, loc, zero, count, blockSteps);
   b.setInsertionPointToStart(blocks.getBody());
   Value i = blocks.getInductionVar();
-  // The block's first step and length: from the end of time backwards.
+  // The block's first step and length (backwards in time, the blocks
+  // start at the end of time).
   Value first, length;
   if (scan.getReverse()) {
     Value end = arith::SubIOp::create(b, loc, count, i);
