@@ -1411,13 +1411,20 @@ void checkBackwardArgs(const Artifact &artifact, const CallShape &shape,
                   c10::toString(tensor.scalar_type()) + "; expected a floating-point dtype");
     return tensor.detach().to(artifact.dtype()).contiguous();
   };
+  bool hasY = false;
   for (const auto &[name, want] : shapes) {
+    hasY = hasY || name == "y";
     if (name != "y")
       results[name] = *check(forwardResults, name, want, /*required=*/true);
     std::string gradName = "grad." + name;
     if (name == "y" || name.rfind("final.", 0) == 0)
       if (auto grad = check(grads, gradName, want, /*required=*/false))
         checkedGrads[gradName] = *grad;
+  }
+  if (!hasY) { // a checkpointed layer's forward_train computes no y
+    auto forward = compiledForwardShapes(artifact, shape.batch, shape.heads, shape.steps, false);
+    if (auto grad = check(grads, "grad.y", forward.front().second, /*required=*/false))
+      checkedGrads["grad.y"] = *grad;
   }
   for (const auto &[name, tensor] : grads)
     if (!checkedGrads.count(name) && tensor.defined())
@@ -1493,7 +1500,10 @@ compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, in
     throw Error(artifact.path() + ": kernel " + kernel.symbol + " has no " + role + " '" +
                 name + "'");
   };
-  shapes.emplace_back("y", argShape("output", "y"));
+  // A checkpointed layer's forward_train computes no "y": it only rebuilds
+  // a segment's tape inside the backward.
+  if (!train || artifact.checkpointEvery() <= 0)
+    shapes.emplace_back("y", argShape("output", "y"));
   for (const TensorSpec &state : artifact.signature().states) {
     std::vector<int64_t> shape{batch, heads};
     for (int64_t size : resolveShape(state, artifact.dims()))

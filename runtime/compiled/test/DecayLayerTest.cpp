@@ -218,6 +218,54 @@ TEST(DecayLayer, RetnetDecayGradientMatchesFiniteDifferences) {
   }
 }
 
+/// A checkpointed layer's kernels called one by one, as the CUDA backward
+/// calls them per segment: forward_train over the whole sequence records the
+/// tape and computes no "y" (nothing reads it), and runCompiledBackward,
+/// given "grad.y" and the final state's gradient, matches the reference's
+/// gradients (the energy form's E starts from the final state, f64).
+TEST(DecayLayer, KernelsOneByOneMatchTheReference) {
+  for (const char *name : {"gated_delta_net_f64", "retnet_f64", "gla_f64"}) {
+    SCOPED_TRACE(name);
+    REQUIRE_ARTIFACT(name);
+    auto artifact = fwp::Artifact::load(artifactPath(name));
+    ASSERT_GT(artifact->checkpointEvery(), 0);
+    TensorMap inputs = fwp::test::decayLayerInputs(*artifact, 2, 2, 70, true, 1.0, 31);
+    auto reference = fwp::makeReferenceLayer(artifact->signature().layer, artifact->dims());
+    std::vector<std::string> names;
+    std::vector<Tensor> leaves;
+    TensorMap referenceInputs;
+    for (const auto &[input, value] : inputs) {
+      names.push_back(input);
+      leaves.push_back(value.clone().requires_grad_(true));
+      referenceInputs[input] = leaves.back();
+    }
+    TensorMap want = reference->forward(referenceInputs);
+    torch::manual_seed(3);
+    TensorMap grads;
+    Tensor loss = torch::zeros({}, torch::kDouble);
+    for (const auto &[output, value] : want) {
+      Tensor cotangent = torch::randn(value.sizes(), torch::kDouble);
+      grads["grad." + output] = cotangent;
+      loss = loss + (value * cotangent).sum();
+    }
+    auto wantGrads = torch::autograd::grad({loss}, leaves);
+
+    TensorMap trained = fwp::runCompiledForward(*artifact, inputs, /*train=*/true, grads);
+    EXPECT_FALSE(trained.count("y"));
+    auto shapes = fwp::compiledForwardShapes(*artifact, 2, 2, 70, /*train=*/true);
+    ASSERT_EQ(trained.size(), shapes.size());
+    for (const auto &[result, shape] : shapes) {
+      ASSERT_TRUE(trained.count(result)) << result;
+      EXPECT_EQ(trained.at(result).sizes().vec(), shape) << result;
+    }
+    EXPECT_LE(relativeError(trained.at("final.W"), want.at("final.W")), 1e-10);
+    TensorMap got = fwp::runCompiledBackward(*artifact, inputs, trained, grads);
+    for (size_t i = 0; i < names.size(); ++i)
+      EXPECT_LE(relativeError(got.at("grad." + names[i]), wantGrads[i]), 1e-10)
+          << "gradient of " << names[i];
+  }
+}
+
 /// The strategies are visible in the manifest and the runtime reads them:
 /// store keeps the tape of W, checkpoint says its segment length.
 TEST(DecayLayer, ManifestSaysTheStrategy) {

@@ -436,13 +436,25 @@ static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
   }
   llvm::append_range(tapeTypes, ValueRange(tapeValues).getTypes());
 
-  SmallVector<Value> yielded(yield.getValues());
+  // A checkpointed layer's training forward runs only inside the backward,
+  // to rebuild a segment's tape (the forward of the call is the plain
+  // forward, which keeps the checkpoints): nothing reads its outputs, so it
+  // computes none of them.
+  bool checkpointed = llvm::any_of(states, [](const StateInfo &state) {
+    return state.strategy.kind == BackwardStrategy::Checkpoint;
+  });
+  SmallVector<Value> yielded(yield.getValues().take_front(numStates));
+  if (!checkpointed)
+    llvm::append_range(yielded, yield.getValues().drop_front(numStates));
   llvm::append_range(yielded, tapeValues);
   YieldOp::create(builder, yield.getLoc(), yielded);
   yield.erase();
 
-  SmallVector<Attribute> outputNames(train.getOutputNames().getValue());
-  SmallVector<Attribute> outputTypes(train.getOutputTypes().getValue());
+  SmallVector<Attribute> outputNames, outputTypes;
+  if (!checkpointed) {
+    llvm::append_range(outputNames, train.getOutputNames().getValue());
+    llvm::append_range(outputTypes, train.getOutputTypes().getValue());
+  }
   for (auto [name, type] : llvm::zip(tapeNames, tapeTypes)) {
     outputNames.push_back(builder.getStringAttr(name));
     outputTypes.push_back(TypeAttr::get(type));

@@ -67,7 +67,8 @@ def FwpDifferentiate : Pass<"fwp-differentiate", "mlir::ModuleOp"> {
     * `store`: the tape records the state at `t - 1` (`tape.<state>.prev`).
     * `checkpoint:C`: the IR is that of `store`; the runtime keeps the states
       every C steps only and recomputes one segment's tape at a time
-      (the manifest's `checkpoint_every`).
+      (the manifest's `checkpoint_every`). `@L_train` then runs only to
+      rebuild a segment's tape: it yields the tape and no outputs.
 
     Missing entries default to `invert` for fast weights whose updates are
     invertible, `checkpoint:64` for other fast weights, and `store` for

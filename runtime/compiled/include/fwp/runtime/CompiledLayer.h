@@ -131,7 +131,8 @@ private:
 /// operators wrap (runtime/torch, docs/python.md). `inputs` as for
 /// FastWeightLayer::forward, validated the same way (fwp::Error otherwise).
 /// Returns "y", "final.<state>" for every state and, with `train`
-/// (forward_train), every tape entry under its manifest name. A layer whose
+/// (forward_train), every tape entry under its manifest name (and no "y"
+/// for a checkpointed layer: see compiledForwardShapes). A layer whose
 /// backward has the energy form (a checkpointed decaying weight,
 /// docs/design.md) computes reads of the output gradients in forward_train:
 /// `grads` gives them ("grad.y"; zero when absent).
@@ -150,6 +151,8 @@ TensorMap runCompiledBackward(const Artifact &artifact, const TensorMap &inputs,
 /// Names and shapes of what runCompiledForward returns for a call of
 /// `batch` x `heads` x `steps`, in order: "y", "final.<state>" in the
 /// signature's order, then (with `train`) the tape in the manifest's order.
+/// A checkpointed layer's forward_train, which only rebuilds a segment's
+/// tape inside the backward, returns no "y".
 std::vector<std::pair<std::string, std::vector<int64_t>>>
 compiledForwardShapes(const Artifact &artifact, int64_t batch, int64_t heads, int64_t steps,
                       bool train);
