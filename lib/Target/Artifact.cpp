@@ -5,6 +5,7 @@
 
 #include "fwp/Conversion/Passes.h"
 #include "fwp/Dialect/Fwp/IR/FwpOps.h"
+#include "fwp/Dialect/Fwp/IR/KernelArgs.h"
 #include "fwp/Dialect/Fwp/Transforms/Passes.h"
 
 #include "mlir/Pass/PassRegistry.h"
@@ -166,54 +167,36 @@ static StringRef nameAt(ArrayAttr names, unsigned i) {
 }
 
 /// The manifest's argument list of one kernel, from its scan's names.
-static llvm::json::Array kernelArgs(mlir::fwp::ScanOp scan, StringRef role) {
+static llvm::json::Array kernelArgs(mlir::fwp::ScanOp scan) {
+  using mlir::fwp::ScanArgKind;
   llvm::json::Array args;
-  bool backward = role == "backward";
-  for (auto [i, arg] : llvm::enumerate(scan.getSeqArgs())) {
-    StringRef name = nameAt(scan.getSeqNames(), i);
-    StringRef argRole = "seq";
-    if (name.starts_with("tape.")) {
-      argRole = "tape";
-    } else if (role != "forward" && name.consume_front("grad.")) {
-      // The backward's output gradients; the training forward's too when
-      // it computes reads of them (the energy form, docs/design.md).
-      argRole = "grad_output";
-    }
-    args.push_back(bufferArg(argRole, name, arg.getType(), true));
-  }
+  auto add = [&](ScanArgKind kind, StringRef name, Type type, bool perStep) {
+    auto [role, bound] = mlir::fwp::kernelArgRole(scan, kind, name);
+    args.push_back(bufferArg(role, bound, type, perStep));
+  };
+  for (auto [i, arg] : llvm::enumerate(scan.getSeqArgs()))
+    add(ScanArgKind::Seq, nameAt(scan.getSeqNames(), i), arg.getType(), true);
   for (auto [i, arg] : llvm::enumerate(scan.getParamArgs()))
-    args.push_back(bufferArg("param", nameAt(scan.getParamNames(), i),
-                         arg.getType(), false));
-  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs())) {
-    StringRef name = nameAt(scan.getStateNames(), i);
-    StringRef argRole = "state";
-    if (name.consume_front("grad.state."))
-      argRole = "grad_state";
-    else if (name.consume_front("grad.param."))
-      argRole = "grad_param";
-    else if (backward && name.consume_front("energy."))
-      argRole = "energy"; // rowsum(adj(W) (.) W) of the fast weight `name`
-    args.push_back(bufferArg(argRole, name, arg.getType(), false));
-  }
-  for (auto [i, type] : llvm::enumerate(scan.getOutputTypes())) {
-    StringRef name = nameAt(scan.getOutputNames(), i);
-    StringRef argRole = "output";
-    if (name.starts_with("tape."))
-      argRole = "tape";
-    else if (backward && name.consume_front("grad."))
-      argRole = "grad_seq";
-    args.push_back(
-        bufferArg(argRole, name, cast<TypeAttr>(type).getValue(), true));
-  }
+    add(ScanArgKind::Param, nameAt(scan.getParamNames(), i), arg.getType(),
+        false);
+  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs()))
+    add(ScanArgKind::State, nameAt(scan.getStateNames(), i), arg.getType(),
+        false);
+  for (auto [i, type] : llvm::enumerate(scan.getOutputTypes()))
+    add(ScanArgKind::Output, nameAt(scan.getOutputNames(), i),
+        cast<TypeAttr>(type).getValue(), true);
   return args;
 }
 
 FailureOr<llvm::json::Object> buildManifest(ModuleOp module) {
-  mlir::fwp::ScanOp forward, train, grad;
+  mlir::fwp::ScanOp forward, train, grad, deferred;
   for (auto scan : module.getOps<mlir::fwp::ScanOp>()) {
     auto role = scan->getAttrOfType<StringAttr>(mlir::fwp::kRoleAttrName);
     mlir::fwp::ScanOp &slot =
-        !role ? forward : role.getValue() == "backward" ? grad : train;
+        !role                                    ? forward
+        : role.getValue() == "backward"          ? grad
+        : role.getValue() == "backward_deferred" ? deferred
+                                                 : train;
     if (slot) {
       scan.emitError() << "an artifact holds one layer, but the module has "
                           "another scan of the same role: @"
@@ -308,14 +291,18 @@ FailureOr<llvm::json::Object> buildManifest(ModuleOp module) {
         checkpointEvery = strategy->every;
     }
 
-  auto kernel = [&](mlir::fwp::ScanOp scan, StringRef role) {
+  auto kernel = [&](mlir::fwp::ScanOp scan) {
     return llvm::json::Object{
         {"symbol", mlir::fwp::cpuEntryPointName(scan.getSymName())},
-        {"args", kernelArgs(scan, role)}};
+        {"args", kernelArgs(scan)}};
   };
-  llvm::json::Object cpu{{"forward", kernel(forward, "forward")},
-                         {"forward_train", kernel(train, "forward_train")},
-                         {"backward", kernel(grad, "backward")}};
+  llvm::json::Object cpu{{"forward", kernel(forward)},
+                         {"forward_train", kernel(train)},
+                         {"backward", kernel(grad)}};
+  // The energy form's products of a delta write's weight with the adjoint
+  // (docs/design.md): run after the backward, forwards in time.
+  if (deferred)
+    cpu["backward_deferred"] = kernel(deferred);
   return llvm::json::Object{
       {"format", "fwpk"},
       {"version", kArtifactFormatVersion},

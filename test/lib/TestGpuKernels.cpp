@@ -1272,13 +1272,17 @@ struct TestFwpGpuKernelsPass
           size *= cast<IntegerAttr>(dim).getInt();
       }
       Buffer buf(size);
-      bool written = role == "output" || role == "tape" || role == "grad_seq";
+      StringRef kernelRole =
+          cast<StringAttr>(kernel->getAttr(kGpuKernelRoleAttr)).getValue();
+      bool written = role == "output" || role == "tape" || role == "grad_seq" ||
+                     role == "deferred";
       bool inOut = role == "state" || role == "grad_state" ||
-                   role == "grad_param";
-      // Tape buffers are outputs of forward_train and inputs of backward.
-      if (role == "tape" &&
-          cast<StringAttr>(kernel->getAttr(kGpuKernelRoleAttr)).getValue() ==
-              "backward")
+                   role == "grad_param" || role == "energy";
+      // Tape buffers are outputs of forward_train and inputs of backward;
+      // the deferred values outputs of backward and inputs of
+      // backward_deferred.
+      if ((role == "tape" && kernelRole == "backward") ||
+          (role == "deferred" && kernelRole == "backward_deferred"))
         written = false;
       double scale = role == "param" ? 0.5 : inOut ? 0.3 : 1.0;
       for (double &x : buf)

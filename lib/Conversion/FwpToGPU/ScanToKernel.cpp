@@ -8,6 +8,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "KernelEmitter.h"
+#include "fwp/Dialect/Fwp/IR/KernelArgs.h"
 
 #include "fwp/Dialect/Fwp/Transforms/Passes.h"
 
@@ -53,9 +54,6 @@ LogicalResult KernelEmitter::checkTypes() {
 }
 
 ArrayAttr KernelEmitter::buildArgsAttr() {
-  bool backward = false;
-  if (auto role = scan->getAttrOfType<StringAttr>(kRoleAttrName))
-    backward = role.getValue() == "backward";
   auto shapeOf = [&](Type type, ArrayRef<Attribute> prefix, bool perStep) {
     SmallVector<Attribute> shape(prefix);
     if (perStep)
@@ -72,46 +70,29 @@ ArrayAttr KernelEmitter::buildArgsAttr() {
   };
   Attribute batchDim = b.getStringAttr("B"), headDim = b.getStringAttr("H");
   SmallVector<Attribute> args;
-  auto addArg = [&](StringRef role, StringRef name, ArrayAttr shape) {
+  // Roles and names as the CPU manifest gives them (kernelArgRole).
+  auto addArg = [&](ScanArgKind kind, StringRef name, ArrayAttr shape) {
+    auto [role, bound] = kernelArgRole(scan, kind, name);
     args.push_back(b.getDictionaryAttr(
         {b.getNamedAttr("role", b.getStringAttr(role)),
-         b.getNamedAttr("name", b.getStringAttr(name)),
+         b.getNamedAttr("name", b.getStringAttr(bound)),
          b.getNamedAttr("shape", shape)}));
   };
   auto nameAt = [](ArrayAttr names, unsigned i) {
     return cast<StringAttr>(names[i]).getValue();
   };
-  for (auto [i, arg] : llvm::enumerate(scan.getSeqArgs())) {
-    StringRef name = nameAt(scan.getSeqNames(), i);
-    StringRef role = "seq";
-    if (name.starts_with("tape."))
-      role = "tape";
-    else if (backward && name.consume_front("grad."))
-      role = "grad_output";
-    addArg(role, name, shapeOf(arg.getType(), {batchDim, headDim}, true));
-  }
+  for (auto [i, arg] : llvm::enumerate(scan.getSeqArgs()))
+    addArg(ScanArgKind::Seq, nameAt(scan.getSeqNames(), i),
+           shapeOf(arg.getType(), {batchDim, headDim}, true));
   for (auto [i, arg] : llvm::enumerate(scan.getParamArgs()))
-    addArg("param", nameAt(scan.getParamNames(), i),
+    addArg(ScanArgKind::Param, nameAt(scan.getParamNames(), i),
            shapeOf(arg.getType(), {headDim}, false));
-  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs())) {
-    StringRef name = nameAt(scan.getStateNames(), i);
-    StringRef role = "state";
-    if (name.consume_front("grad.state."))
-      role = "grad_state";
-    else if (name.consume_front("grad.param."))
-      role = "grad_param";
-    addArg(role, name, shapeOf(arg.getType(), {batchDim, headDim}, false));
-  }
-  for (auto [i, attr] : llvm::enumerate(scan.getOutputTypes())) {
-    StringRef name = nameAt(scan.getOutputNames(), i);
-    StringRef role = "output";
-    if (name.starts_with("tape."))
-      role = "tape";
-    else if (backward && name.consume_front("grad."))
-      role = "grad_seq";
-    addArg(role, name,
+  for (auto [i, arg] : llvm::enumerate(scan.getStateArgs()))
+    addArg(ScanArgKind::State, nameAt(scan.getStateNames(), i),
+           shapeOf(arg.getType(), {batchDim, headDim}, false));
+  for (auto [i, attr] : llvm::enumerate(scan.getOutputTypes()))
+    addArg(ScanArgKind::Output, nameAt(scan.getOutputNames(), i),
            shapeOf(cast<TypeAttr>(attr).getValue(), {batchDim, headDim}, true));
-  }
   return b.getArrayAttr(args);
 }
 

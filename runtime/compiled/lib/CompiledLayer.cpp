@@ -32,13 +32,6 @@ using nlohmann::json;
 
 constexpr int kFormatVersion = kArtifactFormatVersion;
 
-const std::set<std::string> &knownRoles() {
-  static const std::set<std::string> roles = {
-      "seq",  "param",       "state",      "output",     "tape",
-      "grad_output", "grad_state", "grad_param", "grad_seq", "energy"};
-  return roles;
-}
-
 /// Reads manifest fields with errors that name the file and the field.
 class ManifestReader {
 public:
@@ -282,6 +275,41 @@ TensorMap runCpuForward(const Artifact &artifact, const CpuKernel &kernel,
   return results;
 }
 
+/// The energy form's deferred products over a whole call on CPU
+/// (Artifact::backwardDeferred): the weight starts from the call's initial
+/// state, `results` holds the backward's `deferred.*`; adds the kernel's
+/// gradients into `results`.
+void runDeferredCpu(const Artifact &artifact, const CpuKernel &kernel, const TensorMap &inputs,
+                    TensorMap &results, int64_t batch, int64_t heads, int64_t steps) {
+  auto options = torch::TensorOptions().dtype(artifact.dtype());
+  std::vector<Buffer> buffers;
+  std::vector<std::pair<std::string, torch::Tensor>> gradients;
+  for (const KernelArg &arg : kernel.args) {
+    Buffer buffer;
+    std::vector<int64_t> shape = tensorShape(arg, batch, heads, steps);
+    if (std::optional<Buffer> input = inputBuffer(arg, inputs)) {
+      buffer = *input;
+    } else if (arg.role == "state") {
+      auto init = inputs.find(initName(arg.name));
+      buffer.tensor = init != inputs.end()
+                          ? init->second.detach().to(artifact.dtype()).clone(
+                                at::MemoryFormat::Contiguous).view(shape)
+                          : torch::zeros(shape, options);
+    } else if (arg.role == "deferred") {
+      buffer.tensor = results.at(arg.name);
+    } else if (arg.role == "grad_seq") {
+      buffer.tensor = torch::empty(shape, options);
+      gradients.emplace_back("grad." + arg.name, buffer.tensor);
+    } else {
+      throw Error(artifact.path() + ": role '" + arg.role + "' in the deferred kernel");
+    }
+    buffers.push_back(std::move(buffer));
+  }
+  runKernel(kernel, buffers, batch, heads, steps);
+  for (const auto &[name, gradient] : gradients)
+    results.at(name).add_(gradient);
+}
+
 /// The backward pass on CPU (see runCompiledBackward); `forwardResults` and
 /// `grads` are already checked and in the artifact's dtype.
 TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
@@ -324,6 +352,9 @@ TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
       results["grad." + arg.name] = buffer.tensor;
     } else if (arg.role == "energy") {
       buffer.tensor = initialEnergy(arg.name, shape, forwardResults, grads);
+    } else if (arg.role == "deferred") {
+      buffer.tensor = torch::empty(shape, options);
+      results[arg.name] = buffer.tensor;
     } else {
       throw Error(artifact.path() + ": role '" + arg.role + "' in the backward kernel");
     }
@@ -333,6 +364,8 @@ TensorMap runCpuBackward(const Artifact &artifact, const TensorMap &inputs,
   for (const KernelArg &arg : kernel.args)
     if (arg.role == "grad_param")
       results["grad." + arg.name] = results["grad." + arg.name].sum(0);
+  if (const CpuKernel *deferred = artifact.backwardDeferred())
+    runDeferredCpu(artifact, *deferred, inputs, results, batch, heads, steps);
   return results;
 }
 
@@ -521,6 +554,38 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
     energyArgs.push_back({i, find(backward, "grad_state"), find(train, "state")});
   }
 
+  // The deferred products' kernel (Artifact::backwardDeferred): per
+  // gradient it yields, its argument and the backward's of the same input.
+  const CpuKernel *deferred = artifact.backwardDeferred();
+  struct DeferredGradient {
+    size_t deferred, backward;
+  };
+  std::vector<DeferredGradient> deferredGradients;
+  if (deferred)
+    for (size_t i = 0; i < deferred->args.size(); ++i) {
+      if (deferred->args[i].role != "grad_seq")
+        continue;
+      size_t j = 0;
+      while (j < backward.args.size() && !(backward.args[j].role == "grad_seq" &&
+                                           backward.args[j].name == deferred->args[i].name))
+        ++j;
+      if (j == backward.args.size())
+        throw Error(artifact.path() + ": the deferred kernel's gradient '" +
+                    deferred->args[i].name + "' is not one of the backward's");
+      deferredGradients.push_back({i, j});
+    }
+  // A state at the start of `segment` for sequence `pair`: its checkpoint.
+  auto copyCheckpoint = [&](const KernelArg &arg, char *into, int64_t elementSize,
+                            int64_t segment, int64_t pair) {
+    int64_t bytes = blockElements(arg, 0) * elementSize;
+    auto checkpoint = saved.find(checkpointName(segment, arg.name));
+    if (checkpoint == saved.end())
+      std::memset(into, 0, bytes);
+    else
+      std::memcpy(into, static_cast<const char *>(checkpoint->second.data_ptr()) + pair * bytes,
+                  bytes);
+  };
+
   at::parallel_for(0, shape.batch * shape.heads, 1, [&](int64_t first, int64_t last) {
     // This thread's scratch, one segment long: forward_train's states,
     // outputs and tape ("<role>.<name>"), and the states the backward
@@ -546,9 +611,26 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
         backwardBuffers.push_back(local(arg, "rebuilt"));
       else if (arg.role == "energy")
         backwardBuffers.push_back(local(arg, "energy"));
+      else if (arg.role == "deferred")
+        backwardBuffers.push_back(local(arg, "deferred"));
       else
         throw Error(artifact.path() + ": role '" + arg.role + "' in the backward kernel");
     }
+    // The deferred products' kernel: the segment's checkpoint, the
+    // backward's `deferred.*`, gradients to add to the backward's.
+    std::vector<Buffer> deferredBuffers;
+    if (deferred)
+      for (const KernelArg &arg : deferred->args) {
+        if (std::optional<Buffer> input = inputBuffer(arg, inputs))
+          deferredBuffers.push_back(*input);
+        else if (arg.role == "state" || arg.role == "deferred" || arg.role == "grad_seq")
+          deferredBuffers.push_back(local(arg, arg.role == "grad_seq" ? "deferred_grad"
+                                              : arg.role == "state" ? "deferred_state"
+                                                                    : "deferred"));
+        else
+          throw Error(artifact.path() + ": role '" + arg.role + "' in the deferred kernel");
+      }
+    std::vector<char *> deferredData(deferred ? deferred->args.size() : 0);
     std::vector<char *> trainData(train.args.size()), backwardData(backward.args.size());
     for (int64_t pair = first; pair < last; ++pair)
       for (int64_t segment = segments - 1; segment >= 0; --segment) {
@@ -556,16 +638,9 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
         for (size_t i = 0; i < train.args.size(); ++i) {
           const KernelArg &arg = train.args[i];
           trainData[i] = trainBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
-          if (arg.role != "state")
-            continue;
-          int64_t bytes = blockElements(arg, 0) * trainBuffers[i].tensor.element_size();
-          auto checkpoint = saved.find(checkpointName(segment, arg.name));
-          if (checkpoint == saved.end())
-            std::memset(trainData[i], 0, bytes);
-          else
-            std::memcpy(trainData[i],
-                        static_cast<const char *>(checkpoint->second.data_ptr()) + pair * bytes,
-                        bytes);
+          if (arg.role == "state")
+            copyCheckpoint(arg, trainData[i], trainBuffers[i].tensor.element_size(), segment,
+                           pair);
         }
         callKernel(train, trainData, steps);
         for (size_t i = 0; i < backward.args.size(); ++i) {
@@ -595,6 +670,26 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
             }
           });
         callKernel(backward, backwardData, steps);
+        if (!deferred)
+          continue;
+        for (size_t i = 0; i < deferred->args.size(); ++i) {
+          const KernelArg &arg = deferred->args[i];
+          deferredData[i] = deferredBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
+          if (arg.role == "state")
+            copyCheckpoint(arg, deferredData[i], deferredBuffers[i].tensor.element_size(),
+                           segment, pair);
+        }
+        callKernel(*deferred, deferredData, steps);
+        for (const DeferredGradient &g : deferredGradients)
+          AT_DISPATCH_FLOATING_TYPES(artifact.dtype(), "fwp_deferred", [&] {
+            const KernelArg &arg = deferred->args[g.deferred];
+            auto *into = reinterpret_cast<scalar_t *>(
+                backwardShared[g.backward]->at(backward.args[g.backward], pair, shape.heads,
+                                               shape.steps, begin));
+            auto *from = reinterpret_cast<const scalar_t *>(deferredData[g.deferred]);
+            for (int64_t i = 0, n = blockElements(arg, steps); i < n; ++i)
+              into[i] += from[i];
+          });
       }
   });
   for (const KernelArg &arg : backward.args)
@@ -1000,7 +1095,7 @@ void parseKernel(const ManifestReader &reader, const json &kernels,
     std::string argField = field + ".args[" + std::to_string(i) + "]";
     KernelArg arg;
     arg.role = reader.string(args[i], argField, "role");
-    if (!knownRoles().count(arg.role))
+    if (!cuda::knownArgRoles().count(arg.role))
       reader.fail(argField + ".role", "is '" + arg.role + "', not a known role");
     arg.name = reader.string(args[i], argField, "name");
     arg.shape = reader.shape(reader.member(args[i], argField, "shape"),
@@ -1047,8 +1142,11 @@ CudaImages loadCudaKernels(const ManifestReader &reader, const json &cuda,
       reader.fail(field, "names the section '" + name + "' a second time");
     return *section;
   };
-  for (const char *role : {"forward", "forward_train", "backward"}) {
-    std::string field = std::string("kernels.cuda.") + role;
+  std::vector<std::string> roles{"forward", "forward_train", "backward"};
+  if (cuda.contains("backward_deferred")) // the energy form's deferred products
+    roles.push_back("backward_deferred");
+  for (const std::string &role : roles) {
+    std::string field = "kernels.cuda." + role;
     const json &entry = reader.member(cuda, "kernels.cuda", role);
     std::string kernel = reader.string(entry, field, "kernel");
     std::string symbol = reader.string(entry, field, "ptx_symbol");
@@ -1217,10 +1315,16 @@ std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCo
   parseKernel(reader, cpu, "forward", images[0].functions, artifact->forward_);
   parseKernel(reader, cpu, "forward_train", images[0].functions, artifact->forwardTrain_);
   parseKernel(reader, cpu, "backward", images[0].functions, artifact->backward_);
+  if (cpu.contains("backward_deferred"))
+    parseKernel(reader, cpu, "backward_deferred", images[0].functions,
+                artifact->backwardDeferred_.emplace());
+  std::vector<CpuKernel *> allKernels{&artifact->forward_, &artifact->forwardTrain_,
+                                      &artifact->backward_};
+  if (artifact->backwardDeferred_)
+    allKernels.push_back(&*artifact->backwardDeferred_);
   // Every image exports every kernel; the host runs the first it can.
   for (size_t i = 1; i < images.size(); ++i)
-    for (const CpuKernel *kernel :
-         {&artifact->forward_, &artifact->forwardTrain_, &artifact->backward_})
+    for (const CpuKernel *kernel : allKernels)
       if (std::find(images[i].functions.begin(), images[i].functions.end(), kernel->symbol) ==
           images[i].functions.end())
         reader.fail("kernels.cpu", "symbol " + kernel->symbol + " is not exported by the CPU "
@@ -1243,8 +1347,7 @@ std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCo
         return resolveShape(spec, artifact->dims_);
     return std::nullopt;
   };
-  for (const CpuKernel *kernel :
-       {&artifact->forward_, &artifact->forwardTrain_, &artifact->backward_}) {
+  for (const CpuKernel *kernel : allKernels) {
     for (const KernelArg &arg : kernel->args) {
       const std::string &role = arg.role;
       std::optional<std::vector<int64_t>> expected;
@@ -1270,6 +1373,15 @@ std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCo
           expected->resize(1);
         else
           expected = std::nullopt;
+      } else if (role == "deferred" && arg.name.rfind("deferred.", 0) == 0) {
+        // deferred.<W>.<i>: per step, a vector of the fast weight's columns.
+        std::string rest = arg.name.substr(std::string("deferred.").size());
+        expected = specShape(signature.states, rest.substr(0, rest.find('.')));
+        if (expected && expected->size() == 2)
+          expected = std::vector<int64_t>{(*expected)[1]};
+        else
+          expected = std::nullopt;
+        perStep = true;
       }
       if (!expected)
         reader.fail("kernels.cpu", "symbol " + kernel->symbol + ": " + role + " '" +
@@ -1300,7 +1412,7 @@ std::shared_ptr<Artifact> Artifact::loadImpl(const std::string &path, bool mapCo
   // Verified: map the code and resolve the entry points.
   artifact->handle_ =
       mapImage(container.section(artifact->cpuSection_)->bytes, path, artifact->imageFd_);
-  for (CpuKernel *kernel : {&artifact->forward_, &artifact->forwardTrain_, &artifact->backward_})
+  for (CpuKernel *kernel : allKernels)
     resolveKernel(artifact->handle_, artifact->imageFd_, path, *kernel);
   return artifact;
 }

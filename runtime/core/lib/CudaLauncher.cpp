@@ -258,13 +258,6 @@ Cache::Function &loadFunction(const Driver &driver, CUcontext context,
 // Manifest entries
 //===----------------------------------------------------------------------===//
 
-const std::set<std::string> &knownRoles() {
-  static const std::set<std::string> roles = {
-      "seq",  "param",       "state",      "output",     "tape",
-      "grad_output", "grad_state", "grad_param", "grad_seq", "energy"};
-  return roles;
-}
-
 std::string shapeText(const std::vector<int64_t> &shape) {
   std::ostringstream os;
   os << '[';
@@ -348,7 +341,7 @@ KernelSpec KernelSpec::fromJson(const json &entry, const std::string &where) {
     if (!arg.is_object() || !arg.contains("role") || !arg.contains("name") ||
         !arg.contains("shape"))
       fail(field, "must be an object with role, name and shape");
-    if (!arg["role"].is_string() || !knownRoles().count(arg["role"].get<std::string>()))
+    if (!arg["role"].is_string() || !knownArgRoles().count(arg["role"].get<std::string>()))
       fail(field + ".role", "is " + arg["role"].dump() + ", not a known role");
     if (!arg["name"].is_string() || arg["name"].get<std::string>().empty())
       fail(field + ".name", "must be a non-empty string");
@@ -548,6 +541,13 @@ void runKernel(const json &entry, const std::string &image,
       throw Error("CUDA kernel " + spec.kernel + " has no argument '" + key + "'");
   }
   runKernel(spec, image, args, B, H, T);
+}
+
+const std::set<std::string> &knownArgRoles() {
+  static const std::set<std::string> roles = {
+      "seq",        "param",      "state",      "output",   "tape",   "grad_output",
+      "grad_state", "grad_param", "grad_seq",   "energy",   "deferred"};
+  return roles;
 }
 
 } // namespace fwp::cuda

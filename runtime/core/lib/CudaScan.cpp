@@ -82,6 +82,8 @@ KernelBundle KernelBundle::load(const std::string &dir) {
   entry("forward", bundle.forward);
   entry("forward_train", bundle.forwardTrain);
   entry("backward", bundle.backward);
+  if (cuda.contains("backward_deferred"))
+    entry("backward_deferred", bundle.backwardDeferred.emplace());
   return bundle;
 }
 
@@ -102,6 +104,8 @@ KernelBundle KernelBundle::fromManifest(const nlohmann::json &cuda,
   entry("forward", bundle.forward);
   entry("forward_train", bundle.forwardTrain);
   entry("backward", bundle.backward);
+  if (cuda.contains("backward_deferred"))
+    entry("backward_deferred", bundle.backwardDeferred.emplace());
   bundle.layer = bundle.forward.scan;
   bundle.images = std::move(images);
   return bundle;
@@ -152,6 +156,45 @@ TensorMap runForward(const KernelBundle &bundle, const TensorMap &inputs,
   return results;
 }
 
+namespace {
+
+/// The deferred products after the backward (KernelBundle::backwardDeferred):
+/// the weight from the inputs' initial state, the backward's `deferred.*`
+/// from `results`; adds the kernel's gradients into `results`.
+void runDeferred(const KernelBundle &bundle, const KernelSpec &spec, const TensorMap &inputs,
+                 TensorMap &results) {
+  auto [B, H, T] = sizesOf(spec, inputs);
+  torch::Device device = inputs.begin()->second.device();
+  auto options = torch::TensorOptions().dtype(spec.dtype).device(device);
+  std::string what = "CUDA layer " + spec.scan;
+  std::vector<torch::Tensor> args;
+  std::vector<std::pair<std::string, torch::Tensor>> gradients;
+  for (const ArgSpec &arg : spec.args) {
+    std::vector<int64_t> shape = tensorShape(arg, B, H, T);
+    torch::Tensor tensor;
+    if (arg.role == "seq" || arg.role == "param") {
+      tensor = find(inputs, arg.name, what).contiguous();
+    } else if (arg.role == "state") {
+      auto init = inputs.find(initName(arg.name));
+      tensor = init != inputs.end() ? init->second.to(spec.dtype).contiguous().clone().view(shape)
+                                    : torch::zeros(shape, options);
+    } else if (arg.role == "deferred") {
+      tensor = find(results, arg.name, what);
+    } else if (arg.role == "grad_seq") {
+      tensor = torch::empty(shape, options);
+      gradients.emplace_back("grad." + arg.name, tensor);
+    } else {
+      throw Error(what + ": argument role '" + arg.role + "' in a deferred kernel");
+    }
+    args.push_back(tensor);
+  }
+  runKernel(spec, bundle.image(spec), args, B, H, T);
+  for (const auto &[name, gradient] : gradients)
+    find(results, name, what).add_(gradient);
+}
+
+} // namespace
+
 TensorMap runBackward(const KernelBundle &bundle, const TensorMap &inputs,
                       const TensorMap &forwardResults, const TensorMap &grads) {
   const KernelSpec &spec = bundle.backward;
@@ -188,6 +231,9 @@ TensorMap runBackward(const KernelBundle &bundle, const TensorMap &inputs,
       results["grad." + arg.name] = tensor;
     } else if (arg.role == "energy") {
       tensor = initialEnergy(arg.name, shape, forwardResults, grads);
+    } else if (arg.role == "deferred") {
+      tensor = torch::empty(shape, options);
+      results[arg.name] = tensor;
     } else {
       throw Error(what + ": argument role '" + arg.role + "' in a backward kernel");
     }
@@ -197,6 +243,8 @@ TensorMap runBackward(const KernelBundle &bundle, const TensorMap &inputs,
   for (const ArgSpec &arg : spec.args)
     if (arg.role == "grad_param")
       results["grad." + arg.name] = results["grad." + arg.name].sum(0);
+  if (bundle.backwardDeferred)
+    runDeferred(bundle, *bundle.backwardDeferred, inputs, results);
   return results;
 }
 

@@ -1,8 +1,10 @@
 // The kernels of the decaying layers (and delta_product), under the backward
 // strategies their IR differs by, run on the simulated GPU of
 // test-fwp-gpu-kernels and agree with the scans' own semantics: the decay
-// ops (fwp.scale_rows, fwp.row_dot, fwp.sqrt), and a stored state read as a
-// matrix per step by the backward and written as one by the training forward.
+// ops (fwp.scale_rows, fwp.row_dot, fwp.sqrt), a stored state read as a
+// matrix per step by the backward and written as one by the training forward,
+// and the energy form's kernels (the backward's energy and deferred values
+// compared too; gated_delta_net's deferred products).
 //
 // RUN: fwp-opt %models/gated_delta_net.mlir --fwp-decompose --fwp-differentiate --test-fwp-gpu-kernels -o /dev/null | FileCheck %s --check-prefix=GDN
 // RUN: fwp-opt %models/retnet.mlir --fwp-decompose --fwp-differentiate --test-fwp-gpu-kernels -o /dev/null | FileCheck %s --check-prefix=RET
@@ -20,6 +22,7 @@
 // GDN: @gated_delta_net_kernel ok
 // GDN: @gated_delta_net_train_kernel ok
 // GDN: @gated_delta_net_grad_kernel ok
+// GDN: @gated_delta_net_deferred_kernel ok
 // RET: @retnet_kernel ok
 // RET: @retnet_train_kernel ok
 // RET: @retnet_grad_kernel ok

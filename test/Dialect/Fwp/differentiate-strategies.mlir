@@ -175,3 +175,59 @@ fwp.scan @reverse_decay reverse seq(%a : vector<2xf32>, %k : vector<2xf32>, %v :
 // FWD-LABEL: fwp.scan @reverse_decay_grad{{$}}
 // FWD-NEXT: seq(%a: vector<2xf32>, %k: vector<2xf32>, %v: vector<2xf32>, %grad.y: vector<2xf32>, %tape.W.prev: !fwp.fast_weight<2x2xf32>)
 // FWD: fwp.role = "backward"
+
+// A delta write under a decay the same for every row (gated_delta_net's
+// form): the energy form too. The training forward records the read's W g
+// and the write's retrieval; the backward, without W, hands the product of
+// W with the retrieval's adjoint d over (deferred.W.0) and adds only the
+// sum vbar . d of its energy term (spread over the rows); the scan after it
+// (@..._deferred) rebuilds W forwards and yields W d's gradient of the key.
+// (fwp.scale_weight %W, %a after fwp-decompose:)
+fwp.scan @delta_decay seq(%a : f32, %k : vector<2xf32>, %v : vector<2xf32>, %b : f32) states(%W : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
+  %ones = fwp.constant 1.0 : vector<2xf32>
+  %f = fwp.scale %ones, %a : vector<2xf32>
+  %Wd = fwp.scale_rows %W, %f : !fwp.fast_weight<2x2xf32>, vector<2xf32>
+  %W1, %r = fwp.write_delta %Wd, %k, %v, %b : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<2x2xf32>, vector<2xf32>
+}
+// CHECK-LABEL: fwp.scan @delta_decay_train
+// CHECK: outputs(tape.W.read.0 : vector<2xf32>, tape.W.0.retrieved : vector<2xf32>)
+// CHECK: %[[WD:.*]] = fwp.scale_rows %W
+// CHECK-NEXT: %[[G:.*]] = fwp.read_transposed %[[WD]], %grad.y
+// CHECK-NEXT: %[[W1:.*]], %[[R:.*]] = fwp.write_delta %[[WD]], %k, %v, %b
+// CHECK-NEXT: fwp.yield %[[W1]], %[[G]], %[[R]] :
+// CHECK-LABEL: fwp.scan @delta_decay_grad reverse
+// CHECK-NEXT: seq(%a: f32, %k: vector<2xf32>, %v: vector<2xf32>, %b: f32, %grad.y: vector<2xf32>, %tape.W.read.0: vector<2xf32>, %tape.W.0.retrieved: vector<2xf32>)
+// CHECK-NEXT: states(%grad.state.W: !fwp.fast_weight<2x2xf32>, %energy.W: vector<2xf32>)
+// CHECK-NEXT: outputs(grad.a : f32, grad.k : vector<2xf32>, grad.v : vector<2xf32>, grad.b : f32, deferred.W.0 : vector<2xf32>)
+// CHECK-NOT: fwp.row_dot
+// CHECK: fwp.write_delta %grad.state.W, %k,
+// CHECK: %[[D:.*]] = fwp.sub %{{.*}}, %{{.*}} : vector<2xf32>
+// CHECK: %[[SHARE:.*]] = fwp.constant 5.0{{.*}} : vector<2xf32>
+// CHECK-NEXT: %[[UD:.*]] = fwp.dot %tape.W.0.retrieved, %[[D]]
+// CHECK-NEXT: fwp.scale %[[SHARE]], %[[UD]]
+// CHECK: fwp.yield {{.*}}, %[[D]] :
+// CHECK-LABEL: fwp.scan @delta_decay_deferred{{$}}
+// CHECK-NEXT: seq(%a: f32, %k: vector<2xf32>, %v: vector<2xf32>, %b: f32, %deferred.W.0: vector<2xf32>)
+// CHECK-NEXT: states(%W: !fwp.fast_weight<2x2xf32>)
+// CHECK-NEXT: outputs(grad.k : vector<2xf32>) attributes {{.*}}fwp.role = "backward_deferred"
+// CHECK: %[[WD:.*]] = fwp.scale_rows %W
+// CHECK-NEXT: %[[W1:.*]], %{{.*}} = fwp.write_delta %[[WD]], %k, %v, %b
+// CHECK-NEXT: %[[RD:.*]] = fwp.read_transposed %[[WD]], %deferred.W.0
+// CHECK-NEXT: fwp.yield %[[W1]], %[[RD]] :
+
+// Decays that differ by row: the energy term of W d is needed row by row,
+// so a delta write keeps the tape form.
+fwp.scan @delta_row_decay seq(%a : vector<2xf32>, %k : vector<2xf32>, %v : vector<2xf32>, %b : f32) states(%W : !fwp.fast_weight<2x2xf32>) outputs(y : vector<2xf32>) {
+  %Wd = fwp.scale_rows %W, %a : !fwp.fast_weight<2x2xf32>, vector<2xf32>
+  %W1, %r = fwp.write_delta %Wd, %k, %v, %b : !fwp.fast_weight<2x2xf32>, vector<2xf32>, vector<2xf32>
+  %y = fwp.read %W1, %k : !fwp.fast_weight<2x2xf32>, vector<2xf32> -> vector<2xf32>
+  fwp.yield %W1, %y : !fwp.fast_weight<2x2xf32>, vector<2xf32>
+}
+// CHECK-LABEL: fwp.scan @delta_row_decay_train
+// CHECK: outputs(tape.W.prev : !fwp.fast_weight<2x2xf32>)
+// CHECK-LABEL: fwp.scan @delta_row_decay_grad reverse
+// CHECK-NOT: energy
+// CHECK: fwp.row_dot %{{.*}}, %tape.W.prev
+// CHECK-NOT: fwp.scan @delta_row_decay_deferred

@@ -261,6 +261,8 @@ LogicalResult WriteDeltaOp::buildAdjoint(AdjointEmitter &a) {
     diff = recomputed.getRhs();
   else
     diff = SubOp::create(b, loc, r.m(getValue()), r.m(getRetrieved()));
+  if (a.tracksEnergy(getWeight()))
+    return buildEnergyAdjoint(a, gW, gRetrieved, diff);
   Value du, dv, dk, previousAdjoint;
   if (gW && !gRetrieved) {
     // G - beta k (x) (G^T k) is itself a delta-rule write of G (value 0)
@@ -301,6 +303,58 @@ LogicalResult WriteDeltaOp::buildAdjoint(AdjointEmitter &a) {
     a.accumulate(getWeight(), gW);
   if (dRetrieved)
     a.accumulateOuter(getWeight(), key, dRetrieved);
+  return success();
+}
+
+/// The energy form (a checkpointed weight with uniform decays; the backward
+/// has no W): with G = adj(W'), d = adj(vbar) in all,
+///   adj(W) = G + k (x) d = [G - beta k (x) (G^T k)] + k (x) adj(vbar)
+///   dk = G u + W d,  E(W) = E(W') - k (.) (G u) + k (.) (W d).
+/// `W d` is deferred to the forward-running scan after the backward; the
+/// sum of its energy term is vbar . d (what a uniform decay's gradient
+/// sums), spread evenly over the rows.
+LogicalResult WriteDeltaOp::buildEnergyAdjoint(AdjointEmitter &a, Value gW,
+                                               Value gRetrieved, Value diff) {
+  Rule r{a, getLoc()};
+  OpBuilder &b = r.b();
+  Location loc = r.loc;
+  Value key = r.m(getKey()), beta = r.m(getBeta());
+  Value d = gRetrieved, gu;
+  if (gW) {
+    Value zeros = ConstantOp::create(b, loc, getValue().getType(),
+                                     b.getF64FloatAttr(0.0));
+    auto adjointWrite = WriteDeltaOp::create(b, loc, gW, key, zeros, beta);
+    Value du = adjointWrite.getRetrieved(); // G^T k
+    a.accumulate(getBeta(), DotOp::create(b, loc, du, diff));
+    Value dv = ScaleOp::create(b, loc, du, beta);
+    a.accumulate(getValue(), dv);
+    gu = ReadTransposedOp::create(b, loc, getKey().getType(), gW,
+                                  ScaleOp::create(b, loc, diff, beta));
+    a.accumulate(getKey(), gu);
+    a.accumulate(getWeight(), adjointWrite.getNewWeight());
+    d = d ? SubOp::create(b, loc, d, dv).getResult()
+          : NegOp::create(b, loc, dv).getResult();
+  }
+  if (gRetrieved)
+    a.accumulateOuter(getWeight(), key, gRetrieved);
+  if (d && !a.deferProduct(getOperation(), d))
+    return emitOpError() << "has a tracked weight whose product with the "
+                            "adjoint cannot be deferred";
+  Value energy = a.energyOf(getNewWeight());
+  if (gu) {
+    Value written = MulOp::create(b, loc, key, gu);
+    energy = energy ? SubOp::create(b, loc, energy, written).getResult()
+                    : NegOp::create(b, loc, written).getResult();
+  }
+  if (d) {
+    auto rows = cast<VectorType>(getKey().getType());
+    Value share = ConstantOp::create(b, loc, rows,
+                                     b.getF64FloatAttr(1.0 / rows.getNumElements()));
+    Value retrieved = DotOp::create(b, loc, r.m(getRetrieved()), d);
+    Value spread = ScaleOp::create(b, loc, share, retrieved);
+    energy = energy ? AddOp::create(b, loc, energy, spread).getResult() : spread;
+  }
+  a.accumulateEnergy(getWeight(), energy);
   return success();
 }
 

@@ -54,6 +54,11 @@ struct StateInfo {
   bool energy = false;
   SmallVector<ReadOp> energyReads;
   llvm::SmallDenseSet<Value, 4> energyValues; // the weight's values in the step
+  /// Energy form with delta writes (their decays uniform): the writes, in
+  /// program order. The training forward records each one's retrieval; the
+  /// backward hands over its `W d` products (`deferred.<state>.<i>`) to the
+  /// forward-running scan `@L_deferred`.
+  SmallVector<WriteDeltaOp> deltaWrites;
 };
 
 static std::string tapeKeyName(StringRef state, unsigned i) {
@@ -70,6 +75,12 @@ static std::string tapePrevName(StringRef state) {
 }
 static std::string tapeReadName(StringRef state, unsigned i) {
   return ("tape." + state + ".read." + Twine(i)).str();
+}
+static std::string tapeRetrievedName(StringRef state, unsigned i) {
+  return ("tape." + state + "." + Twine(i) + ".retrieved").str();
+}
+static std::string deferredName(StringRef state, unsigned i) {
+  return ("deferred." + state + "." + Twine(i)).str();
 }
 static std::string energyName(StringRef state) {
   return ("energy." + state).str();
@@ -103,6 +114,8 @@ static FailureOr<SmallVector<Operation *>> invertibleChain(BlockArgument arg,
 }
 
 static void findEnergyForm(ScanOp scan, StateInfo &state, unsigned stateIndex);
+static bool dependsOnInputsAlone(ScanOp scan, Value value,
+                                 llvm::DenseMap<Value, bool> &memo);
 
 /// Finds, for every state, how the backward recovers its value at t-1: the
 /// strategy asked for in `fwp.backward`, else invert for fast weights whose
@@ -232,17 +245,70 @@ static bool reachesOutputsOnly(Value value, unsigned numStates,
   return true;
 }
 
+/// Whether every row of `factors` holds the same value: a constant, or a
+/// constant scaled by a scalar (what fwp-decompose makes of
+/// fwp.scale_weight).
+static bool isUniform(Value factors) {
+  if (factors.getDefiningOp<ConstantOp>())
+    return true;
+  auto scale = factors.getDefiningOp<ScaleOp>();
+  return scale && isUniform(scale.getX());
+}
+
+/// Whether `value` depends on a param of `scan`.
+static bool dependsOnParams(ScanOp scan, Value value) {
+  SmallVector<Value> pending{value};
+  llvm::DenseSet<Value> seen;
+  while (!pending.empty()) {
+    Value next = pending.pop_back_val();
+    if (!seen.insert(next).second)
+      continue;
+    if (llvm::is_contained(scan.getParamArgs(), next))
+      return true;
+    if (Operation *op = next.getDefiningOp())
+      llvm::append_range(pending, op->getOperands());
+  }
+  return false;
+}
+
 static void findEnergyForm(ScanOp scan, StateInfo &state, unsigned stateIndex) {
   if (!state.isMatrix || state.strategy.kind != BackwardStrategy::Checkpoint ||
       scan.getReverse())
     return;
   SmallVector<Value> values{state.yielded};
+  SmallVector<WriteDeltaOp> deltaWrites;
+  bool uniformDecays = true;
+  llvm::DenseMap<Value, bool> inputsAlone;
   for (Value value = state.yielded; value != state.arg;) {
     Operation *op = value.getDefiningOp();
-    if (!isa_and_nonnull<ScaleRowsOp, WriteSumOp>(op))
+    if (!isa_and_nonnull<ScaleRowsOp, WriteSumOp, WriteDeltaOp>(op))
       return;
+    if (auto decay = dyn_cast<ScaleRowsOp>(op))
+      uniformDecays = uniformDecays && isUniform(decay.getFactors());
+    // A delta write: its product W d with the adjoint goes to the scan
+    // after the backward, which rebuilds W from the segment's checkpoint
+    // (so every update's coefficients must depend on the inputs alone) and
+    // adds W d's gradient through the key (not through params: that scan
+    // carries no accumulators).
+    if (auto write = dyn_cast<WriteDeltaOp>(op)) {
+      if (dependsOnParams(scan, write.getKey()))
+        return;
+      deltaWrites.push_back(write);
+    }
     value = cast<FastWeightUpdateOpInterface>(op).getUpdatedWeight();
     values.push_back(value);
+  }
+  if (!deltaWrites.empty()) {
+    // The energy term of W d is known only summed over the rows, which a
+    // decay that is the same for every row is all it needs.
+    if (!uniformDecays)
+      return;
+    for (Value value : values)
+      if (Operation *op = value.getDefiningOp())
+        for (Value operand : op->getOperands())
+          if (!llvm::is_contained(values, operand) &&
+              !dependsOnInputsAlone(scan, operand, inputsAlone))
+            return;
   }
   unsigned numStates = scan.getNumStates();
   SmallVector<ReadOp> reads;
@@ -273,6 +339,7 @@ static void findEnergyForm(ScanOp scan, StateInfo &state, unsigned stateIndex) {
   state.energy = true;
   state.energyReads = std::move(reads);
   state.energyValues.insert(values.begin(), values.end());
+  state.deltaWrites.assign(deltaWrites.rbegin(), deltaWrites.rend());
 }
 
 /// Energy form: rewrites every read of a weight value made by a sum write
@@ -282,14 +349,30 @@ static void findEnergyForm(ScanOp scan, StateInfo &state, unsigned stateIndex) {
 /// small, and f32 would lose it in that cancellation.
 static void readBeforeWrites(const StateInfo &state) {
   for (ReadOp read : state.energyReads) {
-    while (auto write = read.getWeight().getDefiningOp<WriteSumOp>()) {
+    while (Operation *writeOp = read.getWeight().getDefiningOp()) {
+      Value before, key, row;
       OpBuilder builder(read);
       Location loc = read.getLoc();
-      auto earlier = ReadOp::create(builder, loc, read.getType(),
-                                    write.getWeight(), read.getQuery());
-      Value overlap = DotOp::create(builder, loc, write.getKey(), read.getQuery());
+      if (auto write = dyn_cast<WriteSumOp>(writeOp)) {
+        before = write.getWeight();
+        key = write.getKey();
+        row = write.getValue();
+      } else if (auto write = dyn_cast<WriteDeltaOp>(writeOp)) {
+        // The written row beta (v - vbar).
+        before = write.getWeight();
+        key = write.getKey();
+        row = ScaleOp::create(builder, loc,
+                              SubOp::create(builder, loc, write.getValue(),
+                                            write.getRetrieved()),
+                              write.getBeta());
+      } else {
+        break;
+      }
+      auto earlier =
+          ReadOp::create(builder, loc, read.getType(), before, read.getQuery());
+      Value overlap = DotOp::create(builder, loc, key, read.getQuery());
       Value sum = AddOp::create(builder, loc, earlier,
-                                ScaleOp::create(builder, loc, write.getValue(), overlap));
+                                ScaleOp::create(builder, loc, row, overlap));
       read.getResult().replaceAllUsesWith(sum);
       read.erase();
       read = earlier;
@@ -406,6 +489,12 @@ static ScanOp buildTrainScan(ScanOp scan, MutableArrayRef<StateInfo> states,
         tapeValues.push_back(ReadTransposedOp::create(
             builder, read.getLoc(), read.getQuery().getType(), weight, g));
       }
+      // A delta write's retrieval W^T k, which its rule needs and the
+      // backward cannot form.
+      for (auto [i, write] : llvm::enumerate(state.deltaWrites)) {
+        tapeNames.push_back(tapeRetrievedName(state.name, i));
+        tapeValues.push_back(mapping.lookup(write.getRetrieved()));
+      }
       continue;
     }
     if (!state.inverts()) {
@@ -500,6 +589,17 @@ public:
   void setPrecomputedRead(Operation *read, Value value) {
     precomputedReads[read] = value;
   }
+  bool deferProduct(Operation *update, Value x) override {
+    if (!deferrable.contains(update))
+      return false;
+    Value &slot = deferred[update];
+    slot = slot ? AddOp::create(builder(), x.getLoc(), slot, x).getResult() : x;
+    return true;
+  }
+  /// The energy form's delta writes, whose products W d are deferred.
+  void allowDeferral(Operation *update) { deferrable.insert(update); }
+  /// The backward's value handed over for `update` (null when none).
+  Value deferredOf(Operation *update) const { return deferred.lookup(update); }
 
   Value adjointOf(Value forwardValue) const override {
     const_cast<AdjointBuilder *>(this)->materialize(forwardValue);
@@ -578,6 +678,8 @@ private:
   llvm::DenseSet<Value> energyTracked;
   llvm::DenseMap<Value, Value> energies;
   llvm::DenseMap<Operation *, Value> precomputedReads;
+  llvm::DenseSet<Operation *> deferrable;
+  llvm::DenseMap<Operation *, Value> deferred;
 };
 
 static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
@@ -632,6 +734,11 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   for (StringRef name : namesOf(scan.getSeqNames()))
     outputNames.push_back(keep(gradName(name)));
   SmallVector<Type> outputTypes = typesOf(scan.getSeqArgs());
+  for (const StateInfo &state : states)
+    for (auto [i, write] : llvm::enumerate(state.deltaWrites)) {
+      outputNames.push_back(keep(deferredName(state.name, i)));
+      outputTypes.push_back(WriteDeltaOp(write).getValue().getType());
+    }
 
   auto grad = ScanOp::create(
       builder, scan.getLoc(), (scan.getSymName() + "_grad").str(),
@@ -688,6 +795,8 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
     if (state.energy) {
       for (ReadOp read : state.energyReads)
         precomputedReads[read] = gradSeqArgs[tapeIndex++];
+      for (WriteDeltaOp write : state.deltaWrites)
+        forward.map(write.getRetrieved(), gradSeqArgs[tapeIndex++]);
       continue;
     }
     if (!state.inverts()) {
@@ -727,9 +836,11 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
   }
   for (Operation &op : scan.getBodyBlock().without_terminator()) {
     // ... nor what only sums their results into outputs.
+    // (A delta write's retrieval comes from the tape: mapped above.)
     if (energyOps.contains(&op) ||
         llvm::any_of(op.getOperands(), [&](Value operand) {
-          return energyOps.contains(operand.getDefiningOp());
+          return energyOps.contains(operand.getDefiningOp()) &&
+                 !forward.contains(operand);
         })) {
       energyOps.insert(&op);
       continue;
@@ -756,6 +867,9 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
     }
   for (auto [read, value] : precomputedReads)
     adjoints.setPrecomputedRead(read, value);
+  for (const StateInfo &state : states)
+    for (WriteDeltaOp write : state.deltaWrites)
+      adjoints.allowDeferral(write);
   for (auto [index, param] : llvm::enumerate(scan.getParamArgs()))
     adjoints.setAdjoint(param,
                         gradStateArgs[numMatrices + states.size() + index]);
@@ -794,8 +908,157 @@ static FailureOr<ScanOp> buildGradScan(ScanOp scan, ArrayRef<StateInfo> states,
     }
   for (BlockArgument seq : scan.getSeqArgs())
     yielded.push_back(adjointOrZeros(seq));
+  for (const StateInfo &state : states)
+    for (WriteDeltaOp write : state.deltaWrites) {
+      Value value = adjoints.deferredOf(write);
+      yielded.push_back(value ? value
+                              : ConstantOp::create(builder, loc, write.getValue().getType(),
+                                                   builder.getF64FloatAttr(0.0))
+                                    .getResult());
+    }
   YieldOp::create(builder, loc, yielded);
   return grad;
+}
+
+//===----------------------------------------------------------------------===//
+// The deferred products of the energy form's delta writes.
+//===----------------------------------------------------------------------===//
+
+/// `@L_deferred`: a forward-running scan, run after the backward over the
+/// same steps, that rebuilds the energy states from their value at the
+/// first step (the segment's checkpoint), forms each delta write's product
+/// `r = W d` with the backward's `d` (`deferred.<state>.<i>`) and yields
+/// the gradient that `r`, the adjoint of the write's key, sends to the seq
+/// inputs ("grad.<seq>", which the runtime adds to the backward's). Null
+/// when no state has delta writes in the energy form.
+static FailureOr<ScanOp> buildDeferredScan(ScanOp scan,
+                                           ArrayRef<StateInfo> states) {
+  SmallVector<const StateInfo *> deferring;
+  for (const StateInfo &state : states)
+    if (!state.deltaWrites.empty())
+      deferring.push_back(&state);
+  if (deferring.empty())
+    return ScanOp();
+  MLIRContext *context = scan.getContext();
+  OpBuilder builder(context);
+  std::vector<std::string> storage;
+  storage.reserve(16);
+  auto keep = [&](std::string text) -> StringRef {
+    storage.push_back(std::move(text));
+    return storage.back();
+  };
+
+  // What the keys depend on: the ops to differentiate, and the seq inputs
+  // that receive a gradient (findEnergyForm checked: no params).
+  llvm::DenseSet<Operation *> keyPath;
+  llvm::DenseSet<Value> reachedSeq;
+  SmallVector<Value> pending;
+  for (const StateInfo *state : deferring)
+    for (WriteDeltaOp write : state->deltaWrites)
+      pending.push_back(write.getKey());
+  while (!pending.empty()) {
+    Value value = pending.pop_back_val();
+    if (llvm::is_contained(scan.getSeqArgs(), value)) {
+      reachedSeq.insert(value);
+      continue;
+    }
+    if (Operation *op = value.getDefiningOp())
+      if (keyPath.insert(op).second)
+        llvm::append_range(pending, op->getOperands());
+  }
+
+  SmallVector<StringRef> seqNames = namesOf(scan.getSeqNames());
+  SmallVector<Type> seqTypes = typesOf(scan.getSeqArgs());
+  for (const StateInfo *state : deferring)
+    for (auto [i, write] : llvm::enumerate(state->deltaWrites)) {
+      seqNames.push_back(keep(deferredName(state->name, i)));
+      seqTypes.push_back(WriteDeltaOp(write).getValue().getType());
+    }
+  SmallVector<StringRef> stateNames;
+  SmallVector<Type> stateTypes;
+  for (const StateInfo *state : deferring) {
+    stateNames.push_back(state->name);
+    stateTypes.push_back(state->arg.getType());
+  }
+  SmallVector<StringRef> outputNames;
+  SmallVector<Type> outputTypes;
+  SmallVector<Value> outputSeq;
+  for (auto [name, arg] :
+       llvm::zip(namesOf(scan.getSeqNames()), scan.getSeqArgs()))
+    if (reachedSeq.contains(arg)) {
+      outputNames.push_back(keep(gradName(name)));
+      outputTypes.push_back(arg.getType());
+      outputSeq.push_back(arg);
+    }
+  auto deferredScan = ScanOp::create(
+      builder, scan.getLoc(), (scan.getSymName() + "_deferred").str(),
+      scan.getDims(), seqNames, seqTypes, namesOf(scan.getParamNames()),
+      typesOf(scan.getParamArgs()), stateNames, stateTypes, outputNames,
+      outputTypes, /*reverse=*/false);
+  deferredScan->setAttr(kRoleAttrName,
+                        builder.getStringAttr("backward_deferred"));
+  deferredScan->setAttr(kForwardAttrName,
+                        FlatSymbolRefAttr::get(scan.getSymNameAttr()));
+  deferredScan->setAttr(kBackwardAttrName, backwardAttr(context, states));
+
+  Block &body = deferredScan.getBodyBlock();
+  builder.setInsertionPointToStart(&body);
+  IRMapping forward;
+  for (auto [fwd, own] :
+       llvm::zip(scan.getSeqArgs(), deferredScan.getSeqArgs()))
+    forward.map(fwd, own);
+  for (auto [fwd, own] :
+       llvm::zip(scan.getParamArgs(), deferredScan.getParamArgs()))
+    forward.map(fwd, own);
+  for (auto [state, own] : llvm::zip(deferring, deferredScan.getStateArgs()))
+    forward.map(state->arg, own);
+
+  // The updates of the states and what they need, in program order.
+  llvm::DenseSet<Operation *> needed;
+  for (const StateInfo *state : deferring) {
+    SmallVector<Value> work{state->yielded};
+    while (!work.empty()) {
+      Operation *op = work.pop_back_val().getDefiningOp();
+      if (op && needed.insert(op).second)
+        llvm::append_range(work, op->getOperands());
+    }
+  }
+  for (Operation &op : scan.getBodyBlock().without_terminator())
+    if (needed.contains(&op))
+      builder.clone(op, forward);
+
+  // r = W d through the weight before each write: the adjoint of its key.
+  AdjointBuilder adjoints(builder, forward);
+  unsigned deferredIndex = scan.getNumSeq();
+  for (const StateInfo *state : deferring)
+    for (WriteDeltaOp write : state->deltaWrites) {
+      Value d = deferredScan.getSeqArgs()[deferredIndex++];
+      adjoints.accumulate(
+          write.getKey(),
+          ReadTransposedOp::create(builder, write.getLoc(),
+                                   write.getKey().getType(),
+                                   forward.lookup(write.getWeight()), d));
+    }
+  for (Operation &op :
+       llvm::reverse(scan.getBodyBlock().without_terminator()))
+    if (keyPath.contains(&op) && failed(adjoints.visit(&op))) {
+      deferredScan->erase();
+      return failure();
+    }
+
+  SmallVector<Value> yielded;
+  for (const StateInfo *state : deferring)
+    yielded.push_back(forward.lookup(state->yielded));
+  for (Value seq : outputSeq) {
+    Value adjoint = adjoints.adjointOf(seq);
+    yielded.push_back(adjoint ? adjoint
+                              : ConstantOp::create(builder, scan.getLoc(),
+                                                   seq.getType(),
+                                                   builder.getF64FloatAttr(0.0))
+                                    .getResult());
+  }
+  YieldOp::create(builder, scan.getLoc(), yielded);
+  return deferredScan;
 }
 
 struct FwpDifferentiatePass
@@ -820,7 +1083,7 @@ struct FwpDifferentiatePass
       if (!scan->hasAttr(kRoleAttrName))
         forwards.push_back(scan);
     for (ScanOp scan : forwards) {
-      for (StringRef suffix : {"_train", "_grad"})
+      for (StringRef suffix : {"_train", "_grad", "_deferred"})
         if (symbols.lookup((scan.getSymName() + suffix).str())) {
           scan.emitOpError() << "is already differentiated (@"
                              << scan.getSymName() << suffix << " exists)";
@@ -858,6 +1121,11 @@ struct FwpDifferentiatePass
       }
       module.getBody()->push_back(train);
       module.getBody()->push_back(*grad);
+      FailureOr<ScanOp> deferred = buildDeferredScan(source, *states);
+      if (failed(deferred))
+        return signalPassFailure();
+      if (*deferred)
+        module.getBody()->push_back(*deferred);
     }
   }
 };

@@ -46,6 +46,12 @@ public:
   /// The backward's value of `W g` for `read` (y = W^T q, g = adj(y)),
   /// which the training forward computed: a read of a tracked weight.
   virtual Value precomputedRead(Operation *read) const { return {}; }
+  /// A product `W x` of a tracked weight value with a backward value `x`
+  /// that the backward, which has no W, cannot form: `update` (a delta
+  /// write retrieving through W) hands `x` over, and a forward-running scan
+  /// after the backward (`@L_deferred`) forms `W x` and adds its gradient
+  /// through the update's key. Returns false where the backward cannot defer.
+  virtual bool deferProduct(Operation *update, Value x) { return false; }
 
 private:
   OpBuilder &builder_;

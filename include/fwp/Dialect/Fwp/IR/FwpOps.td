@@ -217,6 +217,12 @@ def Fwp_WriteDeltaOp : Fwp_Op<"write_delta", [Pure, DeclareOpInterfaceMethods<Fw
     $weight `,` $key `,` $value `,` $beta attr-dict `:` qualified(type($weight)) `,` type($key) `,` type($value)
   }];
   let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// The adjoint rule of the energy form (AdjointEmitter::tracksEnergy).
+    ::mlir::LogicalResult buildEnergyAdjoint(AdjointEmitter &a, ::mlir::Value gW,
+                                             ::mlir::Value gRetrieved,
+                                             ::mlir::Value diff);
+  }];
 }
 
 //===----------------------------------------------------------------------===//

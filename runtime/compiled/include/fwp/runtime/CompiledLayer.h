@@ -82,6 +82,14 @@ public:
   const CpuKernel &forward() const { return forward_; }
   const CpuKernel &forwardTrain() const { return forwardTrain_; }
   const CpuKernel &backward() const { return backward_; }
+  /// The energy form's deferred products (docs/design.md, "The backward of a
+  /// decaying fast weight"): a forward-running kernel that, after the
+  /// backward over the same steps, rebuilds the weight from its value at the
+  /// first step, forms the products W d of the backward's `deferred.*` and
+  /// yields gradients to add to the backward's. Null for most layers.
+  const CpuKernel *backwardDeferred() const {
+    return backwardDeferred_ ? &*backwardDeferred_ : nullptr;
+  }
   /// Whether the artifact carries CUDA kernels.
   bool hasCuda() const { return cudaPtx_.has_value(); }
   /// The CUDA kernels for a device of architecture `chip` (e.g. "sm_90"):
@@ -107,6 +115,7 @@ private:
   int64_t checkpointEvery_ = 0;
   std::map<std::string, std::string> paramInits_;
   CpuKernel forward_, forwardTrain_, backward_;
+  std::optional<CpuKernel> backwardDeferred_;
   std::optional<cuda::KernelBundle> cudaPtx_, cudaCubin_;
   std::string cudaChip_;
 };

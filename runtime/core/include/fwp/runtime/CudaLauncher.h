@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -30,9 +31,13 @@ inline constexpr int64_t kSteps = -1;  ///< T (the manifest's -1)
 inline constexpr int64_t kBatch = -2;  ///< B (the manifest's "B")
 inline constexpr int64_t kHeads = -3;  ///< H (the manifest's "H")
 
+/// The roles a kernel argument may have, in the CPU and the CUDA manifest
+/// alike (the compiler's kernelArgRole names them).
+const std::set<std::string> &knownArgRoles();
+
 /// One buffer argument of a kernel.
 struct ArgSpec {
-  std::string role; ///< seq, param, state, output, tape, grad_*
+  std::string role; ///< one of knownArgRoles()
   std::string name;
   std::vector<int64_t> shape; ///< sizes, kBatch, kHeads, kSteps
 };

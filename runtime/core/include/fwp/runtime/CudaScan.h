@@ -21,6 +21,9 @@ struct KernelBundle {
   std::string layer;
   Dims dims;
   KernelSpec forward, forwardTrain, backward;
+  /// The energy form's deferred products (the manifest's optional
+  /// `backward_deferred`), which runBackward runs after the backward.
+  std::optional<KernelSpec> backwardDeferred;
   /// PTX text by kernel name.
   std::map<std::string, std::string> images;
 
@@ -45,7 +48,9 @@ TensorMap runForward(const KernelBundle &bundle, const TensorMap &inputs,
 /// Runs backward from the inputs, the forward_train results (finals and
 /// tape) and the output gradients ("grad.y", optional
 /// "grad.final.<state>"); returns "grad.<seq>", "grad.<param>" (summed over
-/// the batch) and "grad.init.<state>".
+/// the batch) and "grad.init.<state>". With a `backwardDeferred` kernel,
+/// runs it after the backward (the weight from the inputs' "init.<state>")
+/// and adds its gradients.
 TensorMap runBackward(const KernelBundle &bundle, const TensorMap &inputs,
                       const TensorMap &forwardResults, const TensorMap &grads);
 
