@@ -6,6 +6,7 @@
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/OpImplementation.h"
+#include "mlir/IR/PatternMatch.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/SetVector.h"
@@ -458,6 +459,62 @@ OpFoldResult WriteSumOp::fold(FoldAdaptor) {
   if (isZeroConstant(getKey()) || isZeroConstant(getValue()))
     return getWeight();
   return {};
+}
+
+namespace {
+
+/// write_sum(write_sum(W, k1, v), k2, c v) = write_sum(W, k1 + c k2, v):
+/// one rank-one update instead of two when the second value is the first
+/// scaled (by fwp.scale and fwp.neg). The adjoint of a read taken before a
+/// delta write makes such pairs in the backward (docs/design.md), where
+/// every rank-one update of the carried adjoint costs a pass over it, or a
+/// column of a chunk's factors.
+struct MergeProportionalWrites : OpRewritePattern<WriteSumOp> {
+  using OpRewritePattern::OpRewritePattern;
+
+  LogicalResult matchAndRewrite(WriteSumOp op,
+                                PatternRewriter &rewriter) const override {
+    auto first = op.getWeight().getDefiningOp<WriteSumOp>();
+    if (!first || !first->hasOneUse())
+      return failure();
+    // op's value = (-1)^negations * prod(factors) * first's value.
+    SmallVector<Value> factors;
+    bool negated = false;
+    Value value = op.getValue();
+    while (value != first.getValue()) {
+      if (auto scale = value.getDefiningOp<ScaleOp>()) {
+        factors.push_back(scale.getFactor());
+        value = scale.getX();
+      } else if (auto neg = value.getDefiningOp<NegOp>()) {
+        negated = !negated;
+        value = neg.getX();
+      } else {
+        return failure();
+      }
+    }
+    Location loc = op.getLoc();
+    Value key = op.getKey();
+    if (!factors.empty()) {
+      Value factor = factors.front();
+      for (Value next : ArrayRef(factors).drop_front())
+        factor = MulOp::create(rewriter, loc, factor, next);
+      key = ScaleOp::create(rewriter, loc, key, factor);
+    }
+    Value merged =
+        negated ? SubOp::create(rewriter, loc, first.getKey(), key).getResult()
+                : AddOp::create(rewriter, loc, first.getKey(), key).getResult();
+    rewriter.replaceOpWithNewOp<WriteSumOp>(op, first.getWeight(), merged,
+                                            first.getValue());
+    rewriter.eraseOp(first);
+    return success();
+  }
+};
+
+} // namespace
+
+void WriteSumOp::getCanonicalizationPatterns(RewritePatternSet &patterns,
+                                             MLIRContext *context) {
+  patterns.add<MergeProportionalWrites>(context);
 }
 
 LogicalResult WriteDeltaOp::verify() {

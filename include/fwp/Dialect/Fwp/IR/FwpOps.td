@@ -178,6 +178,9 @@ def Fwp_WriteSumOp : Fwp_Op<"write_sum", [Pure, DeclareOpInterfaceMethods<Fwp_Ad
   let description = [{
     Adds the outer product of `key` and `value`:
     `W'[e, m] = W[e, m] + k[e] v[m]`, the write of the linear Transformer.
+    Canonicalization merges a write whose value is the previous write's
+    scaled (`fwp.scale`, `fwp.neg`) into it: `W + k1 (x) v + k2 (x) c v =
+    W + (k1 + c k2) (x) v`.
 
     ```mlir
     %W1 = fwp.write_sum %W, %k, %v : !fwp.fast_weight<16x16xf32>, vector<16xf32>, vector<16xf32>
@@ -190,6 +193,7 @@ def Fwp_WriteSumOp : Fwp_Op<"write_sum", [Pure, DeclareOpInterfaceMethods<Fwp_Ad
   }];
   let hasVerifier = 1;
   let hasFolder = 1;
+  let hasCanonicalizer = 1;
 }
 
 def Fwp_WriteDeltaOp : Fwp_Op<"write_delta", [Pure, DeclareOpInterfaceMethods<Fwp_AdjointOpInterface>,
