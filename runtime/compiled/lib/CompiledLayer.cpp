@@ -230,13 +230,10 @@ std::vector<Buffer> forwardBuffers(const Artifact &artifact, const CpuKernel &ke
                                    const TensorMap &grads = {}) {
   auto options = torch::TensorOptions().dtype(artifact.dtype());
   for (const TensorSpec &state : artifact.signature().states) {
-    auto init = inputs.find(initName(state.name));
     std::vector<int64_t> shape{batch, heads};
     for (int64_t size : resolveShape(state, artifact.dims()))
       shape.push_back(size);
-    results[finalName(state.name)] =
-        init != inputs.end() ? init->second.detach().contiguous().clone().view(shape)
-                             : torch::zeros(shape, options);
+    results[finalName(state.name)] = initialState(inputs, state.name, shape, options);
   }
   std::vector<Buffer> buffers;
   for (const KernelArg &arg : kernel.args) {
@@ -290,11 +287,7 @@ void runDeferredCpu(const Artifact &artifact, const CpuKernel &kernel, const Ten
     if (std::optional<Buffer> input = inputBuffer(arg, inputs)) {
       buffer = *input;
     } else if (arg.role == "state") {
-      auto init = inputs.find(initName(arg.name));
-      buffer.tensor = init != inputs.end()
-                          ? init->second.detach().to(artifact.dtype()).clone(
-                                at::MemoryFormat::Contiguous).view(shape)
-                          : torch::zeros(shape, options);
+      buffer.tensor = initialState(inputs, arg.name, shape, options);
     } else if (arg.role == "deferred") {
       buffer.tensor = results.at(arg.name);
     } else if (arg.role == "grad_seq") {

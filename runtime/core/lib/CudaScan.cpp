@@ -133,11 +133,8 @@ TensorMap runForward(const KernelBundle &bundle, const TensorMap &inputs,
     if (arg.role == "seq" || arg.role == "param") {
       tensor = find(inputs, arg.name, what).contiguous();
     } else if (arg.role == "state") {
-      auto init = inputs.find(initName(arg.name));
       // In/out: the kernel overwrites it with the final state.
-      tensor = init != inputs.end()
-                   ? init->second.contiguous().clone().view(shape)
-                   : torch::zeros(shape, options);
+      tensor = initialState(inputs, arg.name, shape, options);
       results[finalName(arg.name)] = tensor;
     } else if (arg.role == "output" || arg.role == "tape") {
       tensor = torch::empty(shape, options);
@@ -175,9 +172,7 @@ void runDeferred(const KernelBundle &bundle, const KernelSpec &spec, const Tenso
     if (arg.role == "seq" || arg.role == "param") {
       tensor = find(inputs, arg.name, what).contiguous();
     } else if (arg.role == "state") {
-      auto init = inputs.find(initName(arg.name));
-      tensor = init != inputs.end() ? init->second.to(spec.dtype).contiguous().clone().view(shape)
-                                    : torch::zeros(shape, options);
+      tensor = initialState(inputs, arg.name, shape, options);
     } else if (arg.role == "deferred") {
       tensor = find(results, arg.name, what);
     } else if (arg.role == "grad_seq") {

@@ -139,6 +139,15 @@ std::vector<std::string> dimNames(const LayerSignature &signature) {
 std::string initName(const std::string &state) { return "init." + state; }
 std::string finalName(const std::string &state) { return "final." + state; }
 
+torch::Tensor initialState(const TensorMap &inputs, const std::string &state,
+                           const std::vector<int64_t> &shape,
+                           const torch::TensorOptions &options) {
+  auto init = inputs.find(initName(state));
+  if (init == inputs.end())
+    return torch::zeros(shape, options);
+  return init->second.detach().to(options.dtype()).clone(at::MemoryFormat::Contiguous).view(shape);
+}
+
 torch::Tensor initialEnergy(const std::string &state, const std::vector<int64_t> &shape,
                             const TensorMap &forwardResults, const TensorMap &grads) {
   const torch::Tensor &weight = forwardResults.at(finalName(state));

@@ -68,7 +68,12 @@ def FwpDifferentiate : Pass<"fwp-differentiate", "mlir::ModuleOp"> {
     * `checkpoint:C`: the IR is that of `store`; the runtime keeps the states
       every C steps only and recomputes one segment's tape at a time
       (the manifest's `checkpoint_every`). `@L_train` then runs only to
-      rebuild a segment's tape: it yields the tape and no outputs.
+      rebuild a segment's tape: it yields the tape and no outputs. A
+      checkpointed weight used only linearly gets the energy form
+      (docs/design.md); if its chain has delta writes, a third scan
+      `@L_deferred` (role `backward_deferred`) runs forwards after the
+      backward and adds the gradients of the products `W d` the backward,
+      which has no `W`, hands over (`deferred.<W>.<i>`).
 
     Missing entries default to `invert` for fast weights whose updates are
     invertible, `checkpoint:64` for other fast weights, and `store` for

@@ -62,6 +62,13 @@ std::vector<std::string> dimNames(const LayerSignature &signature);
 std::string initName(const std::string &state);
 std::string finalName(const std::string &state);
 
+/// A state's buffer for a kernel that updates it in place (from the
+/// state's value at the first step to its value after the last): a copy of
+/// `inputs`' "init.<state>" with `options`, or zeros, shaped `shape`.
+torch::Tensor initialState(const TensorMap &inputs, const std::string &state,
+                           const std::vector<int64_t> &shape,
+                           const torch::TensorOptions &options);
+
 /// The starting value of a backward kernel's "energy" argument for fast
 /// weight `state` (the energy form of a decaying weight's backward,
 /// docs/design.md): rowsum(adj(W) (.) W) at the end of the span the kernel
