@@ -21,6 +21,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -264,6 +265,47 @@ TEST(DecayLayer, KernelsOneByOneMatchTheReference) {
       EXPECT_LE(relativeError(got.at("grad." + names[i]), wantGrads[i]), 1e-10)
           << "gradient of " << names[i];
   }
+}
+
+/// The CUDA kernels bind their arguments by the same roles and names as the
+/// CPU kernels, kernel by kernel (the energy form's grad_output of the
+/// training forward, energy of the backward, deferred values and the
+/// fourth kernel of gated_delta_net included): one naming for both, so the
+/// CUDA runtime, which only a GPU runs, finds what the CPU runtime finds.
+TEST(DecayLayer, CudaKernelsBindLikeTheCpuKernels) {
+  for (const char *name : {"gated_delta_net", "retnet", "gla", "delta_product", "gla_store"}) {
+    SCOPED_TRACE(name);
+    REQUIRE_ARTIFACT(name);
+    auto artifact = fwp::Artifact::load(artifactPath(name));
+    ASSERT_TRUE(artifact->hasCuda());
+    const fwp::cuda::KernelBundle &cuda = artifact->cudaKernels("sm_90");
+    auto bindings = [](const auto &args) {
+      std::vector<std::pair<std::string, std::string>> out;
+      for (const auto &arg : args)
+        out.emplace_back(arg.role, arg.name);
+      return out;
+    };
+    EXPECT_EQ(bindings(cuda.forward.args), bindings(artifact->forward().args));
+    EXPECT_EQ(bindings(cuda.forwardTrain.args), bindings(artifact->forwardTrain().args));
+    EXPECT_EQ(bindings(cuda.backward.args), bindings(artifact->backward().args));
+    ASSERT_EQ(cuda.backwardDeferred.has_value(), artifact->backwardDeferred() != nullptr);
+    if (cuda.backwardDeferred)
+      EXPECT_EQ(bindings(cuda.backwardDeferred->args),
+                bindings(artifact->backwardDeferred()->args));
+  }
+  // The energy form's arguments, by name.
+  auto gdn = fwp::Artifact::load(artifactPath("gated_delta_net"));
+  auto has = [](const auto &args, const std::string &role, const std::string &name) {
+    return std::any_of(args.begin(), args.end(),
+                       [&](const auto &arg) { return arg.role == role && arg.name == name; });
+  };
+  const fwp::cuda::KernelBundle &cuda = gdn->cudaKernels("sm_90");
+  EXPECT_TRUE(has(cuda.forwardTrain.args, "grad_output", "y"));
+  EXPECT_TRUE(has(cuda.backward.args, "energy", "W"));
+  EXPECT_TRUE(has(cuda.backward.args, "deferred", "deferred.W.0"));
+  ASSERT_TRUE(cuda.backwardDeferred);
+  EXPECT_TRUE(has(cuda.backwardDeferred->args, "deferred", "deferred.W.0"));
+  EXPECT_TRUE(has(cuda.backwardDeferred->args, "grad_seq", "k"));
 }
 
 /// The strategies are visible in the manifest and the runtime reads them:
