@@ -93,8 +93,8 @@ static cl::opt<std::string>
           cl::init(""), cl::cat(modelCategory));
 static cl::opt<std::string> chunk(
     "chunk",
-    cl::desc("chunkwise form of linear layers' forward scans: auto "
-             "(default), off, or steps per chunk"),
+    cl::desc("chunkwise form of linear layers' scans (forward, training "
+             "forward, backward): auto (default), off, or steps per chunk"),
     cl::value_desc("auto|off|N"), cl::init("auto"), cl::cat(targetCategory));
 static cl::opt<std::string>
     cpu("cpu",
