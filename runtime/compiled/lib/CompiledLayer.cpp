@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
 
@@ -579,6 +580,20 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
                   bytes);
   };
 
+  // The energy form's E starts each span from rowsum(G (.) W_end): with a
+  // gradient of the final state, G is of order 1 at the last step while
+  // a (.) da is of the order of the decay there, and the cancellation
+  // between them in f32 would stay in E for the whole last segment. The
+  // last step runs as a span of its own, so that it stays in that step's
+  // decay gradient (docs/design.md, "Accuracy").
+  bool splitLastStep = false;
+  if (!energyArgs.empty())
+    for (const KernelArg &arg : backward.args)
+      if (arg.role == "grad_state")
+        if (auto grad = grads.find("grad." + finalName(arg.name));
+            grad != grads.end() && grad->second.defined())
+          splitLastStep = true;
+
   at::parallel_for(0, shape.batch * shape.heads, 1, [&](int64_t first, int64_t last) {
     // This thread's scratch, one segment long: forward_train's states,
     // outputs and tape ("<role>.<name>"), and the states the backward
@@ -625,64 +640,94 @@ TensorMap checkpointedBackwardCpu(const Artifact &artifact, const TensorMap &inp
       }
     std::vector<char *> deferredData(deferred ? deferred->args.size() : 0);
     std::vector<char *> trainData(train.args.size()), backwardData(backward.args.size());
+    // Fills a kernel's state argument with the state at a span's start.
+    using StateSource = std::function<void(const KernelArg &, char *, int64_t)>;
+    // forward_train over `steps` steps from `begin`, from `initial`.
+    auto runTrain = [&](int64_t pair, int64_t begin, int64_t steps, const StateSource &initial) {
+      for (size_t i = 0; i < train.args.size(); ++i) {
+        const KernelArg &arg = train.args[i];
+        trainData[i] = trainBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
+        if (arg.role == "state")
+          initial(arg, trainData[i], trainBuffers[i].tensor.element_size());
+      }
+      callKernel(train, trainData, steps);
+    };
+    // One span: its tape (forward_train), the backward over it, then the
+    // deferred products.
+    auto runSpan = [&](int64_t pair, int64_t begin, int64_t steps, const StateSource &initial) {
+      runTrain(pair, begin, steps, initial);
+      for (size_t i = 0; i < backward.args.size(); ++i) {
+        const KernelArg &arg = backward.args[i];
+        backwardData[i] = backwardBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
+        if (arg.role == "state")
+          std::memcpy(backwardData[i],
+                      scratch.at("state." + arg.name).data_ptr(),
+                      blockElements(arg, 0) * backwardBuffers[i].tensor.element_size());
+      }
+      // E = rowsum(adj(W) (.) W) at the span's end: the gradient carried in
+      // from the later spans and forward_train's final state (initialEnergy's
+      // sum, here on this thread's buffers: torch calls per sequence and
+      // segment would cost more than the kernels at d = 16).
+      for (const EnergyArgs &e : energyArgs)
+        AT_DISPATCH_FLOATING_TYPES(artifact.dtype(), "fwp_energy", [&] {
+          auto *energy = reinterpret_cast<scalar_t *>(backwardData[e.energy]);
+          auto *grad = reinterpret_cast<const scalar_t *>(backwardData[e.grad]);
+          auto *weight = reinterpret_cast<const scalar_t *>(trainData[e.state]);
+          int64_t rows = blockElements(backward.args[e.energy], 0);
+          int64_t columns = blockElements(backward.args[e.grad], 0) / rows;
+          for (int64_t row = 0; row < rows; ++row) {
+            scalar_t sum = 0;
+            for (int64_t column = 0; column < columns; ++column)
+              sum += grad[row * columns + column] * weight[row * columns + column];
+            energy[row] = sum;
+          }
+        });
+      callKernel(backward, backwardData, steps);
+      if (!deferred)
+        return;
+      for (size_t i = 0; i < deferred->args.size(); ++i) {
+        const KernelArg &arg = deferred->args[i];
+        deferredData[i] = deferredBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
+        if (arg.role == "state")
+          initial(arg, deferredData[i], deferredBuffers[i].tensor.element_size());
+      }
+      callKernel(*deferred, deferredData, steps);
+      for (const DeferredGradient &g : deferredGradients)
+        AT_DISPATCH_FLOATING_TYPES(artifact.dtype(), "fwp_deferred", [&] {
+          const KernelArg &arg = deferred->args[g.deferred];
+          auto *into = reinterpret_cast<scalar_t *>(backwardShared[g.backward]->at(
+              backward.args[g.backward], pair, shape.heads, shape.steps, begin));
+          auto *from = reinterpret_cast<const scalar_t *>(deferredData[g.deferred]);
+          for (int64_t i = 0, n = blockElements(arg, steps); i < n; ++i)
+            into[i] += from[i];
+        });
+    };
     for (int64_t pair = first; pair < last; ++pair)
       for (int64_t segment = segments - 1; segment >= 0; --segment) {
         int64_t begin = segment * every, steps = std::min(shape.steps, begin + every) - begin;
-        for (size_t i = 0; i < train.args.size(); ++i) {
-          const KernelArg &arg = train.args[i];
-          trainData[i] = trainBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
-          if (arg.role == "state")
-            copyCheckpoint(arg, trainData[i], trainBuffers[i].tensor.element_size(), segment,
-                           pair);
-        }
-        callKernel(train, trainData, steps);
-        for (size_t i = 0; i < backward.args.size(); ++i) {
-          const KernelArg &arg = backward.args[i];
-          backwardData[i] = backwardBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
-          if (arg.role == "state")
-            std::memcpy(backwardData[i],
-                        scratch.at("state." + arg.name).data_ptr(),
-                        blockElements(arg, 0) * backwardBuffers[i].tensor.element_size());
-        }
-        // E = rowsum(adj(W) (.) W) at the segment's end: the gradient
-        // carried in from the later segments and forward_train's final state
-        // (initialEnergy's sum, here on this thread's buffers: torch calls
-        // per sequence and segment would cost more than the kernels at d = 16).
-        for (const EnergyArgs &e : energyArgs)
-          AT_DISPATCH_FLOATING_TYPES(artifact.dtype(), "fwp_energy", [&] {
-            auto *energy = reinterpret_cast<scalar_t *>(backwardData[e.energy]);
-            auto *grad = reinterpret_cast<const scalar_t *>(backwardData[e.grad]);
-            auto *weight = reinterpret_cast<const scalar_t *>(trainData[e.state]);
-            int64_t rows = blockElements(backward.args[e.energy], 0);
-            int64_t columns = blockElements(backward.args[e.grad], 0) / rows;
-            for (int64_t row = 0; row < rows; ++row) {
-              scalar_t sum = 0;
-              for (int64_t column = 0; column < columns; ++column)
-                sum += grad[row * columns + column] * weight[row * columns + column];
-              energy[row] = sum;
+        StateSource fromCheckpoint = [&](const KernelArg &arg, char *into, int64_t size) {
+          copyCheckpoint(arg, into, size, segment, pair);
+        };
+        if (segment == segments - 1 && splitLastStep && steps > 1) {
+          // The last step as a span of its own, from the state before it
+          // (forward_train's final state over the other steps).
+          runTrain(pair, begin, steps - 1, fromCheckpoint);
+          for (size_t i = 0; i < train.args.size(); ++i)
+            if (train.args[i].role == "state") {
+              torch::Tensor &kept = scratch["split." + train.args[i].name];
+              int64_t bytes = blockElements(train.args[i], 0) *
+                              trainBuffers[i].tensor.element_size();
+              if (!kept.defined())
+                kept = torch::empty({bytes}, torch::kUInt8);
+              std::memcpy(kept.data_ptr(), trainData[i], bytes);
             }
+          runSpan(pair, begin + steps - 1, 1, [&](const KernelArg &arg, char *into, int64_t size) {
+            std::memcpy(into, scratch.at("split." + arg.name).data_ptr(),
+                        blockElements(arg, 0) * size);
           });
-        callKernel(backward, backwardData, steps);
-        if (!deferred)
-          continue;
-        for (size_t i = 0; i < deferred->args.size(); ++i) {
-          const KernelArg &arg = deferred->args[i];
-          deferredData[i] = deferredBuffers[i].at(arg, pair, shape.heads, shape.steps, begin);
-          if (arg.role == "state")
-            copyCheckpoint(arg, deferredData[i], deferredBuffers[i].tensor.element_size(),
-                           segment, pair);
+          --steps;
         }
-        callKernel(*deferred, deferredData, steps);
-        for (const DeferredGradient &g : deferredGradients)
-          AT_DISPATCH_FLOATING_TYPES(artifact.dtype(), "fwp_deferred", [&] {
-            const KernelArg &arg = deferred->args[g.deferred];
-            auto *into = reinterpret_cast<scalar_t *>(
-                backwardShared[g.backward]->at(backward.args[g.backward], pair, shape.heads,
-                                               shape.steps, begin));
-            auto *from = reinterpret_cast<const scalar_t *>(deferredData[g.deferred]);
-            for (int64_t i = 0, n = blockElements(arg, steps); i < n; ++i)
-              into[i] += from[i];
-          });
+        runSpan(pair, begin, steps, fromCheckpoint);
       }
   });
   for (const KernelArg &arg : backward.args)
@@ -763,14 +808,18 @@ TensorMap trainBackward(const Artifact &artifact, const TensorMap &inputs, int64
   for (const TensorSpec &state : signature.states)
     if (auto grad = grads.find("grad." + finalName(state.name)); grad != grads.end())
       carried[grad->first] = grad->second;
-  std::vector<TensorMap> seqGrads(segments);
+  // As on CPU (checkpointedBackwardCpu): with the energy form and a gradient
+  // of the final state, the last step is a span of its own.
+  bool energyForm = std::any_of(artifact.backward().args.begin(), artifact.backward().args.end(),
+                                [](const KernelArg &arg) { return arg.role == "energy"; });
+  bool splitLastStep = false;
+  for (const auto &[name, grad] : carried)
+    splitLastStep = splitLastStep || (energyForm && grad.defined());
+  std::vector<TensorMap> seqGrads; // per span, from the last to the first
   TensorMap out;
-  for (int64_t segment = segments - 1; segment >= 0; --segment) {
-    int64_t begin = segment * every, end = std::min(steps, begin + every);
-    TensorMap states;
-    for (const TensorSpec &state : signature.states)
-      if (auto it = saved.find(checkpointName(segment, state.name)); it != saved.end())
-        states[state.name] = it->second;
+  // One span [begin, end) from `states`: its tape (forward_train), then the
+  // backward over it, carrying the states' gradients into the span before.
+  auto runSpan = [&](int64_t begin, int64_t end, const TensorMap &states) {
     TensorMap segmentIn = segmentInputs(artifact, inputs, begin, end, states);
     TensorMap segmentGrads = carried;
     if (auto gradY = grads.find("grad.y"); gradY != grads.end() && gradY->second.defined())
@@ -780,8 +829,9 @@ TensorMap trainBackward(const Artifact &artifact, const TensorMap &inputs, int64
         runCompiledForward(artifact, segmentIn, /*train=*/true, segmentGrads);
     forwardResults.erase("y");
     TensorMap results = runCompiledBackward(artifact, segmentIn, forwardResults, segmentGrads);
+    TensorMap &spanGrads = seqGrads.emplace_back();
     for (const TensorSpec &spec : signature.seq)
-      seqGrads[segment]["grad." + spec.name] = results.at("grad." + spec.name);
+      spanGrads["grad." + spec.name] = results.at("grad." + spec.name);
     for (const TensorSpec &spec : signature.params) {
       auto part = results.find("grad." + spec.name);
       if (part == results.end())
@@ -793,7 +843,25 @@ TensorMap trainBackward(const Artifact &artifact, const TensorMap &inputs, int64
     for (const TensorSpec &state : signature.states)
       if (auto grad = results.find("grad." + initName(state.name)); grad != results.end())
         carried["grad." + finalName(state.name)] = grad->second;
+  };
+  for (int64_t segment = segments - 1; segment >= 0; --segment) {
+    int64_t begin = segment * every, end = std::min(steps, begin + every);
+    TensorMap states;
+    for (const TensorSpec &state : signature.states)
+      if (auto it = saved.find(checkpointName(segment, state.name)); it != saved.end())
+        states[state.name] = it->second;
+    if (segment == segments - 1 && splitLastStep && end - begin > 1) {
+      TensorMap before = runCompiledForward(
+          artifact, segmentInputs(artifact, inputs, begin, end - 1, states), /*train=*/false);
+      TensorMap last;
+      for (const TensorSpec &state : signature.states)
+        last[state.name] = before.at(finalName(state.name));
+      runSpan(end - 1, end, last);
+      --end;
+    }
+    runSpan(begin, end, states);
   }
+  std::reverse(seqGrads.begin(), seqGrads.end());
   for (const TensorSpec &spec : signature.seq) {
     std::vector<torch::Tensor> parts;
     for (const TensorMap &segment : seqGrads)

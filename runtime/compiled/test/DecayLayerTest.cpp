@@ -219,6 +219,50 @@ TEST(DecayLayer, RetnetDecayGradientMatchesFiniteDifferences) {
   }
 }
 
+/// The f32 energy form against an f64 reference where it is hardest: decays
+/// near sigmoid(-6) and a gradient of the final state (the last segment's E
+/// starts from rowsum(G (.) W_T), of order 1, while a (.) da is of the order
+/// of a; the runtime runs the last step as a span of its own, so that the
+/// cancellation stays in that step: docs/design.md, "Accuracy"). Relative
+/// error of each gradient, in norm; 2e-4 for gated_delta_net's alpha
+/// without the split.
+TEST(DecayLayer, F32DecayGradientsAtStrongDecaysWithAFinalStateGradient) {
+  for (const char *name : {"gated_delta_net", "retnet", "gla"}) {
+    SCOPED_TRACE(name);
+    REQUIRE_ARTIFACT(name);
+    auto artifact = fwp::Artifact::load(artifactPath(name));
+    fwp::CompiledLayer compiled(artifact);
+    auto reference = fwp::makeReferenceLayer(artifact->signature().layer, artifact->dims());
+    TensorMap inputs = fwp::test::decayLayerInputs(*artifact, 2, 2, 300, true, -6.0, 11);
+    std::vector<std::string> names;
+    std::vector<Tensor> leaves, referenceLeaves;
+    TensorMap compiledInputs, referenceInputs;
+    for (const auto &[input, value] : inputs) {
+      names.push_back(input);
+      leaves.push_back(value.clone().requires_grad_(true));
+      referenceLeaves.push_back(value.to(torch::kDouble).requires_grad_(true));
+      compiledInputs[input] = leaves.back();
+      referenceInputs[input] = referenceLeaves.back();
+    }
+    TensorMap got = compiled.forward(compiledInputs);
+    TensorMap want = reference->forward(referenceInputs);
+    torch::manual_seed(12);
+    Tensor loss = torch::zeros({}, torch::kDouble), referenceLoss = torch::zeros({}, torch::kDouble);
+    for (const auto &[output, value] : want) {
+      Tensor cotangent = torch::randn(value.sizes(), torch::kDouble);
+      loss = loss + (got.at(output).to(torch::kDouble) * cotangent).sum();
+      referenceLoss = referenceLoss + (value * cotangent).sum();
+    }
+    auto gradients = torch::autograd::grad({loss}, leaves);
+    auto referenceGradients = torch::autograd::grad({referenceLoss}, referenceLeaves);
+    for (size_t i = 0; i < names.size(); ++i) {
+      double error = (gradients[i].to(torch::kDouble) - referenceGradients[i]).norm().item<double>() /
+                     referenceGradients[i].norm().item<double>();
+      EXPECT_LE(error, 5e-5) << "gradient of " << names[i];
+    }
+  }
+}
+
 /// A checkpointed layer's kernels called one by one, as the CUDA backward
 /// calls them per segment: forward_train over the whole sequence records the
 /// tape and computes no "y" (nothing reads it), and runCompiledBackward,
